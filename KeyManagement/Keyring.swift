@@ -1,0 +1,345 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Creates, caches, rotates and shreds data keys under one or more master keys.
+///
+/// Data keys are stored only wrapped by a master key (see ``WrappedDataKey``). Unwrapped
+/// keys sit in a bounded LRU cache; an evicted or shredded key is dropped from it and its
+/// bytes are zeroized as soon as the last user lets go of it.
+public final class Keyring: Sendable {
+    /// Where wrapped keys, checks and tombstones live.
+    public let store: any KeyStore
+    private let logger: Logger
+    private let state: Mutex<State>
+
+    private struct CacheKey: Hashable { var scope: String; var version: UInt32 }
+
+    private struct State {
+        var masterKeys: [String: MasterKey]
+        var primaryID: String
+        var capacity: Int
+        var tick: UInt64 = 0
+        var cache: [CacheKey: (key: DataKey, used: UInt64)] = [:]
+        /// Highest known version per scope, for writes.
+        var current: [String: UInt32] = [:]
+        var shredded: [String: Date] = [:]
+
+        mutating func put(_ key: DataKey) {
+            tick &+= 1
+            let ck = CacheKey(scope: key.scope, version: key.version)
+            if cache[ck] == nil, cache.count >= capacity, let victim = cache.min(by: { $0.value.used < $1.value.used }) {
+                cache.removeValue(forKey: victim.key)
+                if current[victim.key.scope] == victim.key.version { current.removeValue(forKey: victim.key.scope) }
+            }
+            cache[ck] = (key, tick)
+        }
+
+        mutating func get(_ scope: String, _ version: UInt32) -> DataKey? {
+            let ck = CacheKey(scope: scope, version: version)
+            guard let hit = cache[ck] else { return nil }
+            tick &+= 1
+            cache[ck] = (hit.key, tick)
+            return hit.key
+        }
+
+        mutating func evict(_ scope: String) {
+            for ck in cache.keys where ck.scope == scope { cache.removeValue(forKey: ck) }
+            current.removeValue(forKey: scope)
+        }
+    }
+
+    /// A data key to encrypt with, and the wrapped record to persist if it was just created.
+    public struct WriteKey: Sendable {
+        /// The key to encrypt with.
+        public let key: DataKey
+        /// Set when the key was minted for this write and is not stored yet. Persist it in the
+        /// same transaction as the events (or before them), then call ``Keyring/didPersist(_:)``.
+        public let pending: WrappedDataKey?
+    }
+
+    private init(store: any KeyStore, masterKeys: [MasterKey], primaryID: String, cacheCapacity: Int, logger: Logger) {
+        self.store = store
+        self.logger = logger
+        var byID: [String: MasterKey] = [:]
+        for k in masterKeys { byID[k.id] = k }
+        state = Mutex(State(masterKeys: byID, primaryID: primaryID, capacity: max(1, cacheCapacity)))
+    }
+
+    /// Opens a key store with the given master keys, the first of which wraps new data keys.
+    ///
+    /// An empty store is initialised with a check record for the first master key. Otherwise
+    /// every given key must match a check record in the store.
+    /// - Throws: ``KeyManagementError/Code/wrongMasterKey`` if a key does not open this store,
+    ///   before anything is written; ``KeyManagementError/Code/invalidKeyMaterial`` for no keys.
+    public static func open(store: any KeyStore, masterKeys: [MasterKey], cacheCapacity: Int = 4096,
+                            logger: Logger = Logger(label: "eventsourcing.keyring")) async throws -> Keyring {
+        guard let primary = masterKeys.first else {
+            throw KeyManagementError(.invalidKeyMaterial, "at least one master key is needed")
+        }
+        let checks = try await store.masterKeyChecks()
+        if checks.isEmpty {
+            try await store.insertMasterKeyCheck(makeCheck(for: primary))
+            logger.info("initialised key store", metadata: ["kek": "\(primary.id)"])
+        } else {
+            for key in masterKeys {
+                guard let check = checks.first(where: { $0.kekID == key.id }), verify(check, with: key) else {
+                    throw KeyManagementError(.wrongMasterKey,
+                        "master key \(key.id) does not open this key store (it knows \(checks.map(\.kekID).joined(separator: ", ")))")
+                }
+            }
+        }
+        return Keyring(store: store, masterKeys: masterKeys, primaryID: primary.id,
+                       cacheCapacity: cacheCapacity, logger: logger)
+    }
+
+    /// The scrypt parameters stored for a passphrase-derived master key, if any.
+    public static func storedKDFParameters(in store: any KeyStore) async throws -> KDFParameters? {
+        try await store.masterKeyChecks().last(where: { $0.kdf != nil })?.kdf
+    }
+
+    /// Id of the master key that wraps new data keys.
+    public var primaryMasterKeyID: String { state.withLock { $0.primaryID } }
+
+    // MARK: Writing
+
+    /// The current data key for `scope`, minting version 1 if the scope never had one.
+    /// - Throws: ``KeyManagementError/Code/shredded`` if the scope was shredded (never mints a
+    ///   new key for it); ``KeyManagementError/Code/invalidScope``; ``KeyManagementError/Code/keyUnavailable``
+    ///   if the current version is wrapped by a master key that is not loaded.
+    public func writeKey(for scope: String) async throws -> WriteKey {
+        if let hit = cachedCurrent(scope) { return WriteKey(key: hit, pending: nil) }
+        try KeyScope.validate(scope)
+        let stored = try await store.dataKeys(scope: scope)
+        if let latest = stored.last {
+            let key = try unwrap(latest)
+            state.withLock { s in
+                s.put(key)
+                s.current[scope] = max(s.current[scope] ?? 0, key.version)
+            }
+            return WriteKey(key: key, pending: nil)
+        }
+        if let t = try await store.tombstone(scope: scope) {
+            state.withLock { $0.shredded[scope] = t.shreddedAt }
+            throw KeyManagementError(.shredded, "cannot write to a shredded scope", scope: scope, shreddedAt: t.shreddedAt)
+        }
+        let (key, wrapped) = try mint(scope: scope, version: 1)
+        return WriteKey(key: key, pending: wrapped)
+    }
+
+    /// Records that minted keys were persisted, so later writes use them without a store read.
+    public func didPersist(_ keys: [WrappedDataKey], material: [DataKey]) {
+        state.withLock { s in
+            for k in material where keys.contains(where: { $0.scope == k.scope && $0.version == k.version }) {
+                s.put(k)
+                s.current[k.scope] = max(s.current[k.scope] ?? 0, k.version)
+            }
+        }
+    }
+
+    /// Persists minted keys through the key store (for recorders that cannot store keys in
+    /// the same transaction as events).
+    /// - Throws: ``KeyManagementError/Code/keyExists`` if another writer created the scope's key first.
+    public func persist(_ pending: [WriteKey]) async throws {
+        for w in pending {
+            guard let p = w.pending else { continue }
+            try await store.insertDataKey(p)
+        }
+        didPersist(pending.compactMap(\.pending), material: pending.map(\.key))
+    }
+
+    /// Forgets everything cached for `scope` (after a conflict, or a change made by another process).
+    public func invalidate(scope: String) {
+        state.withLock { $0.evict(scope) }
+    }
+
+    // MARK: Reading
+
+    /// The data key `version` of `scope`.
+    /// - Throws: ``KeyManagementError/Code/shredded`` (with the time) if the scope was shredded;
+    ///   ``KeyManagementError/Code/keyUnavailable`` if no such version exists or its master key is not loaded.
+    public func readKey(scope: String, version: UInt32) async throws -> DataKey {
+        if let hit = state.withLock({ $0.get(scope, version) }) { return hit }
+        if let when = state.withLock({ $0.shredded[scope] }) {
+            throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: when)
+        }
+        let stored = try await store.dataKeys(scope: scope)
+        guard let record = stored.first(where: { $0.version == version }) else {
+            if let t = try await store.tombstone(scope: scope) {
+                state.withLock { $0.shredded[scope] = t.shreddedAt }
+                throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: t.shreddedAt)
+            }
+            throw KeyManagementError(.keyUnavailable, "no such data key", scope: scope, keyVersion: version)
+        }
+        let key = try unwrap(record)
+        state.withLock { $0.put(key) }
+        return key
+    }
+
+    // MARK: Lifecycle
+
+    /// Creates a new version of `scope`'s data key; new records use it, old versions still decrypt.
+    /// - Returns: the new version.
+    /// - Throws: ``KeyManagementError/Code/shredded``, ``KeyManagementError/Code/keyUnavailable``
+    ///   if the scope has no key yet, ``KeyManagementError/Code/keyExists`` on a concurrent rotation.
+    public func rotate(scope: String) async throws -> UInt32 {
+        try KeyScope.validate(scope)
+        let stored = try await store.dataKeys(scope: scope)
+        guard let latest = stored.last else {
+            if let t = try await store.tombstone(scope: scope) {
+                throw KeyManagementError(.shredded, "cannot rotate a shredded scope", scope: scope, shreddedAt: t.shreddedAt)
+            }
+            throw KeyManagementError(.keyUnavailable, "the scope has no data key to rotate", scope: scope)
+        }
+        let (key, wrapped) = try mint(scope: scope, version: latest.version + 1)
+        try await store.insertDataKey(wrapped)
+        state.withLock { s in
+            s.put(key)
+            s.current[scope] = key.version
+        }
+        logger.info("rotated data key", metadata: ["scope": "\(scope)", "version": "\(key.version)"])
+        return key.version
+    }
+
+    /// Progress of a master-key rotation.
+    public struct RotationProgress: Sendable {
+        /// Keys rewrapped so far.
+        public var rewrapped: Int
+        /// Keys already under the new master key (skipped).
+        public var alreadyCurrent: Int
+    }
+
+    /// Rewraps every data key under `newKey` (no event is rewritten), then retires the other
+    /// master keys' check records so they no longer open the store.
+    ///
+    /// Safe to interrupt: each key is rewrapped atomically, and rerunning with the old and the
+    /// new key loaded finishes the job. Safe while this process writes: new keys are wrapped
+    /// by `newKey` from the start. Every master key that wraps a remaining key must be loaded.
+    /// - Throws: ``KeyManagementError/Code/keyUnavailable`` if a key is wrapped by a master key
+    ///   that is not loaded (nothing is retired then).
+    @discardableResult
+    public func rotateMasterKey(to newKey: MasterKey, pageSize: Int = 500,
+                                progress: (@Sendable (RotationProgress) -> Void)? = nil) async throws -> RotationProgress {
+        // 1. The new key becomes known to the store and wraps every key minted from now on.
+        try await store.insertMasterKeyCheck(Keyring.makeCheck(for: newKey))
+        state.withLock { s in
+            s.masterKeys[newKey.id] = newKey
+            s.primaryID = newKey.id
+        }
+        // 2. Rewrap; repeat the scan until a whole pass finds nothing left under an old key
+        //    (another process may have minted keys under the old master key meanwhile).
+        var total = RotationProgress(rewrapped: 0, alreadyCurrent: 0)
+        while true {
+            var changed = 0
+            var cursor: DataKeyCursor? = nil
+            while true {
+                let page = try await store.dataKeys(after: cursor, limit: pageSize)
+                guard let last = page.last else { break }
+                cursor = DataKeyCursor(scope: last.scope, version: last.version)
+                for record in page {
+                    if record.kekID == newKey.id { total.alreadyCurrent += 1; continue }
+                    let key = try unwrap(record)
+                    let rewrapped = try Keyring.wrap(key, with: newKey, createdAt: record.createdAt)
+                    if try await store.rewrapDataKey(rewrapped, previousKEKID: record.kekID) {
+                        changed += 1
+                        total.rewrapped += 1
+                    }
+                }
+                progress?(total)
+            }
+            if changed == 0 { break }
+            total.alreadyCurrent = 0
+        }
+        // 3. Retire every other master key's check: they no longer open the store.
+        for check in try await store.masterKeyChecks() where check.kekID != newKey.id {
+            try await store.deleteMasterKeyCheck(kekID: check.kekID)
+        }
+        state.withLock { s in s.masterKeys = [newKey.id: newKey] }
+        logger.notice("rotated master key", metadata: ["kek": "\(newKey.id)", "rewrapped": "\(total.rewrapped)"])
+        return total
+    }
+
+    /// Crypto-shreds `scope`: deletes every version of its data key and writes a tombstone,
+    /// atomically, and drops it from the cache. Records encrypted under it can never be read again.
+    /// - Throws: ``KeyManagementError/Code/shredded`` if it was already shredded.
+    public func shred(scope: String, at time: Date = Date()) async throws -> Tombstone {
+        try KeyScope.validate(scope)
+        let tombstone = try await store.shred(scope: scope, at: time)
+        state.withLock { s in
+            s.evict(scope)
+            s.shredded[scope] = tombstone.shreddedAt
+        }
+        logger.notice("shredded key scope", metadata: ["scope": "\(scope)", "versions": "\(tombstone.destroyedVersions.count)"])
+        return tombstone
+    }
+
+    // MARK: Internals
+
+    private func cachedCurrent(_ scope: String) -> DataKey? {
+        state.withLock { s in
+            guard let v = s.current[scope] else { return nil }
+            return s.get(scope, v)
+        }
+    }
+
+    private func mint(scope: String, version: UInt32) throws -> (DataKey, WrappedDataKey) {
+        let primary = try state.withLock { (s) throws(KeyManagementError) -> MasterKey in
+            guard let k = s.masterKeys[s.primaryID] else {
+                throw KeyManagementError(.keyUnavailable, "the primary master key is not loaded")
+            }
+            return k
+        }
+        let key = DataKey(scope: scope, version: version, material: try KeyMaterial(randomCount: 32))
+        return (key, try Keyring.wrap(key, with: primary, createdAt: Date()))
+    }
+
+    private func unwrap(_ record: WrappedDataKey) throws -> DataKey {
+        guard let kek = state.withLock({ $0.masterKeys[record.kekID] }) else {
+            throw KeyManagementError(.keyUnavailable,
+                "the data key is wrapped by master key \(record.kekID), which is not loaded",
+                scope: record.scope, keyVersion: record.version)
+        }
+        let w = record.wrapped
+        guard w.count == AES256GCM.nonceLength + 32 + AES256GCM.tagLength else {
+            throw KeyManagementError(.authenticationFailed, "wrapped data key has the wrong length",
+                                     scope: record.scope, keyVersion: record.version)
+        }
+        let aad = KeyScope.wrappingAAD(scope: record.scope, version: record.version, kekID: record.kekID)
+        guard var raw = try AES256GCM.open(w, from: AES256GCM.nonceLength, key: kek.material,
+                                           nonce: Array(w[0..<AES256GCM.nonceLength]), aadParts: [aad]) else {
+            throw KeyManagementError(.authenticationFailed, "wrapped data key failed its integrity check",
+                                     scope: record.scope, keyVersion: record.version)
+        }
+        return DataKey(scope: record.scope, version: record.version, material: KeyMaterial(consuming: &raw))
+    }
+
+    static func wrap(_ key: DataKey, with kek: MasterKey, createdAt: Date) throws(KeyManagementError) -> WrappedDataKey {
+        let nonce = try AES256GCM.randomNonce()
+        let aad = KeyScope.wrappingAAD(scope: key.scope, version: key.version, kekID: kek.id)
+        let sealed = try key.material.withUnsafeBytes { (raw) throws(KeyManagementError) -> [UInt8] in
+            var plain = Array(raw)
+            defer { LibCrypto.cleanse(&plain) }
+            return try AES256GCM.seal(plain, key: kek.material, nonce: nonce, aadParts: [aad], prefix: nonce)
+        }
+        return WrappedDataKey(scope: key.scope, version: key.version, kekID: kek.id, wrapped: sealed, createdAt: createdAt)
+    }
+
+    static let checkPlaintext = Array("eventsourcing master key check v1".utf8)
+
+    static func checkAAD(_ kekID: String) -> [UInt8] { Array("ESKCV1".utf8) + Array(kekID.utf8) }
+
+    static func makeCheck(for key: MasterKey) throws(KeyManagementError) -> MasterKeyCheck {
+        let nonce = try AES256GCM.randomNonce()
+        let sealed = try AES256GCM.seal(checkPlaintext, key: key.material, nonce: nonce,
+                                        aadParts: [checkAAD(key.id)], prefix: nonce)
+        return MasterKeyCheck(kekID: key.id, sealed: sealed, kdf: key.kdf, createdAt: Date())
+    }
+
+    static func verify(_ check: MasterKeyCheck, with key: MasterKey) -> Bool {
+        let s = check.sealed
+        guard s.count > AES256GCM.nonceLength + AES256GCM.tagLength else { return false }
+        let plain = try? AES256GCM.open(s, from: AES256GCM.nonceLength, key: key.material,
+                                        nonce: Array(s[0..<AES256GCM.nonceLength]), aadParts: [checkAAD(key.id)])
+        return plain.flatMap { $0 } == checkPlaintext
+    }
+}

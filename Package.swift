@@ -1,0 +1,56 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "swift-encrypted-eventsourcing",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "KeyManagement", targets: ["KeyManagement"]),
+        .library(name: "EventSourcing", targets: ["EventSourcing"]),
+        .library(name: "EventSourcingSQLite", targets: ["EventSourcingSQLite"]),
+        .executable(name: "esctl", targets: ["esctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // System libraries: the C libraries stay system packages, never vendored.
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
+
+        // The security kernel: AEAD, key material, master and data keys, key stores.
+        .target(name: "KeyManagement",
+                dependencies: ["COpenSSL", .product(name: "Logging", package: "swift-log")],
+                path: "KeyManagement",
+                swiftSettings: strict),
+        .target(name: "EventSourcing",
+                dependencies: ["KeyManagement", "CZlib", .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        .target(name: "EventSourcingSQLite",
+                dependencies: ["EventSourcing", "KeyManagement", "CSQLite",
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        .executableTarget(name: "esctl",
+                          dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: strict),
+
+        .testTarget(name: "KeyManagementTests",
+                    dependencies: ["KeyManagement"],
+                    resources: [.copy("Fixtures")],
+                    swiftSettings: strict),
+        .testTarget(name: "EventSourcingTests",
+                    dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement"],
+                    swiftSettings: strict),
+    ],
+    swiftLanguageModes: [.v6]
+)

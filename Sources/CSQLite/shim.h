@@ -1,0 +1,9 @@
+#ifndef ES_CSQLITE_SHIM_H
+#define ES_CSQLITE_SHIM_H
+#include <sqlite3.h>
+
+// SQLITE_TRANSIENT is a cast macro Swift cannot import.
+static inline sqlite3_destructor_type es_sqlite_transient(void) {
+    return SQLITE_TRANSIENT;
+}
+#endif
