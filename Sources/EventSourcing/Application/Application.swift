@@ -1,0 +1,196 @@
+import Foundation
+import KeyManagement
+import Logging
+
+/// What a save recorded: one entry per stored event.
+public struct Recording: Sendable, Hashable {
+    /// The aggregate id.
+    public var originatorID: UUID
+    /// The version of the event.
+    public var originatorVersion: Int
+    /// The event's topic.
+    public var topic: String
+    /// The event's position in the notification log.
+    public var notificationID: Int64
+}
+
+/// An event-sourced application: saves aggregates, gets them back, snapshots them, exposes
+/// the notification log, and erases key scopes.
+///
+/// Encryption is a property of the ``Mapper``: give it a ``Keyring`` and every record is
+/// compressed and encrypted; nothing in the application or the aggregates changes.
+public final class Application: Sendable {
+    /// Where events (and the notification log) are stored.
+    public let recorder: any ApplicationRecorder
+    /// Where snapshots are stored, if snapshotting is used.
+    public let snapshotRecorder: (any SnapshotRecorder)?
+    /// The transcoder pipeline.
+    public let mapper: Mapper
+    /// Automatic snapshot intervals by aggregate ``Aggregate/typeName``: a snapshot is taken
+    /// whenever a save carries the aggregate's version past a multiple of the interval.
+    public let snapshotIntervals: [String: Int]
+    let logger: Logger
+
+    /// Creates an application.
+    /// - Parameters:
+    ///   - recorder: the event store.
+    ///   - snapshots: the snapshot store; needed for ``takeSnapshot(_:id:version:)`` and intervals.
+    ///   - mapper: the pipeline; `Mapper()` stores plaintext JSON (zlib-compressed).
+    ///   - snapshotIntervals: automatic snapshotting, e.g. `["Dog": 100]`.
+    public init(recorder: any ApplicationRecorder, snapshots: (any SnapshotRecorder)? = nil, mapper: Mapper = Mapper(),
+                snapshotIntervals: [String: Int] = [:], logger: Logger = Logger(label: "eventsourcing.application")) {
+        self.recorder = recorder
+        self.snapshotRecorder = snapshots
+        self.mapper = mapper
+        self.snapshotIntervals = snapshotIntervals.filter { $0.value > 0 }
+        self.logger = logger
+    }
+
+    /// Reads aggregates back.
+    public var repository: Repository { Repository(app: self) }
+    /// The application's notification log.
+    public var notificationLog: NotificationLog { NotificationLog(app: self) }
+
+    // MARK: Saving
+
+    /// Saves the pending events of `root` atomically and clears them.
+    /// - Returns: one ``Recording`` per event, with its notification id.
+    /// - Throws: ``EventSourcingError`` `.concurrencyConflict` (nothing written), `.shredded`, …
+    @discardableResult
+    public func save<A: Aggregate>(_ root: inout AggregateRoot<A>) async throws -> [Recording] {
+        let snapshot = root
+        let recordings = try await commit([encoder(for: snapshot)])
+        root.markSaved(through: snapshot.version)
+        await autoSnapshot(snapshot, savedFrom: snapshot.version - snapshot.pendingEvents.count)
+        return recordings
+    }
+
+    /// Saves the pending events of two aggregates in one atomic recorder call.
+    @discardableResult
+    public func save<A: Aggregate, B: Aggregate>(_ a: inout AggregateRoot<A>, _ b: inout AggregateRoot<B>) async throws -> [Recording] {
+        let (sa, sb) = (a, b)
+        let recordings = try await commit([encoder(for: sa), encoder(for: sb)])
+        a.markSaved(through: sa.version)
+        b.markSaved(through: sb.version)
+        await autoSnapshot(sa, savedFrom: sa.version - sa.pendingEvents.count)
+        await autoSnapshot(sb, savedFrom: sb.version - sb.pendingEvents.count)
+        return recordings
+    }
+
+    /// Saves the pending events of three aggregates in one atomic recorder call.
+    @discardableResult
+    public func save<A: Aggregate, B: Aggregate, C: Aggregate>(_ a: inout AggregateRoot<A>, _ b: inout AggregateRoot<B>,
+                                                               _ c: inout AggregateRoot<C>) async throws -> [Recording] {
+        let (sa, sb, sc) = (a, b, c)
+        let recordings = try await commit([encoder(for: sa), encoder(for: sb), encoder(for: sc)])
+        a.markSaved(through: sa.version)
+        b.markSaved(through: sb.version)
+        c.markSaved(through: sc.version)
+        await autoSnapshot(sa, savedFrom: sa.version - sa.pendingEvents.count)
+        await autoSnapshot(sb, savedFrom: sb.version - sb.pendingEvents.count)
+        await autoSnapshot(sc, savedFrom: sc.version - sc.pendingEvents.count)
+        return recordings
+    }
+
+    /// Saves the pending events of many aggregates of one type in one atomic recorder call.
+    @discardableResult
+    public func save<A: Aggregate>(_ roots: inout [AggregateRoot<A>]) async throws -> [Recording] {
+        let snapshot = roots
+        let recordings = try await commit(snapshot.map { encoder(for: $0) })
+        for i in roots.indices { roots[i].markSaved(through: snapshot[i].version) }
+        for r in snapshot { await autoSnapshot(r, savedFrom: r.version - r.pendingEvents.count) }
+        return recordings
+    }
+
+    private typealias Encoder = @Sendable () async throws -> Mapper.EncodedBatch
+
+    private func encoder<A: Aggregate>(for root: AggregateRoot<A>) -> Encoder {
+        let mapper = self.mapper
+        return { try await mapper.encode(root.pendingEvents, of: A.self, keyScope: root.keyScope) }
+    }
+
+    private func commit(_ encoders: [Encoder]) async throws -> [Recording] {
+        var attempt = 0
+        while true {
+            var events: [StoredEvent] = []
+            var keys: [Keyring.WriteKey] = []
+            for encode in encoders {
+                let batch = try await encode()
+                events += batch.events
+                keys += batch.newKeys
+            }
+            guard !events.isEmpty else { return [] }
+            do {
+                let ids = try await insert(events, keys: keys)
+                return zip(events, ids).map {
+                    Recording(originatorID: $0.originatorID, originatorVersion: $0.originatorVersion,
+                              topic: $0.topic, notificationID: $1)
+                }
+            } catch let e as KeyManagementError where e.code == .keyExists && attempt < 3 {
+                // Another writer created one of these scopes' first key: re-encode under its key.
+                for k in keys { mapper.keyring?.invalidate(scope: k.key.scope) }
+                attempt += 1
+            } catch let e as KeyManagementError {
+                throw Mapper.translate(e, stored: nil, scope: e.scope ?? keys.first?.key.scope ?? "")
+            }
+        }
+    }
+
+    private func insert(_ events: [StoredEvent], keys: [Keyring.WriteKey]) async throws -> [Int64] {
+        guard !keys.isEmpty, let keyring = mapper.keyring else { return try await recorder.insertEvents(events) }
+        let wrapped = keys.compactMap(\.pending)
+        if let combined = recorder as? any KeyCommittingRecorder,
+           (combined.keyStore as AnyObject) === (keyring.store as AnyObject) {
+            let ids = try await combined.insertEvents(events, newKeys: wrapped)
+            keyring.didPersist(wrapped, material: keys.map(\.key))
+            return ids
+        }
+        try await keyring.persist(keys)
+        return try await recorder.insertEvents(events)
+    }
+
+    // MARK: Snapshots
+
+    /// Stores a snapshot of aggregate `id` at `version` (the latest when nil).
+    /// - Throws: ``EventSourcingError`` `.invalidArgument` without a snapshot recorder, and
+    ///   whatever reading the aggregate throws.
+    public func takeSnapshot<A: Aggregate>(_ type: A.Type, id: UUID, version: Int? = nil) async throws {
+        guard let snapshotRecorder else {
+            throw EventSourcingError(.invalidArgument, "the application has no snapshot recorder", originatorID: id)
+        }
+        let root = try await repository.get(A.self, id: id, version: version)
+        try await store(snapshotOf: root, in: snapshotRecorder)
+    }
+
+    private func store<A: Aggregate>(snapshotOf root: AggregateRoot<A>, in snapshots: any SnapshotRecorder) async throws {
+        let (stored, newKey) = try await mapper.encodeSnapshot(root)
+        if let newKey, let keyring = mapper.keyring { try await keyring.persist([newKey]) }
+        try await snapshots.insertSnapshot(stored)
+    }
+
+    private func autoSnapshot<A: Aggregate>(_ root: AggregateRoot<A>, savedFrom oldVersion: Int) async {
+        guard let interval = snapshotIntervals[A.typeName], let snapshotRecorder,
+              root.version / interval > oldVersion / interval else { return }
+        do {
+            try await store(snapshotOf: root, in: snapshotRecorder)
+        } catch {
+            // The events are saved; a missing snapshot only costs replay time.
+            logger.warning("automatic snapshot failed", metadata: ["aggregate": "\(root.id)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Conflicts
+
+    /// Runs `command` again when it fails with a concurrency conflict, up to `maxAttempts` times
+    /// in all. The command should get the aggregate afresh each time.
+    /// - Throws: the last conflict after `maxAttempts`, or any other error at once.
+    public func retryingOnConflict<T: Sendable>(maxAttempts: Int = 5, _ command: () async throws -> T) async throws -> T {
+        var attempt = 1
+        while true {
+            do { return try await command() } catch let e as EventSourcingError where e.isConcurrencyConflict && attempt < maxAttempts {
+                attempt += 1
+                logger.debug("retrying after concurrency conflict", metadata: ["attempt": "\(attempt)"])
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+import Foundation
+
+/// The application's events in one total order, for projections and other readers that
+/// follow along: `select(start: last + 1, limit: …)` until it comes back empty.
+public struct NotificationLog: Sendable {
+    let app: Application
+
+    /// The raw stored notifications (still compressed and encrypted) with
+    /// `start <= id <= stop`, ascending, at most `limit`, filtered by `topics` if not empty.
+    /// - Throws: ``EventSourcingError/Code/invalidArgument`` for `start < 1` or `limit < 1`.
+    public func select(start: Int64, limit: Int, stop: Int64? = nil, topics: [String] = []) async throws -> [Notification] {
+        guard start >= 1 else { throw EventSourcingError(.invalidArgument, "start must be at least 1, got \(start)") }
+        guard limit >= 1 else { throw EventSourcingError(.invalidArgument, "limit must be at least 1, got \(limit)") }
+        return try await app.recorder.selectNotifications(start: start, limit: limit, stop: stop, topics: topics)
+    }
+
+    /// The highest notification id, nil when the log is empty.
+    public var maxNotificationID: Int64? {
+        get async throws { try await app.recorder.maxNotificationID() }
+    }
+
+    /// Like ``select(start:limit:stop:topics:)``, with every item decrypted. A shredded or
+    /// unreadable item does not fail the page: its ``LogItem/outcome`` says what happened.
+    public func read(start: Int64, limit: Int, stop: Int64? = nil, topics: [String] = []) async throws -> [LogItem] {
+        let page = try await select(start: start, limit: limit, stop: stop, topics: topics)
+        var items: [LogItem] = []
+        items.reserveCapacity(page.count)
+        for n in page {
+            do {
+                let json = try await app.mapper.open(n.storedEvent, snapshot: false, notificationID: n.id)
+                items.append(LogItem(notification: n, outcome: .decoded(json)))
+            } catch let e as EventSourcingError where e.code == .shredded {
+                items.append(LogItem(notification: n, outcome: .shredded(keyScope: e.keyScope ?? "", at: e.shreddedAt)))
+            } catch let e as EventSourcingError {
+                items.append(LogItem(notification: n, outcome: .failed(e)))
+            }
+        }
+        return items
+    }
+}
+
+/// One notification, decrypted (or not) by ``NotificationLog/read(start:limit:stop:topics:)``.
+public struct LogItem: Sendable {
+    /// What reading the item gave.
+    public enum Outcome: Sendable {
+        /// Decrypted and decompressed: the event's JSON envelope.
+        case decoded([UInt8])
+        /// The item's key scope was crypto-shredded.
+        case shredded(keyScope: String, at: Date?)
+        /// The item could not be read (integrity failure, missing key, …).
+        case failed(EventSourcingError)
+    }
+
+    /// The stored notification.
+    public let notification: Notification
+    /// What reading it gave.
+    public let outcome: Outcome
+
+    /// Whether the item was shredded.
+    public var isShredded: Bool { if case .shredded = outcome { return true } else { return false } }
+
+    /// Decodes the item as an event of aggregate type `A`.
+    /// - Throws: ``EventSourcingError`` `.shredded` or the read failure, `.decodingFailed` if it is not an `A` event.
+    public func event<A: Aggregate>(as type: A.Type) throws -> DomainEvent<A.Event> {
+        switch outcome {
+        case .decoded(let json):
+            return try Mapper.decodeEventJSON(json, as: type, stored: notification.storedEvent, notificationID: notification.id)
+        case .shredded(let scope, let at):
+            throw EventSourcingError(.shredded, "the key scope was crypto-shredded", originatorID: notification.originatorID,
+                                     originatorVersion: notification.originatorVersion, topic: notification.topic,
+                                     notificationID: notification.id, keyScope: scope, shreddedAt: at)
+        case .failed(let e):
+            throw e
+        }
+    }
+}

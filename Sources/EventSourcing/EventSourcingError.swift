@@ -1,0 +1,91 @@
+import Foundation
+
+/// An error from the event-sourcing layers: domain, application, mapper and recorders.
+///
+/// A struct with an extensible ``Code``. Every error names the record (originator id and
+/// version, notification id, topic) or key scope it is about, never the plaintext.
+public struct EventSourcingError: Error, Sendable, CustomStringConvertible {
+    /// What went wrong.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        fileprivate let raw: String
+        private init(_ raw: String) { self.raw = raw }
+
+        /// No events exist for the aggregate id (or none at or below the asked version).
+        public static let aggregateNotFound = Code("aggregateNotFound")
+        /// Another writer recorded this `(originator id, version)` first.
+        public static let concurrencyConflict = Code("concurrencyConflict")
+        /// The stored payload could not be decoded into the expected type (names the topic).
+        public static let decodingFailed = Code("decodingFailed")
+        /// The stored record was tampered with or corrupted: its tag or header does not check out.
+        public static let integrityFailure = Code("integrityFailure")
+        /// The record's key scope was crypto-shredded: its content is gone for good.
+        public static let shredded = Code("shredded")
+        /// The data key needed is not available (missing, or its master key is not loaded).
+        public static let keyUnavailable = Code("keyUnavailable")
+        /// The master key does not open this store.
+        public static let wrongMasterKey = Code("wrongMasterKey")
+        /// An event does not follow the aggregate (wrong originator id or version).
+        public static let invalidEvent = Code("invalidEvent")
+        /// A plaintext record was found while plaintext reads are disabled.
+        public static let plaintextRejected = Code("plaintextRejected")
+        /// The database file is not a database, is truncated or is otherwise corrupt.
+        public static let databaseCorrupt = Code("databaseCorrupt")
+        /// The database is locked by another process for longer than the busy timeout.
+        public static let databaseLocked = Code("databaseLocked")
+        /// The database cannot be opened or written (path, permissions, read-only media).
+        public static let databaseUnavailable = Code("databaseUnavailable")
+        /// The database was written by a newer version of this library.
+        public static let unsupportedSchema = Code("unsupportedSchema")
+        /// Any other recorder failure.
+        public static let recorderFailure = Code("recorderFailure")
+        /// An argument is outside what the API accepts.
+        public static let invalidArgument = Code("invalidArgument")
+
+        public var description: String { raw }
+    }
+
+    /// What went wrong.
+    public var code: Code
+    /// A human-readable explanation; never contains plaintext or keys.
+    public var message: String
+    /// The aggregate concerned.
+    public var originatorID: UUID?
+    /// The aggregate version concerned.
+    public var originatorVersion: Int?
+    /// The topic concerned.
+    public var topic: String?
+    /// The notification id concerned.
+    public var notificationID: Int64?
+    /// The key scope concerned.
+    public var keyScope: String?
+    /// When the scope was shredded.
+    public var shreddedAt: Date?
+
+    /// Creates an error.
+    public init(_ code: Code, _ message: String, originatorID: UUID? = nil, originatorVersion: Int? = nil,
+                topic: String? = nil, notificationID: Int64? = nil, keyScope: String? = nil,
+                shreddedAt: Date? = nil) {
+        self.code = code
+        self.message = message
+        self.originatorID = originatorID
+        self.originatorVersion = originatorVersion
+        self.topic = topic
+        self.notificationID = notificationID
+        self.keyScope = keyScope
+        self.shreddedAt = shreddedAt
+    }
+
+    public var description: String {
+        var parts: [String] = []
+        if let originatorID { parts.append("aggregate \(originatorID.uuidString.lowercased())") }
+        if let originatorVersion { parts.append("version \(originatorVersion)") }
+        if let notificationID { parts.append("notification \(notificationID)") }
+        if let topic { parts.append("topic \(topic)") }
+        if let keyScope { parts.append("key scope \(keyScope)") }
+        if let shreddedAt { parts.append("shredded at \(ISO8601DateFormatter().string(from: shreddedAt))") }
+        return "EventSourcingError.\(code): \(message)" + (parts.isEmpty ? "" : " [" + parts.joined(separator: ", ") + "]")
+    }
+
+    /// Whether this is a ``Code/concurrencyConflict``.
+    public var isConcurrencyConflict: Bool { code == .concurrencyConflict }
+}

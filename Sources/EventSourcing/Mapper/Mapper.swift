@@ -1,0 +1,348 @@
+import Foundation
+import KeyManagement
+
+/// Turns domain events and snapshots into stored records and back, through the transcoder
+/// pipeline: Codable (JSON) → compressor (zlib) → cipher (AES-256-GCM under the key scope's
+/// data key). Nothing above the mapper sees bytes or keys; nothing below it sees plaintext.
+public final class Mapper: Sendable {
+    /// Whether records without encryption are accepted on read.
+    public enum PlaintextReads: Sendable {
+        /// Read them: a store written before encryption was turned on keeps working.
+        case allowed
+        /// Refuse them with ``EventSourcingError/Code/plaintextRejected``: once every record is
+        /// encrypted, this stops anyone with write access from injecting unauthenticated records.
+        case rejected
+    }
+
+    /// Pipeline settings.
+    public struct Options: Sendable {
+        /// The compression stage, or nil for none.
+        public var compressor: (any Compressor)?
+        /// Topics never compressed: events that put attacker-chosen text next to secrets, where
+        /// the compressed length could leak the secret (see SECURITY.md).
+        public var uncompressedTopics: Set<String>
+        /// Whether unencrypted records are read.
+        public var plaintextReads: PlaintextReads
+
+        /// Creates options; by default zlib at level 6, every topic compressed, plaintext readable.
+        public init(compressor: (any Compressor)? = ZlibCompressor(), uncompressedTopics: Set<String> = [],
+                    plaintextReads: PlaintextReads = .allowed) {
+            self.compressor = compressor
+            self.uncompressedTopics = uncompressedTopics
+            self.plaintextReads = plaintextReads
+        }
+    }
+
+    /// Events encoded for one save, with any data keys minted for them.
+    public struct EncodedBatch: Sendable {
+        /// The records to insert.
+        public var events: [StoredEvent]
+        /// Keys minted for these records that are not stored yet.
+        public var newKeys: [Keyring.WriteKey]
+    }
+
+    /// The cipher's key source; nil writes plaintext (with compression, if any).
+    public let keyring: Keyring?
+    /// The pipeline settings.
+    public let options: Options
+
+    /// Creates a mapper.
+    public init(keyring: Keyring? = nil, options: Options = Options()) {
+        self.keyring = keyring
+        self.options = options
+    }
+
+    // MARK: Events
+
+    /// Encodes events of one aggregate under `keyScope`'s current data key.
+    /// - Throws: ``EventSourcingError`` with `.shredded` for a shredded scope, `.keyUnavailable`.
+    public func encode<A: Aggregate>(_ events: [DomainEvent<A.Event>], of type: A.Type, keyScope: String) async throws -> EncodedBatch {
+        var writeKey: Keyring.WriteKey?
+        if let keyring, !events.isEmpty {
+            do { writeKey = try await keyring.writeKey(for: keyScope) } catch {
+                throw Self.translate(error, stored: nil, scope: keyScope)
+            }
+        }
+        var out: [StoredEvent] = []
+        out.reserveCapacity(events.count)
+        let encoder = JSONEncoder()
+        for e in events {
+            let topic = A.topic(of: e.event)
+            let json: [UInt8]
+            do {
+                json = Array(try encoder.encode(EventEnvelope<A>(v: A.eventSchemaVersion,
+                                                                 t: e.timestamp.timeIntervalSince1970, e: e.event)))
+            } catch {
+                throw EventSourcingError(.invalidArgument, "event could not be encoded: \(error)",
+                                         originatorID: e.originatorID, originatorVersion: e.originatorVersion, topic: topic)
+            }
+            let state = try seal(json, key: writeKey?.key, snapshot: false, originatorID: e.originatorID,
+                                 originatorVersion: e.originatorVersion, topic: topic)
+            out.append(StoredEvent(originatorID: e.originatorID, originatorVersion: e.originatorVersion, topic: topic, state: state))
+        }
+        let pending = writeKey.flatMap { $0.pending == nil ? nil : [$0] } ?? []
+        return EncodedBatch(events: out, newKeys: pending)
+    }
+
+    /// Decodes a stored event of aggregate type `A`.
+    /// - Throws: ``EventSourcingError`` with `.integrityFailure` (tampered or corrupt, names the
+    ///   record), `.shredded`, `.keyUnavailable`, `.decodingFailed` (names the topic), `.plaintextRejected`.
+    public func decode<A: Aggregate>(_ stored: StoredEvent, as type: A.Type, notificationID: Int64? = nil) async throws -> DomainEvent<A.Event> {
+        let json = try await open(stored, snapshot: false, notificationID: notificationID)
+        return try Self.decodeEventJSON(json, as: type, stored: stored, notificationID: notificationID)
+    }
+
+    /// Decrypts and decompresses a stored record, returning its JSON payload.
+    /// - Throws: as ``decode(_:as:notificationID:)``, except `.decodingFailed`.
+    public func open(_ stored: StoredEvent, snapshot: Bool, notificationID: Int64? = nil) async throws -> [UInt8] {
+        let state = stored.state
+        let header: StateHeader
+        let bodyOffset: Int
+        switch StateHeader.parse(state) {
+        case .success(let (h, o)): (header, bodyOffset) = (h, o)
+        case .failure(let f):
+            throw record(.integrityFailure, "stored state has an invalid header (\(f))", stored, notificationID)
+        }
+        guard header.flags.contains(.snapshot) == snapshot else {
+            throw record(.integrityFailure, snapshot ? "record is an event, not a snapshot" : "record is a snapshot, not an event",
+                         stored, notificationID)
+        }
+        var body: [UInt8]
+        if header.flags.contains(.encrypted) {
+            guard let keyring, let scope = header.keyScope else {
+                throw record(.keyUnavailable, "record is encrypted but the mapper has no keyring", stored, notificationID)
+            }
+            let key: DataKey
+            do { key = try await keyring.readKey(scope: scope, version: header.keyVersion) } catch {
+                var e = Self.translate(error, stored: stored, scope: scope)
+                e.notificationID = notificationID
+                throw e
+            }
+            let aad = StateHeader.associatedData(header: Array(state[0..<bodyOffset]), snapshot: snapshot,
+                                                 originatorID: stored.originatorID,
+                                                 originatorVersion: stored.originatorVersion, topic: stored.topic)
+            let opened: [UInt8]?
+            do {
+                opened = try AES256GCM.open(state, from: bodyOffset, key: key.material, nonce: header.nonce, aadParts: [aad])
+            } catch {
+                throw record(.integrityFailure, "record could not be decrypted (\(error.code))", stored, notificationID)
+            }
+            guard let opened else {
+                throw record(.integrityFailure, "authentication tag does not match: record tampered, corrupt or moved",
+                             stored, notificationID)
+            }
+            body = opened
+        } else {
+            guard options.plaintextReads == .allowed else {
+                throw record(.plaintextRejected, "record is not encrypted and plaintext reads are disabled", stored, notificationID)
+            }
+            body = Array(state[bodyOffset...])
+        }
+        if header.flags.contains(.compressed) {
+            let compressor = options.compressor ?? ZlibCompressor()
+            do { body = try compressor.decompress(body) } catch {
+                throw record(.integrityFailure, "compressed payload is corrupt", stored, notificationID)
+            }
+        }
+        return body
+    }
+
+    static func decodeEventJSON<A: Aggregate>(_ json: [UInt8], as type: A.Type, stored: StoredEvent,
+                                             notificationID: Int64?) throws -> DomainEvent<A.Event> {
+        do {
+            let env = try JSONDecoder().decode(EventEnvelope<A>.self, from: Data(json))
+            return DomainEvent(originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
+                               timestamp: Date(timeIntervalSince1970: env.t), event: env.e)
+        } catch let e as EventSourcingError {
+            var e = e
+            e.originatorID = stored.originatorID
+            e.originatorVersion = stored.originatorVersion
+            e.topic = stored.topic
+            e.notificationID = notificationID
+            throw e
+        } catch {
+            throw EventSourcingError(.decodingFailed, "payload does not decode as \(A.typeName) event: \(Self.describe(error))",
+                                     originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
+                                     topic: stored.topic, notificationID: notificationID)
+        }
+    }
+
+    // MARK: Snapshots
+
+    /// Encodes a snapshot of `root` at its current version.
+    public func encodeSnapshot<A: Aggregate>(_ root: AggregateRoot<A>) async throws -> (StoredEvent, Keyring.WriteKey?) {
+        var writeKey: Keyring.WriteKey?
+        if let keyring {
+            do { writeKey = try await keyring.writeKey(for: root.keyScope) } catch {
+                throw Self.translate(error, stored: nil, scope: root.keyScope)
+            }
+        }
+        let json: [UInt8]
+        do {
+            json = Array(try JSONEncoder().encode(SnapshotEnvelope<A>(v: A.snapshotSchemaVersion,
+                                                                      c: root.createdOn.timeIntervalSince1970,
+                                                                      m: root.modifiedOn.timeIntervalSince1970, s: root.state)))
+        } catch {
+            throw EventSourcingError(.invalidArgument, "snapshot could not be encoded: \(error)",
+                                     originatorID: root.id, originatorVersion: root.version)
+        }
+        let state = try seal(json, key: writeKey?.key, snapshot: true, originatorID: root.id,
+                             originatorVersion: root.version, topic: A.snapshotTopic)
+        let stored = StoredEvent(originatorID: root.id, originatorVersion: root.version, topic: A.snapshotTopic, state: state)
+        return (stored, writeKey?.pending == nil ? nil : writeKey)
+    }
+
+    /// Decodes a snapshot record into a root.
+    public func decodeSnapshot<A: Aggregate>(_ stored: StoredEvent, as type: A.Type) async throws -> AggregateRoot<A> {
+        let json = try await open(stored, snapshot: true)
+        do {
+            let env = try JSONDecoder().decode(SnapshotEnvelope<A>.self, from: Data(json))
+            return AggregateRoot(id: stored.originatorID, version: stored.originatorVersion,
+                                 createdOn: Date(timeIntervalSince1970: env.c), modifiedOn: Date(timeIntervalSince1970: env.m),
+                                 state: env.s)
+        } catch {
+            throw EventSourcingError(.decodingFailed, "snapshot does not decode as \(A.typeName): \(Self.describe(error))",
+                                     originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
+                                     topic: stored.topic)
+        }
+    }
+
+    // MARK: Internals
+
+    private func seal(_ json: [UInt8], key: DataKey?, snapshot: Bool, originatorID: UUID,
+                      originatorVersion: Int, topic: String) throws -> [UInt8] {
+        var payload = json
+        var flags: StateHeader.Flags = snapshot ? [.snapshot] : []
+        if let compressor = options.compressor, !options.uncompressedTopics.contains(topic) {
+            let z = try compressor.compress(json)
+            if z.count < json.count {
+                payload = z
+                flags.insert(.compressed)
+            }
+        }
+        guard let key else {
+            return StateHeader(flags: flags, keyScope: nil, keyVersion: 0, nonce: []).bytes + payload
+        }
+        flags.insert(.encrypted)
+        do {
+            let header = StateHeader(flags: flags, keyScope: key.scope, keyVersion: key.version,
+                                     nonce: try AES256GCM.randomNonce()).bytes
+            let aad = StateHeader.associatedData(header: header, snapshot: snapshot, originatorID: originatorID,
+                                                 originatorVersion: originatorVersion, topic: topic)
+            return try AES256GCM.seal(payload, key: key.material, nonce: Array(header.suffix(AES256GCM.nonceLength)),
+                                      aadParts: [aad], prefix: header)
+        } catch {
+            throw EventSourcingError(.recorderFailure, "encryption failed (\(error.code))", originatorID: originatorID,
+                                     originatorVersion: originatorVersion, topic: topic, keyScope: key.scope)
+        }
+    }
+
+    private func record(_ code: EventSourcingError.Code, _ message: String, _ stored: StoredEvent,
+                        _ notificationID: Int64?) -> EventSourcingError {
+        EventSourcingError(code, message, originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
+                           topic: stored.topic, notificationID: notificationID, keyScope: StateHeader.peekKeyScope(stored.state))
+    }
+
+    /// Maps key-management errors onto the read outcomes of DESIGN.md.
+    static func translate(_ error: any Error, stored: StoredEvent?, scope: String) -> EventSourcingError {
+        if let e = error as? EventSourcingError { return e }
+        guard let k = error as? KeyManagementError else {
+            return EventSourcingError(.recorderFailure, "key store failed: \(error)", originatorID: stored?.originatorID,
+                                      originatorVersion: stored?.originatorVersion, topic: stored?.topic, keyScope: scope)
+        }
+        let code: EventSourcingError.Code
+        switch k.code {
+        case .shredded: code = .shredded
+        case .wrongMasterKey: code = .wrongMasterKey
+        case .authenticationFailed: code = .integrityFailure
+        case .keyUnavailable: code = .keyUnavailable
+        case .invalidScope: code = .invalidArgument
+        default: code = .recorderFailure
+        }
+        let message = k.code == .shredded ? "the key scope was crypto-shredded; its records cannot be read or written"
+                                          : k.message
+        return EventSourcingError(code, message, originatorID: stored?.originatorID,
+                                  originatorVersion: stored?.originatorVersion, topic: stored?.topic,
+                                  keyScope: scope, shreddedAt: k.shreddedAt)
+    }
+
+    /// A decoding error's coding path, without the payload values.
+    static func describe(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, let ctx):
+            return "missing key '\(key.stringValue)' at \(path(ctx.codingPath))"
+        case DecodingError.typeMismatch(let type, let ctx):
+            return "expected \(type) at \(path(ctx.codingPath))"
+        case DecodingError.valueNotFound(let type, let ctx):
+            return "missing \(type) at \(path(ctx.codingPath))"
+        case DecodingError.dataCorrupted(let ctx):
+            return "malformed data at \(path(ctx.codingPath))"
+        default:
+            return "\(type(of: error))"
+        }
+    }
+
+    private static func path(_ p: [any CodingKey]) -> String {
+        p.isEmpty ? "top level" : p.map(\.stringValue).joined(separator: ".")
+    }
+}
+
+/// The JSON written for an event: schema version, timestamp, and the event.
+struct EventEnvelope<A: Aggregate>: Codable {
+    var v: Int
+    var t: Double
+    var e: A.Event
+
+    init(v: Int, t: Double, e: A.Event) {
+        self.v = v
+        self.t = t
+        self.e = e
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        v = try c.decode(Int.self, forKey: .v)
+        t = try c.decode(Double.self, forKey: .t)
+        e = try Upcasting.decode(A.Event.self, in: c, forKey: .e, storedVersion: v,
+                                 currentVersion: A.eventSchemaVersion, step: A.upcastEvent, what: "event")
+    }
+}
+
+/// The JSON written for a snapshot: schema version, created/modified times, and the state.
+struct SnapshotEnvelope<A: Aggregate>: Codable {
+    var v: Int
+    var c: Double
+    var m: Double
+    var s: A
+
+    init(v: Int, c: Double, m: Double, s: A) {
+        self.v = v
+        self.c = c
+        self.m = m
+        self.s = s
+    }
+
+    init(from decoder: any Decoder) throws {
+        let k = try decoder.container(keyedBy: CodingKeys.self)
+        v = try k.decode(Int.self, forKey: .v)
+        c = try k.decode(Double.self, forKey: .c)
+        m = try k.decode(Double.self, forKey: .m)
+        s = try Upcasting.decode(A.self, in: k, forKey: .s, storedVersion: v,
+                                 currentVersion: A.snapshotSchemaVersion, step: A.upcastSnapshot, what: "snapshot")
+    }
+}
+
+enum Upcasting {
+    static func decode<T: Decodable, K: CodingKey>(_ type: T.Type, in c: KeyedDecodingContainer<K>, forKey key: K,
+                                                    storedVersion: Int, currentVersion: Int,
+                                                    step: (inout JSONValue, Int) throws -> Void, what: String) throws -> T {
+        if storedVersion == currentVersion { return try c.decode(T.self, forKey: key) }
+        guard storedVersion < currentVersion, storedVersion >= 1 else {
+            throw EventSourcingError(.decodingFailed,
+                "\(what) schema version \(storedVersion) is not readable by this code (current \(currentVersion))")
+        }
+        var json = try c.decode(JSONValue.self, forKey: key)
+        for from in storedVersion..<currentVersion { try step(&json, from) }
+        return try JSONDecoder().decode(T.self, from: JSONEncoder().encode(json))
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+
+/// The header at the start of every stored `state` (byte layout in SECURITY.md).
+///
+/// ```
+/// 0      magic 0xE5
+/// 1      magic 0x53 ("S")
+/// 2      format version (1)
+/// 3      flags: bit 0 compressed, bit 1 encrypted, bit 2 snapshot; other bits 0
+/// if encrypted:
+/// 4      scope length L (1…255)
+/// 5…     scope id, L bytes UTF-8
+/// +4     data-key version, u32 big-endian
+/// +12    nonce
+/// ```
+/// An encrypted body is `ciphertext || tag(16)`; otherwise the body is the (maybe compressed) payload.
+public struct StateHeader: Sendable, Hashable {
+    /// The two magic bytes.
+    public static let magic: [UInt8] = [0xE5, 0x53]
+    /// The format version this library writes.
+    public static let formatVersion: UInt8 = 1
+
+    /// Flag bits.
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// The payload was zlib-compressed before encryption.
+        public static let compressed = Flags(rawValue: 1)
+        /// The body is AES-256-GCM ciphertext and tag.
+        public static let encrypted = Flags(rawValue: 2)
+        /// The record is a snapshot, not an event.
+        public static let snapshot = Flags(rawValue: 4)
+        static let known: Flags = [.compressed, .encrypted, .snapshot]
+    }
+
+    /// The flags.
+    public var flags: Flags
+    /// The key scope (encrypted records only).
+    public var keyScope: String?
+    /// The data-key version (encrypted records only).
+    public var keyVersion: UInt32
+    /// The nonce (encrypted records only).
+    public var nonce: [UInt8]
+
+    /// The encoded header bytes.
+    public var bytes: [UInt8] {
+        var b = StateHeader.magic + [StateHeader.formatVersion, flags.rawValue]
+        if flags.contains(.encrypted), let keyScope {
+            let s = Array(keyScope.utf8)
+            b.append(UInt8(truncatingIfNeeded: s.count))
+            b += s
+            b += [UInt8(keyVersion >> 24 & 0xFF), UInt8(keyVersion >> 16 & 0xFF),
+                  UInt8(keyVersion >> 8 & 0xFF), UInt8(keyVersion & 0xFF)]
+            b += nonce
+        }
+        return b
+    }
+
+    /// Why a header could not be parsed.
+    public enum ParseFailure: Error, Sendable {
+        case truncated, badMagic, unsupportedVersion(UInt8), unknownFlags(UInt8), badScope
+    }
+
+    /// Parses the header at the start of `state`; returns it and the offset of the body.
+    public static func parse(_ state: [UInt8]) -> Result<(StateHeader, Int), ParseFailure> {
+        guard state.count >= 4 else { return .failure(.truncated) }
+        guard state[0] == magic[0], state[1] == magic[1] else { return .failure(.badMagic) }
+        guard state[2] == formatVersion else { return .failure(.unsupportedVersion(state[2])) }
+        let flags = Flags(rawValue: state[3])
+        guard Flags.known.isSuperset(of: flags) else { return .failure(.unknownFlags(state[3])) }
+        guard flags.contains(.encrypted) else {
+            return .success((StateHeader(flags: flags, keyScope: nil, keyVersion: 0, nonce: []), 4))
+        }
+        guard state.count >= 5 else { return .failure(.truncated) }
+        let l = Int(state[4])
+        let end = 5 + l + 4 + 12
+        guard l > 0 else { return .failure(.badScope) }
+        guard state.count >= end else { return .failure(.truncated) }
+        guard let scope = String(validating: state[5..<(5 + l)], as: UTF8.self) else { return .failure(.badScope) }
+        let v = 5 + l
+        let version = UInt32(state[v]) << 24 | UInt32(state[v + 1]) << 16 | UInt32(state[v + 2]) << 8 | UInt32(state[v + 3])
+        let nonce = Array(state[(v + 4)..<end])
+        return .success((StateHeader(flags: flags, keyScope: scope, keyVersion: version, nonce: nonce), end))
+    }
+
+    /// The key scope of an encrypted record, without decrypting; nil for anything else.
+    public static func peekKeyScope(_ state: [UInt8]) -> String? {
+        if case .success(let (h, _)) = parse(state) { return h.keyScope }
+        return nil
+    }
+
+    /// Associated data for a record: label ("ESEV" event / "ESSN" snapshot) || header ||
+    /// originator id (16 bytes) || originator version (u64 BE) || topic length (u16 BE) || topic.
+    static func associatedData(header: [UInt8], snapshot: Bool, originatorID: UUID,
+                               originatorVersion: Int, topic: String) -> [UInt8] {
+        var aad: [UInt8] = []
+        let t = Array(topic.utf8)
+        aad.reserveCapacity(4 + header.count + 16 + 8 + 2 + t.count)
+        aad += snapshot ? [0x45, 0x53, 0x53, 0x4E] : [0x45, 0x53, 0x45, 0x56]
+        aad += header
+        let u = originatorID.uuid
+        aad += [u.0, u.1, u.2, u.3, u.4, u.5, u.6, u.7, u.8, u.9, u.10, u.11, u.12, u.13, u.14, u.15]
+        let v = UInt64(bitPattern: Int64(originatorVersion))
+        for shift in stride(from: 56, through: 0, by: -8) { aad.append(UInt8(v >> UInt64(shift) & 0xFF)) }
+        let tl = min(t.count, 0xFFFF)
+        aad += [UInt8(tl >> 8 & 0xFF), UInt8(tl & 0xFF)]
+        aad += t
+        return aad
+    }
+}

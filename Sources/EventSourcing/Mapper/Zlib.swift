@@ -1,0 +1,156 @@
+import CZlib
+import Synchronization
+
+/// The one place in EventSourcing that calls the system zlib.
+///
+/// Streams are created once and reused with `deflateReset`/`inflateReset`; a small pool
+/// lets concurrent tasks compress at the same time without sharing a stream.
+enum Zlib {
+    struct Failure: Error { var message: String }
+
+    /// Compresses `input` in the zlib format (RFC 1950).
+    static func compress(_ input: [UInt8], level: Int32) throws(Failure) -> [UInt8] {
+        let stream = try DeflatePool.pool(level: level).take()
+        defer { DeflatePool.pool(level: level).give(stream) }
+        return try stream.compress(input)
+    }
+
+    /// Decompresses a complete zlib stream, refusing output larger than `limit` bytes and any
+    /// trailing bytes after the stream's end.
+    static func decompress(_ input: [UInt8], limit: Int) throws(Failure) -> [UInt8] {
+        let stream = try InflatePool.shared.take()
+        defer { InflatePool.shared.give(stream) }
+        return try stream.decompress(input, limit: limit)
+    }
+}
+
+/// A `z_stream` set up for deflate. Used by one task at a time (handed out by a pool).
+final class DeflateStream: @unchecked Sendable {
+    // @unchecked: only the task that took it from DeflatePool touches it until it is given back.
+    private let strm: UnsafeMutablePointer<z_stream>
+
+    init(level: Int32) throws(Zlib.Failure) {
+        strm = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
+        strm.initialize(to: z_stream())
+        guard es_deflate_init(strm, level) == Z_OK else {
+            strm.deallocate()
+            throw Zlib.Failure(message: "deflateInit failed")
+        }
+    }
+
+    deinit {
+        deflateEnd(strm)
+        strm.deallocate()
+    }
+
+    func compress(_ input: [UInt8]) throws(Zlib.Failure) -> [UInt8] {
+        guard deflateReset(strm) == Z_OK else { throw Zlib.Failure(message: "deflateReset failed") }
+        let bound = Int(deflateBound(strm, uLong(input.count)))
+        var out = [UInt8](repeating: 0, count: bound)
+        let (rc, produced): (Int32, Int) = input.withUnsafeBytes { inBuf in
+            out.withUnsafeMutableBytes { outBuf in
+                strm.pointee.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress?.assumingMemoryBound(to: Bytef.self))
+                strm.pointee.avail_in = uInt(inBuf.count)
+                strm.pointee.next_out = outBuf.baseAddress?.assumingMemoryBound(to: Bytef.self)
+                strm.pointee.avail_out = uInt(outBuf.count)
+                let rc = deflate(strm, Z_FINISH)
+                let produced = outBuf.count - Int(strm.pointee.avail_out)
+                strm.pointee.next_in = nil
+                strm.pointee.next_out = nil
+                return (rc, produced)
+            }
+        }
+        guard rc == Z_STREAM_END else { throw Zlib.Failure(message: "deflate did not finish (\(rc))") }
+        out.removeSubrange(produced...)
+        return out
+    }
+}
+
+/// A `z_stream` set up for inflate. Used by one task at a time (handed out by a pool).
+final class InflateStream: @unchecked Sendable {
+    // @unchecked: only the task that took it from InflatePool touches it until it is given back.
+    private let strm: UnsafeMutablePointer<z_stream>
+
+    init() throws(Zlib.Failure) {
+        strm = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
+        strm.initialize(to: z_stream())
+        guard es_inflate_init(strm) == Z_OK else {
+            strm.deallocate()
+            throw Zlib.Failure(message: "inflateInit failed")
+        }
+    }
+
+    deinit {
+        inflateEnd(strm)
+        strm.deallocate()
+    }
+
+    func decompress(_ input: [UInt8], limit: Int) throws(Zlib.Failure) -> [UInt8] {
+        guard inflateReset(strm) == Z_OK else { throw Zlib.Failure(message: "inflateReset failed") }
+        var out = [UInt8](repeating: 0, count: min(limit, max(64, input.count * 4)))
+        var produced = 0
+        var consumedAll = false
+        var rc: Int32 = Z_OK
+        input.withUnsafeBytes { inBuf in
+            strm.pointee.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress?.assumingMemoryBound(to: Bytef.self))
+            strm.pointee.avail_in = uInt(inBuf.count)
+            while true {
+                rc = out.withUnsafeMutableBytes { outBuf in
+                    strm.pointee.next_out = outBuf.baseAddress.map { $0.assumingMemoryBound(to: Bytef.self) + produced }
+                    strm.pointee.avail_out = uInt(outBuf.count - produced)
+                    let rc = inflate(strm, Z_FINISH)
+                    produced = outBuf.count - Int(strm.pointee.avail_out)
+                    return rc
+                }
+                if rc == Z_STREAM_END { consumedAll = strm.pointee.avail_in == 0; break }
+                // Out of room: grow up to the limit; anything else is a corrupt stream.
+                guard rc == Z_BUF_ERROR || rc == Z_OK, strm.pointee.avail_out == 0, out.count < limit else { break }
+                out.append(contentsOf: repeatElement(0, count: min(limit, out.count * 2) - out.count))
+            }
+            strm.pointee.next_in = nil
+            strm.pointee.next_out = nil
+        }
+        guard rc == Z_STREAM_END else {
+            throw Zlib.Failure(message: produced >= limit ? "decompressed size exceeds \(limit) bytes" : "not a valid zlib stream")
+        }
+        guard consumedAll else { throw Zlib.Failure(message: "trailing bytes after the zlib stream") }
+        out.removeSubrange(produced...)
+        return out
+    }
+}
+
+final class DeflatePool: Sendable {
+    private static let pools = Mutex<[Int32: DeflatePool]>([:])
+    private let level: Int32
+    private let free = Mutex<[DeflateStream]>([])
+
+    private init(level: Int32) { self.level = level }
+
+    static func pool(level: Int32) -> DeflatePool {
+        pools.withLock { p in
+            if let existing = p[level] { return existing }
+            let made = DeflatePool(level: level)
+            p[level] = made
+            return made
+        }
+    }
+
+    func take() throws(Zlib.Failure) -> DeflateStream {
+        if let s = free.withLock({ $0.popLast() }) { return s }
+        return try DeflateStream(level: level)
+    }
+
+    func give(_ s: DeflateStream) { free.withLock { if $0.count < 16 { $0.append(s) } } }
+}
+
+final class InflatePool: Sendable {
+    static let shared = InflatePool()
+    private let free = Mutex<[InflateStream]>([])
+
+    func take() throws(Zlib.Failure) -> InflateStream {
+        if let s = free.withLock({ $0.popLast() }) { return s }
+        return try InflateStream()
+    }
+
+    func give(_ s: InflateStream) { free.withLock { if $0.count < 16 { $0.append(s) } } }
+}

@@ -1,0 +1,58 @@
+import Foundation
+import KeyManagement
+
+/// Stores the events of aggregates, with optimistic concurrency on `(originatorID, originatorVersion)`.
+///
+/// Implementations are used from many tasks at once.
+public protocol AggregateRecorder: Sendable {
+    /// Inserts all `events` atomically: either every one is stored or none is.
+    /// - Returns: the notification ids given to the events, in order (empty if the recorder has none).
+    /// - Throws: ``EventSourcingError/Code/concurrencyConflict`` naming the first conflicting
+    ///   `(originatorID, originatorVersion)` if any already exists; nothing is written then.
+    func insertEvents(_ events: [StoredEvent]) async throws -> [Int64]
+
+    /// The events of one aggregate with `gt < version <= lte`, ascending (or descending with
+    /// `desc`), at most `limit` of them.
+    func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent]
+}
+
+/// An ``AggregateRecorder`` that also keeps the application's totally ordered notification log.
+public protocol ApplicationRecorder: AggregateRecorder {
+    /// Notifications with `start <= id` (and `id <= stop` if given), ascending, at most
+    /// `limit`, only those whose topic is in `topics` when `topics` is not empty.
+    func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [Notification]
+
+    /// The highest notification id, or nil when the log is empty.
+    func maxNotificationID() async throws -> Int64?
+}
+
+/// Stores aggregate snapshots. A snapshot is a ``StoredEvent`` whose version is the
+/// aggregate version it captures.
+public protocol SnapshotRecorder: Sendable {
+    /// Stores a snapshot; a second snapshot of the same `(originatorID, originatorVersion)` replaces it.
+    func insertSnapshot(_ snapshot: StoredEvent) async throws
+    /// The latest snapshot with version ≤ `lte` (any version when nil).
+    func selectSnapshot(originatorID: UUID, lte: Int?) async throws -> StoredEvent?
+    /// Deletes every snapshot whose header names `keyScope`; returns how many were deleted.
+    func deleteSnapshots(keyScope: String) async throws -> Int
+}
+
+/// A recorder that can store newly created data keys in the same transaction as the events
+/// encrypted under them, so a crash never leaves one without the other.
+public protocol KeyCommittingRecorder: ApplicationRecorder {
+    /// Inserts `newKeys` and `events` in one transaction.
+    /// - Throws: like ``AggregateRecorder/insertEvents(_:)``, and `KeyManagementError` with
+    ///   `.keyExists` if another writer created one of the keys first, or `.shredded` if a
+    ///   scope was shredded meanwhile.
+    func insertEvents(_ events: [StoredEvent], newKeys: [WrappedDataKey]) async throws -> [Int64]
+
+    /// The key store that shares this recorder's transactions.
+    var keyStore: any KeyStore { get }
+}
+
+extension AggregateRecorder {
+    /// All events of one aggregate in ascending order.
+    public func selectEvents(originatorID: UUID) async throws -> [StoredEvent] {
+        try await selectEvents(originatorID: originatorID, gt: nil, lte: nil, desc: false, limit: nil)
+    }
+}
