@@ -1,0 +1,59 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+
+/// A recorder under test: the conformance suite runs every behaviour against each of these.
+struct RecorderFactory: Sendable, CustomStringConvertible {
+    let name: String
+    /// Makes a fresh, empty store: an application recorder that also records snapshots.
+    let make: @Sendable () async throws -> Store
+
+    var description: String { name }
+
+    /// The store under test and how to release it.
+    struct Store: Sendable {
+        let recorder: any ApplicationRecorder
+        let snapshots: any SnapshotRecorder
+        /// The key store that shares the recorder's transactions, if the recorder has one.
+        let keyStore: (any KeyStore)?
+        let close: @Sendable () async throws -> Void
+    }
+
+    static let inMemory = RecorderFactory(name: "in-memory") {
+        let r = InMemoryRecorder()
+        return Store(recorder: r, snapshots: r, keyStore: nil, close: {})
+    }
+
+    /// Every recorder the conformance suite runs against.
+    static let all: [RecorderFactory] = [.inMemory]
+}
+
+/// An application under test: a recorder plus encryption on or off.
+struct AppFactory: Sendable, CustomStringConvertible {
+    let recorder: RecorderFactory
+    let encrypted: Bool
+
+    var description: String { "\(recorder.name), \(encrypted ? "encrypted" : "plaintext")" }
+
+    /// A fresh application; `masterKey` is generated if not given.
+    func make(snapshotIntervals: [String: Int] = [:], masterKey: MasterKey? = nil) async throws -> TestApp {
+        let store = try await recorder.make()
+        var keyring: Keyring?
+        if encrypted {
+            let keyStore = store.keyStore ?? InMemoryKeyStore()
+            keyring = try await Keyring.open(store: keyStore, masterKeys: [masterKey ?? MasterKey.generate()])
+        }
+        let app = Application(recorder: store.recorder, snapshots: store.snapshots, mapper: Mapper(keyring: keyring),
+                              snapshotIntervals: snapshotIntervals)
+        return TestApp(app: app, store: store, keyring: keyring)
+    }
+
+    static let all: [AppFactory] = RecorderFactory.all.flatMap { [AppFactory(recorder: $0, encrypted: false),
+                                                                   AppFactory(recorder: $0, encrypted: true)] }
+}
+
+struct TestApp: Sendable {
+    let app: Application
+    let store: RecorderFactory.Store
+    let keyring: Keyring?
+}
