@@ -15,13 +15,8 @@ public final class KeyMaterial: @unchecked Sendable, CustomStringConvertible, Cu
     /// - Throws: ``KeyManagementError`` if the RNG fails.
     public init(randomCount count: Int = 32) throws(KeyManagementError) {
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
-        do {
-            try LibCrypto.randomFill(buffer)
-        } catch {
-            LibCrypto.cleanse(buffer)
-            buffer.deallocate()
-            throw error
-        }
+        // On failure deinit still runs (every stored property is set) and frees the buffer.
+        try LibCrypto.randomFill(buffer)
     }
 
     /// Takes ownership of `bytes`, zeroizing the caller's array.
@@ -36,13 +31,8 @@ public final class KeyMaterial: @unchecked Sendable, CustomStringConvertible, Cu
     /// Derives key bytes with scrypt.
     init(scryptPassword password: [UInt8], salt: [UInt8], n: UInt64, r: UInt64, p: UInt64) throws(KeyManagementError) {
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 16)
-        do {
-            try LibCrypto.scrypt(password: password, salt: salt, n: n, r: r, p: p, into: buffer)
-        } catch {
-            LibCrypto.cleanse(buffer)
-            buffer.deallocate()
-            throw error
-        }
+        // On failure deinit still runs (every stored property is set) and frees the buffer.
+        try LibCrypto.scrypt(password: password, salt: salt, n: n, r: r, p: p, into: buffer)
     }
 
     deinit {

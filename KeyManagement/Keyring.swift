@@ -160,6 +160,7 @@ public final class Keyring: Sendable {
     ///   ``KeyManagementError/Code/keyUnavailable`` if no such version exists or its master key is not loaded.
     public func readKey(scope: String, version: UInt32) async throws -> DataKey {
         if let hit = state.withLock({ $0.get(scope, version) }) { return hit }
+        try KeyScope.validate(scope)
         if let when = state.withLock({ $0.shredded[scope] }) {
             throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: when)
         }
@@ -229,15 +230,17 @@ public final class Keyring: Sendable {
         // 2. Rewrap; repeat the scan until a whole pass finds nothing left under an old key
         //    (another process may have minted keys under the old master key meanwhile).
         var total = RotationProgress(rewrapped: 0, alreadyCurrent: 0)
+        var seenCurrent = 0
         while true {
             var changed = 0
+            seenCurrent = 0
             var cursor: DataKeyCursor? = nil
             while true {
                 let page = try await store.dataKeys(after: cursor, limit: pageSize)
                 guard let last = page.last else { break }
                 cursor = DataKeyCursor(scope: last.scope, version: last.version)
                 for record in page {
-                    if record.kekID == newKey.id { total.alreadyCurrent += 1; continue }
+                    if record.kekID == newKey.id { seenCurrent += 1; continue }
                     let key = try unwrap(record)
                     let rewrapped = try Keyring.wrap(key, with: newKey, createdAt: record.createdAt)
                     if try await store.rewrapDataKey(rewrapped, previousKEKID: record.kekID) {
@@ -245,11 +248,12 @@ public final class Keyring: Sendable {
                         total.rewrapped += 1
                     }
                 }
-                progress?(total)
+                progress?(RotationProgress(rewrapped: total.rewrapped, alreadyCurrent: seenCurrent))
             }
             if changed == 0 { break }
-            total.alreadyCurrent = 0
         }
+        // The final pass sees every key as current, including the ones rewrapped above.
+        total.alreadyCurrent = max(0, seenCurrent - total.rewrapped)
         // 3. Retire every other master key's check: they no longer open the store.
         for check in try await store.masterKeyChecks() where check.kekID != newKey.id {
             try await store.deleteMasterKeyCheck(kekID: check.kekID)

@@ -8,7 +8,7 @@ public struct NotificationLog: Sendable {
     /// The raw stored notifications (still compressed and encrypted) with
     /// `start <= id <= stop`, ascending, at most `limit`, filtered by `topics` if not empty.
     /// - Throws: ``EventSourcingError/Code/invalidArgument`` for `start < 1` or `limit < 1`.
-    public func select(start: Int64, limit: Int, stop: Int64? = nil, topics: [String] = []) async throws -> [Notification] {
+    public func select(start: Int64, limit: Int, stop: Int64? = nil, topics: [String] = []) async throws -> [StoredNotification] {
         guard start >= 1 else { throw EventSourcingError(.invalidArgument, "start must be at least 1, got \(start)") }
         guard limit >= 1 else { throw EventSourcingError(.invalidArgument, "limit must be at least 1, got \(limit)") }
         return try await app.recorder.selectNotifications(start: start, limit: limit, stop: stop, topics: topics)
@@ -52,7 +52,7 @@ public struct LogItem: Sendable {
     }
 
     /// The stored notification.
-    public let notification: Notification
+    public let notification: StoredNotification
     /// What reading it gave.
     public let outcome: Outcome
 

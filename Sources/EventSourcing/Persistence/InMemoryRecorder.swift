@@ -10,7 +10,7 @@ public final class InMemoryRecorder: ApplicationRecorder, SnapshotRecorder {
     private struct State {
         /// Per aggregate, events indexed by `version - 1` when contiguous; kept sorted.
         var events: [UUID: [StoredEvent]] = [:]
-        var log: [Notification] = []
+        var log: [StoredNotification] = []
         var snapshots: [UUID: [StoredEvent]] = [:]
     }
 
@@ -35,7 +35,7 @@ public final class InMemoryRecorder: ApplicationRecorder, SnapshotRecorder {
             for e in events {
                 Self.insertSorted(e, into: &s.events[e.originatorID, default: []])
                 let id = Int64(s.log.count + 1)
-                s.log.append(Notification(id: id, originatorID: e.originatorID, originatorVersion: e.originatorVersion,
+                s.log.append(StoredNotification(id: id, originatorID: e.originatorID, originatorVersion: e.originatorVersion,
                                           topic: e.topic, state: e.state))
                 ids.append(id)
             }
@@ -53,11 +53,11 @@ public final class InMemoryRecorder: ApplicationRecorder, SnapshotRecorder {
         return out
     }
 
-    public func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [Notification] {
+    public func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {
         guard limit > 0 else { return [] }
         let topicSet = Set(topics)
         return state.withLock { s in
-            var out: [Notification] = []
+            var out: [StoredNotification] = []
             var i = max(0, Int(clamping: start) - 1)
             while i < s.log.count, out.count < limit {
                 let n = s.log[i]

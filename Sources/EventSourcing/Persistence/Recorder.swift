@@ -20,7 +20,7 @@ public protocol AggregateRecorder: Sendable {
 public protocol ApplicationRecorder: AggregateRecorder {
     /// Notifications with `start <= id` (and `id <= stop` if given), ascending, at most
     /// `limit`, only those whose topic is in `topics` when `topics` is not empty.
-    func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [Notification]
+    func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification]
 
     /// The highest notification id, or nil when the log is empty.
     func maxNotificationID() async throws -> Int64?

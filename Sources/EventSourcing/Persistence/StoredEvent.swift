@@ -28,7 +28,7 @@ public struct StoredEvent: Sendable, Hashable {
 }
 
 /// A stored event together with its position in the application's notification log.
-public struct Notification: Sendable, Hashable {
+public struct StoredNotification: Sendable, Hashable {
     /// Position in the log: 1, 2, 3, … in commit order.
     public var id: Int64
     /// The aggregate id.

@@ -1,4 +1,5 @@
 import EventSourcing
+import EventSourcingSQLite
 import Foundation
 import KeyManagement
 
@@ -24,8 +25,19 @@ struct RecorderFactory: Sendable, CustomStringConvertible {
         return Store(recorder: r, snapshots: r, keyStore: nil, close: {})
     }
 
+    /// A SQLite store in a fresh file in a temporary directory (not `:memory:`).
+    static let sqliteFile = RecorderFactory(name: "sqlite") {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("es-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let store = try SQLiteStore(path: dir.appendingPathComponent("events.sqlite").path)
+        return Store(recorder: store, snapshots: store, keyStore: store, close: {
+            await store.close()
+            try? FileManager.default.removeItem(at: dir)
+        })
+    }
+
     /// Every recorder the conformance suite runs against.
-    static let all: [RecorderFactory] = [.inMemory]
+    static let all: [RecorderFactory] = [.inMemory, .sqliteFile]
 }
 
 /// An application under test: a recorder plus encryption on or off.

@@ -1,0 +1,171 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+
+extension SQLiteStore {
+    public func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] {
+        try await insertEvents(events, newKeys: [])
+    }
+
+    public var keyStore: any KeyStore { self }
+
+    public func insertEvents(_ events: [StoredEvent], newKeys: [WrappedDataKey]) async throws -> [Int64] {
+        guard !events.isEmpty || !newKeys.isEmpty else { return [] }
+        return try await write { conn in
+            for key in newKeys { try SQLiteStore.insertDataKey(key, conn) }
+            // A scope shredded by another process must not get new records under a key this
+            // process still has cached.
+            var checked = Set<String>()
+            let insert = try conn.statement(
+                "INSERT INTO events (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
+            var ids: [Int64] = []
+            ids.reserveCapacity(events.count)
+            for e in events {
+                let scope = e.keyScope
+                if let scope, checked.insert(scope).inserted, let t = try SQLiteStore.tombstone(scope, conn) {
+                    throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, shreddedAt: t.shreddedAt)
+                }
+                let s = try conn.statement(
+                    "INSERT INTO events (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
+                s.bind(1, e.originatorID)
+                s.bind(2, e.originatorVersion)
+                s.bind(3, e.topic)
+                s.bind(4, e.state)
+                s.bind(5, scope)
+                do { try s.run() } catch let error as EventSourcingError where error.code == .concurrencyConflict {
+                    throw EventSourcingError(.concurrencyConflict, "an event with this originator id and version exists",
+                                             originatorID: e.originatorID, originatorVersion: e.originatorVersion, topic: e.topic)
+                }
+                ids.append(conn.lastInsertRowID)
+            }
+            _ = insert
+            return ids
+        }
+    }
+
+    public func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
+        if let limit, limit <= 0 { return [] }
+        var sql = "SELECT originator_version, topic, state FROM events WHERE originator_id = ?"
+        if gt != nil { sql += " AND originator_version > ?" }
+        if lte != nil { sql += " AND originator_version <= ?" }
+        sql += desc ? " ORDER BY originator_version DESC" : " ORDER BY originator_version ASC"
+        if limit != nil { sql += " LIMIT ?" }
+        let query = sql
+        return try await read { conn in
+            let s = try conn.statement(query)
+            var i: Int32 = 1
+            s.bind(i, originatorID); i += 1
+            if let gt { s.bind(i, gt); i += 1 }
+            if let lte { s.bind(i, lte); i += 1 }
+            if let limit { s.bind(i, limit) }
+            var out: [StoredEvent] = []
+            while try s.step() {
+                out.append(StoredEvent(originatorID: originatorID, originatorVersion: s.int(0), topic: s.text(1), state: s.blob(2)))
+            }
+            s.reset()
+            return out
+        }
+    }
+
+    public func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {
+        guard limit > 0 else { return [] }
+        var sql = "SELECT notification_id, originator_id, originator_version, topic, state FROM events WHERE notification_id >= ?"
+        if stop != nil { sql += " AND notification_id <= ?" }
+        if !topics.isEmpty { sql += " AND topic IN (" + Array(repeating: "?", count: topics.count).joined(separator: ", ") + ")" }
+        sql += " ORDER BY notification_id LIMIT ?"
+        let query = sql
+        return try await read { conn in
+            let s = try conn.statement(query)
+            var i: Int32 = 1
+            s.bind(i, start); i += 1
+            if let stop { s.bind(i, stop); i += 1 }
+            for t in topics { s.bind(i, t); i += 1 }
+            s.bind(i, limit)
+            var out: [StoredNotification] = []
+            out.reserveCapacity(min(limit, 1000))
+            while try s.step() {
+                guard let id = s.uuid(1) else {
+                    s.reset()
+                    throw EventSourcingError(.databaseCorrupt, "originator id is not 16 bytes", notificationID: s.int64(0))
+                }
+                out.append(StoredNotification(id: s.int64(0), originatorID: id, originatorVersion: s.int(2), topic: s.text(3), state: s.blob(4)))
+            }
+            s.reset()
+            return out
+        }
+    }
+
+    public func maxNotificationID() async throws -> Int64? {
+        try await read { conn in
+            let s = try conn.statement("SELECT max(notification_id) FROM events")
+            defer { s.reset() }
+            guard try s.step(), !s.isNull(0) else { return nil }
+            return s.int64(0)
+        }
+    }
+
+    public func countEvents(keyScope: String) async throws -> Int {
+        try await read { conn in
+            let s = try conn.statement("SELECT count(*) FROM events WHERE key_scope = ?")
+            defer { s.reset() }
+            s.bind(1, keyScope)
+            return try s.step() ? s.int(0) : 0
+        }
+    }
+
+    // MARK: Snapshots
+
+    public func insertSnapshot(_ snapshot: StoredEvent) async throws {
+        try await write { conn in
+            let s = try conn.statement(
+                "INSERT OR REPLACE INTO snapshots (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
+            s.bind(1, snapshot.originatorID)
+            s.bind(2, snapshot.originatorVersion)
+            s.bind(3, snapshot.topic)
+            s.bind(4, snapshot.state)
+            s.bind(5, snapshot.keyScope)
+            try s.run()
+        }
+    }
+
+    public func selectSnapshot(originatorID: UUID, lte: Int?) async throws -> StoredEvent? {
+        let sql = "SELECT originator_version, topic, state FROM snapshots WHERE originator_id = ?"
+            + (lte == nil ? "" : " AND originator_version <= ?") + " ORDER BY originator_version DESC LIMIT 1"
+        return try await read { conn in
+            let s = try conn.statement(sql)
+            defer { s.reset() }
+            s.bind(1, originatorID)
+            if let lte { s.bind(2, lte) }
+            guard try s.step() else { return nil }
+            return StoredEvent(originatorID: originatorID, originatorVersion: s.int(0), topic: s.text(1), state: s.blob(2))
+        }
+    }
+
+    public func deleteSnapshots(keyScope: String) async throws -> Int {
+        let n = try await write { conn in
+            let s = try conn.statement("DELETE FROM snapshots WHERE key_scope = ?")
+            s.bind(1, keyScope)
+            try s.run()
+            return conn.changes
+        }
+        if n > 0 { await checkpointTruncate() }
+        return n
+    }
+
+    /// Moves the WAL into the database file and truncates the WAL to zero bytes, so rows
+    /// deleted with `secure_delete` leave no copy in the WAL. Retries while readers hold it.
+    func checkpointTruncate() async {
+        for attempt in 0..<20 {
+            let done = (try? await writeOutsideTransaction { conn -> Bool in
+                let s = try conn.statement("PRAGMA wal_checkpoint(TRUNCATE)")
+                defer { s.reset() }
+                // Row: busy, log frames, checkpointed frames. busy = 0 means it completed.
+                return try s.step() && s.int(0) == 0
+            }) ?? false
+            if done { return }
+            try? await Task.sleep(for: .milliseconds(5 * (attempt + 1)))
+        }
+        logger.warning("WAL checkpoint after shred did not complete; it will on the next checkpoint",
+                       metadata: ["path": "\(path)"])
+    }
+}

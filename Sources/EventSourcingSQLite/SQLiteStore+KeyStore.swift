@@ -1,0 +1,161 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+
+extension SQLiteStore {
+    public func masterKeyChecks() async throws -> [MasterKeyCheck] {
+        try await read { conn in
+            let s = try conn.statement("SELECT kek_id, sealed, kdf, created_at FROM master_key_checks ORDER BY created_at, kek_id")
+            defer { s.reset() }
+            var out: [MasterKeyCheck] = []
+            while try s.step() {
+                var kdf: KDFParameters?
+                if !s.isNull(2) {
+                    kdf = try? JSONDecoder().decode(KDFParameters.self, from: Data(s.text(2).utf8))
+                }
+                out.append(MasterKeyCheck(kekID: s.text(0), sealed: s.blob(1), kdf: kdf,
+                                          createdAt: Date(timeIntervalSince1970: s.double(3))))
+            }
+            return out
+        }
+    }
+
+    public func insertMasterKeyCheck(_ check: MasterKeyCheck) async throws {
+        let kdf = try check.kdf.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
+        try await write { conn in
+            let s = try conn.statement("INSERT OR IGNORE INTO master_key_checks (kek_id, sealed, kdf, created_at) VALUES (?, ?, ?, ?)")
+            s.bind(1, check.kekID)
+            s.bind(2, check.sealed)
+            s.bind(3, kdf)
+            s.bind(4, check.createdAt.timeIntervalSince1970)
+            try s.run()
+        }
+    }
+
+    public func deleteMasterKeyCheck(kekID: String) async throws {
+        try await write { conn in
+            let s = try conn.statement("DELETE FROM master_key_checks WHERE kek_id = ?")
+            s.bind(1, kekID)
+            try s.run()
+        }
+    }
+
+    public func dataKeys(scope: String) async throws -> [WrappedDataKey] {
+        try await read { conn in
+            let s = try conn.statement("SELECT scope, version, kek_id, wrapped, created_at FROM data_keys WHERE scope = ? ORDER BY version")
+            defer { s.reset() }
+            s.bind(1, scope)
+            var out: [WrappedDataKey] = []
+            while try s.step() { out.append(SQLiteStore.wrappedKey(s)) }
+            return out
+        }
+    }
+
+    public func insertDataKey(_ key: WrappedDataKey) async throws {
+        try await write { conn in try SQLiteStore.insertDataKey(key, conn) }
+    }
+
+    public func rewrapDataKey(_ key: WrappedDataKey, previousKEKID: String) async throws -> Bool {
+        try await write { conn in
+            let s = try conn.statement("UPDATE data_keys SET kek_id = ?, wrapped = ? WHERE scope = ? AND version = ? AND kek_id = ?")
+            s.bind(1, key.kekID)
+            s.bind(2, key.wrapped)
+            s.bind(3, key.scope)
+            s.bind(4, Int64(key.version))
+            s.bind(5, previousKEKID)
+            try s.run()
+            return conn.changes == 1
+        }
+    }
+
+    public func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey] {
+        let sql = "SELECT scope, version, kek_id, wrapped, created_at FROM data_keys"
+            + (cursor == nil ? "" : " WHERE (scope, version) > (?, ?)") + " ORDER BY scope, version LIMIT ?"
+        return try await read { conn in
+            let s = try conn.statement(sql)
+            defer { s.reset() }
+            var i: Int32 = 1
+            if let cursor {
+                s.bind(1, cursor.scope)
+                s.bind(2, Int64(cursor.version))
+                i = 3
+            }
+            s.bind(i, limit)
+            var out: [WrappedDataKey] = []
+            while try s.step() { out.append(SQLiteStore.wrappedKey(s)) }
+            return out
+        }
+    }
+
+    public func tombstone(scope: String) async throws -> Tombstone? {
+        try await read { conn in try SQLiteStore.tombstone(scope, conn) }
+    }
+
+    public func tombstones() async throws -> [Tombstone] {
+        try await read { conn in
+            let s = try conn.statement("SELECT scope, shredded_at, destroyed_versions FROM tombstones ORDER BY shredded_at, scope")
+            defer { s.reset() }
+            var out: [Tombstone] = []
+            while try s.step() { out.append(SQLiteStore.tombstoneRow(s)) }
+            return out
+        }
+    }
+
+    public func shred(scope: String, at time: Date) async throws -> Tombstone {
+        let t = try await write { conn -> Tombstone in
+            if let t = try SQLiteStore.tombstone(scope, conn) {
+                throw KeyManagementError(.shredded, "the scope was already shredded", scope: scope, shreddedAt: t.shreddedAt)
+            }
+            let q = try conn.statement("SELECT version FROM data_keys WHERE scope = ? ORDER BY version")
+            q.bind(1, scope)
+            var versions: [UInt32] = []
+            while try q.step() { versions.append(UInt32(truncatingIfNeeded: q.int64(0))) }
+            q.reset()
+            let d = try conn.statement("DELETE FROM data_keys WHERE scope = ?")
+            d.bind(1, scope)
+            try d.run()
+            let ins = try conn.statement("INSERT INTO tombstones (scope, shredded_at, destroyed_versions) VALUES (?, ?, ?)")
+            ins.bind(1, scope)
+            ins.bind(2, time.timeIntervalSince1970)
+            ins.bind(3, versions.map(String.init).joined(separator: ","))
+            try ins.run()
+            return Tombstone(scope: scope, shreddedAt: time, destroyedVersions: versions)
+        }
+        await checkpointTruncate()
+        return t
+    }
+
+    // MARK: Rows
+
+    static func insertDataKey(_ key: WrappedDataKey, _ conn: SQLiteConnection) throws {
+        if let t = try tombstone(key.scope, conn) {
+            throw KeyManagementError(.shredded, "the scope was shredded", scope: key.scope, shreddedAt: t.shreddedAt)
+        }
+        let s = try conn.statement("INSERT INTO data_keys (scope, version, kek_id, wrapped, created_at) VALUES (?, ?, ?, ?, ?)")
+        s.bind(1, key.scope)
+        s.bind(2, Int64(key.version))
+        s.bind(3, key.kekID)
+        s.bind(4, key.wrapped)
+        s.bind(5, key.createdAt.timeIntervalSince1970)
+        do { try s.run() } catch where error.code == .concurrencyConflict {
+            throw KeyManagementError(.keyExists, "data key exists", scope: key.scope, keyVersion: key.version)
+        }
+    }
+
+    static func tombstone(_ scope: String, _ conn: SQLiteConnection) throws -> Tombstone? {
+        let s = try conn.statement("SELECT scope, shredded_at, destroyed_versions FROM tombstones WHERE scope = ?")
+        defer { s.reset() }
+        s.bind(1, scope)
+        return try s.step() ? tombstoneRow(s) : nil
+    }
+
+    static func tombstoneRow(_ s: Statement) -> Tombstone {
+        Tombstone(scope: s.text(0), shreddedAt: Date(timeIntervalSince1970: s.double(1)),
+                  destroyedVersions: s.text(2).split(separator: ",").compactMap { UInt32($0) })
+    }
+
+    static func wrappedKey(_ s: Statement) -> WrappedDataKey {
+        WrappedDataKey(scope: s.text(0), version: UInt32(truncatingIfNeeded: s.int64(1)), kekID: s.text(2),
+                       wrapped: s.blob(3), createdAt: Date(timeIntervalSince1970: s.double(4)))
+    }
+}

@@ -1,0 +1,338 @@
+import Dispatch
+import EventSourcing
+import Foundation
+import KeyManagement
+import Logging
+import Synchronization
+
+/// The embedded default store: events, snapshots, wrapped data keys, master-key checks,
+/// tombstones and the schema version in one SQLite file (WAL mode).
+///
+/// One writer connection on its own thread takes every write; saves that arrive while a
+/// commit is in flight are coalesced into the next transaction (group commit, one fsync),
+/// each in its own savepoint so each fails alone. Reads use a pool of reader connections.
+/// A scope's first data key is written in the same transaction as its first events.
+public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommittingRecorder, KeyStore, KeyScopeCounting {
+    /// How hard each commit waits for the disk.
+    public enum Synchronous: String, Sendable {
+        /// fsync on every commit: an acknowledged save survives power loss. The default.
+        case full = "FULL"
+        /// fsync only at checkpoints: a power loss may lose the last commits (never corrupts).
+        case normal = "NORMAL"
+    }
+
+    /// Store settings.
+    public struct Configuration: Sendable {
+        /// Durability of commits; `.full` by default.
+        public var synchronous: Synchronous
+        /// How long to wait for another process's lock before failing with `.databaseLocked`.
+        public var busyTimeout: Duration
+        /// Reader connections kept open.
+        public var readers: Int
+        /// Creates settings.
+        public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(5), readers: Int = 4) {
+            self.synchronous = synchronous
+            self.busyTimeout = busyTimeout
+            self.readers = max(1, readers)
+        }
+    }
+
+    /// The schema version this code writes.
+    public static let schemaVersion = 1
+
+    /// The database file.
+    public let path: String
+    /// The settings it was opened with.
+    public let configuration: Configuration
+    let logger: Logger
+    private let writer: ConnectionBox
+    private let writerQueue: DispatchQueue
+    private let readerQueue: DispatchQueue
+    private let readers = Mutex<[ConnectionBox]>([])
+    private let pending = Mutex<PendingWrites>(PendingWrites())
+    private let closed = Atomic<Bool>(false)
+
+    private struct PendingWrites {
+        var queue: [any WriteRequest] = []
+        var draining = false
+    }
+
+    private var busyMillis: Int32 {
+        let c = configuration.busyTimeout.components
+        return Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000)
+    }
+
+    /// Opens (creating if needed) the store at `path`.
+    /// - Throws: ``EventSourcingError`` `.databaseCorrupt` for a file that is not a SQLite database
+    ///   or is truncated, `.unsupportedSchema` for a newer schema or a database that is not an
+    ///   event store, `.databaseUnavailable` for a path that cannot be opened or written,
+    ///   `.databaseLocked`. The file is not changed when opening fails.
+    public init(path: String, configuration: Configuration = Configuration(),
+                logger: Logger = Logger(label: "eventsourcing.sqlite")) throws {
+        self.path = path
+        self.configuration = configuration
+        self.logger = logger
+        try SQLiteFile.validate(path: path)
+        let c = configuration.busyTimeout.components
+        let busy = Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000)
+        let conn = try SQLiteConnection(path: path, create: true, busyTimeoutMillis: busy)
+        try SQLiteStore.prepare(conn, configuration: configuration)
+        writer = ConnectionBox(conn)
+        writerQueue = DispatchQueue(label: "eventsourcing.sqlite.writer")
+        readerQueue = DispatchQueue(label: "eventsourcing.sqlite.readers", attributes: .concurrent)
+    }
+
+    deinit { closeConnections() }
+
+    /// Closes every connection. Later calls fail.
+    public func close() async {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            writerQueue.async {
+                self.closeConnections()
+                c.resume()
+            }
+        }
+    }
+
+    private func closeConnections() {
+        writer.connection.close()
+        readers.withLock { r in
+            for b in r { b.connection.close() }
+            r.removeAll()
+        }
+    }
+
+    // MARK: Schema
+
+    private static func prepare(_ conn: SQLiteConnection, configuration: Configuration) throws(EventSourcingError) {
+        // Read first: a file that is not a database, or a newer schema, fails here before any write.
+        var tables: [String] = []
+        let list = try conn.statement("SELECT name FROM sqlite_master WHERE type = 'table'")
+        while try list.step() { tables.append(list.text(0)) }
+        list.reset()
+        var found = 0
+        if tables.contains("es_meta") {
+            let v = try conn.statement("SELECT value FROM es_meta WHERE key = 'schema_version'")
+            if try v.step() { found = v.int(0) }
+            v.reset()
+            if found > schemaVersion {
+                throw EventSourcingError(.unsupportedSchema,
+                    "\(conn.path) has schema version \(found); this library reads up to \(schemaVersion). Upgrade the library.")
+            }
+        } else if !tables.filter({ !$0.hasPrefix("sqlite_") }).isEmpty {
+            throw EventSourcingError(.unsupportedSchema, "\(conn.path) is a SQLite database but not an event store")
+        }
+        try conn.execute("PRAGMA journal_mode = WAL")
+        try conn.execute("PRAGMA synchronous = \(configuration.synchronous.rawValue)")
+        // Deleted key rows are overwritten with zeros, not just unlinked (crypto-shredding).
+        try conn.execute("PRAGMA secure_delete = ON")
+        guard found < schemaVersion else { return }
+        try conn.execute("BEGIN IMMEDIATE")
+        do {
+            for version in (found + 1)...schemaVersion {
+                try conn.execute(migrations[version - 1])
+            }
+            try conn.execute("INSERT OR REPLACE INTO es_meta (key, value) VALUES ('schema_version', \(schemaVersion))")
+            try conn.execute("COMMIT")
+        } catch {
+            try? conn.execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Forward migrations: entry `i` takes schema `i` to `i + 1`.
+    static let migrations: [String] = [
+        """
+        CREATE TABLE IF NOT EXISTS es_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE events (
+            notification_id INTEGER PRIMARY KEY,
+            originator_id BLOB NOT NULL,
+            originator_version INTEGER NOT NULL,
+            topic TEXT NOT NULL,
+            state BLOB NOT NULL,
+            key_scope TEXT,
+            UNIQUE (originator_id, originator_version)
+        );
+        CREATE INDEX events_key_scope ON events (key_scope) WHERE key_scope IS NOT NULL;
+        CREATE TABLE snapshots (
+            originator_id BLOB NOT NULL,
+            originator_version INTEGER NOT NULL,
+            topic TEXT NOT NULL,
+            state BLOB NOT NULL,
+            key_scope TEXT,
+            PRIMARY KEY (originator_id, originator_version)
+        ) WITHOUT ROWID;
+        CREATE INDEX snapshots_key_scope ON snapshots (key_scope) WHERE key_scope IS NOT NULL;
+        CREATE TABLE data_keys (
+            scope TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            kek_id TEXT NOT NULL,
+            wrapped BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (scope, version)
+        ) WITHOUT ROWID;
+        CREATE TABLE tombstones (
+            scope TEXT PRIMARY KEY,
+            shredded_at REAL NOT NULL,
+            destroyed_versions TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE master_key_checks (
+            kek_id TEXT PRIMARY KEY,
+            sealed BLOB NOT NULL,
+            kdf TEXT,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ]
+
+    // MARK: Writer
+
+    /// Runs `body` on the writer connection inside a transaction shared with other writes
+    /// that arrive meanwhile (group commit); `body` runs in its own savepoint.
+    func write<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        guard !closed.load(ordering: .acquiring) else {
+            throw EventSourcingError(.databaseUnavailable, "the store at \(path) is closed")
+        }
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+            let request = Request(body: body, continuation: c)
+            let startDrain = pending.withLock { p -> Bool in
+                p.queue.append(request)
+                if p.draining { return false }
+                p.draining = true
+                return true
+            }
+            if startDrain { writerQueue.async { self.drain() } }
+        }
+    }
+
+    /// Runs `body` on the writer connection outside any transaction (checkpoints, pragmas).
+    func writeOutsideTransaction<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+            writerQueue.async {
+                c.resume(with: Result { try body(self.writer.connection) })
+            }
+        }
+    }
+
+    private func drain() {
+        while true {
+            let batch = pending.withLock { p -> [any WriteRequest] in
+                let b = p.queue
+                p.queue = []
+                if b.isEmpty { p.draining = false }
+                return b
+            }
+            if batch.isEmpty { return }
+            commit(batch)
+        }
+    }
+
+    private func commit(_ batch: [any WriteRequest]) {
+        let conn = writer.connection
+        do {
+            try conn.execute("BEGIN IMMEDIATE")
+        } catch {
+            for r in batch { r.fail(error) }
+            return
+        }
+        var ok: [any WriteRequest] = []
+        let single = batch.count == 1
+        for r in batch {
+            do {
+                if !single { try conn.execute("SAVEPOINT w") }
+                try r.perform(conn)
+                if !single { try conn.execute("RELEASE w") }
+                ok.append(r)
+            } catch {
+                if single {
+                    try? conn.execute("ROLLBACK")
+                    r.fail(error)
+                    return
+                }
+                try? conn.execute("ROLLBACK TO w")
+                try? conn.execute("RELEASE w")
+                r.fail(error)
+            }
+        }
+        do {
+            try conn.execute("COMMIT")
+            for r in ok { r.succeed() }
+        } catch {
+            if conn.inTransaction { try? conn.execute("ROLLBACK") }
+            for r in ok { r.fail(error) }
+        }
+    }
+
+    // MARK: Readers
+
+    func read<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        guard !closed.load(ordering: .acquiring) else {
+            throw EventSourcingError(.databaseUnavailable, "the store at \(path) is closed")
+        }
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+            readerQueue.async {
+                do {
+                    let box = try self.takeReader()
+                    defer { self.giveReader(box) }
+                    c.resume(returning: try body(box.connection))
+                } catch {
+                    c.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    private func takeReader() throws -> ConnectionBox {
+        if let b = readers.withLock({ $0.popLast() }) { return b }
+        let conn = try SQLiteConnection(path: path, create: false, busyTimeoutMillis: busyMillis)
+        try conn.execute("PRAGMA query_only = ON")
+        return ConnectionBox(conn)
+    }
+
+    private func giveReader(_ b: ConnectionBox) {
+        let kept = readers.withLock { r -> Bool in
+            guard r.count < configuration.readers, !closed.load(ordering: .acquiring) else { return false }
+            r.append(b)
+            return true
+        }
+        if !kept { b.connection.close() }
+    }
+}
+
+/// A connection handed between threads by the store.
+final class ConnectionBox: @unchecked Sendable {
+    // @unchecked: a reader box is used by exactly one reader thread between takeReader() and
+    // giveReader() (the pool's Mutex orders hand-overs); the writer box only on the serial writer queue.
+    let connection: SQLiteConnection
+    init(_ connection: SQLiteConnection) { self.connection = connection }
+}
+
+protocol WriteRequest: AnyObject, Sendable {
+    func perform(_ conn: SQLiteConnection) throws
+    func succeed()
+    func fail(_ error: any Error)
+}
+
+final class Request<T: Sendable>: WriteRequest, @unchecked Sendable {
+    // @unchecked: `result` is written and read only on the serial writer queue, and the
+    // continuation is resumed exactly once (by succeed or fail) from that queue.
+    private let body: @Sendable (SQLiteConnection) throws -> T
+    private let continuation: CheckedContinuation<T, any Error>
+    private var result: T?
+
+    init(body: @escaping @Sendable (SQLiteConnection) throws -> T, continuation: CheckedContinuation<T, any Error>) {
+        self.body = body
+        self.continuation = continuation
+    }
+
+    func perform(_ conn: SQLiteConnection) throws { result = try body(conn) }
+
+    func succeed() {
+        if let result { continuation.resume(returning: result) } else {
+            continuation.resume(throwing: EventSourcingError(.recorderFailure, "write produced no result"))
+        }
+    }
+
+    func fail(_ error: any Error) { continuation.resume(throwing: error) }
+}
