@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, the PostgreSQL tests included, against a throwaway PostgreSQL
+# cluster this script creates in a temporary directory, starts on a free loopback port, and
+# stops and deletes afterwards (also on failure).
+#
+#   scripts/test.sh [extra swift test arguments]
+#
+# Environment:
+#   CI=true              a missing PostgreSQL is a failure, never a skip
+#   ES_POSTGRES_URL      use this server instead of starting one
+#   ES_SKIP_POSTGRES=1   (not with CI) run without PostgreSQL; the PostgreSQL tests say so loudly
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+need_pkgs=()
+for p in libssl-dev zlib1g-dev libsqlite3-dev pkg-config; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "${ES_POSTGRES_URL:-}" ] && [ -z "${ES_SKIP_POSTGRES:-}" ] && [ -z "$pg_bin" ]; then
+    need_pkgs+=(postgresql)
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing ${need_pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+        pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    else
+        log "missing system packages: ${need_pkgs[*]} (install them with apt-get as root)"
+    fi
+fi
+
+pg_dir=""
+cleanup() {
+    if [ -n "$pg_dir" ] && [ -d "$pg_dir" ]; then
+        log "stopping PostgreSQL"
+        as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+        rm -rf "$pg_dir"
+    fi
+}
+trap cleanup EXIT INT TERM
+
+# The server refuses to run as root: run it as the 'postgres' system user (created by the
+# Debian package), or as ourselves when we are not root.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u "$pg_user" -- "$@"; else "$@"; fi
+}
+
+if [ -z "${ES_POSTGRES_URL:-}" ] && [ -z "${ES_SKIP_POSTGRES:-}" ]; then
+    if [ -z "$pg_bin" ]; then
+        if [ "${CI:-}" = "true" ]; then log "PostgreSQL is not installed and CI=true: failing"; exit 1; fi
+        log "!!! PostgreSQL is not installed: the PostgreSQL tests will be SKIPPED (set CI=true to fail instead) !!!"
+    else
+        pg_user=$(id -un)
+        if [ "$(id -u)" = 0 ]; then
+            pg_user=postgres
+            id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+        fi
+        pg_dir=$(mktemp -d /tmp/es-pg.XXXXXX)
+        chmod 755 "$pg_dir"
+        [ "$(id -u)" = 0 ] && chown "$pg_user" "$pg_dir"
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        password=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+        printf '%s\n' "$password" > "$pg_dir/pw" && chmod 644 "$pg_dir/pw"
+        [ "$(id -u)" = 0 ] && chown "$pg_user" "$pg_dir/pw"
+        log "starting a throwaway PostgreSQL cluster on 127.0.0.1:$port"
+        as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U estest --pwfile="$pg_dir/pw" \
+            --auth-local=trust --auth-host=scram-sha-256 -E UTF8 >"$pg_dir/initdb.log" 2>&1 \
+            || { cat "$pg_dir/initdb.log" >&2; exit 1; }
+        rm -f "$pg_dir/pw"
+        as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
+            -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on" start >/dev/null \
+            || { cat "$pg_dir/server.log" >&2; exit 1; }
+        export ES_POSTGRES_URL="postgres://estest:$password@127.0.0.1:$port/postgres"
+        # For tests that restart the server mid-run.
+        export ES_POSTGRES_CTL="$pg_bin/pg_ctl"
+        export ES_POSTGRES_DATA="$pg_dir/data"
+        export ES_POSTGRES_RUN_AS="$pg_user"
+    fi
+fi
+
+log "building (debug, with tests)"
+swift build --build-tests
+log "running tests"
+swift test --skip-build "$@"
