@@ -154,7 +154,7 @@ extension SQLiteStore {
 
     /// Moves the WAL into the database file and truncates the WAL to zero bytes, so rows
     /// deleted with `secure_delete` leave no copy in the WAL. Retries while readers hold it.
-    func checkpointTruncate() async {
+    public func checkpointTruncate() async {
         for attempt in 0..<20 {
             let done = (try? await writeOutsideTransaction { conn -> Bool in
                 let s = try conn.statement("PRAGMA wal_checkpoint(TRUNCATE)")

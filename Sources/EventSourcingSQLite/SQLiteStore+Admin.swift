@@ -1,0 +1,88 @@
+import EventSourcing
+import Foundation
+
+extension SQLiteStore {
+    /// A page of snapshots in `(originatorID, version)` order after `cursor`, for verification tools.
+    public func selectSnapshots(after cursor: (UUID, Int)?, limit: Int) async throws -> [StoredEvent] {
+        let sql = "SELECT originator_id, originator_version, topic, state FROM snapshots"
+            + (cursor == nil ? "" : " WHERE (originator_id, originator_version) > (?, ?)")
+            + " ORDER BY originator_id, originator_version LIMIT ?"
+        let after = cursor.map { ($0.0, $0.1) }
+        return try await read { conn in
+            let s = try conn.statement(sql)
+            defer { s.reset() }
+            var i: Int32 = 1
+            if let after {
+                s.bind(1, after.0)
+                s.bind(2, after.1)
+                i = 3
+            }
+            s.bind(i, limit)
+            var out: [StoredEvent] = []
+            while try s.step() {
+                guard let id = s.uuid(0) else { continue }
+                out.append(StoredEvent(originatorID: id, originatorVersion: s.int(1), topic: s.text(2), state: s.blob(3)))
+            }
+            return out
+        }
+    }
+
+    /// Notifications whose header names `keyScope`, ascending, after notification `after`.
+    public func selectNotifications(keyScope: String, after: Int64, limit: Int) async throws -> [StoredNotification] {
+        try await read { conn in
+            let s = try conn.statement("""
+                SELECT notification_id, originator_id, originator_version, topic, state FROM events
+                WHERE key_scope = ? AND notification_id > ? ORDER BY notification_id LIMIT ?
+                """)
+            defer { s.reset() }
+            s.bind(1, keyScope)
+            s.bind(2, after)
+            s.bind(3, limit)
+            var out: [StoredNotification] = []
+            while try s.step() {
+                guard let id = s.uuid(1) else { continue }
+                out.append(StoredNotification(id: s.int64(0), originatorID: id, originatorVersion: s.int(2),
+                                              topic: s.text(3), state: s.blob(4)))
+            }
+            return out
+        }
+    }
+
+    /// Counts for `esctl stats`.
+    public struct Statistics: Sendable, Codable {
+        /// Stored events.
+        public var events: Int
+        /// Distinct aggregates.
+        public var aggregates: Int
+        /// Stored snapshots.
+        public var snapshots: Int
+        /// Key scopes with a data key.
+        public var keyScopes: Int
+        /// Data-key versions stored.
+        public var dataKeys: Int
+        /// Shredded scopes.
+        public var shreddedScopes: Int
+        /// Size of the database file plus its WAL, in bytes.
+        public var bytesOnDisk: Int
+    }
+
+    /// Counts of what the store holds.
+    public func statistics() async throws -> Statistics {
+        let path = self.path
+        return try await read { conn in
+            func count(_ sql: String) throws -> Int {
+                let s = try conn.statement(sql)
+                defer { s.reset() }
+                return try s.step() ? s.int(0) : 0
+            }
+            let size = { (p: String) in (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? Int) ?? 0 }
+            return Statistics(events: try count("SELECT count(*) FROM events"),
+                              aggregates: try count("SELECT count(DISTINCT originator_id) FROM events"),
+                              snapshots: try count("SELECT count(*) FROM snapshots"),
+                              keyScopes: try count("SELECT count(DISTINCT scope) FROM data_keys"),
+                              dataKeys: try count("SELECT count(*) FROM data_keys"),
+                              shreddedScopes: try count("SELECT count(*) FROM tombstones"),
+                              bytesOnDisk: size(path) + size(path + "-wal"))
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import ArgumentParser
+import EventSourcing
+import Foundation
+import KeyManagement
+
+/// Exit codes: stable, documented in `--help` and Docs/Operations.md.
+enum Exit {
+    static let ok: Int32 = 0
+    static let failure: Int32 = 1
+    static let usage: Int32 = 64
+    static let wrongMasterKey: Int32 = 65
+    static let storeUnavailable: Int32 = 66
+    static let verificationFailed: Int32 = 67
+    static let scopeNotFound: Int32 = 68
+    static let scopeShredded: Int32 = 69
+    static let storeLocked: Int32 = 70
+}
+
+@main
+struct Esctl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "esctl",
+        abstract: "Administer an encrypted event store: keys, erasure, verification, subject export.",
+        discussion: """
+            The store is `sqlite:PATH` (default ./eventstore.sqlite) from --store or ESCTL_STORE.
+            The master key comes from --master-key-file, from ESCTL_MASTER_KEY (base64), from
+            standard input (--master-key-stdin), or from a passphrase (--passphrase). It is never
+            taken as an argument value. Data goes to stdout; messages and progress to stderr.
+
+            Exit codes:
+              0   success
+              1   any other failure
+              64  usage error (bad arguments, missing master key, refused confirmation)
+              65  wrong master key: it does not open this store
+              66  store not found, unreadable or corrupt
+              67  verify found records that fail to decrypt
+              68  key scope not found
+              69  key scope already shredded
+              70  store locked by another process
+            """,
+        version: "0.1.0",
+        subcommands: [Init.self, Keys.self, Verify.self, Export.self, Stats.self, Demo.self]
+    )
+
+    @Option(name: .long, help: ArgumentHelp("The store: sqlite:PATH. Default: $ESCTL_STORE or sqlite:./eventstore.sqlite.",
+                                             valueName: "url"))
+    var store: String?
+
+    @Option(name: .long, help: ArgumentHelp("File holding the master key (32 raw bytes or base64).", valueName: "path"))
+    var masterKeyFile: String?
+
+    @Flag(name: .long, help: "Read the master key (base64) from standard input.")
+    var masterKeyStdin = false
+
+    @Flag(name: .long, help: "Derive the master key from a passphrase (prompted without echo on a TTY, else one line of stdin).")
+    var passphrase = false
+
+    /// Runs `body`, turning library errors into one line on stderr and the documented exit code.
+    static func guarded(_ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch let e as CleanExit {
+            throw e
+        } catch let e as ExitCode {
+            throw e
+        } catch let e as ValidationError {
+            throw e
+        } catch {
+            let (code, line) = describe(error)
+            Terminal.error(line)
+            throw ExitCode(code)
+        }
+    }
+
+    static func describe(_ error: any Error) -> (Int32, String) {
+        switch error {
+        case let e as CLIError:
+            return (e.exitCode, e.message)
+        case let e as KeyManagementError:
+            switch e.code {
+            case .wrongMasterKey: return (Exit.wrongMasterKey, "wrong master key: \(e.message)")
+            case .shredded: return (Exit.scopeShredded, "key scope \(e.scope ?? "") is shredded")
+            case .keySourceUnavailable, .invalidKeyMaterial: return (Exit.usage, e.message)
+            case .keyUnavailable: return (Exit.scopeNotFound, e.message + (e.scope.map { " (scope \($0))" } ?? ""))
+            default: return (Exit.failure, e.description)
+            }
+        case let e as EventSourcingError:
+            switch e.code {
+            case .wrongMasterKey: return (Exit.wrongMasterKey, "wrong master key: \(e.message)")
+            case .shredded: return (Exit.scopeShredded, "key scope \(e.keyScope ?? "") is shredded")
+            case .databaseCorrupt, .databaseUnavailable, .unsupportedSchema: return (Exit.storeUnavailable, e.message)
+            case .databaseLocked: return (Exit.storeLocked, e.message)
+            default: return (Exit.failure, e.description)
+            }
+        default:
+            return (Exit.failure, "\(error)")
+        }
+    }
+}
+
+/// An error with its own exit code and a one-line message.
+struct CLIError: Error {
+    var exitCode: Int32
+    var message: String
+}
+
+struct Keys: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List, show, rotate and shred data keys; rotate the master key.",
+        subcommands: [KeysList.self, KeysShow.self, KeysRotate.self, KeysRotateMaster.self, KeysShred.self]
+    )
+}
