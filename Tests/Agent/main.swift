@@ -1,0 +1,2 @@
+// Placeholder; replaced by the crash-consistency agent.
+print("es-test-agent")
