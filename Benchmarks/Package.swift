@@ -1,0 +1,42 @@
+// swift-tools-version:6.1
+// Benchmarks live in their own package so the library's build and CI never compile them.
+//
+//   cd Benchmarks
+//   swift package benchmark                       # per-record pipeline stages (ordo-one/benchmark)
+//   swift run -c release esbench --help           # the workload driver (W1/W2/W3/W3d)
+import Foundation
+import PackageDescription
+
+// The parent package's identity is its directory name, whatever the clone is called.
+let parent = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent
+
+let package = Package(
+    name: "Benchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(path: ".."),
+        .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        .executableTarget(
+            name: "PipelineBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "EventSourcing", package: parent),
+                .product(name: "KeyManagement", package: parent),
+            ],
+            path: "Benchmarks/PipelineBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "esbench",
+            dependencies: [
+                .product(name: "EventSourcing", package: parent),
+                .product(name: "EventSourcingSQLite", package: parent),
+                .product(name: "KeyManagement", package: parent),
+            ],
+            path: "Sources/esbench"
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,258 @@
+// esbench: the workload driver. Replays ../shared/bench/workload-10k-aggregates.jsonl.gz the way
+// the peer script (Python eventsourcing, bench_pyes.py) does and prints one JSON line with the
+// same field names: W1 write (one save per event), W2 get every aggregate from a fresh
+// application, W3 raw notification log in pages of 500, W3d the same decoded.
+//
+//   swift run -c release esbench --db /tmp/esbench.sqlite --variant encrypted --sync full [--writers 8] [--aggs N]
+import EventSourcing
+import EventSourcingSQLite
+import Foundation
+import KeyManagement
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Customer: Aggregate {
+    static var typeName: String { "Customer" }
+    enum Event: Codable, Sendable {
+        case registered(name: String, email: String, address: String)
+        case contactUpdated(name: String, email: String, address: String)
+    }
+    var name = ""
+    var email = ""
+    var address = ""
+    mutating func apply(_ event: Event) {
+        switch event {
+        case .registered(let n, let e, let a), .contactUpdated(let n, let e, let a):
+            name = n
+            email = e
+            address = a
+        }
+    }
+}
+
+struct Options {
+    var db = "/tmp/esbench/es.sqlite"
+    var variant = "encrypted"     // encrypted (zlib + AES-256-GCM) | plain
+    var sync = "full"             // full | normal
+    var writers = 1
+    var aggs = 10_000
+    var perAgg = 10
+    var workload = ""
+    var tag = ""
+}
+
+func parseOptions() -> Options {
+    var o = Options()
+    var it = CommandLine.arguments.dropFirst().makeIterator()
+    while let a = it.next() {
+        switch a {
+        case "--db": o.db = it.next() ?? o.db
+        case "--variant": o.variant = it.next() ?? o.variant
+        case "--sync": o.sync = it.next() ?? o.sync
+        case "--writers": o.writers = Int(it.next() ?? "") ?? 1
+        case "--aggs": o.aggs = Int(it.next() ?? "") ?? o.aggs
+        case "--per-agg": o.perAgg = Int(it.next() ?? "") ?? o.perAgg
+        case "--workload": o.workload = it.next() ?? ""
+        case "--tag": o.tag = it.next() ?? ""
+        case "--help", "-h":
+            print("usage: esbench [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--writers N] [--aggs N] [--workload FILE.jsonl.gz] [--tag T]")
+            exit(0)
+        default:
+            FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
+            exit(64)
+        }
+    }
+    if o.workload.isEmpty {
+        let here = URL(fileURLWithPath: #filePath)
+        o.workload = here.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("shared/bench/workload-10k-aggregates.jsonl.gz").path
+    }
+    return o
+}
+
+typealias Payload = (name: String, email: String, address: String)
+
+func loadWorkload(_ path: String, aggs: Int, perAgg: Int) throws -> [[Payload]] {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/sh")
+    p.arguments = ["-c", "gzip -dc \"$0\"", path]
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    try p.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw EventSourcingError(.invalidArgument, "cannot read workload \(path)") }
+    struct Row: Decodable { var aggregate: Int; var event: Int; var name: String; var email: String; var address: String }
+    var out: [[Payload]] = []
+    let decoder = JSONDecoder()
+    for line in data.split(separator: UInt8(ascii: "\n")) where !line.isEmpty {
+        let r = try decoder.decode(Row.self, from: Data(line))
+        if r.aggregate >= aggs { break }
+        if r.event >= perAgg { continue }
+        if r.event == 0 { out.append([]) }
+        out[out.count - 1].append((r.name, r.email, r.address))
+    }
+    return out
+}
+
+func peakRSS() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let kb = line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        return kb * 1024
+    }
+    return 0
+}
+
+func resetPeakRSS() {
+    // Freed memory stays mapped by malloc; the reset still measures the new phase's peak from here.
+    if let f = fopen("/proc/self/clear_refs", "w") {
+        fputs("5", f)
+        fclose(f)
+    }
+}
+
+func removeDB(_ path: String) {
+    for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+func cpuTime() -> Double {
+    var ru = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &ru)
+    return Double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + Double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6
+}
+
+func makeApp(_ o: Options, masterKey: MasterKey?) async throws -> (SQLiteStore, Application) {
+    let store = try SQLiteStore(path: o.db, configuration: .init(synchronous: o.sync == "normal" ? .normal : .full))
+    let mapper: Mapper
+    if let masterKey {
+        let keyring = try await Keyring.open(store: store, masterKeys: [masterKey])
+        mapper = Mapper(keyring: keyring)
+    } else {
+        mapper = Mapper(options: .init(compressor: nil))
+    }
+    return (store, Application(recorder: store, snapshots: store, mapper: mapper))
+}
+
+func writeAggregates(_ app: Application, _ payloads: ArraySlice<[Payload]>) async throws -> [UUID] {
+    var ids: [UUID] = []
+    ids.reserveCapacity(payloads.count)
+    for per in payloads {
+        guard let first = per.first else { continue }
+        var c = try AggregateRoot<Customer>(.registered(name: first.name, email: first.email, address: first.address))
+        try await app.save(&c)
+        for p in per.dropFirst() {
+            try c.record(.contactUpdated(name: p.name, email: p.email, address: p.address))
+            try await app.save(&c)
+        }
+        ids.append(c.id)
+    }
+    return ids
+}
+
+func run() async throws {
+    let o = parseOptions()
+    try FileManager.default.createDirectory(atPath: URL(fileURLWithPath: o.db).deletingLastPathComponent().path,
+                                            withIntermediateDirectories: true)
+    removeDB(o.db)
+    var payloads = try loadWorkload(o.workload, aggs: o.aggs, perAgg: o.perAgg)
+    let nEvents = payloads.reduce(0) { $0 + $1.count }
+    let masterKey = o.variant == "plain" ? nil : try MasterKey.generate()
+    var res: [String: Any] = ["backend": "sqlite", "variant": o.variant, "sqlite_sync": o.sync, "writers": o.writers,
+                              "aggs": payloads.count, "events": nEvents, "tag": o.tag]
+
+    // W1 (or W1c with several writers): one save per event.
+    var (store, app) = try await makeApp(o, masterKey: masterKey)
+    let cpu0 = cpuTime()
+    let t0 = now()
+    var ids: [UUID] = []
+    if o.writers <= 1 {
+        ids = try await writeAggregates(app, payloads[...])
+    } else {
+        let chunk = (payloads.count + o.writers - 1) / o.writers
+        let slices = stride(from: 0, to: payloads.count, by: chunk).map { payloads[$0..<min($0 + chunk, payloads.count)] }
+        let application = app
+        ids = try await withThrowingTaskGroup(of: [UUID].self) { group in
+            for s in slices { group.addTask { try await writeAggregates(application, s) } }
+            var all: [UUID] = []
+            for try await part in group { all += part }
+            return all
+        }
+    }
+    let t1 = now()
+    res[o.writers <= 1 ? "w1_s" : "w1c_s"] = t1 - t0
+    res[o.writers <= 1 ? "w1_ev_s" : "w1c_ev_s"] = Double(nEvents) / (t1 - t0)
+    res["w1_proc_cpu_s"] = cpuTime() - cpu0
+    res["max_notification_id"] = try await store.maxNotificationID() ?? 0
+    await store.checkpointTruncate()
+    await store.close()
+    res["size_bytes"] = (try? FileManager.default.attributesOfItem(atPath: o.db)[.size] as? Int) ?? 0
+    payloads = []
+    resetPeakRSS()
+
+    // W2: a fresh application (cold key cache) gets every aggregate.
+    (store, app) = try await makeApp(o, masterKey: masterKey)
+    var replayed = 0
+    let cpu2 = cpuTime()
+    let t2 = now()
+    for id in ids { replayed += try await app.repository.get(Customer.self, id: id).version }
+    let t3 = now()
+    guard replayed == nEvents else { throw EventSourcingError(.recorderFailure, "replayed \(replayed) of \(nEvents)") }
+    res["w2_s"] = t3 - t2
+    res["w2_ev_s"] = Double(nEvents) / (t3 - t2)
+    res["w2_proc_cpu_s"] = cpuTime() - cpu2
+
+    // W3: the raw notification log, pages of 500.
+    var start: Int64 = 1
+    var count = 0
+    let t4 = now()
+    while true {
+        let page = try await app.notificationLog.select(start: start, limit: 500)
+        guard let last = page.last else { break }
+        count += page.count
+        start = last.id + 1
+    }
+    let t5 = now()
+    guard count == nEvents else { throw EventSourcingError(.recorderFailure, "W3 saw \(count) of \(nEvents)") }
+    res["w3_s"] = t5 - t4
+    res["w3_ev_s"] = Double(count) / (t5 - t4)
+
+    // W3d: the same, every notification decrypted, decompressed and decoded to a domain event.
+    start = 1
+    count = 0
+    var stateBytes = 0
+    let t6 = now()
+    while true {
+        let page = try await app.notificationLog.select(start: start, limit: 500)
+        guard let last = page.last else { break }
+        for n in page {
+            stateBytes += n.state.count
+            _ = try await app.mapper.decode(n.storedEvent, as: Customer.self, notificationID: n.id)
+        }
+        count += page.count
+        start = last.id + 1
+    }
+    let t7 = now()
+    res["w3d_s"] = t7 - t6
+    res["w3d_ev_s"] = Double(count) / (t7 - t6)
+    res["avg_state_bytes"] = Double(stateBytes) / Double(max(count, 1))
+    res["peak_rss_bytes"] = peakRSS()
+    await store.close()
+    let data = try JSONSerialization.data(withJSONObject: res, options: [.sortedKeys])
+    print(String(decoding: data, as: UTF8.self))
+}
+
+do {
+    try await run()
+} catch {
+    FileHandle.standardError.write(Data("esbench: \(error)\n".utf8))
+    exit(1)
+}
