@@ -12,11 +12,13 @@ let package = Package(
         .library(name: "KeyManagement", targets: ["KeyManagement"]),
         .library(name: "EventSourcing", targets: ["EventSourcing"]),
         .library(name: "EventSourcingSQLite", targets: ["EventSourcingSQLite"]),
+        .library(name: "EventSourcingPostgres", targets: ["EventSourcingPostgres"]),
         .executable(name: "esctl", targets: ["esctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // System libraries: the C libraries stay system packages, never vendored.
@@ -39,8 +41,13 @@ let package = Package(
                 dependencies: ["EventSourcing", "KeyManagement", "CSQLite",
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
+        .target(name: "EventSourcingPostgres",
+                dependencies: ["EventSourcing", "KeyManagement",
+                               .product(name: "PostgresNIO", package: "postgres-nio"),
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
         .executableTarget(name: "esctl",
-                          dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement",
+                          dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         // A child process for crash-consistency and multi-process tests (not a product).
@@ -54,7 +61,7 @@ let package = Package(
                     resources: [.copy("Fixtures")],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingTests",
-                    dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement"],
+                    dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingSQLiteTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement"],

@@ -20,8 +20,10 @@ public struct KeyManagementError: Error, Sendable, Hashable, CustomStringConvert
         public static let wrongMasterKey = Code("wrongMasterKey")
         /// The scope has been crypto-shredded.
         public static let shredded = Code("shredded")
-        /// No data key exists for the scope and version asked for.
+        /// The data key exists but cannot be used here (its master key is not loaded).
         public static let keyUnavailable = Code("keyUnavailable")
+        /// No data key exists for the scope and version asked for, and the scope was not shredded.
+        public static let keyNotFound = Code("keyNotFound")
         /// A key with this scope and version already exists.
         public static let keyExists = Code("keyExists")
         /// The key scope id is empty or too long.

@@ -24,6 +24,10 @@ public final class Keyring: Sendable {
         /// Highest known version per scope, for writes.
         var current: [String: UInt32] = [:]
         var shredded: [String: Date] = [:]
+        /// Keys minted for writes but not persisted yet: every write to the scope reuses the
+        /// same one until it is persisted or invalidated, so one save of several aggregates of a
+        /// new subject mints one key, not several.
+        var minted: [String: (key: DataKey, wrapped: WrappedDataKey)] = [:]
 
         mutating func put(_ key: DataKey) {
             tick &+= 1
@@ -46,6 +50,7 @@ public final class Keyring: Sendable {
         mutating func evict(_ scope: String) {
             for ck in cache.keys where ck.scope == scope { cache.removeValue(forKey: ck) }
             current.removeValue(forKey: scope)
+            minted.removeValue(forKey: scope)
         }
     }
 
@@ -109,6 +114,7 @@ public final class Keyring: Sendable {
     ///   if the current version is wrapped by a master key that is not loaded.
     public func writeKey(for scope: String) async throws -> WriteKey {
         if let hit = cachedCurrent(scope) { return WriteKey(key: hit, pending: nil) }
+        if let m = state.withLock({ $0.minted[scope] }) { return WriteKey(key: m.key, pending: m.wrapped) }
         try KeyScope.validate(scope)
         let stored = try await store.dataKeys(scope: scope)
         if let latest = stored.last {
@@ -124,7 +130,12 @@ public final class Keyring: Sendable {
             throw KeyManagementError(.shredded, "cannot write to a shredded scope", scope: scope, shreddedAt: t.shreddedAt)
         }
         let (key, wrapped) = try mint(scope: scope, version: 1)
-        return WriteKey(key: key, pending: wrapped)
+        let chosen = state.withLock { s -> (key: DataKey, wrapped: WrappedDataKey) in
+            if let earlier = s.minted[scope] { return earlier }   // another task minted meanwhile
+            s.minted[scope] = (key, wrapped)
+            return (key, wrapped)
+        }
+        return WriteKey(key: chosen.key, pending: chosen.wrapped)
     }
 
     /// Records that minted keys were persisted, so later writes use them without a store read.
@@ -133,6 +144,7 @@ public final class Keyring: Sendable {
             for k in material where keys.contains(where: { $0.scope == k.scope && $0.version == k.version }) {
                 s.put(k)
                 s.current[k.scope] = max(s.current[k.scope] ?? 0, k.version)
+                if s.minted[k.scope]?.key.version == k.version { s.minted.removeValue(forKey: k.scope) }
             }
         }
     }
@@ -157,7 +169,8 @@ public final class Keyring: Sendable {
 
     /// The data key `version` of `scope`.
     /// - Throws: ``KeyManagementError/Code/shredded`` (with the time) if the scope was shredded;
-    ///   ``KeyManagementError/Code/keyUnavailable`` if no such version exists or its master key is not loaded.
+    ///   ``KeyManagementError/Code/keyNotFound`` if no such version exists;
+    ///   ``KeyManagementError/Code/keyUnavailable`` if its master key is not loaded.
     public func readKey(scope: String, version: UInt32) async throws -> DataKey {
         if let hit = state.withLock({ $0.get(scope, version) }) { return hit }
         try KeyScope.validate(scope)
@@ -170,7 +183,7 @@ public final class Keyring: Sendable {
                 state.withLock { $0.shredded[scope] = t.shreddedAt }
                 throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: t.shreddedAt)
             }
-            throw KeyManagementError(.keyUnavailable, "no such data key", scope: scope, keyVersion: version)
+            throw KeyManagementError(.keyNotFound, "no such data key", scope: scope, keyVersion: version)
         }
         let key = try unwrap(record)
         state.withLock { $0.put(key) }
@@ -181,7 +194,7 @@ public final class Keyring: Sendable {
 
     /// Creates a new version of `scope`'s data key; new records use it, old versions still decrypt.
     /// - Returns: the new version.
-    /// - Throws: ``KeyManagementError/Code/shredded``, ``KeyManagementError/Code/keyUnavailable``
+    /// - Throws: ``KeyManagementError/Code/shredded``, ``KeyManagementError/Code/keyNotFound``
     ///   if the scope has no key yet, ``KeyManagementError/Code/keyExists`` on a concurrent rotation.
     public func rotate(scope: String) async throws -> UInt32 {
         try KeyScope.validate(scope)
@@ -190,7 +203,7 @@ public final class Keyring: Sendable {
             if let t = try await store.tombstone(scope: scope) {
                 throw KeyManagementError(.shredded, "cannot rotate a shredded scope", scope: scope, shreddedAt: t.shreddedAt)
             }
-            throw KeyManagementError(.keyUnavailable, "the scope has no data key to rotate", scope: scope)
+            throw KeyManagementError(.keyNotFound, "the scope has no data key to rotate", scope: scope)
         }
         let (key, wrapped) = try mint(scope: scope, version: latest.version + 1)
         try await store.insertDataKey(wrapped)

@@ -117,6 +117,10 @@ extension SQLiteStore {
 
     public func insertSnapshot(_ snapshot: StoredEvent) async throws {
         try await write { conn in
+            // A process with a stale cached key must not leave a snapshot of a shredded scope.
+            if let scope = snapshot.keyScope, let t = try SQLiteStore.tombstone(scope, conn) {
+                throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, shreddedAt: t.shreddedAt)
+            }
             let s = try conn.statement(
                 "INSERT OR REPLACE INTO snapshots (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
             s.bind(1, snapshot.originatorID)

@@ -22,7 +22,10 @@ struct Esctl: AsyncParsableCommand {
         commandName: "esctl",
         abstract: "Administer an encrypted event store: keys, erasure, verification, subject export.",
         discussion: """
-            The store is `sqlite:PATH` (default ./eventstore.sqlite) from --store or ESCTL_STORE.
+            The store is `sqlite:PATH` (default ./eventstore.sqlite) or
+            `postgres://USER[:PASSWORD]@HOST:PORT/DB?sslmode=disable|prefer|require&schema=NAME`,
+            from --store or ESCTL_STORE (prefer ESCTL_STORE or PGPASSWORD-free URLs with a
+            password: arguments are visible to other local users).
             The master key comes from --master-key-file, from ESCTL_MASTER_KEY (base64), from
             standard input (--master-key-stdin), or from a passphrase (--passphrase). It is never
             taken as an argument value. Data goes to stdout; messages and progress to stderr.
@@ -42,7 +45,7 @@ struct Esctl: AsyncParsableCommand {
         subcommands: [Init.self, Keys.self, Verify.self, Export.self, Stats.self, Demo.self]
     )
 
-    @Option(name: .long, help: ArgumentHelp("The store: sqlite:PATH. Default: $ESCTL_STORE or sqlite:./eventstore.sqlite.",
+    @Option(name: .long, help: ArgumentHelp("The store: sqlite:PATH or postgres://… Default: $ESCTL_STORE or sqlite:./eventstore.sqlite.",
                                              valueName: "url"))
     var store: String?
 
@@ -81,7 +84,7 @@ struct Esctl: AsyncParsableCommand {
             case .wrongMasterKey: return (Exit.wrongMasterKey, "wrong master key: \(e.message)")
             case .shredded: return (Exit.scopeShredded, "key scope \(e.scope ?? "") is shredded")
             case .keySourceUnavailable, .invalidKeyMaterial: return (Exit.usage, e.message)
-            case .keyUnavailable: return (Exit.scopeNotFound, e.message + (e.scope.map { " (scope \($0))" } ?? ""))
+            case .keyNotFound: return (Exit.scopeNotFound, e.message + (e.scope.map { " (scope \($0))" } ?? ""))
             default: return (Exit.failure, e.description)
             }
         case let e as EventSourcingError:

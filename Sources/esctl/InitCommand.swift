@@ -20,10 +20,9 @@ struct Init: AsyncParsableCommand {
     func run() async throws {
         try await Esctl.guarded {
             let access = StoreAccess(options: root)
-            guard let path = try access.sqlitePath() else {
-                throw CLIError(exitCode: Exit.usage, message: "PostgreSQL stores are not supported by this build of esctl")
-            }
-            let store = try access.openStore(create: true)
+            let path = try access.sqlitePath() ?? FileManager.default.currentDirectoryPath + "/eventstore"
+
+            let store = try await access.openStore(create: true)
             do {
                 try await initialise(store, access: access, path: path)
             } catch {

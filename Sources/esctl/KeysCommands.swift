@@ -128,6 +128,25 @@ struct KeysRotateMaster: AsyncParsableCommand {
 
     func run() async throws {
         try await Esctl.guarded {
+            let access = StoreAccess(options: root)
+            do {
+                try await rotate(access)
+            } catch let e as KeyManagementError where e.code == .wrongMasterKey {
+                // An earlier run may have finished, or been interrupted just after retiring the
+                // old key: if the new key alone opens the store and wraps every data key, the
+                // job is done and rerunning the same command succeeds.
+                guard FileManager.default.fileExists(atPath: newMasterKeyFile),
+                      let newKey = try? MasterKey(contentsOfFile: newMasterKeyFile),
+                      try await alreadyRotated(access, to: newKey) else { throw e }
+                print("master key already rotated to \(newKey.id): nothing left to rewrap")
+            }
+        }
+    }
+
+    private func rotate(_ access: StoreAccess) async throws {
+        // The store and the current key are checked first, so a missing store or a wrong key
+        // fails with its one line and leaves no new key file behind.
+        try await access.withSession { session in
             let newKey: MasterKey
             if FileManager.default.fileExists(atPath: newMasterKeyFile) {
                 newKey = try MasterKey(contentsOfFile: newMasterKeyFile)
@@ -136,18 +155,41 @@ struct KeysRotateMaster: AsyncParsableCommand {
                 try newKey.writeKeyFile(to: newMasterKeyFile)
                 Terminal.info("new master key \(newKey.id) written to \(newMasterKeyFile) (mode 0600)")
             }
-            try await StoreAccess(options: root).withSession { session in
-                let old = session.keyring.primaryMasterKeyID
-                guard old != newKey.id else {
-                    throw CLIError(exitCode: Exit.usage, message: "the new master key is the current one")
-                }
-                let total = try await countKeys(session.store)
-                let progress = Progress("rewrapping", total: total)
-                let result = try await session.keyring.rotateMasterKey(to: newKey) { p in progress.update(p.rewrapped + p.alreadyCurrent) }
-                progress.finish(result.rewrapped + result.alreadyCurrent)
-                print("master key \(old) -> \(newKey.id): rewrapped \(result.rewrapped), already current \(result.alreadyCurrent)")
-                Terminal.info("the old master key no longer opens this store; destroy it once backups made with it have expired")
+            let old = session.keyring.primaryMasterKeyID
+            guard old != newKey.id else {
+                throw CLIError(exitCode: Exit.usage, message: "the new master key is the current one")
             }
+            let total = try await countKeys(session.store)
+            let progress = Progress("rewrapping", total: total)
+            let result = try await session.keyring.rotateMasterKey(to: newKey) { p in progress.update(p.rewrapped + p.alreadyCurrent) }
+            progress.finish(result.rewrapped + result.alreadyCurrent)
+            print("master key \(old) -> \(newKey.id): rewrapped \(result.rewrapped), already current \(result.alreadyCurrent)")
+            Terminal.info("the old master key no longer opens this store; destroy it once backups made with it have expired")
+        }
+    }
+
+    /// Whether `newKey` is the store's only master key and wraps every data key.
+    private func alreadyRotated(_ access: StoreAccess, to newKey: MasterKey) async throws -> Bool {
+        let store = try await access.openStore()
+        do {
+            var done = try await store.masterKeyChecks().map(\.kekID) == [newKey.id]
+            if done { done = (try? await Keyring.open(store: store, masterKeys: [newKey])) != nil }
+            if done { done = try await allWrapped(by: newKey.id, in: store) }
+            await store.close()
+            return done
+        } catch {
+            await store.close()
+            throw error
+        }
+    }
+
+    private func allWrapped(by kekID: String, in store: any KeyStore) async throws -> Bool {
+        var cursor: DataKeyCursor?
+        while true {
+            let page = try await store.dataKeys(after: cursor, limit: 5000)
+            guard let last = page.last else { return true }
+            if page.contains(where: { $0.kekID != kekID }) { return false }
+            cursor = DataKeyCursor(scope: last.scope, version: last.version)
         }
     }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import EventSourcing
+import EventSourcingPostgres
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
@@ -24,6 +25,12 @@ extension SQLiteStore: AdminStore {
     var location: String { "sqlite:" + path }
 }
 
+extension PostgresStore: AdminStore {
+    func statisticsJSON() async throws -> [String: Any] { try await statistics() }
+
+    var location: String { configuration.description }
+}
+
 /// An opened store with its keyring and application.
 struct Session {
     let store: any AdminStore
@@ -44,13 +51,17 @@ struct StoreAccess {
         if url.hasPrefix("sqlite://") { return String(url.dropFirst("sqlite://".count)) }
         if url.hasPrefix("sqlite:") { return String(url.dropFirst("sqlite:".count)) }
         if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") { return nil }
-        throw CLIError(exitCode: Exit.usage, message: "unknown store URL scheme in '\(url)': use sqlite:PATH")
+        throw CLIError(exitCode: Exit.usage, message: "unknown store URL scheme: use sqlite:PATH or postgres://USER@HOST:PORT/DB")
     }
 
-    /// Opens the store; unless `create`, it must exist already.
-    func openStore(create: Bool = false) throws -> any AdminStore {
+    /// Opens the store; unless `create`, it must exist already (SQLite) or be initialised (PostgreSQL).
+    func openStore(create: Bool = false) async throws -> any AdminStore {
         guard let path = try sqlitePath() else {
-            throw CLIError(exitCode: Exit.usage, message: "PostgreSQL stores are not supported by this build of esctl")
+            var config = try PostgresConfiguration(url: storeURL)
+            if !storeURL.contains("sslmode=") { config.tls = .prefer }
+            // Keep the password out of argv: PGPASSWORD fills it in when the URL has none.
+            if config.password == nil { config.password = environment["PGPASSWORD"] }
+            return try await PostgresStore(configuration: config, logger: Logger(label: "esctl.postgres"))
         }
         guard !path.isEmpty else { throw CLIError(exitCode: Exit.usage, message: "empty store path") }
         if !create, !FileManager.default.fileExists(atPath: path) {
@@ -105,7 +116,7 @@ struct StoreAccess {
 
     /// Opens the store and its keyring with the master key; the store must be initialised.
     func session(extraKeys: [MasterKey] = []) async throws -> Session {
-        let store = try openStore()
+        let store = try await openStore()
         do {
             let checks = try await store.masterKeyChecks()
             guard !checks.isEmpty else {

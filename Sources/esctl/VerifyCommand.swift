@@ -184,7 +184,7 @@ struct Stats: AsyncParsableCommand {
 
     func run() async throws {
         try await Esctl.guarded {
-            let store = try StoreAccess(options: root).openStore()
+            let store = try await StoreAccess(options: root).openStore()
             let stats: [String: Any]
             do { stats = try await store.statisticsJSON() } catch {
                 await store.close()

@@ -1,2 +1,157 @@
-// Placeholder; replaced by the crash-consistency agent.
-print("es-test-agent")
+// es-test-agent: a child process for the SQLite crash-consistency and multi-process tests.
+//
+//   es-test-agent save-loop DBPATH KEYFILE AGGREGATES
+//       Saves forever, round-robin over AGGREGATES fixed aggregates (seed 0), 1–3 events per
+//       save. After each acknowledged save prints `ACK <uuid> <version-after-save>`.
+//   es-test-agent writer DBPATH KEYFILE SEED COUNT PATTERN AGGREGATES
+//       Prints `READY`, waits for a `GO` line on stdin, then appends COUNT events round-robin
+//       over AGGREGATES fixed aggregates of SEED, in saves whose sizes cycle through PATTERN
+//       (comma-separated, e.g. `1,1,1,1,1,5`). After each save prints
+//       `IDS <uuid> <first-version> <notification id> …`; at the end `DONE`.
+//
+// Both open an existing store and master key; the test creates them before spawning.
+// Every line goes out with one write(2) on an unbuffered descriptor, so a line the test
+// reads was complete before the agent could be killed. Errors go to stderr, exit status 1.
+//
+// The aggregate and the id scheme are duplicated in Tests/EventSourcingSQLiteTests/Support
+// (the test target cannot import an executable); keep them identical.
+
+import EventSourcing
+import EventSourcingSQLite
+import Foundation
+import KeyManagement
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Each event says which save it belongs to and its place in that save ("item i of k"),
+/// so a reader can tell a complete save from a torn one.
+struct Ledger: Aggregate {
+    static var typeName: String { "Ledger" }
+    enum Event: Codable, Sendable {
+        case entry(save: Int, item: Int, of: Int)
+    }
+    var entries = 0
+    mutating func apply(_ event: Event) { entries += 1 }
+}
+
+/// The fixed aggregate id number `index` of `seed`: `SSSSSSSS-0000-4000-8000-IIIIIIIIIIII` (hex).
+func fixedAggregateID(seed: Int, index: Int) -> UUID {
+    func hex(_ v: Int, _ width: Int) -> String {
+        let s = String(v, radix: 16)
+        return String(repeating: "0", count: max(0, width - s.count)) + s
+    }
+    return UUID(uuidString: "\(hex(seed, 8))-0000-4000-8000-\(hex(index, 12))")!
+}
+
+func emit(_ line: String) {
+    let bytes = Array((line + "\n").utf8)
+    var off = 0
+    while off < bytes.count {
+        let n = bytes[off...].withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            exit(3)  // the test stopped reading: nothing useful left to do
+        }
+        off += n
+    }
+}
+
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data(("es-test-agent: " + message + "\n").utf8))
+    exit(1)
+}
+
+func openApplication(db: String, keyFile: String) async throws -> Application {
+    let store = try SQLiteStore(path: db)
+    let key = try MasterKey(contentsOfFile: keyFile)
+    let keyring = try await Keyring.open(store: store, masterKeys: [key])
+    return Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring))
+}
+
+/// The stored root of `id`, or nil if it has no events yet.
+func load(_ app: Application, _ id: UUID) async throws -> AggregateRoot<Ledger>? {
+    do { return try await app.repository.get(Ledger.self, id: id) } catch let e as EventSourcingError where e.code == .aggregateNotFound {
+        return nil
+    }
+}
+
+/// Records `count` events of save number `save` on `root` (creating it when nil).
+func record(_ root: AggregateRoot<Ledger>?, id: UUID, save: Int, count: Int) throws -> AggregateRoot<Ledger> {
+    var r: AggregateRoot<Ledger>
+    var first = 1
+    if let root { r = root } else {
+        r = try AggregateRoot<Ledger>(id: id, .entry(save: save, item: 1, of: count))
+        first = 2
+    }
+    if first <= count {
+        for item in first...count { try r.record(.entry(save: save, item: item, of: count)) }
+    }
+    return r
+}
+
+func saveLoop(_ args: [String]) async throws {
+    guard args.count == 3, let n = Int(args[2]), n > 0 else { fail("usage: save-loop DBPATH KEYFILE AGGREGATES") }
+    let app = try await openApplication(db: args[0], keyFile: args[1])
+    var roots: [AggregateRoot<Ledger>?] = Array(repeating: nil, count: n)
+    var loaded = Array(repeating: false, count: n)
+    var save = 0
+    var i = 0
+    while true {
+        let index = i % n
+        i += 1
+        let id = fixedAggregateID(seed: 0, index: index)
+        if !loaded[index] {
+            // Continues where the last (killed) run left off, including saves it never acknowledged.
+            roots[index] = try await load(app, id)
+            loaded[index] = true
+        }
+        save += 1
+        var root = try record(roots[index], id: id, save: save, count: Int.random(in: 1...3))
+        try await app.save(&root)
+        roots[index] = root
+        emit("ACK \(id.uuidString.lowercased()) \(root.version)")
+    }
+}
+
+func writer(_ args: [String]) async throws {
+    guard args.count == 6, let seed = Int(args[2]), let count = Int(args[3]), let n = Int(args[5]), n > 0 else {
+        fail("usage: writer DBPATH KEYFILE SEED COUNT PATTERN AGGREGATES")
+    }
+    let pattern = args[4].split(separator: ",").compactMap { Int($0) }
+    guard !pattern.isEmpty, pattern.allSatisfy({ $0 > 0 }) else { fail("bad PATTERN \(args[4])") }
+    let app = try await openApplication(db: args[0], keyFile: args[1])
+    var roots: [AggregateRoot<Ledger>?] = Array(repeating: nil, count: n)
+    for index in 0..<n { roots[index] = try await load(app, fixedAggregateID(seed: seed, index: index)) }
+    emit("READY")
+    guard let go = readLine(), go == "GO" else { fail("expected GO on stdin") }
+    var written = 0
+    var save = 0
+    while written < count {
+        let index = save % n
+        let size = min(pattern[save % pattern.count], count - written)
+        save += 1
+        let id = fixedAggregateID(seed: seed, index: index)
+        var root = try record(roots[index], id: id, save: save, count: size)
+        let firstVersion = root.version - size + 1
+        let recordings = try await app.save(&root)
+        roots[index] = root
+        written += size
+        emit("IDS \(id.uuidString.lowercased()) \(firstVersion) " + recordings.map { String($0.notificationID) }.joined(separator: " "))
+    }
+    emit("DONE")
+}
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+do {
+    switch arguments.first {
+    case "save-loop": try await saveLoop(Array(arguments.dropFirst()))
+    case "writer": try await writer(Array(arguments.dropFirst()))
+    default: fail("unknown command; use save-loop or writer")
+    }
+} catch {
+    fail("\(error)")
+}
+exit(0)

@@ -169,7 +169,7 @@ struct KeyringTests {
         #expect(try await fresh.readKey(scope: "bob", version: 1).material.constantTimeEquals(bob.material))
     }
 
-    @Test("readKey of a missing version or scope throws keyUnavailable")
+    @Test("readKey of a missing version or scope throws keyNotFound")
     func readKeyOfMissingKeyIsUnavailable() async throws {
         let keyring = try await Keyring.open(store: InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
         try await Self.create("alice", in: keyring)
@@ -177,7 +177,7 @@ struct KeyringTests {
             let error = await #expect(throws: KeyManagementError.self) {
                 try await keyring.readKey(scope: scope, version: version)
             }
-            #expect(error?.code == .keyUnavailable)
+            #expect(error?.code == .keyNotFound)
             #expect(error?.scope == scope)
             #expect(error?.keyVersion == version)
         }
@@ -186,7 +186,7 @@ struct KeyringTests {
         let error = await #expect(throws: KeyManagementError.self) {
             try await keyring.readKey(scope: "carol", version: 1)
         }
-        #expect(error?.code == .keyUnavailable)
+        #expect(error?.code == .keyNotFound)
     }
 
     @Test("Persisting a second version 1 for a scope fails with keyExists")
@@ -268,12 +268,12 @@ struct KeyringTests {
         #expect(try await store.dataKeys(scope: "alice").map(\.version) == [1, 2, 3])
     }
 
-    @Test("Rotating a scope that has no key throws keyUnavailable and creates nothing")
+    @Test("Rotating a scope that has no key throws keyNotFound and creates nothing")
     func rotatingAnUnknownScopeFails() async throws {
         let store = InMemoryKeyStore()
         let keyring = try await Keyring.open(store: store, masterKeys: [MasterKey.generate()])
         let error = await #expect(throws: KeyManagementError.self) { try await keyring.rotate(scope: "ghost") }
-        #expect(error?.code == .keyUnavailable)
+        #expect(error?.code == .keyNotFound)
         #expect(try await store.dataKeys(scope: "ghost").isEmpty)
     }
 

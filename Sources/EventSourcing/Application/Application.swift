@@ -117,7 +117,10 @@ public final class Application: Sendable {
             for encode in encoders {
                 let batch = try await encode()
                 events += batch.events
-                keys += batch.newKeys
+                // Aggregates of one new subject share the key minted for the first of them.
+                for k in batch.newKeys where !keys.contains(where: { $0.key.scope == k.key.scope && $0.key.version == k.key.version }) {
+                    keys.append(k)
+                }
             }
             guard !events.isEmpty else { return [] }
             do {

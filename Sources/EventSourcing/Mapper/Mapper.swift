@@ -68,12 +68,16 @@ public final class Mapper: Sendable {
         let encoder = JSONEncoder()
         for e in events {
             let topic = A.topic(of: e.event)
+            guard topic.utf8.count <= StateHeader.maxTopicLength else {
+                throw EventSourcingError(.invalidArgument, "topic is longer than \(StateHeader.maxTopicLength) bytes",
+                                         originatorID: e.originatorID, originatorVersion: e.originatorVersion)
+            }
             let json: [UInt8]
             do {
                 json = Array(try encoder.encode(EventEnvelope<A>(v: A.eventSchemaVersion,
                                                                  t: e.timestamp.timeIntervalSince1970, e: e.event)))
             } catch {
-                throw EventSourcingError(.invalidArgument, "event could not be encoded: \(error)",
+                throw EventSourcingError(.invalidArgument, "event could not be encoded: \(Self.describe(error))",
                                          originatorID: e.originatorID, originatorVersion: e.originatorVersion, topic: topic)
             }
             let state = try seal(json, key: writeKey?.key, snapshot: false, originatorID: e.originatorID,
@@ -183,7 +187,7 @@ public final class Mapper: Sendable {
                                                                       c: root.createdOn.timeIntervalSince1970,
                                                                       m: root.modifiedOn.timeIntervalSince1970, s: root.state)))
         } catch {
-            throw EventSourcingError(.invalidArgument, "snapshot could not be encoded: \(error)",
+            throw EventSourcingError(.invalidArgument, "snapshot could not be encoded: \(Self.describe(error))",
                                      originatorID: root.id, originatorVersion: root.version)
         }
         let state = try seal(json, key: writeKey?.key, snapshot: true, originatorID: root.id,
@@ -251,16 +255,24 @@ public final class Mapper: Sendable {
                                       originatorVersion: stored?.originatorVersion, topic: stored?.topic, keyScope: scope)
         }
         let code: EventSourcingError.Code
+        var message = k.message
         switch k.code {
-        case .shredded: code = .shredded
+        case .shredded:
+            code = .shredded
+            message = "the key scope was crypto-shredded; its records cannot be read or written"
         case .wrongMasterKey: code = .wrongMasterKey
         case .authenticationFailed: code = .integrityFailure
         case .keyUnavailable: code = .keyUnavailable
+        case .keyNotFound where stored != nil:
+            // A record naming a key that never existed (and was not shredded) has a forged or
+            // corrupt header; the tag cannot even be checked.
+            code = .integrityFailure
+            message = "the record names data key v\(k.keyVersion ?? 0) of its scope, which does not exist: header tampered or corrupt, or keys lost"
+        case .keyNotFound: code = .keyUnavailable
+        case .invalidScope where stored != nil: code = .integrityFailure
         case .invalidScope: code = .invalidArgument
         default: code = .recorderFailure
         }
-        let message = k.code == .shredded ? "the key scope was crypto-shredded; its records cannot be read or written"
-                                          : k.message
         return EventSourcingError(code, message, originatorID: stored?.originatorID,
                                   originatorVersion: stored?.originatorVersion, topic: stored?.topic,
                                   keyScope: scope, shreddedAt: k.shreddedAt)
@@ -277,6 +289,8 @@ public final class Mapper: Sendable {
             return "missing \(type) at \(path(ctx.codingPath))"
         case DecodingError.dataCorrupted(let ctx):
             return "malformed data at \(path(ctx.codingPath))"
+        case EncodingError.invalidValue(_, let ctx):
+            return "value cannot be encoded at \(path(ctx.codingPath))"
         default:
             return "\(type(of: error))"
         }

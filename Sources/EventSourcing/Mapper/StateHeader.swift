@@ -19,6 +19,8 @@ public struct StateHeader: Sendable, Hashable {
     public static let magic: [UInt8] = [0xE5, 0x53]
     /// The format version this library writes.
     public static let formatVersion: UInt8 = 1
+    /// The longest topic, in UTF-8 bytes (its length is a u16 in the associated data).
+    public static let maxTopicLength = 0xFFFF
 
     /// Flag bits.
     public struct Flags: OptionSet, Sendable, Hashable {
@@ -76,7 +78,9 @@ public struct StateHeader: Sendable, Hashable {
         let end = 5 + l + 4 + 12
         guard l > 0 else { return .failure(.badScope) }
         guard state.count >= end else { return .failure(.truncated) }
-        guard let scope = String(validating: state[5..<(5 + l)], as: UTF8.self) else { return .failure(.badScope) }
+        // Scope ids have no control characters (KeyScope.validate); a header that claims one is corrupt.
+        guard !state[5..<(5 + l)].contains(where: { $0 < 0x20 || $0 == 0x7F }),
+              let scope = String(validating: state[5..<(5 + l)], as: UTF8.self) else { return .failure(.badScope) }
         let v = 5 + l
         let version = UInt32(state[v]) << 24 | UInt32(state[v + 1]) << 16 | UInt32(state[v + 2]) << 8 | UInt32(state[v + 3])
         let nonce = Array(state[(v + 4)..<end])

@@ -1,4 +1,5 @@
 import EventSourcing
+import EventSourcingPostgres
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
@@ -36,8 +37,17 @@ struct RecorderFactory: Sendable, CustomStringConvertible {
         })
     }
 
+    /// A PostgreSQL store in a fresh schema of the server named by ES_POSTGRES_URL (which
+    /// scripts/test.sh starts); the schema is dropped on close.
+    static let postgres = RecorderFactory(name: "postgres") {
+        var config = try PostgresTestServer.configuration()
+        config.schema = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(16).lowercased()
+        let store = try await PostgresStore(configuration: config)
+        return Store(recorder: store, snapshots: store, keyStore: store, close: { try await store.destroy() })
+    }
+
     /// Every recorder the conformance suite runs against.
-    static let all: [RecorderFactory] = [.inMemory, .sqliteFile]
+    static let all: [RecorderFactory] = [.inMemory, .sqliteFile] + (PostgresTestServer.available ? [.postgres] : [])
 }
 
 /// An application under test: a recorder plus encryption on or off.
@@ -68,4 +78,27 @@ struct TestApp: Sendable {
     let app: Application
     let store: RecorderFactory.Store
     let keyring: Keyring?
+}
+
+/// The PostgreSQL server for tests. With CI=true a missing server is a failure (the factory
+/// stays in the list and throws); otherwise its tests are left out with one loud line.
+enum PostgresTestServer {
+    static let url = ProcessInfo.processInfo.environment["ES_POSTGRES_URL"]
+    static let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
+
+    static let available: Bool = {
+        if url != nil || isCI { return true }
+        FileHandle.standardError.write(Data(
+            "!!! ES_POSTGRES_URL is not set: PostgreSQL tests are SKIPPED. Run scripts/test.sh to start a server. !!!\n".utf8))
+        return false
+    }()
+
+    static func configuration() throws -> PostgresConfiguration {
+        guard let url else {
+            throw EventSourcingError(.databaseUnavailable, "CI=true but ES_POSTGRES_URL is not set: PostgreSQL tests cannot run")
+        }
+        var c = try PostgresConfiguration(url: url)
+        c.tls = .disable
+        return c
+    }
 }

@@ -1,0 +1,110 @@
+import EventSourcing
+import Foundation
+
+/// Where and how to connect to PostgreSQL. The password never appears in `description`,
+/// errors or logs.
+public struct PostgresConfiguration: Sendable, CustomStringConvertible {
+    /// TLS use, as libpq's `sslmode`.
+    public enum TLSMode: String, Sendable {
+        /// Plain TCP.
+        case disable
+        /// TLS when the server offers it.
+        case prefer
+        /// TLS or fail (the certificate chain is verified against the system trust roots).
+        case require
+    }
+
+    public var host: String
+    public var port: Int
+    public var username: String
+    public var password: String?
+    public var database: String
+    /// The schema holding the store's tables (created if missing).
+    public var schema: String
+    public var tls: TLSMode
+    /// Connections in the pool.
+    public var poolSize: Int
+    /// How long to wait for a new connection.
+    public var connectTimeout: Duration
+    /// How long a save waits for the table lock held by other writers before failing.
+    public var lockTimeout: Duration
+    /// How long any single operation may take before it fails with `.databaseUnavailable`
+    /// (never hangs on a dead server).
+    public var operationTimeout: Duration
+
+    /// Creates a configuration.
+    public init(host: String = "127.0.0.1", port: Int = 5432, username: String, password: String?, database: String,
+                schema: String = "eventsourcing", tls: TLSMode = .prefer, poolSize: Int = 10,
+                connectTimeout: Duration = .seconds(10), lockTimeout: Duration = .seconds(10),
+                operationTimeout: Duration = .seconds(30)) {
+        self.host = host
+        self.port = port
+        self.username = username
+        self.password = password
+        self.database = database
+        self.schema = schema
+        self.tls = tls
+        self.poolSize = max(1, poolSize)
+        self.connectTimeout = connectTimeout
+        self.lockTimeout = lockTimeout
+        self.operationTimeout = operationTimeout
+    }
+
+    /// Parses `postgres://user:password@host:port/database?sslmode=disable&schema=name&pool_size=10`.
+    /// - Throws: ``EventSourcingError`` `.invalidArgument` (the message never contains the password).
+    public init(url: String) throws {
+        guard let c = URLComponents(string: url), c.scheme == "postgres" || c.scheme == "postgresql" else {
+            throw EventSourcingError(.invalidArgument, "not a postgres:// URL")
+        }
+        guard let user = c.user, !user.isEmpty else {
+            throw EventSourcingError(.invalidArgument, "the PostgreSQL URL has no user name")
+        }
+        let db = c.path.hasPrefix("/") ? String(c.path.dropFirst()) : c.path
+        self.init(host: c.host ?? "127.0.0.1", port: c.port ?? 5432, username: user.removingPercentEncoding ?? user,
+                  password: c.password.map { $0.removingPercentEncoding ?? $0 }, database: db.isEmpty ? user : db)
+        for item in c.queryItems ?? [] {
+            switch item.name {
+            case "sslmode":
+                switch item.value ?? "" {
+                case "disable", "allow": tls = .disable
+                case "prefer": tls = .prefer
+                case "require", "verify-ca", "verify-full": tls = .require
+                default: throw EventSourcingError(.invalidArgument, "unknown sslmode '\(item.value ?? "")'")
+                }
+            case "schema":
+                schema = item.value ?? schema
+            case "pool_size":
+                guard let n = item.value.flatMap(Int.init), n > 0 else {
+                    throw EventSourcingError(.invalidArgument, "pool_size must be a positive integer")
+                }
+                poolSize = n
+            case "connect_timeout":
+                guard let n = item.value.flatMap(Int.init), n > 0 else {
+                    throw EventSourcingError(.invalidArgument, "connect_timeout must be a positive number of seconds")
+                }
+                connectTimeout = .seconds(n)
+            default:
+                throw EventSourcingError(.invalidArgument, "unknown PostgreSQL URL parameter '\(item.name)'")
+            }
+        }
+        guard schema.range(of: "^[A-Za-z_][A-Za-z0-9_]{0,62}$", options: .regularExpression) != nil else {
+            throw EventSourcingError(.invalidArgument, "schema name must be a plain SQL identifier")
+        }
+    }
+
+    /// From `ES_POSTGRES_URL`, else libpq's `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`.
+    /// - Throws: ``EventSourcingError`` `.invalidArgument` when neither is set.
+    public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> PostgresConfiguration {
+        if let url = env["ES_POSTGRES_URL"], !url.isEmpty { return try PostgresConfiguration(url: url) }
+        guard let user = env["PGUSER"] else {
+            throw EventSourcingError(.invalidArgument, "set ES_POSTGRES_URL or PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE")
+        }
+        return PostgresConfiguration(host: env["PGHOST"] ?? "127.0.0.1", port: env["PGPORT"].flatMap(Int.init) ?? 5432,
+                                     username: user, password: env["PGPASSWORD"], database: env["PGDATABASE"] ?? user)
+    }
+
+    /// The URL with the password replaced by `***`.
+    public var description: String {
+        "postgres://\(username)\(password == nil ? "" : ":***")@\(host):\(port)/\(database)?sslmode=\(tls.rawValue)&schema=\(schema)"
+    }
+}

@@ -1,0 +1,135 @@
+/// The DDL and the save function. `s` is a validated plain identifier (see PostgresConfiguration).
+enum PostgresSchema {
+    static func version1(_ s: String) -> [String] {
+        [
+            """
+            CREATE TABLE \(s).events (
+                notification_id bigint NOT NULL,
+                originator_id uuid NOT NULL,
+                originator_version bigint NOT NULL,
+                topic text NOT NULL,
+                state bytea NOT NULL,
+                key_scope text,
+                PRIMARY KEY (originator_id, originator_version)
+            )
+            """,
+            "CREATE UNIQUE INDEX events_notification_id ON \(s).events (notification_id)",
+            "CREATE INDEX events_key_scope ON \(s).events (key_scope) WHERE key_scope IS NOT NULL",
+            """
+            CREATE TABLE \(s).snapshots (
+                originator_id uuid NOT NULL,
+                originator_version bigint NOT NULL,
+                topic text NOT NULL,
+                state bytea NOT NULL,
+                key_scope text,
+                PRIMARY KEY (originator_id, originator_version)
+            )
+            """,
+            "CREATE INDEX snapshots_key_scope ON \(s).snapshots (key_scope) WHERE key_scope IS NOT NULL",
+            """
+            CREATE TABLE \(s).data_keys (
+                scope text NOT NULL,
+                version bigint NOT NULL,
+                kek_id text NOT NULL,
+                wrapped bytea NOT NULL,
+                created_at double precision NOT NULL,
+                PRIMARY KEY (scope, version)
+            )
+            """,
+            """
+            CREATE TABLE \(s).tombstones (
+                scope text PRIMARY KEY,
+                shredded_at double precision NOT NULL,
+                destroyed_versions text NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE \(s).master_key_checks (
+                kek_id text PRIMARY KEY,
+                sealed bytea NOT NULL,
+                kdf text,
+                created_at double precision NOT NULL
+            )
+            """,
+        ]
+    }
+
+    /// Inserts a group of saves in one statement. Each save runs in its own subtransaction and
+    /// reports `ok` (with its first notification id; its ids are contiguous), `conflict`,
+    /// `shredded` or `key_exists`. Notification ids are max + 1, … under an EXCLUSIVE lock, so
+    /// they follow commit order and a failed save leaves no gap.
+    static func insertSavesFunction(_ s: String) -> String {
+        """
+        CREATE OR REPLACE FUNCTION \(s).insert_saves(
+            lock_ms bigint, ev_counts int[], ids uuid[], versions bigint[], topics text[], states bytea[], scopes text[],
+            key_counts int[], k_scopes text[], k_versions bigint[], k_keks text[], k_wrapped bytea[], k_created float8[])
+        RETURNS TABLE (save_index int, status text, detail text, first_id bigint)
+        LANGUAGE plpgsql AS $fn$
+        DECLARE
+            next_id bigint;
+            ev_off int := 0;
+            k_off int := 0;
+            n int;
+            kn int;
+            i int;
+            bad text;
+        BEGIN
+            PERFORM set_config('lock_timeout', lock_ms::text, true);
+            LOCK TABLE \(s).events IN EXCLUSIVE MODE;
+            SELECT coalesce(max(e.notification_id), 0) INTO next_id FROM \(s).events e;
+            FOR i IN 1 .. coalesce(array_length(ev_counts, 1), 0) LOOP
+                n := ev_counts[i];
+                kn := key_counts[i];
+                save_index := i - 1;
+                status := 'ok';
+                detail := NULL;
+                first_id := NULL;
+                BEGIN
+                    IF kn > 0 THEN
+                        SELECT t.scope INTO bad FROM \(s).tombstones t
+                            WHERE t.scope = ANY (k_scopes[k_off + 1 : k_off + kn]) LIMIT 1;
+                        IF bad IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = 'ES002', MESSAGE = bad; END IF;
+                        SELECT k.scope INTO bad FROM \(s).data_keys k
+                            JOIN unnest(k_scopes[k_off + 1 : k_off + kn], k_versions[k_off + 1 : k_off + kn]) AS u(sc, v)
+                            ON k.scope = u.sc AND k.version = u.v LIMIT 1;
+                        IF bad IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = 'ES003', MESSAGE = bad; END IF;
+                        INSERT INTO \(s).data_keys (scope, version, kek_id, wrapped, created_at)
+                            SELECT * FROM unnest(k_scopes[k_off + 1 : k_off + kn], k_versions[k_off + 1 : k_off + kn],
+                                                 k_keks[k_off + 1 : k_off + kn], k_wrapped[k_off + 1 : k_off + kn],
+                                                 k_created[k_off + 1 : k_off + kn]);
+                    END IF;
+                    IF n > 0 THEN
+                        SELECT t.scope INTO bad FROM \(s).tombstones t
+                            WHERE t.scope = ANY (scopes[ev_off + 1 : ev_off + n]) LIMIT 1;
+                        IF bad IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = 'ES002', MESSAGE = bad; END IF;
+                        SELECT u.id::text || ':' || u.v INTO bad
+                            FROM unnest(ids[ev_off + 1 : ev_off + n], versions[ev_off + 1 : ev_off + n]) AS u(id, v)
+                            GROUP BY u.id, u.v HAVING count(*) > 1 LIMIT 1;
+                        IF bad IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = 'ES001', MESSAGE = bad; END IF;
+                        SELECT e.originator_id::text || ':' || e.originator_version INTO bad FROM \(s).events e
+                            JOIN unnest(ids[ev_off + 1 : ev_off + n], versions[ev_off + 1 : ev_off + n]) AS u(id, v)
+                            ON e.originator_id = u.id AND e.originator_version = u.v LIMIT 1;
+                        IF bad IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = 'ES001', MESSAGE = bad; END IF;
+                        INSERT INTO \(s).events (notification_id, originator_id, originator_version, topic, state, key_scope)
+                            SELECT next_id + u.ord, u.id, u.v, u.t, u.st, NULLIF(u.sc, '')
+                            FROM unnest(ids[ev_off + 1 : ev_off + n], versions[ev_off + 1 : ev_off + n],
+                                        topics[ev_off + 1 : ev_off + n], states[ev_off + 1 : ev_off + n],
+                                        scopes[ev_off + 1 : ev_off + n]) WITH ORDINALITY AS u(id, v, t, st, sc, ord);
+                        first_id := next_id + 1;
+                        next_id := next_id + n;
+                    END IF;
+                EXCEPTION
+                    WHEN SQLSTATE 'ES001' THEN status := 'conflict'; detail := SQLERRM;
+                    WHEN SQLSTATE 'ES002' THEN status := 'shredded'; detail := SQLERRM;
+                    WHEN SQLSTATE 'ES003' THEN status := 'key_exists'; detail := SQLERRM;
+                    WHEN unique_violation THEN status := 'conflict'; detail := NULL;
+                END;
+                RETURN NEXT;
+                ev_off := ev_off + n;
+                k_off := k_off + kn;
+            END LOOP;
+        END
+        $fn$
+        """
+    }
+}

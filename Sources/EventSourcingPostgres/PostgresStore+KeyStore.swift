@@ -1,0 +1,150 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+import NIOCore
+import PostgresNIO
+
+extension PostgresStore {
+    public func masterKeyChecks() async throws -> [MasterKeyCheck] {
+        let s = schema
+        return try await run { client in
+            var out: [MasterKeyCheck] = []
+            for try await (id, sealed, kdf, at) in try await client.query(
+                "SELECT kek_id, sealed, kdf, created_at FROM \(unescaped: s).master_key_checks ORDER BY created_at, kek_id",
+                logger: self.logger).decode((String, ByteBuffer, String?, Double).self) {
+                let params = kdf.flatMap { try? JSONDecoder().decode(KDFParameters.self, from: Data($0.utf8)) }
+                out.append(MasterKeyCheck(kekID: id, sealed: sealed.bytes, kdf: params, createdAt: Date(timeIntervalSince1970: at)))
+            }
+            return out
+        }
+    }
+
+    public func insertMasterKeyCheck(_ check: MasterKeyCheck) async throws {
+        let s = schema
+        let kdf = try check.kdf.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
+        let sealed = check.sealed.byteBuffer
+        _ = try await run { client in
+            try await client.query("""
+                INSERT INTO \(unescaped: s).master_key_checks (kek_id, sealed, kdf, created_at)
+                VALUES (\(check.kekID), \(sealed), \(kdf), \(check.createdAt.timeIntervalSince1970)) ON CONFLICT (kek_id) DO NOTHING
+                """, logger: self.logger)
+            return 0
+        }
+    }
+
+    public func deleteMasterKeyCheck(kekID: String) async throws {
+        let s = schema
+        _ = try await run { client in
+            try await client.query("DELETE FROM \(unescaped: s).master_key_checks WHERE kek_id = \(kekID)", logger: self.logger)
+            return 0
+        }
+    }
+
+    public func dataKeys(scope: String) async throws -> [WrappedDataKey] {
+        let s = schema
+        return try await run { client in
+            try await PostgresStore.keys(try await client.query("""
+                SELECT scope, version, kek_id, wrapped, created_at FROM \(unescaped: s).data_keys
+                WHERE scope = \(scope) ORDER BY version
+                """, logger: self.logger))
+        }
+    }
+
+    public func insertDataKey(_ key: WrappedDataKey) async throws {
+        // Through the save function: the same tombstone and existence checks, atomically.
+        _ = try await insertEvents([], newKeys: [key])
+    }
+
+    public func rewrapDataKey(_ key: WrappedDataKey, previousKEKID: String) async throws -> Bool {
+        let s = schema
+        let wrapped = key.wrapped.byteBuffer
+        return try await run { client in
+            var n = 0
+            for try await _ in try await client.query("""
+                UPDATE \(unescaped: s).data_keys SET kek_id = \(key.kekID), wrapped = \(wrapped)
+                WHERE scope = \(key.scope) AND version = \(Int64(key.version)) AND kek_id = \(previousKEKID) RETURNING 1
+                """, logger: self.logger).decode(Int32.self) { n += 1 }
+            return n == 1
+        }
+    }
+
+    public func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey] {
+        let s = schema
+        let lim = Int64(limit)
+        return try await run { client in
+            if let cursor {
+                return try await PostgresStore.keys(try await client.query("""
+                    SELECT scope, version, kek_id, wrapped, created_at FROM \(unescaped: s).data_keys
+                    WHERE (scope, version) > (\(cursor.scope), \(Int64(cursor.version))) ORDER BY scope, version LIMIT \(lim)
+                    """, logger: self.logger))
+            }
+            return try await PostgresStore.keys(try await client.query("""
+                SELECT scope, version, kek_id, wrapped, created_at FROM \(unescaped: s).data_keys
+                ORDER BY scope, version LIMIT \(lim)
+                """, logger: self.logger))
+        }
+    }
+
+    static func keys(_ rows: PostgresRowSequence) async throws -> [WrappedDataKey] {
+        var out: [WrappedDataKey] = []
+        for try await (scope, v, kek, w, at) in rows.decode((String, Int64, String, ByteBuffer, Double).self) {
+            out.append(WrappedDataKey(scope: scope, version: UInt32(truncatingIfNeeded: v), kekID: kek, wrapped: w.bytes,
+                                      createdAt: Date(timeIntervalSince1970: at)))
+        }
+        return out
+    }
+
+    public func tombstone(scope: String) async throws -> Tombstone? {
+        let s = schema
+        return try await run { client in
+            try await PostgresStore.tombstones(try await client.query(
+                "SELECT scope, shredded_at, destroyed_versions FROM \(unescaped: s).tombstones WHERE scope = \(scope)",
+                logger: self.logger)).first
+        }
+    }
+
+    public func tombstones() async throws -> [Tombstone] {
+        let s = schema
+        return try await run { client in
+            try await PostgresStore.tombstones(try await client.query(
+                "SELECT scope, shredded_at, destroyed_versions FROM \(unescaped: s).tombstones ORDER BY shredded_at, scope",
+                logger: self.logger))
+        }
+    }
+
+    static func tombstones(_ rows: PostgresRowSequence) async throws -> [Tombstone] {
+        var out: [Tombstone] = []
+        for try await (scope, at, versions) in rows.decode((String, Double, String).self) {
+            out.append(Tombstone(scope: scope, shreddedAt: Date(timeIntervalSince1970: at),
+                                 destroyedVersions: versions.split(separator: ",").compactMap { UInt32($0) }))
+        }
+        return out
+    }
+
+    public func shred(scope: String, at time: Date) async throws -> Tombstone {
+        let s = schema
+        let rows: [(String, String)] = try await run { client in
+            // The events-table lock serialises the shred with saves (which check tombstones and
+            // insert keys under the same lock), so no key can be created for the scope after it.
+            // The tombstone's primary key makes a second shred fail instead of succeeding twice.
+            try await client.withTransaction(logger: self.logger) { conn in
+            try await conn.query("LOCK TABLE \(unescaped: s).events IN EXCLUSIVE MODE", logger: self.logger)
+            var out: [(String, String)] = []
+            for try await r in try await conn.query("""
+                WITH gone AS (DELETE FROM \(unescaped: s).data_keys WHERE scope = \(scope) RETURNING version),
+                     t AS (INSERT INTO \(unescaped: s).tombstones (scope, shredded_at, destroyed_versions)
+                           SELECT \(scope), \(time.timeIntervalSince1970),
+                                  coalesce((SELECT string_agg(version::text, ',' ORDER BY version) FROM gone), '')
+                           ON CONFLICT (scope) DO NOTHING RETURNING scope, destroyed_versions)
+                SELECT scope, destroyed_versions FROM t
+                """, logger: self.logger).decode((String, String).self) { out.append(r) }
+            return out
+            }
+        }
+        guard let row = rows.first else {
+            let existing = try await tombstone(scope: scope)
+            throw KeyManagementError(.shredded, "the scope was already shredded", scope: scope, shreddedAt: existing?.shreddedAt)
+        }
+        return Tombstone(scope: scope, shreddedAt: time, destroyedVersions: row.1.split(separator: ",").compactMap { UInt32($0) })
+    }
+}

@@ -1,0 +1,313 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+import Logging
+import NIOCore
+import PostgresNIO
+import Synchronization
+
+/// Events, snapshots, wrapped data keys, master-key checks, tombstones and the schema version
+/// in one PostgreSQL schema, shared by many application instances.
+///
+/// Saves go through one server-side function call per group of concurrent saves: it takes an
+/// EXCLUSIVE lock on the events table (so notification ids are assigned in commit order and
+/// a reader tailing the log never skips an event), checks tombstones and conflicts, inserts the
+/// scopes' new data keys and the events, each save in its own subtransaction so each fails alone.
+public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyCommittingRecorder, KeyStore, KeyScopeCounting {
+    /// The schema version this code writes.
+    public static let schemaVersion = 1
+
+    /// The connection settings (password redacted in `description`).
+    public let configuration: PostgresConfiguration
+    let client: PostgresClient
+    let logger: Logger
+    let schema: String
+    private let runTask: Task<Void, Never>
+    private let pending = Mutex(PendingSaves())
+    private let closed = Atomic<Bool>(false)
+
+    struct PendingSaves {
+        var queue: [PendingSave] = []
+        var draining = false
+    }
+
+    struct PendingSave: Sendable {
+        var events: [StoredEvent]
+        var keys: [WrappedDataKey]
+        var continuation: CheckedContinuation<[Int64], any Error>
+    }
+
+    /// Connects, and creates or migrates the schema.
+    /// - Throws: ``EventSourcingError`` `.databaseUnavailable` (cannot connect or authenticate),
+    ///   `.unsupportedSchema` (written by a newer version), `.invalidArgument`.
+    public init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "eventsourcing.postgres")) async throws {
+        self.configuration = configuration
+        self.logger = logger
+        self.schema = configuration.schema
+        var config: PostgresClient.Configuration
+        switch configuration.tls {
+        case .disable:
+            config = .init(host: configuration.host, port: configuration.port, username: configuration.username,
+                           password: configuration.password, database: configuration.database, tls: .disable)
+        case .prefer:
+            config = .init(host: configuration.host, port: configuration.port, username: configuration.username,
+                           password: configuration.password, database: configuration.database,
+                           tls: .prefer(.makeClientConfiguration()))
+        case .require:
+            config = .init(host: configuration.host, port: configuration.port, username: configuration.username,
+                           password: configuration.password, database: configuration.database,
+                           tls: .require(.makeClientConfiguration()))
+        }
+        config.options.maximumConnections = configuration.poolSize
+        config.options.connectTimeout = configuration.connectTimeout
+        let client = PostgresClient(configuration: config)
+        self.client = client
+        runTask = Task { await client.run() }
+        do {
+            try await migrate()
+        } catch {
+            runTask.cancel()
+            throw PostgresStore.translate(error, configuration: configuration)
+        }
+    }
+
+    deinit { runTask.cancel() }
+
+    /// Closes the connection pool. Later calls fail.
+    public func close() async {
+        guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        runTask.cancel()
+        _ = await runTask.value
+    }
+
+    // MARK: Schema
+
+    private func migrate() async throws {
+        let s = schema
+        try await timed {
+            try await self.client.withTransaction(logger: self.logger) { conn in
+                try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\("eventsourcing-schema:" + s)))", logger: self.logger)
+                try await conn.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: s)", logger: self.logger)
+                try await conn.query(
+                    "CREATE TABLE IF NOT EXISTS \(unescaped: s).es_meta (key text PRIMARY KEY, value bigint NOT NULL)",
+                    logger: self.logger)
+                var found = 0
+                for try await v in try await conn.query(
+                    "SELECT value FROM \(unescaped: s).es_meta WHERE key = 'schema_version'", logger: self.logger).decode(Int64.self) {
+                    found = Int(v)
+                }
+                if found > PostgresStore.schemaVersion {
+                    throw EventSourcingError(.unsupportedSchema,
+                        "schema \(s) has version \(found); this library reads up to \(PostgresStore.schemaVersion). Upgrade the library.")
+                }
+                if found < 1 {
+                    for statement in PostgresSchema.version1(s) {
+                        try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
+                    }
+                }
+                // The save function is replaced on every start, so a fix to it needs no migration.
+                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.insertSavesFunction(s)), logger: self.logger)
+                try await conn.query(
+                    "INSERT INTO \(unescaped: s).es_meta (key, value) VALUES ('schema_version', \(Int64(PostgresStore.schemaVersion))) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    logger: self.logger)
+            }
+        }
+    }
+
+    // MARK: Saving (group commit)
+
+    public func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] {
+        try await insertEvents(events, newKeys: [])
+    }
+
+    public var keyStore: any KeyStore { self }
+
+    public func insertEvents(_ events: [StoredEvent], newKeys: [WrappedDataKey]) async throws -> [Int64] {
+        guard !events.isEmpty || !newKeys.isEmpty else { return [] }
+        guard !closed.load(ordering: .acquiring) else {
+            throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
+        }
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<[Int64], any Error>) in
+            let start = pending.withLock { p -> Bool in
+                p.queue.append(PendingSave(events: events, keys: newKeys, continuation: c))
+                if p.draining { return false }
+                p.draining = true
+                return true
+            }
+            if start { Task { await self.drain() } }
+        }
+    }
+
+    private func drain() async {
+        while true {
+            let batch = pending.withLock { p -> [PendingSave] in
+                // At most ~5,000 events per round trip; the rest wait for the next one.
+                var n = 0
+                var k = 0
+                while k < p.queue.count, n < 5_000 {
+                    n += p.queue[k].events.count
+                    k += 1
+                }
+                let b = Array(p.queue.prefix(k))
+                p.queue.removeFirst(k)
+                if b.isEmpty { p.draining = false }
+                return b
+            }
+            if batch.isEmpty { return }
+            await commit(batch)
+        }
+    }
+
+    private func commit(_ batch: [PendingSave]) async {
+        let allocator = ByteBufferAllocator()
+        var evCounts: [Int32] = [], ids: [UUID] = [], versions: [Int64] = [], topics: [String] = []
+        var states: [ByteBuffer] = [], scopes: [String] = []
+        var keyCounts: [Int32] = [], kScopes: [String] = [], kVersions: [Int64] = [], kKeks: [String] = []
+        var kWrapped: [ByteBuffer] = [], kCreated: [Double] = []
+        for save in batch {
+            evCounts.append(Int32(save.events.count))
+            for e in save.events {
+                ids.append(e.originatorID)
+                versions.append(Int64(e.originatorVersion))
+                topics.append(e.topic)
+                var buf = allocator.buffer(capacity: e.state.count)
+                buf.writeBytes(e.state)
+                states.append(buf)
+                scopes.append(e.keyScope ?? "")
+            }
+            keyCounts.append(Int32(save.keys.count))
+            for k in save.keys {
+                kScopes.append(k.scope)
+                kVersions.append(Int64(k.version))
+                kKeks.append(k.kekID)
+                var buf = allocator.buffer(capacity: k.wrapped.count)
+                buf.writeBytes(k.wrapped)
+                kWrapped.append(buf)
+                kCreated.append(k.createdAt.timeIntervalSince1970)
+            }
+        }
+        let (evCountsA, idsA, versionsA, topicsA, statesA, scopesA) = (evCounts, ids, versions, topics, states, scopes)
+        let (keyCountsA, kScopesA, kVersionsA, kKeksA, kWrappedA, kCreatedA) = (keyCounts, kScopes, kVersions, kKeks, kWrapped, kCreated)
+        let s = schema
+        let lockMillis = Int64(configuration.lockTimeout.components.seconds * 1000
+                               + configuration.lockTimeout.components.attoseconds / 1_000_000_000_000_000)
+        do {
+            let results = try await timed { () -> [(Int32, String, String?, Int64?)] in
+                let rows = try await self.client.query("""
+                    SELECT save_index, status, detail, first_id FROM \(unescaped: s).insert_saves(
+                        \(lockMillis), \(evCountsA), \(idsA), \(versionsA), \(topicsA), \(statesA), \(scopesA),
+                        \(keyCountsA), \(kScopesA), \(kVersionsA), \(kKeksA), \(kWrappedA), \(kCreatedA))
+                    """, logger: self.logger)
+                var out: [(Int32, String, String?, Int64?)] = []
+                for try await row in rows.decode((Int32, String, String?, Int64?).self) { out.append(row) }
+                return out
+            }
+            guard results.count == batch.count else {
+                throw EventSourcingError(.recorderFailure, "the save function returned \(results.count) results for \(batch.count) saves")
+            }
+            for (save, r) in zip(batch, results) {
+                switch r.1 {
+                case "ok":
+                    let first = r.3 ?? 0
+                    save.continuation.resume(returning: (0..<Int64(save.events.count)).map { first + $0 })
+                case "conflict":
+                    save.continuation.resume(throwing: conflictError(save.events, detail: r.2))
+                case "shredded":
+                    save.continuation.resume(throwing: KeyManagementError(.shredded, "the scope was shredded", scope: r.2))
+                case "key_exists":
+                    save.continuation.resume(throwing: KeyManagementError(.keyExists, "data key exists", scope: r.2))
+                default:
+                    save.continuation.resume(throwing: EventSourcingError(.recorderFailure, "unknown save status \(r.1)"))
+                }
+            }
+        } catch {
+            let e = PostgresStore.translate(error, configuration: configuration)
+            for save in batch { save.continuation.resume(throwing: e) }
+        }
+    }
+
+    private func conflictError(_ events: [StoredEvent], detail: String?) -> EventSourcingError {
+        let parts = (detail ?? "").split(separator: ":")
+        let id = parts.first.flatMap { UUID(uuidString: String($0)) }
+        let version = parts.count > 1 ? Int(parts[1]) : nil
+        let topic = events.first { $0.originatorID == id && $0.originatorVersion == version }?.topic
+        return EventSourcingError(.concurrencyConflict, "an event with this originator id and version exists",
+                                  originatorID: id ?? events.first?.originatorID, originatorVersion: version, topic: topic)
+    }
+
+    // MARK: Errors and timeouts
+
+    /// Runs `body`, failing with `.databaseUnavailable` after the operation timeout instead of hanging.
+    func timed<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        guard !closed.load(ordering: .acquiring) else {
+            throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
+        }
+        let timeout = configuration.operationTimeout
+        let once = Once<T>()
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+            once.slot.withLock { $0 = c }
+            let work = Task {
+                let result: Result<T, any Error>
+                do { result = .success(try await body()) } catch { result = .failure(error) }
+                once.slot.withLock { $0.take() }?.resume(with: result)
+            }
+            Task {
+                try? await Task.sleep(for: timeout)
+                if let c = once.slot.withLock({ $0.take() }) {
+                    work.cancel()
+                    c.resume(throwing: EventSourcingError(.databaseUnavailable,
+                        "PostgreSQL did not answer within \(timeout); the operation's outcome is unknown"))
+                }
+            }
+        }
+    }
+
+    /// Maps driver errors to typed errors without leaking the password or query values.
+    static func translate(_ error: any Error, configuration: PostgresConfiguration) -> any Error {
+        if error is EventSourcingError || error is KeyManagementError { return error }
+        guard let p = error as? PSQLError else {
+            return EventSourcingError(.databaseUnavailable, "PostgreSQL at \(configuration.host):\(configuration.port): \(type(of: error))")
+        }
+        let where_ = "PostgreSQL at \(configuration.host):\(configuration.port)"
+        if p.code == .server, let info = p.serverInfo {
+            let state = info[.sqlState] ?? ""
+            let message = info[.message] ?? "server error"
+            switch state {
+            case "55P03", "40P01": return EventSourcingError(.databaseLocked, "\(where_): \(message) (\(state))")
+            case "28P01", "28000", "3D000", "57P01", "57P02", "57P03", "53300":
+                return EventSourcingError(.databaseUnavailable, "\(where_): \(message) (\(state))")
+            case "23505": return EventSourcingError(.concurrencyConflict, "\(where_): \(message)")
+            default: return EventSourcingError(.recorderFailure, "\(where_): \(message) (\(state))")
+            }
+        }
+        switch p.code {
+        case .serverClosedConnection, .connectionError, .uncleanShutdown, .clientClosedConnection, .poolClosed:
+            return EventSourcingError(.databaseUnavailable,
+                "\(where_): connection lost (\(p.code)); an in-flight save may or may not have committed")
+        default:
+            return EventSourcingError(.databaseUnavailable, "\(where_): \(p.code)")
+        }
+    }
+
+    /// Runs a query through the pool with the operation timeout and typed errors.
+    func run<T: Sendable>(_ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws -> T {
+        do {
+            return try await timed { try await body(self.client) }
+        } catch {
+            throw PostgresStore.translate(error, configuration: configuration)
+        }
+    }
+}
+
+/// A continuation resumed by whichever of the work and the timeout finishes first.
+final class Once<T: Sendable>: Sendable {
+    let slot = Mutex<CheckedContinuation<T, any Error>?>(nil)
+}
+
+extension ByteBuffer {
+    var bytes: [UInt8] { getBytes(at: readerIndex, length: readableBytes) ?? [] }
+}
+
+extension Array where Element == UInt8 {
+    var byteBuffer: ByteBuffer { ByteBuffer(bytes: self) }
+}

@@ -1,0 +1,242 @@
+import EventSourcing
+import EventSourcingSQLite
+import Foundation
+import KeyManagement
+import Testing
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// MARK: Aggregates
+
+/// The agent's aggregate (Tests/Agent/main.swift), duplicated because a test target cannot
+/// import an executable. Keep the two identical: same type name, same event encoding.
+struct Ledger: Aggregate {
+    static var typeName: String { "Ledger" }
+    enum Event: Codable, Sendable, Equatable {
+        case entry(save: Int, item: Int, of: Int)
+    }
+    var entries = 0
+    mutating func apply(_ event: Event) { entries += 1 }
+}
+
+/// The agent's fixed aggregate ids: `SSSSSSSS-0000-4000-8000-IIIIIIIIIIII` (hex). Keep identical.
+func fixedAggregateID(seed: Int, index: Int) -> UUID {
+    func hex(_ v: Int, _ width: Int) -> String {
+        let s = String(v, radix: 16)
+        return String(repeating: "0", count: max(0, width - s.count)) + s
+    }
+    return UUID(uuidString: "\(hex(seed, 8))-0000-4000-8000-\(hex(index, 12))")!
+}
+
+/// A customer carrying the workload's personal data.
+struct Customer: Aggregate {
+    static var typeName: String { "Customer" }
+    enum Event: Codable, Sendable {
+        case registered(name: String, email: String, address: String)
+        case updated(name: String, email: String, address: String)
+    }
+    var name = ""
+    var email = ""
+    var address = ""
+    mutating func apply(_ event: Event) {
+        switch event {
+        case .registered(let n, let e, let a), .updated(let n, let e, let a):
+            (name, email, address) = (n, e, a)
+        }
+    }
+}
+
+// MARK: Files
+
+/// A fresh temporary directory, removed when released.
+final class TempDir: Sendable {
+    let url: URL
+
+    init(_ label: String = "sqlite") throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("es-\(label)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+
+    deinit {
+        // A read-only test directory must be writable again before it can be removed.
+        _ = chmod(url.path, 0o755)
+        try? FileManager.default.removeItem(at: url)
+    }
+
+    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+}
+
+/// The whole content of `path`, or empty when it does not exist.
+func fileBytes(_ path: String) -> [UInt8] {
+    FileManager.default.contents(atPath: path).map { [UInt8]($0) } ?? []
+}
+
+func fileExists(_ path: String) -> Bool { FileManager.default.fileExists(atPath: path) }
+
+/// The database file and its WAL and shared-memory files, by suffix ("", "-wal", "-shm").
+func databaseFiles(_ path: String) -> [(suffix: String, bytes: [UInt8])] {
+    ["", "-wal", "-shm"].map { ($0, fileBytes(path + $0)) }
+}
+
+/// Finds many byte strings (each at least 8 bytes) in a haystack in one pass.
+struct NeedleSet {
+    let needles: [[UInt8]]
+    private var byPrefix: [UInt64: [Int]] = [:]
+
+    init(_ needles: [[UInt8]]) {
+        precondition(needles.allSatisfy { $0.count >= 8 }, "needles must be at least 8 bytes")
+        self.needles = needles
+        for (i, n) in needles.enumerated() { byPrefix[NeedleSet.word(n, 0), default: []].append(i) }
+    }
+
+    private static func word(_ b: [UInt8], _ at: Int) -> UInt64 {
+        b.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt64.self) }
+    }
+
+    /// The indices of the needles that occur in `hay`.
+    func found(in hay: [UInt8]) -> Set<Int> {
+        var out = Set<Int>()
+        guard hay.count >= 8 else { return out }
+        hay.withUnsafeBytes { h in
+            for at in 0...(h.count - 8) {
+                guard let candidates = byPrefix[h.loadUnaligned(fromByteOffset: at, as: UInt64.self)] else { continue }
+                for c in candidates where !out.contains(c) {
+                    let n = needles[c]
+                    if at + n.count <= h.count, n.indices.allSatisfy({ n[$0] == h[at + $0] }) {
+                        out.insert(c)
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+// MARK: Stores
+
+/// An encrypted application over a SQLite store whose key store is the same file.
+struct EncryptedStore: Sendable {
+    let store: SQLiteStore
+    let keyring: Keyring
+    let app: Application
+
+    static func open(_ path: String, masterKey: MasterKey,
+                     configuration: SQLiteStore.Configuration = .init(), mapperOptions: Mapper.Options = .init()) async throws -> EncryptedStore {
+        let store = try SQLiteStore(path: path, configuration: configuration)
+        let keyring = try await Keyring.open(store: store, masterKeys: [masterKey])
+        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring, options: mapperOptions))
+        return EncryptedStore(store: store, keyring: keyring, app: app)
+    }
+
+    static func open(_ path: String, masterKeyFile: String) async throws -> EncryptedStore {
+        try await open(path, masterKey: MasterKey(contentsOfFile: masterKeyFile))
+    }
+}
+
+/// Creates a store and a master key file (initialising the key store with its check record),
+/// as the agents expect to find them.
+func createStoreAndKeyFile(in dir: TempDir) async throws -> (db: String, keyFile: String) {
+    let db = dir.path("events.sqlite")
+    let keyFile = dir.path("master.key")
+    let key = try MasterKey.generate()
+    try key.writeKeyFile(to: keyFile)
+    let s = try await EncryptedStore.open(db, masterKey: key)
+    await s.store.close()
+    return (db, keyFile)
+}
+
+/// Every notification of the application's log, decrypted, in pages of `page`.
+func readWholeLog(_ app: Application, page: Int = 500) async throws -> [LogItem] {
+    var out: [LogItem] = []
+    var start: Int64 = 1
+    while true {
+        let items = try await app.notificationLog.read(start: start, limit: page)
+        guard let last = items.last else { return out }
+        out += items
+        start = last.notification.id + 1
+    }
+}
+
+/// The error thrown by `body` as an ``EventSourcingError``; records an issue if it throws
+/// something else or nothing.
+func eventSourcingError(_ body: () async throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) async -> EventSourcingError? {
+    do {
+        try await body()
+        Issue.record("expected an EventSourcingError, nothing was thrown", sourceLocation: sourceLocation)
+    } catch let e as EventSourcingError {
+        return e
+    } catch {
+        Issue.record("expected an EventSourcingError, got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
+    }
+    return nil
+}
+
+// MARK: Helpers outside the test process
+
+enum TestEnvironment {
+    /// The package root, from this file's path (Tests/EventSourcingSQLiteTests/Support/…).
+    static func packageRoot(_ filePath: String = #filePath) -> URL {
+        URL(fileURLWithPath: filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    /// The `es-test-agent` executable: next to the test runner (the build directory), else
+    /// `<package root>/.build/debug/es-test-agent`.
+    static func agentPath() throws -> String {
+        var candidates: [String] = []
+        if let arg0 = ProcessInfo.processInfo.arguments.first, !arg0.isEmpty {
+            let runner = URL(fileURLWithPath: arg0).standardizedFileURL
+            // On Linux the runner is `<build dir>/X.xctest`; on macOS `<build dir>/X.xctest/Contents/MacOS/X`.
+            let parts = runner.pathComponents
+            if let bundle = parts.lastIndex(where: { $0.hasSuffix(".xctest") }) {
+                let dir = NSString.path(withComponents: Array(parts[..<bundle]))
+                candidates.append((dir as NSString).appendingPathComponent("es-test-agent"))
+            }
+            candidates.append(runner.deletingLastPathComponent().appendingPathComponent("es-test-agent").path)
+        }
+        candidates.append(packageRoot().appendingPathComponent(".build/debug/es-test-agent").path)
+        if let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) { return found }
+        throw ChildProcessError(description: "es-test-agent not found (looked at \(candidates.joined(separator: ", "))); "
+            + "build it with `swift build --build-tests` before running the tests")
+    }
+
+    /// The shared benchmark workload: `$ES_WORKLOAD_FILE`, else `<package root>/../shared/bench/…`.
+    static func workloadPath() throws -> String {
+        let path = ProcessInfo.processInfo.environment["ES_WORKLOAD_FILE"]
+            ?? packageRoot().deletingLastPathComponent().appendingPathComponent("shared/bench/workload-10k-aggregates.jsonl.gz").path
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ChildProcessError(description: "the shared workload file is missing: expected \(path) "
+                + "(the repository's sibling ../shared/bench, or set ES_WORKLOAD_FILE)")
+        }
+        return path
+    }
+
+    /// Runs a Python 3 script (with the sqlite3 module) and returns its stdout.
+    static func python(_ script: String, _ arguments: [String], in dir: TempDir) async throws -> String {
+        do {
+            return try await ChildProcess.run("python3", ["-c", script] + arguments, in: dir)
+        } catch {
+            throw ChildProcessError(description: "python3 (needed to inspect SQLite files) failed: \(error)")
+        }
+    }
+}
+
+/// One line of the workload file.
+struct WorkloadEvent: Decodable {
+    let aggregate: Int
+    let event: Int
+    let name: String
+    let email: String
+    let address: String
+}
+
+/// The first `count` events of the shared workload.
+func workloadEvents(_ count: Int, in dir: TempDir) async throws -> [WorkloadEvent] {
+    let path = try TestEnvironment.workloadPath()
+    let text = try await ChildProcess.run("/bin/sh", ["-c", "gzip -dc \"$1\" | head -n \(count)", "sh", path], in: dir)
+    let decoder = JSONDecoder()
+    return try text.split(separator: "\n").map { try decoder.decode(WorkloadEvent.self, from: Data($0.utf8)) }
+}

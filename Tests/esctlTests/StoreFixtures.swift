@@ -1,0 +1,175 @@
+import EventSourcing
+import EventSourcingSQLite
+import Foundation
+import KeyManagement
+import Logging
+import Testing
+
+/// A tiny aggregate for seeding stores: an account owned by a data subject (or by itself).
+struct Account: Aggregate {
+    static var typeName: String { "Account" }
+
+    enum Event: Codable, Sendable {
+        case opened(owner: String, name: String)
+        case renamed(name: String)
+    }
+
+    var owner = ""
+    var name = ""
+
+    var dataSubject: String? { owner.isEmpty ? nil : owner }
+
+    mutating func apply(_ event: Event) {
+        switch event {
+        case .opened(let owner, let name):
+            self.owner = owner
+            self.name = name
+        case .renamed(let name):
+            self.name = name
+        }
+    }
+}
+
+/// What a seeded store holds.
+struct Seeded {
+    /// Data subject with two accounts: 3 + 2 events.
+    var subject = "subject-alice"
+    var aliceAccounts: [UUID] = []
+    /// An account keyed by its own id (scope = its lowercased id), with a snapshot.
+    var bob = UUID()
+    var bobScope: String { bob.uuidString.lowercased() }
+    /// Events in the store, and of the subject.
+    var totalEvents = 0
+    var subjectEvents = 0
+    var snapshots = 0
+    /// notification id → (aggregate id, version) for every event.
+    var notifications: [Int64: (UUID, Int)] = [:]
+    /// A name that appears in the subject's plaintext (for export checks).
+    var subjectName = "Ada Lovelace"
+}
+
+enum Stores {
+    static var quiet: Logger {
+        var l = Logger(label: "esctlTests")
+        l.logLevel = .critical
+        return l
+    }
+
+    /// Opens the store at `path` with `keys` (library side).
+    static func open(_ path: String, keys: [MasterKey], synchronous: SQLiteStore.Synchronous = .full)
+        async throws -> (SQLiteStore, Keyring, Application) {
+        let store = try SQLiteStore(path: path, configuration: .init(synchronous: synchronous), logger: quiet)
+        do {
+            let keyring = try await Keyring.open(store: store, masterKeys: keys, logger: quiet)
+            let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring), logger: quiet)
+            return (store, keyring, app)
+        } catch {
+            await store.close()
+            throw error
+        }
+    }
+
+    /// Adds a known set of events to an initialised store (`esctl init` ran), with `key`.
+    static func seed(_ path: String, key: MasterKey) async throws -> Seeded {
+        let (store, _, app) = try await open(path, keys: [key])
+        var s = Seeded()
+        do {
+            var a1 = try AggregateRoot<Account>(.opened(owner: s.subject, name: s.subjectName))
+            try a1.record(.renamed(name: "Ada King"))
+            try a1.record(.renamed(name: "Ada, Countess of Lovelace"))
+            var a2 = try AggregateRoot<Account>(.opened(owner: s.subject, name: "Ada's savings"))
+            try a2.record(.renamed(name: "Ada's pension"))
+            var bob = try AggregateRoot<Account>(.opened(owner: "", name: "Bob Builder"))
+            try bob.record(.renamed(name: "Robert Builder"))
+            var rec = try await app.save(&a1)
+            rec += try await app.save(&a2, &bob)
+            try await app.takeSnapshot(Account.self, id: bob.id)
+            s.aliceAccounts = [a1.id, a2.id]
+            s.bob = bob.id
+            s.subjectEvents = 5
+            s.totalEvents = rec.count
+            s.snapshots = 1
+            for r in rec { s.notifications[r.notificationID] = (r.originatorID, r.originatorVersion) }
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+        return s
+    }
+
+    /// Adds `count` accounts, each under its own key scope (one data key each), in batches.
+    static func seedMany(_ path: String, key: MasterKey, count: Int) async throws {
+        let (store, _, app) = try await open(path, keys: [key], synchronous: .normal)
+        do {
+            var made = 0
+            while made < count {
+                let n = min(500, count - made)
+                var roots = try (0..<n).map { i in try AggregateRoot<Account>(.opened(owner: "", name: "account \(made + i)")) }
+                try await app.save(&roots)
+                made += n
+            }
+            await store.checkpointTruncate()
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+    }
+
+    /// Every stored data key, in (scope, version) order.
+    static func allDataKeys(_ store: SQLiteStore) async throws -> [WrappedDataKey] {
+        var out: [WrappedDataKey] = []
+        var cursor: DataKeyCursor?
+        while true {
+            let page = try await store.dataKeys(after: cursor, limit: 1000)
+            guard let last = page.last else { return out }
+            out += page
+            cursor = DataKeyCursor(scope: last.scope, version: last.version)
+        }
+    }
+}
+
+/// Helpers that touch the database with python3's sqlite3 module, outside the library.
+enum Py {
+    /// Flips bit 0 of byte `len(state) - fromEnd` of the `state` of event `notificationID`.
+    static let corrupt = """
+        import sqlite3, sys
+        db = sqlite3.connect(sys.argv[1])
+        nid = int(sys.argv[2]); back = int(sys.argv[3])
+        row = db.execute("SELECT state FROM events WHERE notification_id = ?", (nid,)).fetchone()
+        b = bytearray(row[0]); b[len(b) - back] ^= 0x01
+        db.execute("UPDATE events SET state = ? WHERE notification_id = ?", (bytes(b), nid))
+        db.commit()
+        db.close()
+        print("corrupted")
+        """
+
+    /// Takes an exclusive lock, says "locked", holds it for argv[2] seconds, then releases.
+    static let holdLock = """
+        import sqlite3, sys, time
+        db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+        db.execute("BEGIN EXCLUSIVE")
+        db.execute("UPDATE es_meta SET value = value WHERE key = 'schema_version'")
+        print("locked", flush=True)
+        time.sleep(float(sys.argv[2]))
+        db.execute("ROLLBACK")
+        db.close()
+        print("released", flush=True)
+        """
+
+    /// Prints one scalar query result.
+    static let query = """
+        import sqlite3, sys
+        db = sqlite3.connect(sys.argv[1])
+        print(db.execute(sys.argv[2]).fetchone()[0])
+        db.close()
+        """
+
+    static func run(_ script: String, _ args: [String], in ws: Workspace,
+                    sourceLocation: SourceLocation = #_sourceLocation) async throws -> String {
+        let r = try await CLI.python(script, args, scratch: ws.dir)
+        try #require(r.status == 0, "python3 failed: \(r.summary)", sourceLocation: sourceLocation)
+        return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
