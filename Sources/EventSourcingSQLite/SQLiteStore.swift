@@ -107,6 +107,43 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
 
     private static func prepare(_ conn: SQLiteConnection, configuration: Configuration) throws(EventSourcingError) {
         // Read first: a file that is not a database, or a newer schema, fails here before any write.
+        let found = try storedSchemaVersion(conn)
+        // Changing the journal mode can return SQLITE_BUSY without waiting (when other processes
+        // open the same new file at once): retry it for the busy timeout.
+        let deadline = ContinuousClock.now + configuration.busyTimeout
+        while true {
+            do {
+                try conn.execute("PRAGMA journal_mode = WAL")
+                break
+            } catch where error.code == .databaseLocked && ContinuousClock.now < deadline {
+                usleep(10_000)
+            }
+        }
+        try conn.execute("PRAGMA synchronous = \(configuration.synchronous.rawValue)")
+        // Deleted key rows are overwritten with zeros, not just unlinked (crypto-shredding).
+        try conn.execute("PRAGMA secure_delete = ON")
+        guard found < schemaVersion else { return }
+        try conn.execute("BEGIN IMMEDIATE")
+        do {
+            // Read again under the write lock: another process may have created or migrated
+            // the schema since the first read.
+            let current = try storedSchemaVersion(conn)
+            if current < schemaVersion {
+                for version in (current + 1)...schemaVersion {
+                    try conn.execute(migrations[version - 1])
+                }
+                try conn.execute("INSERT OR REPLACE INTO es_meta (key, value) VALUES ('schema_version', \(schemaVersion))")
+            }
+            try conn.execute("COMMIT")
+        } catch {
+            try? conn.execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// The schema version stored in the database, 0 for an empty database.
+    /// - Throws: `.unsupportedSchema` for a newer schema or a database that is not an event store.
+    private static func storedSchemaVersion(_ conn: SQLiteConnection) throws(EventSourcingError) -> Int {
         var tables: [String] = []
         let list = try conn.statement("SELECT name FROM sqlite_master WHERE type = 'table'")
         while try list.step() { tables.append(list.text(0)) }
@@ -123,22 +160,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         } else if !tables.filter({ !$0.hasPrefix("sqlite_") }).isEmpty {
             throw EventSourcingError(.unsupportedSchema, "\(conn.path) is a SQLite database but not an event store")
         }
-        try conn.execute("PRAGMA journal_mode = WAL")
-        try conn.execute("PRAGMA synchronous = \(configuration.synchronous.rawValue)")
-        // Deleted key rows are overwritten with zeros, not just unlinked (crypto-shredding).
-        try conn.execute("PRAGMA secure_delete = ON")
-        guard found < schemaVersion else { return }
-        try conn.execute("BEGIN IMMEDIATE")
-        do {
-            for version in (found + 1)...schemaVersion {
-                try conn.execute(migrations[version - 1])
-            }
-            try conn.execute("INSERT OR REPLACE INTO es_meta (key, value) VALUES ('schema_version', \(schemaVersion))")
-            try conn.execute("COMMIT")
-        } catch {
-            try? conn.execute("ROLLBACK")
-            throw error
-        }
+        return found
     }
 
     /// Forward migrations: entry `i` takes schema `i` to `i + 1`.

@@ -27,8 +27,8 @@ public struct NotificationLog: Sendable {
         items.reserveCapacity(page.count)
         for n in page {
             do {
-                let json = try await app.mapper.open(n.storedEvent, snapshot: false, notificationID: n.id)
-                items.append(LogItem(notification: n, outcome: .decoded(json)))
+                let payload = try await app.mapper.openPayload(n.storedEvent, snapshot: false, notificationID: n.id)
+                items.append(LogItem(notification: n, outcome: .decoded(payload)))
             } catch let e as EventSourcingError where e.code == .shredded {
                 items.append(LogItem(notification: n, outcome: .shredded(keyScope: e.keyScope ?? "", at: e.shreddedAt)))
             } catch let e as EventSourcingError {
@@ -43,8 +43,8 @@ public struct NotificationLog: Sendable {
 public struct LogItem: Sendable {
     /// What reading the item gave.
     public enum Outcome: Sendable {
-        /// Decrypted and decompressed: the event's JSON envelope.
-        case decoded([UInt8])
+        /// Decrypted and decompressed: the event's envelope (see ``Mapper/Payload``).
+        case decoded(Mapper.Payload)
         /// The item's key scope was crypto-shredded.
         case shredded(keyScope: String, at: Date?)
         /// The item could not be read (integrity failure, missing key, …).
@@ -63,8 +63,8 @@ public struct LogItem: Sendable {
     /// - Throws: ``EventSourcingError`` `.shredded` or the read failure, `.decodingFailed` if it is not an `A` event.
     public func event<A: Aggregate>(as type: A.Type) throws -> DomainEvent<A.Event> {
         switch outcome {
-        case .decoded(let json):
-            return try Mapper.decodeEventJSON(json, as: type, stored: notification.storedEvent, notificationID: notification.id)
+        case .decoded(let payload):
+            return try Mapper.decodeEvent(payload, as: type, stored: notification.storedEvent, notificationID: notification.id)
         case .shredded(let scope, let at):
             throw EventSourcingError(.shredded, "the key scope was crypto-shredded", originatorID: notification.originatorID,
                                      originatorVersion: notification.originatorVersion, topic: notification.topic,

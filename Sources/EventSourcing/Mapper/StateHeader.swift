@@ -6,10 +6,14 @@ import Foundation
 /// 0      magic 0xE5
 /// 1      magic 0x53 ("S")
 /// 2      format version (1)
-/// 3      flags: bit 0 compressed, bit 1 encrypted, bit 2 snapshot; other bits 0
-/// if encrypted:
+/// 3      flags: bit 0 compressed, bit 1 encrypted, bit 2 snapshot, bit 3 UUID scope,
+///        bit 4 compact payload (else JSON); other bits 0
+/// if encrypted and bit 3 is clear:
 /// 4      scope length L (1…255)
 /// 5…     scope id, L bytes UTF-8
+/// if encrypted and bit 3 is set (the scope is a UUID in canonical lowercase text form):
+/// 4…19   the UUID's 16 bytes
+/// then, if encrypted:
 /// +4     data-key version, u32 big-endian
 /// +12    nonce
 /// ```
@@ -32,7 +36,11 @@ public struct StateHeader: Sendable, Hashable {
         public static let encrypted = Flags(rawValue: 2)
         /// The record is a snapshot, not an event.
         public static let snapshot = Flags(rawValue: 4)
-        static let known: Flags = [.compressed, .encrypted, .snapshot]
+        /// The key scope is a UUID stored as 16 raw bytes instead of 36 characters.
+        public static let uuidScope = Flags(rawValue: 8)
+        /// The payload is in the compact binary Codable format, not JSON.
+        public static let compact = Flags(rawValue: 16)
+        static let known: Flags = [.compressed, .encrypted, .snapshot, .uuidScope, .compact]
     }
 
     /// The flags.
@@ -46,11 +54,23 @@ public struct StateHeader: Sendable, Hashable {
 
     /// The encoded header bytes.
     public var bytes: [UInt8] {
-        var b = StateHeader.magic + [StateHeader.formatVersion, flags.rawValue]
-        if flags.contains(.encrypted), let keyScope {
-            let s = Array(keyScope.utf8)
-            b.append(UInt8(truncatingIfNeeded: s.count))
-            b += s
+        var f = flags
+        f.remove(.uuidScope)
+        var compact: uuid_t?
+        if f.contains(.encrypted), let keyScope, let u = StateHeader.canonicalUUID(keyScope) {
+            f.insert(.uuidScope)
+            compact = u
+        }
+        var b = StateHeader.magic + [StateHeader.formatVersion, f.rawValue]
+        b.reserveCapacity(4 + 1 + 36 + 4 + 12)
+        if f.contains(.encrypted), let keyScope {
+            if let u = compact {
+                b += [u.0, u.1, u.2, u.3, u.4, u.5, u.6, u.7, u.8, u.9, u.10, u.11, u.12, u.13, u.14, u.15]
+            } else {
+                let s = Array(keyScope.utf8)
+                b.append(UInt8(truncatingIfNeeded: s.count))
+                b += s
+            }
             b += [UInt8(keyVersion >> 24 & 0xFF), UInt8(keyVersion >> 16 & 0xFF),
                   UInt8(keyVersion >> 8 & 0xFF), UInt8(keyVersion & 0xFF)]
             b += nonce
@@ -73,18 +93,37 @@ public struct StateHeader: Sendable, Hashable {
         guard flags.contains(.encrypted) else {
             return .success((StateHeader(flags: flags, keyScope: nil, keyVersion: 0, nonce: []), 4))
         }
-        guard state.count >= 5 else { return .failure(.truncated) }
-        let l = Int(state[4])
-        let end = 5 + l + 4 + 12
-        guard l > 0 else { return .failure(.badScope) }
-        guard state.count >= end else { return .failure(.truncated) }
-        // Scope ids have no control characters (KeyScope.validate); a header that claims one is corrupt.
-        guard !state[5..<(5 + l)].contains(where: { $0 < 0x20 || $0 == 0x7F }),
-              let scope = String(validating: state[5..<(5 + l)], as: UTF8.self) else { return .failure(.badScope) }
-        let v = 5 + l
+        let scope: String
+        let v: Int
+        if flags.contains(.uuidScope) {
+            guard state.count >= 4 + 16 + 4 + 12 else { return .failure(.truncated) }
+            let b = state
+            scope = UUID(uuid: (b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15], b[16], b[17],
+                                b[18], b[19])).uuidString.lowercased()
+            v = 20
+        } else {
+            guard state.count >= 5 else { return .failure(.truncated) }
+            let l = Int(state[4])
+            guard l > 0 else { return .failure(.badScope) }
+            guard state.count >= 5 + l + 4 + 12 else { return .failure(.truncated) }
+            // Scope ids have no control characters (KeyScope.validate); a header that claims one is corrupt.
+            guard !state[5..<(5 + l)].contains(where: { $0 < 0x20 || $0 == 0x7F }),
+                  let s = String(validating: state[5..<(5 + l)], as: UTF8.self) else { return .failure(.badScope) }
+            // A UUID scope is always written compactly; a long form of one is not a header we wrote.
+            guard canonicalUUID(s) == nil else { return .failure(.badScope) }
+            scope = s
+            v = 5 + l
+        }
+        let end = v + 4 + 12
         let version = UInt32(state[v]) << 24 | UInt32(state[v + 1]) << 16 | UInt32(state[v + 2]) << 8 | UInt32(state[v + 3])
         let nonce = Array(state[(v + 4)..<end])
         return .success((StateHeader(flags: flags, keyScope: scope, keyVersion: version, nonce: nonce), end))
+    }
+
+    /// The 16 bytes of `scope` if it is a UUID in canonical lowercase form (which then round-trips).
+    static func canonicalUUID(_ scope: String) -> uuid_t? {
+        guard scope.utf8.count == 36, let u = UUID(uuidString: scope), u.uuidString.lowercased() == scope else { return nil }
+        return u.uuid
     }
 
     /// The key scope of an encrypted record, without decrypting; nil for anything else.
