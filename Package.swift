@@ -52,7 +52,7 @@ let package = Package(
                           swiftSettings: strict),
         // A child process for crash-consistency and multi-process tests (not a product).
         .executableTarget(name: "es-test-agent",
-                          dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement"],
+                          dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],
                           path: "Tests/Agent",
                           swiftSettings: strict),
 
@@ -62,6 +62,10 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],
+                    swiftSettings: strict),
+        .testTarget(name: "EventSourcingPostgresTests",
+                    dependencies: ["EventSourcing", "EventSourcingPostgres", "KeyManagement",
+                                   .product(name: "PostgresNIO", package: "postgres-nio")],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingSQLiteTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement"],

@@ -272,6 +272,14 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
                     r.fail(error)
                     return
                 }
+                if !conn.inTransaction {
+                    // Some errors (disk full, I/O) make SQLite roll back the whole transaction:
+                    // the saves before this one are gone too, and later ones must not run alone.
+                    r.fail(error)
+                    let rest = batch.drop { $0 !== r }.dropFirst()
+                    for other in ok + rest { other.fail(error) }
+                    return
+                }
                 try? conn.execute("ROLLBACK TO w")
                 try? conn.execute("RELEASE w")
                 r.fail(error)

@@ -36,7 +36,7 @@ struct Esctl: AsyncParsableCommand {
               64  usage error (bad arguments, missing master key, refused confirmation)
               65  wrong master key: it does not open this store
               66  store not found, unreadable or corrupt
-              67  verify found records that fail to decrypt
+              67  records fail to decrypt (verify found failures; export hit one)
               68  key scope not found
               69  key scope already shredded
               70  store locked by another process
@@ -93,6 +93,8 @@ struct Esctl: AsyncParsableCommand {
             case .shredded: return (Exit.scopeShredded, "key scope \(e.keyScope ?? "") is shredded")
             case .databaseCorrupt, .databaseUnavailable, .unsupportedSchema: return (Exit.storeUnavailable, e.message)
             case .databaseLocked: return (Exit.storeLocked, e.message)
+            case .integrityFailure, .keyUnavailable:
+                return (Exit.verificationFailed, e.description + " (run 'esctl verify' for the full list)")
             default: return (Exit.failure, e.description)
             }
         default:

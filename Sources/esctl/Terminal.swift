@@ -10,7 +10,12 @@ enum Terminal {
     static var stderrIsTTY: Bool { isatty(STDERR_FILENO) == 1 }
 
     static func info(_ line: String) { FileHandle.standardError.write(Data((line + "\n").utf8)) }
-    static func error(_ line: String) { FileHandle.standardError.write(Data(("esctl: " + line + "\n").utf8)) }
+    /// One line on stderr; control characters (say, a newline inside a scope name) are escaped
+    /// so a message is always exactly one line.
+    static func error(_ line: String) {
+        let safe = line.unicodeScalars.map { $0.properties.generalCategory == .control ? $0.escaped(asASCII: true) : String($0) }.joined()
+        FileHandle.standardError.write(Data(("esctl: " + safe + "\n").utf8))
+    }
 
     /// Reads one line from stdin; with `silent` on a TTY, without echo. Returns the bytes
     /// without the newline; the caller zeroizes them.

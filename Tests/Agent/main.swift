@@ -17,6 +17,7 @@
 // (the test target cannot import an executable); keep them identical.
 
 import EventSourcing
+import EventSourcingPostgres
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
@@ -149,9 +150,47 @@ do {
     switch arguments.first {
     case "save-loop": try await saveLoop(Array(arguments.dropFirst()))
     case "writer": try await writer(Array(arguments.dropFirst()))
+    case "pg-writer": try await pgWriter(Array(arguments.dropFirst()))
     default: fail("unknown command; use save-loop or writer")
     }
 } catch {
     fail("\(error)")
 }
 exit(0)
+
+// MARK: - pg-writer (added for Tests/EventSourcingPostgresTests; kept apart from the SQLite commands)
+//
+//   es-test-agent pg-writer URL SCHEMA COUNT AGGREGATE_SEED KEYFILE [AGGREGATES]
+//       Opens the PostgreSQL store at URL (postgres://…) in SCHEMA with the master key in
+//       KEYFILE (the test creates the store and the key beforehand), prints `READY`, waits for
+//       a `GO` line on stdin, then makes COUNT single-event saves through Application + Keyring,
+//       round-robin over AGGREGATES (default 5) fixed aggregates of AGGREGATE_SEED. After each
+//       acknowledged save prints `ACK <uuid> <version> <notification id>`; at the end `DONE`.
+
+func pgWriter(_ args: [String]) async throws {
+    guard args.count == 5 || args.count == 6, let count = Int(args[2]), count > 0, let seed = Int(args[3]) else {
+        fail("usage: pg-writer URL SCHEMA COUNT AGGREGATE_SEED KEYFILE [AGGREGATES]")
+    }
+    let aggregates = args.count == 6 ? Int(args[5]) ?? 0 : 5
+    guard aggregates > 0 else { fail("bad AGGREGATES \(args[5])") }
+    var config = try PostgresConfiguration(url: args[0])
+    config.schema = args[1]
+    config.poolSize = 2
+    let store = try await PostgresStore(configuration: config)
+    let keyring = try await Keyring.open(store: store, masterKeys: [try MasterKey(contentsOfFile: args[4])])
+    let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring))
+    var roots: [AggregateRoot<Ledger>?] = []
+    for index in 0..<aggregates { roots.append(try await load(app, fixedAggregateID(seed: seed, index: index))) }
+    emit("READY")
+    guard let go = readLine(), go == "GO" else { fail("expected GO on stdin") }
+    for save in 1...count {
+        let index = (save - 1) % aggregates
+        let id = fixedAggregateID(seed: seed, index: index)
+        var root = try record(roots[index], id: id, save: save, count: 1)
+        let recordings = try await app.save(&root)
+        roots[index] = root
+        emit("ACK \(id.uuidString.lowercased()) \(root.version) \(recordings[0].notificationID)")
+    }
+    emit("DONE")
+    await store.close()
+}

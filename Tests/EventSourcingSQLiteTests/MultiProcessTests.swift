@@ -98,4 +98,35 @@ struct MultiProcessTests {
         }
         await s.store.close()
     }
+
+    @Test("Several processes creating the same new store at once all open it and share one log")
+    func concurrentCreation() async throws {
+        let agent = try TestEnvironment.agentPath()
+        let dir = try TempDir("create")
+        let keyFile = dir.path("master.key")
+        try MasterKey.generate().writeKeyFile(to: keyFile)
+        let processes = 4, events = 3
+        // The race is in opening a file that does not exist yet: repeat it to make it likely.
+        for round in 0..<8 {
+            let db = dir.path("new-\(round).sqlite")
+            let children = try (1...processes).map { seed in
+                try ChildProcess(agent, ["writer", db, keyFile, String(seed), String(events), "1", "1"],
+                                 stderrPath: dir.path("create-\(round)-\(seed).stderr"))
+            }
+            for c in children {
+                c.writeLine("GO")  // waits in the pipe: each writer starts as soon as it has opened
+                c.closeStdin()
+            }
+            for c in children {
+                let lines = await c.readRemainingLines()
+                let status = await c.waitForExit()
+                #expect(status == .exited(0) && lines.last == "DONE", "round \(round): a writer \(status): \(c.stderr)")
+            }
+            let s = try await EncryptedStore.open(db, masterKeyFile: keyFile)
+            let log = try await readWholeLog(s.app)
+            #expect(log.map(\.notification.id) == (1...Int64(processes * events)).map { $0 }, "round \(round)")
+            #expect(log.allSatisfy { if case .decoded = $0.outcome { true } else { false } })
+            await s.store.close()
+        }
+    }
 }

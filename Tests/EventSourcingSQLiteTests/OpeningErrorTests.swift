@@ -46,6 +46,14 @@ struct OpeningErrorTests {
         try await expectOpenFails(path, with: .databaseCorrupt)
     }
 
+    @Test("A file with the SQLite magic but a page size of 0 is refused with databaseCorrupt (no crash)")
+    func zeroPageSize() async throws {
+        let dir = try TempDir("open")
+        let path = dir.path("zero.sqlite")
+        try Data(Array("SQLite format 3\0".utf8) + [UInt8](repeating: 0, count: 4096 - 16)).write(to: URL(fileURLWithPath: path))
+        try await expectOpenFails(path, with: .databaseCorrupt)
+    }
+
     @Test("A database truncated to half its size is refused with databaseCorrupt")
     func truncatedDatabase() async throws {
         let dir = try TempDir("open")

@@ -181,19 +181,26 @@ enum CLI {
         p.arguments = args
         p.environment = env
         p.currentDirectoryURL = cwd
-        p.standardOutput = try FileHandle(forWritingTo: outURL)
-        p.standardError = try FileHandle(forWritingTo: errURL)
+        let outHandle = try FileHandle(forWritingTo: outURL)
+        let errHandle = try FileHandle(forWritingTo: errURL)
+        var inHandle: FileHandle?
+        var inURL: URL?
         if let stdin {
-            let inURL = scratch.appendingPathComponent(".in-\(tag)")
-            _ = FileManager.default.createFile(atPath: inURL.path, contents: stdin, attributes: [.posixPermissions: 0o600])
-            p.standardInput = try FileHandle(forReadingFrom: inURL)
-            defer { try? FileManager.default.removeItem(at: inURL) }  // the child keeps its open descriptor
-            let r = Running(process: p, outURL: outURL, errURL: errURL)
-            p.terminationHandler = { _ in r.didTerminate() }
-            try p.run()
-            return r
+            let url = scratch.appendingPathComponent(".in-\(tag)")
+            _ = FileManager.default.createFile(atPath: url.path, contents: stdin, attributes: [.posixPermissions: 0o600])
+            inHandle = try FileHandle(forReadingFrom: url)
+            inURL = url
         }
-        p.standardInput = FileHandle.nullDevice
+        // The child gets its own copies of the descriptors; the parent's are closed after the spawn.
+        defer {
+            try? outHandle.close()
+            try? errHandle.close()
+            try? inHandle?.close()
+            if let inURL { try? FileManager.default.removeItem(at: inURL) }
+        }
+        p.standardOutput = outHandle
+        p.standardError = errHandle
+        p.standardInput = inHandle ?? FileHandle.nullDevice
         let r = Running(process: p, outURL: outURL, errURL: errURL)
         p.terminationHandler = { _ in r.didTerminate() }
         try p.run()

@@ -217,23 +217,23 @@ struct MasterKeyTests {
         var midway = 0
         var kills = 0
         var attempt = 0
-        var delays: [Double] = []
         var log: [String] = []
-        // Random delays over the whole run; after a run that finished first, aim earlier.
-        var scale = 1.0
+        // Random delays over the whole run. Until one kill lands mid-way, later delays are
+        // drawn between the latest too-early one (nothing rewrapped) and the earliest too-late one.
+        var tooEarly = 0.0
+        var tooLate = duration * 1.5
         while attempt < 14 && (kills < 4 || midway < 1) {
             attempt += 1
             let path = try fresh(attempt)
-            let fraction = midway == 0 && attempt > 3 ? Double.random(in: 0.25...0.6) : Double.random(in: 0.05...0.95)
-            let delay = duration * fraction * scale
-            delays.append(delay)
+            let delay = midway == 0 && attempt > 2 && tooLate - tooEarly > 0.002
+                ? Double.random(in: tooEarly...tooLate)
+                : duration * Double.random(in: 0.05...0.95)
             let running = try ws.start(command(path))
-            try await Task.sleep(for: .milliseconds(Int(delay * 1000)))
+            try await Task.sleep(for: .nanoseconds(Int(delay * 1_000_000_000)))
             running.kill9()
             let killed = await ws.finish(running, args: ["keys", "rotate-master"])
             if !killed.signalled {
                 #expect(killed.status == 0, "rotate-master ended on its own but failed: \(killed.summary)")
-                scale *= 0.7
             } else {
                 kills += 1
             }
@@ -250,6 +250,8 @@ struct MasterKeyTests {
                 #expect(seen.checks.contains(new.id), "keys under the new master key but it has no check")
             }
             if killed.signalled, seen.underOld > 0, seen.underNew > 0 { midway += 1 }
+            if seen.underNew == 0 { tooEarly = max(tooEarly, delay) }
+            if seen.underOld == 0 { tooLate = min(tooLate, delay) }
             log.append(String(format: "#%d %.3fs %@ old=%d new=%d checks=%d", attempt, delay,
                               killed.signalled ? "killed" : "finished", seen.underOld, seen.underNew, seen.checks.count))
 

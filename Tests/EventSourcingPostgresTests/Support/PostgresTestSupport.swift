@@ -1,0 +1,411 @@
+import EventSourcing
+import EventSourcingPostgres
+import Foundation
+import KeyManagement
+import PostgresNIO
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// MARK: The server
+
+/// The PostgreSQL server for these tests (same semantics as EventSourcingTests'
+/// `PostgresTestServer`): with CI=true a missing server is a failure (the suite runs and every
+/// test throws); otherwise the suite is left out with one loud line.
+enum PostgresTestServer {
+    static let environment = ProcessInfo.processInfo.environment
+    static let url = environment["ES_POSTGRES_URL"].flatMap { $0.isEmpty ? nil : $0 }
+    static let isCI = environment["CI"] == "true"
+
+    static let available: Bool = {
+        if url != nil || isCI { return true }
+        FileHandle.standardError.write(Data(
+            "!!! ES_POSTGRES_URL is not set: EventSourcingPostgresTests are SKIPPED. Run scripts/test.sh to start a server. !!!\n".utf8))
+        return false
+    }()
+
+    /// The server's configuration (TLS off: the throwaway server has none), schema unset.
+    static func configuration() throws -> PostgresConfiguration {
+        guard let url else {
+            throw EventSourcingError(.databaseUnavailable, "CI=true but ES_POSTGRES_URL is not set: PostgreSQL tests cannot run")
+        }
+        var c = try PostgresConfiguration(url: url)
+        c.tls = .disable
+        return c
+    }
+
+    /// The URL of the server with `sslmode=disable` (for child processes).
+    static func urlWithoutTLS() throws -> String {
+        guard let url else {
+            throw EventSourcingError(.databaseUnavailable, "CI=true but ES_POSTGRES_URL is not set: PostgreSQL tests cannot run")
+        }
+        return url + (url.contains("?") ? "&" : "?") + "sslmode=disable"
+    }
+}
+
+/// A fresh schema name: `t_` and 16 random hex digits.
+func randomSchemaName() -> String {
+    "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(16).lowercased()
+}
+
+/// The server's configuration with a fresh schema, adjusted by `modify`.
+func freshConfiguration(_ modify: (inout PostgresConfiguration) -> Void = { _ in }) throws -> PostgresConfiguration {
+    var c = try PostgresTestServer.configuration()
+    c.schema = randomSchemaName()
+    modify(&c)
+    return c
+}
+
+/// Opens a store on `configuration`, runs `body`, and destroys the store's schema afterwards,
+/// also when `body` throws.
+func withStore<T>(_ configuration: PostgresConfiguration, _ body: (PostgresStore) async throws -> T) async throws -> T {
+    let store = try await PostgresStore(configuration: configuration)
+    let result: T
+    do {
+        result = try await body(store)
+    } catch {
+        await destroy(store)
+        throw error
+    }
+    await destroy(store)
+    return result
+}
+
+/// Drops the store's schema (through a separate client if the store can no longer do it).
+func destroy(_ store: PostgresStore) async {
+    do {
+        try await store.destroy()
+    } catch {
+        await store.close()
+        try? await dropSchema(store.configuration)
+    }
+}
+
+/// Drops `configuration.schema` through a client of its own.
+func dropSchema(_ configuration: PostgresConfiguration) async throws {
+    try await withRawClient(configuration) { client in
+        try await client.query("DROP SCHEMA IF EXISTS \(unescaped: configuration.schema) CASCADE")
+    }
+}
+
+/// An encrypted application over a store whose key store is the store itself.
+struct EncryptedApp: Sendable {
+    let store: PostgresStore
+    let keyring: Keyring
+    let app: Application
+
+    static func open(_ store: PostgresStore, masterKey: MasterKey, snapshotIntervals: [String: Int] = [:],
+                     options: Mapper.Options = .init()) async throws -> EncryptedApp {
+        let keyring = try await Keyring.open(store: store, masterKeys: [masterKey])
+        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring, options: options),
+                              snapshotIntervals: snapshotIntervals)
+        return EncryptedApp(store: store, keyring: keyring, app: app)
+    }
+}
+
+// MARK: Direct SQL
+
+/// Runs `body` with a PostgresNIO client of its own on `configuration`'s server (not through
+/// the store), to look at the tables as they are.
+func withRawClient<T: Sendable>(_ configuration: PostgresConfiguration,
+                                _ body: (PostgresClient) async throws -> T) async throws -> T {
+    var c = PostgresClient.Configuration(host: configuration.host, port: configuration.port,
+                                         username: configuration.username, password: configuration.password,
+                                         database: configuration.database, tls: .disable)
+    c.options.maximumConnections = 2
+    c.options.connectTimeout = .seconds(10)
+    let client = PostgresClient(configuration: c)
+    let runner = Task { await client.run() }
+    do {
+        let result = try await body(client)
+        runner.cancel()
+        await runner.value
+        return result
+    } catch {
+        runner.cancel()
+        await runner.value
+        throw error
+    }
+}
+
+extension PostgresClient {
+    /// The single Int64 value of `query`.
+    func scalar(_ query: PostgresQuery) async throws -> Int64 {
+        var out: Int64?
+        for try await v in try await self.query(query).decode(Int64.self) { out = v }
+        guard let out else { throw EventSourcingError(.recorderFailure, "no row") }
+        return out
+    }
+
+    /// The text rows of `query` (one text column).
+    func strings(_ query: PostgresQuery) async throws -> [String] {
+        var out: [String] = []
+        for try await v in try await self.query(query).decode(String.self) { out.append(v) }
+        return out
+    }
+}
+
+// MARK: Aggregates
+
+/// Each event says which save it belongs to and its place in that save ("item i of k").
+/// Identical to the agent's aggregate (Tests/Agent/main.swift): same type name and encoding.
+struct Ledger: Aggregate {
+    static var typeName: String { "Ledger" }
+    enum Event: Codable, Sendable, Equatable {
+        case entry(save: Int, item: Int, of: Int)
+    }
+    var entries = 0
+    mutating func apply(_ event: Event) { entries += 1 }
+}
+
+/// The agent's fixed aggregate ids: `SSSSSSSS-0000-4000-8000-IIIIIIIIIIII` (hex). Keep identical.
+func fixedAggregateID(seed: Int, index: Int) -> UUID {
+    func hex(_ v: Int, _ width: Int) -> String {
+        let s = String(v, radix: 16)
+        return String(repeating: "0", count: max(0, width - s.count)) + s
+    }
+    return UUID(uuidString: "\(hex(seed, 8))-0000-4000-8000-\(hex(index, 12))")!
+}
+
+/// Records `count` events of save number `save` on `root` (creating it when nil).
+func ledgerSave(_ root: AggregateRoot<Ledger>?, id: UUID = UUID(), save: Int, count: Int) throws -> AggregateRoot<Ledger> {
+    var r: AggregateRoot<Ledger>
+    var first = 1
+    if let root { r = root } else {
+        r = try AggregateRoot<Ledger>(id: id, .entry(save: save, item: 1, of: count))
+        first = 2
+    }
+    if first <= count {
+        for item in first...count { try r.record(.entry(save: save, item: item, of: count)) }
+    }
+    return r
+}
+
+/// A customer carrying the workload's personal data.
+struct Customer: Aggregate {
+    static var typeName: String { "Customer" }
+    enum Event: Codable, Sendable {
+        case registered(name: String, email: String, address: String)
+        case updated(name: String, email: String, address: String)
+    }
+    var name = ""
+    var email = ""
+    var address = ""
+    mutating func apply(_ event: Event) {
+        switch event {
+        case .registered(let n, let e, let a), .updated(let n, let e, let a):
+            (name, email, address) = (n, e, a)
+        }
+    }
+}
+
+// MARK: Checks
+
+/// Whether `ids` are consecutive integers.
+func isContiguous(_ ids: [Int64]) -> Bool {
+    zip(ids, ids.dropFirst()).allSatisfy { $1 == $0 + 1 }
+}
+
+/// Expects `body` to throw an ``EventSourcingError`` with one of `codes`; returns the error.
+@discardableResult
+func expectESError<T>(_ codes: Set<EventSourcingError.Code>, _ comment: String = "",
+                      sourceLocation: SourceLocation = #_sourceLocation,
+                      _ body: () async throws -> T) async -> EventSourcingError? {
+    do {
+        _ = try await body()
+        Issue.record("expected EventSourcingError \(codes.map(\.description).sorted()), nothing was thrown. \(comment)",
+                     sourceLocation: sourceLocation)
+        return nil
+    } catch let e as EventSourcingError {
+        #expect(codes.contains(e.code), "expected \(codes.map(\.description).sorted()), got \(e). \(comment)",
+                sourceLocation: sourceLocation)
+        return e
+    } catch {
+        Issue.record("expected EventSourcingError \(codes.map(\.description).sorted()), got \(type(of: error)): \(error). \(comment)",
+                     sourceLocation: sourceLocation)
+        return nil
+    }
+}
+
+/// Expects `body` to throw an ``EventSourcingError`` with `code`; returns the error.
+@discardableResult
+func expectESError<T>(_ code: EventSourcingError.Code, _ comment: String = "",
+                      sourceLocation: SourceLocation = #_sourceLocation,
+                      _ body: () async throws -> T) async -> EventSourcingError? {
+    await expectESError([code], comment, sourceLocation: sourceLocation, body)
+}
+
+/// Finds many byte strings (each at least 8 bytes) in a haystack in one pass.
+struct NeedleSet {
+    let needles: [[UInt8]]
+    private var byPrefix: [UInt64: [Int]] = [:]
+
+    init(_ needles: [[UInt8]]) {
+        precondition(needles.allSatisfy { $0.count >= 8 }, "needles must be at least 8 bytes")
+        self.needles = needles
+        for (i, n) in needles.enumerated() { byPrefix[NeedleSet.word(n, 0), default: []].append(i) }
+    }
+
+    private static func word(_ b: [UInt8], _ at: Int) -> UInt64 {
+        b.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt64.self) }
+    }
+
+    /// The indices of the needles that occur in `hay`.
+    func found(in hay: [UInt8]) -> Set<Int> {
+        var out = Set<Int>()
+        guard hay.count >= 8 else { return out }
+        hay.withUnsafeBytes { h in
+            for at in 0...(h.count - 8) {
+                guard let candidates = byPrefix[h.loadUnaligned(fromByteOffset: at, as: UInt64.self)] else { continue }
+                for c in candidates where !out.contains(c) {
+                    let n = needles[c]
+                    if at + n.count <= h.count, n.indices.allSatisfy({ n[$0] == h[at + $0] }) {
+                        out.insert(c)
+                    }
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// Races `body` against a deadline: throws if it has not finished after `limit`.
+func withDeadline<T: Sendable>(_ limit: Duration, _ what: String,
+                               _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw ChildProcessError(description: "\(what) did not finish within \(limit)")
+        }
+        return value
+    }
+}
+
+// MARK: Outside the test process
+
+/// A fresh temporary directory, removed when released.
+final class TempDir: Sendable {
+    let url: URL
+
+    init(_ label: String) throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("es-pg-\(label)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+
+    deinit { try? FileManager.default.removeItem(at: url) }
+
+    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+}
+
+enum TestEnvironment {
+    /// The package root, from this file's path (Tests/EventSourcingPostgresTests/Support/…).
+    static func packageRoot(_ filePath: String = #filePath) -> URL {
+        URL(fileURLWithPath: filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    /// The `es-test-agent` executable: next to the test runner (the build directory), else
+    /// `<package root>/.build/debug/es-test-agent`.
+    static func agentPath() throws -> String {
+        var candidates: [String] = []
+        if let arg0 = ProcessInfo.processInfo.arguments.first, !arg0.isEmpty {
+            let runner = URL(fileURLWithPath: arg0).standardizedFileURL
+            let parts = runner.pathComponents
+            if let bundle = parts.lastIndex(where: { $0.hasSuffix(".xctest") }) {
+                let dir = NSString.path(withComponents: Array(parts[..<bundle]))
+                candidates.append((dir as NSString).appendingPathComponent("es-test-agent"))
+            }
+            candidates.append(runner.deletingLastPathComponent().appendingPathComponent("es-test-agent").path)
+        }
+        candidates.append(packageRoot().appendingPathComponent(".build/debug/es-test-agent").path)
+        if let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) { return found }
+        throw ChildProcessError(description: "es-test-agent not found (looked at \(candidates.joined(separator: ", "))); "
+            + "build it with `swift build --build-tests` before running the tests")
+    }
+
+    /// The shared benchmark workload: `$ES_WORKLOAD_FILE`, else `<package root>/../shared/bench/…`.
+    static func workloadPath() throws -> String {
+        let path = ProcessInfo.processInfo.environment["ES_WORKLOAD_FILE"]
+            ?? packageRoot().deletingLastPathComponent().appendingPathComponent("shared/bench/workload-10k-aggregates.jsonl.gz").path
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ChildProcessError(description: "the shared workload file is missing: expected \(path) "
+                + "(the repository's sibling ../shared/bench, or set ES_WORKLOAD_FILE)")
+        }
+        return path
+    }
+}
+
+/// One line of the workload file.
+struct WorkloadEvent: Decodable {
+    let aggregate: Int
+    let event: Int
+    let name: String
+    let email: String
+    let address: String
+}
+
+/// The first `count` events of the shared workload.
+func workloadEvents(_ count: Int, in dir: TempDir) async throws -> [WorkloadEvent] {
+    let path = try TestEnvironment.workloadPath()
+    let text = try await ChildProcess.run("/bin/sh", ["-c", "gzip -dc \"$1\" | head -n \(count)", "sh", path],
+                                          stderrPath: dir.path("gzip.stderr"))
+    let decoder = JSONDecoder()
+    return try text.split(separator: "\n").map { try decoder.decode(WorkloadEvent.self, from: Data($0.utf8)) }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+func unusedLocalPort() throws -> Int {
+    #if canImport(Glibc)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    #else
+    let fd = socket(AF_INET, SOCK_STREAM, 0)
+    #endif
+    guard fd >= 0 else { throw ChildProcessError(description: "socket failed: errno \(errno)") }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = 0
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let bound = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard bound == 0 else { throw ChildProcessError(description: "bind failed: errno \(errno)") }
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let named = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+    }
+    guard named == 0 else { throw ChildProcessError(description: "getsockname failed: errno \(errno)") }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// A thread-safe list.
+final class Collected<T: Sendable>: Sendable {
+    private let items = Mutex<[T]>([])
+    func append(_ item: T) { items.withLock { $0.append(item) } }
+    var all: [T] { items.withLock { $0 } }
+    var count: Int { items.withLock { $0.count } }
+}
+
+/// A shared counter (an `Atomic` cannot be captured by an escaping closure).
+final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    init(_ initial: Int = 0) { value.store(initial, ordering: .sequentiallyConsistent) }
+    @discardableResult func add(_ n: Int = 1) -> Int { value.add(n, ordering: .sequentiallyConsistent).newValue }
+    var current: Int { value.load(ordering: .sequentiallyConsistent) }
+}
+
+/// A shared flag.
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .sequentiallyConsistent) }
+    var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
+}

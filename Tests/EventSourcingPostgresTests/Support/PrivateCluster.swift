@@ -1,0 +1,109 @@
+import EventSourcingPostgres
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A throwaway PostgreSQL cluster of the test's own, made with the binaries of the server
+/// scripts/test.sh started (`ES_POSTGRES_CTL`, run as `ES_POSTGRES_RUN_AS` when we are root),
+/// so a test can restart it without disturbing the tests that share the main server (every
+/// test target runs in one process, in parallel).
+final class PrivateCluster: Sendable {
+    static let environment = ProcessInfo.processInfo.environment
+    static let ctl = environment["ES_POSTGRES_CTL"].flatMap { $0.isEmpty ? nil : $0 }
+    static let runAs = environment["ES_POSTGRES_RUN_AS"].flatMap { $0.isEmpty ? nil : $0 }
+
+    /// Whether a test that restarts a server can run: with CI=true always (and it fails when
+    /// `ES_POSTGRES_CTL` is missing); otherwise only with `ES_POSTGRES_CTL`, else one loud line.
+    static let available: Bool = {
+        if ctl != nil || PostgresTestServer.isCI { return true }
+        if PostgresTestServer.available {
+            FileHandle.standardError.write(Data(
+                "!!! ES_POSTGRES_CTL is not set: the PostgreSQL server-restart test is SKIPPED. Run scripts/test.sh. !!!\n".utf8))
+        }
+        return false
+    }()
+
+    let dir: String
+    let data: String
+    let log: String
+    let ctl: String
+    let port: Int
+    let password: String
+
+    private init(dir: String, ctl: String, port: Int, password: String) {
+        self.dir = dir
+        self.data = dir + "/data"
+        self.log = dir + "/server.log"
+        self.ctl = ctl
+        self.port = port
+        self.password = password
+    }
+
+    /// Creates and starts a cluster on a free loopback port (password authentication over TCP).
+    static func start() async throws -> PrivateCluster {
+        guard let ctl else {
+            throw ChildProcessError(description: "CI=true but ES_POSTGRES_CTL is not set: the server-restart test cannot run")
+        }
+        let bin = (ctl as NSString).deletingLastPathComponent
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("es-pg-restart-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        let password = UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        let pwfile = dir + "/pw"
+        try Data((password + "\n").utf8).write(to: URL(fileURLWithPath: pwfile))
+        _ = chmod(pwfile, 0o644)
+        if getuid() == 0 {
+            guard let runAs else { throw ChildProcessError(description: "running as root but ES_POSTGRES_RUN_AS is not set") }
+            _ = try await ChildProcess.run("chown", ["-R", runAs, dir], stderrPath: "/dev/null")
+        }
+        let port = try unusedLocalPort()
+        let cluster = PrivateCluster(dir: dir, ctl: ctl, port: port, password: password)
+        do {
+            try await cluster.asServerUser(bin + "/initdb", ["-D", cluster.data, "-U", "estest", "--pwfile=" + pwfile,
+                                                             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"])
+            try? FileManager.default.removeItem(atPath: pwfile)
+            try await cluster.asServerUser(ctl, ["-D", cluster.data, "-l", cluster.log, "-w", "-t", "60",
+                                                 "-o", "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -c fsync=on", "start"])
+        } catch {
+            await cluster.stop()
+            throw error
+        }
+        return cluster
+    }
+
+    /// The connection settings for the cluster (schema to be set by the caller).
+    var configuration: PostgresConfiguration {
+        PostgresConfiguration(host: "127.0.0.1", port: port, username: "estest", password: password, database: "postgres",
+                              tls: .disable)
+    }
+
+    /// `runuser -u $ES_POSTGRES_RUN_AS -- $ES_POSTGRES_CTL -D DATA restart -m immediate -w` (pg_ctl directly when
+    /// not root); `-l` keeps the server's output out of our pipe.
+    func restartImmediately() async throws {
+        try await asServerUser(ctl, ["-D", data, "-l", log, "-w", "-t", "60", "restart", "-m", "immediate"])
+    }
+
+    /// Stops the cluster (immediately) and deletes it.
+    func stop() async {
+        if FileManager.default.fileExists(atPath: data + "/postmaster.pid") {
+            try? await asServerUser(ctl, ["-D", data, "-m", "immediate", "-w", "stop"])
+        }
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// The server log so far (for failure messages).
+    var serverLog: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    @discardableResult
+    private func asServerUser(_ executable: String, _ arguments: [String]) async throws -> String {
+        let stderrPath = FileManager.default.temporaryDirectory.appendingPathComponent("es-pg-cmd-\(UUID().uuidString).stderr").path
+        defer { try? FileManager.default.removeItem(atPath: stderrPath) }
+        if getuid() == 0, let runAs = PrivateCluster.runAs {
+            return try await ChildProcess.run("runuser", ["-u", runAs, "--", executable] + arguments, stderrPath: stderrPath)
+        }
+        return try await ChildProcess.run(executable, arguments, stderrPath: stderrPath)
+    }
+}
