@@ -87,7 +87,14 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
                 throw EventSourcingError(.invalidArgument, "unknown PostgreSQL URL parameter '\(item.name)'")
             }
         }
-        guard schema.range(of: "^[A-Za-z_][A-Za-z0-9_]{0,62}$", options: .regularExpression) != nil else {
+        try PostgresConfiguration.validateSchema(schema)
+    }
+
+    /// The schema name goes into SQL, so it must be a plain identifier (letters, digits,
+    /// underscores; at most 63), whether it comes from a URL or is set in code.
+    /// - Throws: ``EventSourcingError`` `.invalidArgument`.
+    static func validateSchema(_ name: String) throws {
+        guard name.range(of: "^[A-Za-z_][A-Za-z0-9_]{0,62}$", options: .regularExpression) != nil else {
             throw EventSourcingError(.invalidArgument, "schema name must be a plain SQL identifier")
         }
     }

@@ -171,7 +171,7 @@ extension PostgresStore {
                        (SELECT count(DISTINCT scope) FROM \(unescaped: s).data_keys),
                        (SELECT count(*) FROM \(unescaped: s).data_keys),
                        (SELECT count(*) FROM \(unescaped: s).tombstones),
-                       (SELECT pg_total_relation_size('\(unescaped: s).events') + pg_total_relation_size('\(unescaped: s).snapshots'))::bigint
+                       (pg_total_relation_size('\(unescaped: s).events'::regclass) + pg_total_relation_size('\(unescaped: s).snapshots'::regclass))::bigint
                 """, logger: self.logger).decode((Int64, Int64, Int64, Int64, Int64, Int64, Int64).self) {
                 out = ["events": Int(e), "aggregates": Int(a), "snapshots": Int(sn), "key_scopes": Int(sc),
                        "data_keys": Int(dk), "shredded_scopes": Int(sh), "bytes_on_disk": Int(b)]

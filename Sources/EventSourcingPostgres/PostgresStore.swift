@@ -3,6 +3,7 @@ import Foundation
 import KeyManagement
 import Logging
 import NIOCore
+import NIOSSL
 import PostgresNIO
 import Synchronization
 
@@ -41,9 +42,12 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     /// - Throws: ``EventSourcingError`` `.databaseUnavailable` (cannot connect or authenticate),
     ///   `.unsupportedSchema` (written by a newer version), `.invalidArgument`.
     public init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "eventsourcing.postgres")) async throws {
+        // Also when set in code, not only from a URL: the name is written into SQL (quoted, below).
+        try PostgresConfiguration.validateSchema(configuration.schema)
         self.configuration = configuration
         self.logger = logger
-        self.schema = configuration.schema
+        // Always quoted, so names that are SQL keywords ("user", "select") work too.
+        self.schema = "\"" + configuration.schema + "\""
         var config: PostgresClient.Configuration
         switch configuration.tls {
         case .disable:
@@ -60,6 +64,9 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         }
         config.options.maximumConnections = configuration.poolSize
         config.options.connectTimeout = configuration.connectTimeout
+        // One direct connection first: a wrong password, an unknown database or nothing
+        // listening fails here at once, where the pool would keep retrying in the background.
+        try await PostgresStore.probe(config, configuration: configuration, logger: logger)
         let client = PostgresClient(configuration: config)
         self.client = client
         runTask = Task { await client.run() }
@@ -72,6 +79,31 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     }
 
     deinit { runTask.cancel() }
+
+    private static func probe(_ config: PostgresClient.Configuration, configuration: PostgresConfiguration,
+                              logger: Logger) async throws {
+        let tls: PostgresConnection.Configuration.TLS
+        do {
+            switch configuration.tls {
+            case .disable: tls = .disable
+            case .prefer: tls = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+            case .require: tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+            }
+        } catch {
+            throw EventSourcingError(.databaseUnavailable, "cannot set up TLS: \(error)")
+        }
+        var c = PostgresConnection.Configuration(host: configuration.host, port: configuration.port,
+                                                 username: configuration.username, password: configuration.password,
+                                                 database: configuration.database, tls: tls)
+        let t = configuration.connectTimeout.components
+        c.options.connectTimeout = .nanoseconds(t.seconds * 1_000_000_000 + t.attoseconds / 1_000_000_000)
+        do {
+            let connection = try await PostgresConnection.connect(configuration: c, id: 0, logger: logger)
+            try? await connection.close()
+        } catch {
+            throw translate(error, configuration: configuration)
+        }
+    }
 
     /// Closes the connection pool. Later calls fail.
     public func close() async {
@@ -86,7 +118,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         let s = schema
         try await timed {
             try await self.client.withTransaction(logger: self.logger) { conn in
-                try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\("eventsourcing-schema:" + s)))", logger: self.logger)
+                try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\("eventsourcing-schema:" + self.configuration.schema)))",
+                                     logger: self.logger)
                 try await conn.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: s)", logger: self.logger)
                 try await conn.query(
                     "CREATE TABLE IF NOT EXISTS \(unescaped: s).es_meta (key text PRIMARY KEY, value bigint NOT NULL)",
@@ -265,8 +298,14 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     /// Maps driver errors to typed errors without leaking the password or query values.
     static func translate(_ error: any Error, configuration: PostgresConfiguration) -> any Error {
         if error is EventSourcingError || error is KeyManagementError { return error }
+        if let t = error as? PostgresTransactionError {
+            if let inner = t.closureError ?? t.beginError ?? t.commitError { return translate(inner, configuration: configuration) }
+            return EventSourcingError(.databaseUnavailable, "PostgreSQL transaction failed")
+        }
         guard let p = error as? PSQLError else {
-            return EventSourcingError(.databaseUnavailable, "PostgreSQL at \(configuration.host):\(configuration.port): \(type(of: error))")
+            // NIO connect errors (refused, timed out, unresolvable) name no secrets; keep their text.
+            let text = String(describing: error).replacingOccurrences(of: configuration.password ?? "\u{0}", with: "***")
+            return EventSourcingError(.databaseUnavailable, "PostgreSQL at \(configuration.host):\(configuration.port): \(text)")
         }
         let where_ = "PostgreSQL at \(configuration.host):\(configuration.port)"
         if p.code == .server, let info = p.serverInfo {

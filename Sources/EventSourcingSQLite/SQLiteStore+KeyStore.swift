@@ -114,6 +114,10 @@ extension SQLiteStore {
             let d = try conn.statement("DELETE FROM data_keys WHERE scope = ?")
             d.bind(1, scope)
             try d.run()
+            // secure_delete zeroes the deleted cells, but B-tree rebalancing may have left older
+            // copies of a cell in the unused space of other pages. Rebuild the (small) key table
+            // and drop the old one, whose freed pages secure_delete zeroes entirely.
+            try conn.execute(SQLiteStore.rebuildDataKeys)
             let ins = try conn.statement("INSERT INTO tombstones (scope, shredded_at, destroyed_versions) VALUES (?, ?, ?)")
             ins.bind(1, scope)
             ins.bind(2, time.timeIntervalSince1970)
@@ -126,6 +130,20 @@ extension SQLiteStore {
     }
 
     // MARK: Rows
+
+    static let rebuildDataKeys = """
+        CREATE TABLE data_keys_rebuild (
+            scope TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            kek_id TEXT NOT NULL,
+            wrapped BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (scope, version)
+        ) WITHOUT ROWID;
+        INSERT INTO data_keys_rebuild SELECT scope, version, kek_id, wrapped, created_at FROM data_keys;
+        DROP TABLE data_keys;
+        ALTER TABLE data_keys_rebuild RENAME TO data_keys;
+        """
 
     static func insertDataKey(_ key: WrappedDataKey, _ conn: SQLiteConnection) throws {
         if let t = try tombstone(key.scope, conn) {

@@ -107,8 +107,37 @@ extension PostgresTests {
             try await dropSchema(config)
         }
 
+        @Test("A mixed-case schema name works end to end (quoted everywhere) and destroy() removes exactly it")
+        func mixedCaseSchema() async throws {
+            let config = try freshConfiguration { $0.schema = "T_Mixed" + $0.schema.dropFirst(2) }
+            let store = try await PostgresStore(configuration: config)
+            do {
+                let app = try await EncryptedApp.open(store, masterKey: MasterKey.generate(), snapshotIntervals: [Ledger.typeName: 2])
+                var root = try ledgerSave(nil, save: 1, count: 3)
+                let recs = try await app.app.save(&root)
+                #expect(recs.map(\.notificationID) == [1, 2, 3])
+                #expect(try await app.app.repository.get(Ledger.self, id: root.id).version == 3)
+                #expect(try await store.selectSnapshot(originatorID: root.id, lte: nil) != nil)
+                #expect(try await store.statistics()["events"] == 3)
+                _ = try await app.keyring.shred(scope: root.keyScope)
+                #expect(try await store.dataKeys(scope: root.keyScope).isEmpty)
+                let names = try await withRawClient(config) { client in
+                    try await client.strings("SELECT nspname::text FROM pg_namespace WHERE lower(nspname) = lower(\(config.schema))")
+                }
+                #expect(names == [config.schema], "the schema was created as \(names), not exactly \(config.schema)")
+            } catch {
+                await destroy(store)
+                throw error
+            }
+            try await store.destroy()
+            let left = try await withRawClient(config) { client in
+                try await client.scalar("SELECT count(*) FROM pg_namespace WHERE lower(nspname) = lower(\(config.schema))")
+            }
+            #expect(left == 0)
+        }
+
         @Test("A schema name that is not a plain identifier, set in code, is refused with .invalidArgument before anything is created",
-              arguments: ["bad-name", "x; DROP TABLE y", "select", "\"q\"", ""])
+              arguments: ["bad-name", "x; DROP TABLE y", "a.b", "café", String(repeating: "s", count: 64), "\"q_\(UUID().uuidString.prefix(8))\"", ""])
         func badSchemaSetInCode(_ name: String) async throws {
             var config = try PostgresTestServer.configuration()
             config.schema = name
@@ -116,6 +145,10 @@ extension PostgresTests {
                 let store = try await PostgresStore(configuration: config)
                 try? await store.destroy()
             }
+            let created = try await withRawClient(config) { client in
+                try await client.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = \(name.replacingOccurrences(of: "\"", with: ""))")
+            }
+            #expect(created == 0, "a schema was created for \(name)")
         }
     }
 }

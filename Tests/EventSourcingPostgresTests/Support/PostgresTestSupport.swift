@@ -88,9 +88,17 @@ func destroy(_ store: PostgresStore) async {
 /// Drops `configuration.schema` through a client of its own.
 func dropSchema(_ configuration: PostgresConfiguration) async throws {
     try await withRawClient(configuration) { client in
-        try await client.query("DROP SCHEMA IF EXISTS \(unescaped: configuration.schema) CASCADE")
+        // Quoted, as the store writes it (the name is a validated plain identifier).
+        try await client.query("DROP SCHEMA IF EXISTS \"\(unescaped: configuration.schema)\" CASCADE")
     }
 }
+
+/// Warnings and errors only: the keyring logs every shred and rotation at notice/info level.
+let quietLogger: Logger = {
+    var l = Logger(label: "eventsourcing.tests")
+    l.logLevel = .warning
+    return l
+}()
 
 /// An encrypted application over a store whose key store is the store itself.
 struct EncryptedApp: Sendable {
@@ -100,9 +108,9 @@ struct EncryptedApp: Sendable {
 
     static func open(_ store: PostgresStore, masterKey: MasterKey, snapshotIntervals: [String: Int] = [:],
                      options: Mapper.Options = .init()) async throws -> EncryptedApp {
-        let keyring = try await Keyring.open(store: store, masterKeys: [masterKey])
+        let keyring = try await Keyring.open(store: store, masterKeys: [masterKey], logger: quietLogger)
         let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring, options: options),
-                              snapshotIntervals: snapshotIntervals)
+                              snapshotIntervals: snapshotIntervals, logger: quietLogger)
         return EncryptedApp(store: store, keyring: keyring, app: app)
     }
 }
@@ -409,3 +417,71 @@ final class Flag: Sendable {
     func set() { value.store(true, ordering: .sequentiallyConsistent) }
     var isSet: Bool { value.load(ordering: .sequentiallyConsistent) }
 }
+
+/// The outcome of `body`, or nil if it has not finished within `limit` (then it is cancelled
+/// and left behind: a hung operation fails the test instead of hanging the run).
+func firstOutcome<T: Sendable>(within limit: Duration,
+                               _ body: @escaping @Sendable () async throws -> T) async -> Result<T, any Error>? {
+    let slot = OnceSlot<Result<T, any Error>?>()
+    return await withCheckedContinuation { (c: CheckedContinuation<Result<T, any Error>?, Never>) in
+        slot.set(c)
+        let work = Task {
+            let r: Result<T, any Error>
+            do { r = .success(try await body()) } catch { r = .failure(error) }
+            slot.resume(r)
+        }
+        Task {
+            try? await Task.sleep(for: limit)
+            if slot.resume(nil) { work.cancel() }
+        }
+    }
+}
+
+/// A continuation resumed once, by whichever comes first.
+final class OnceSlot<T: Sendable>: Sendable {
+    private let slot = Mutex<CheckedContinuation<T, Never>?>(nil)
+    func set(_ c: CheckedContinuation<T, Never>) { slot.withLock { $0 = c } }
+    @discardableResult func resume(_ value: T) -> Bool {
+        guard let c = slot.withLock({ $0.take() }) else { return false }
+        c.resume(returning: value)
+        return true
+    }
+}
+
+/// A TCP socket on 127.0.0.1 that listens but never accepts or answers: the kernel completes
+/// the handshake, then the client waits for PostgreSQL's reply forever.
+final class SilentListener: Sendable {
+    let fd: Int32
+    let port: Int
+
+    init() throws {
+        #if canImport(Glibc)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #else
+        let fd = socket(AF_INET, SOCK_STREAM, 0)
+        #endif
+        guard fd >= 0 else { throw ChildProcessError(description: "socket failed: errno \(errno)") }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        guard bound == 0, named == 0, listen(fd, 16) == 0 else {
+            closeDescriptor(fd)
+            throw ChildProcessError(description: "cannot listen on 127.0.0.1: errno \(errno)")
+        }
+        self.fd = fd
+        self.port = Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    func close() { closeDescriptor(fd) }
+}
+
+private func closeDescriptor(_ fd: Int32) { _ = close(fd) }
