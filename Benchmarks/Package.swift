@@ -33,6 +33,7 @@ let package = Package(
             dependencies: [
                 .product(name: "EventSourcing", package: parent),
                 .product(name: "EventSourcingSQLite", package: parent),
+                .product(name: "EventSourcingPostgres", package: parent),
                 .product(name: "KeyManagement", package: parent),
             ],
             path: "Sources/esbench"

@@ -32,11 +32,21 @@ public final class Keyring: Sendable {
         mutating func put(_ key: DataKey) {
             tick &+= 1
             let ck = CacheKey(scope: key.scope, version: key.version)
-            if cache[ck] == nil, cache.count >= capacity, let victim = cache.min(by: { $0.value.used < $1.value.used }) {
-                cache.removeValue(forKey: victim.key)
-                if current[victim.key.scope] == victim.key.version { current.removeValue(forKey: victim.key.scope) }
-            }
+            if cache[ck] == nil, cache.count >= capacity { evictOldest() }
             cache[ck] = (key, tick)
+        }
+
+        /// Drops the least recently used eighth of the cache at once, so eviction costs
+        /// O(log n) per insert amortised instead of a full scan each time.
+        private mutating func evictOldest() {
+            let drop = max(1, capacity / 8)
+            var ticks = cache.values.map(\.used)
+            ticks.sort()
+            let threshold = ticks[min(drop, ticks.count) - 1]
+            for (ck, entry) in cache where entry.used <= threshold {
+                cache.removeValue(forKey: ck)
+                if current[ck.scope] == ck.version { current.removeValue(forKey: ck.scope) }
+            }
         }
 
         mutating func get(_ scope: String, _ version: UInt32) -> DataKey? {

@@ -101,7 +101,11 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
             let connection = try await PostgresConnection.connect(configuration: c, id: 0, logger: logger)
             try? await connection.close()
         } catch {
-            throw translate(error, configuration: configuration)
+            let e = translate(error, configuration: configuration)
+            guard var typed = e as? EventSourcingError, typed.code == .databaseUnavailable else { throw e }
+            typed.message = typed.message.replacingOccurrences(
+                of: "; an in-flight save may or may not have committed", with: "") + " (while connecting)"
+            throw typed
         }
     }
 

@@ -24,8 +24,8 @@ struct Esctl: AsyncParsableCommand {
         discussion: """
             The store is `sqlite:PATH` (default ./eventstore.sqlite) or
             `postgres://USER[:PASSWORD]@HOST:PORT/DB?sslmode=disable|prefer|require&schema=NAME`,
-            from --store or ESCTL_STORE (prefer ESCTL_STORE or PGPASSWORD-free URLs with a
-            password: arguments are visible to other local users).
+            from --store or ESCTL_STORE. Arguments are visible to other local users: put no
+            password in --store; use ESCTL_STORE, or leave it out of the URL and set PGPASSWORD.
             The master key comes from --master-key-file, from ESCTL_MASTER_KEY (base64), from
             standard input (--master-key-stdin), or from a passphrase (--passphrase). It is never
             taken as an argument value. Data goes to stdout; messages and progress to stderr.
@@ -93,6 +93,7 @@ struct Esctl: AsyncParsableCommand {
             case .shredded: return (Exit.scopeShredded, "key scope \(e.keyScope ?? "") is shredded")
             case .databaseCorrupt, .databaseUnavailable, .unsupportedSchema: return (Exit.storeUnavailable, e.message)
             case .databaseLocked: return (Exit.storeLocked, e.message)
+            case .invalidArgument: return (Exit.usage, e.message)
             case .integrityFailure, .keyUnavailable:
                 return (Exit.verificationFailed, e.description + " (run 'esctl verify' for the full list)")
             default: return (Exit.failure, e.description)

@@ -22,7 +22,19 @@ struct Init: AsyncParsableCommand {
             let access = StoreAccess(options: root)
             let path = try access.sqlitePath() ?? FileManager.default.currentDirectoryPath + "/eventstore"
 
+            let keyFileTaken = !root.passphrase && !root.masterKeyStdin
+                && root.masterKeyFile.map { FileManager.default.fileExists(atPath: $0) } == true
+            let keyFileError = CLIError(exitCode: Exit.usage,
+                message: "\(root.masterKeyFile ?? "") already exists; init writes a new key and never overwrites one")
+            // Refuse before creating anything; an existing store is checked first (66 if unusable).
+            if keyFileTaken, try access.sqlitePath().map({ FileManager.default.fileExists(atPath: $0) }) != true {
+                throw keyFileError
+            }
             let store = try await access.openStore(create: true)
+            if keyFileTaken {
+                await store.close()
+                throw keyFileError
+            }
             do {
                 try await initialise(store, access: access, path: path)
             } catch {
@@ -59,6 +71,6 @@ struct Init: AsyncParsableCommand {
         _ = try await Keyring.open(store: store, masterKeys: [key], logger: Logger(label: "esctl.keyring"))
         await store.close()
         Terminal.info("initialised \(store.location) with master key \(key.id)")
-        if let keyFile { Terminal.info("master key written to \(keyFile) (mode 0600): keep it safe and out of the store's backups") }
+        if let keyFile { Terminal.info("master key written to \(keyFile) (mode 0600): keep it safe, and away from the store's backups (move it if this directory is backed up)") }
     }
 }

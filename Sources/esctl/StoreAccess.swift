@@ -58,7 +58,6 @@ struct StoreAccess {
     func openStore(create: Bool = false) async throws -> any AdminStore {
         guard let path = try sqlitePath() else {
             var config = try PostgresConfiguration(url: storeURL)
-            if !storeURL.contains("sslmode=") { config.tls = .prefer }
             // Keep the password out of argv: PGPASSWORD fills it in when the URL has none.
             if config.password == nil { config.password = environment["PGPASSWORD"] }
             return try await PostgresStore(configuration: config, logger: Logger(label: "esctl.postgres"))

@@ -5,6 +5,7 @@
 //
 //   swift run -c release esbench --db /tmp/esbench.sqlite --variant encrypted --sync full [--writers 8] [--aggs N]
 import EventSourcing
+import EventSourcingPostgres
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
@@ -32,6 +33,8 @@ struct Customer: Aggregate {
 }
 
 struct Options {
+    var backend = "sqlite"         // sqlite | postgres | memory
+    var pgURL = ""
     var db = "/tmp/esbench/es.sqlite"
     var variant = "encrypted"     // encrypted (zlib + AES-256-GCM) | plain
     var sync = "full"             // full | normal
@@ -48,6 +51,8 @@ func parseOptions() -> Options {
     while let a = it.next() {
         switch a {
         case "--db": o.db = it.next() ?? o.db
+        case "--backend": o.backend = it.next() ?? o.backend
+        case "--pg-url": o.pgURL = it.next() ?? o.pgURL
         case "--variant": o.variant = it.next() ?? o.variant
         case "--sync": o.sync = it.next() ?? o.sync
         case "--writers": o.writers = Int(it.next() ?? "") ?? 1
@@ -56,7 +61,7 @@ func parseOptions() -> Options {
         case "--workload": o.workload = it.next() ?? ""
         case "--tag": o.tag = it.next() ?? ""
         case "--help", "-h":
-            print("usage: esbench [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--writers N] [--aggs N] [--workload FILE.jsonl.gz] [--tag T]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--writers N] [--aggs N] [--workload FILE.jsonl.gz] [--tag T]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
@@ -130,8 +135,73 @@ func cpuTime() -> Double {
     return Double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + Double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6
 }
 
-func makeApp(_ o: Options, masterKey: MasterKey?) async throws -> (SQLiteStore, Application) {
-    let store = try SQLiteStore(path: o.db, configuration: .init(synchronous: o.sync == "normal" ? .normal : .full))
+/// The store under test, as the protocols the workload needs.
+protocol BenchStore: ApplicationRecorder, SnapshotRecorder, KeyStore {
+    func finish() async -> Int   // closes; returns the size on disk
+}
+
+extension SQLiteStore: BenchStore {
+    func finish() async -> Int {
+        await checkpointTruncate()
+        await close()
+        return (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+    }
+}
+
+extension PostgresStore: BenchStore {
+    func finish() async -> Int {
+        let size = (try? await statistics()["bytes_on_disk"]) ?? 0
+        await close()
+        return size
+    }
+}
+
+/// The in-memory recorder with an in-memory key store.
+final class MemoryStore: BenchStore {
+    let recorder = InMemoryRecorder()
+    let keys = InMemoryKeyStore()
+    func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] { try await recorder.insertEvents(events) }
+    func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
+        try await recorder.selectEvents(originatorID: originatorID, gt: gt, lte: lte, desc: desc, limit: limit)
+    }
+    func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {
+        try await recorder.selectNotifications(start: start, limit: limit, stop: stop, topics: topics)
+    }
+    func maxNotificationID() async throws -> Int64? { try await recorder.maxNotificationID() }
+    func insertSnapshot(_ snapshot: StoredEvent) async throws { try await recorder.insertSnapshot(snapshot) }
+    func selectSnapshot(originatorID: UUID, lte: Int?) async throws -> StoredEvent? { try await recorder.selectSnapshot(originatorID: originatorID, lte: lte) }
+    func deleteSnapshots(keyScope: String) async throws -> Int { try await recorder.deleteSnapshots(keyScope: keyScope) }
+    func masterKeyChecks() async throws -> [MasterKeyCheck] { try await keys.masterKeyChecks() }
+    func insertMasterKeyCheck(_ check: MasterKeyCheck) async throws { try await keys.insertMasterKeyCheck(check) }
+    func deleteMasterKeyCheck(kekID: String) async throws { try await keys.deleteMasterKeyCheck(kekID: kekID) }
+    func dataKeys(scope: String) async throws -> [WrappedDataKey] { try await keys.dataKeys(scope: scope) }
+    func insertDataKey(_ key: WrappedDataKey) async throws { try await keys.insertDataKey(key) }
+    func rewrapDataKey(_ key: WrappedDataKey, previousKEKID: String) async throws -> Bool { try await keys.rewrapDataKey(key, previousKEKID: previousKEKID) }
+    func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey] { try await keys.dataKeys(after: cursor, limit: limit) }
+    func tombstone(scope: String) async throws -> Tombstone? { try await keys.tombstone(scope: scope) }
+    func tombstones() async throws -> [Tombstone] { try await keys.tombstones() }
+    func shred(scope: String, at time: Date) async throws -> Tombstone { try await keys.shred(scope: scope, at: time) }
+    func finish() async -> Int { 0 }
+}
+
+nonisolated(unsafe) var memoryStore: MemoryStore?
+nonisolated(unsafe) var pgSchema = "esbench_" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+
+func makeApp(_ o: Options, masterKey: MasterKey?) async throws -> (any BenchStore, Application) {
+    let store: any BenchStore
+    switch o.backend {
+    case "postgres":
+        var config = try PostgresConfiguration(url: o.pgURL)
+        config.schema = pgSchema
+        config.poolSize = max(o.writers + 2, 4)
+        store = try await PostgresStore(configuration: config)
+    case "memory":
+        let m = memoryStore ?? MemoryStore()
+        memoryStore = m
+        store = m
+    default:
+        store = try SQLiteStore(path: o.db, configuration: .init(synchronous: o.sync == "normal" ? .normal : .full))
+    }
     let mapper: Mapper
     if let masterKey {
         let keyring = try await Keyring.open(store: store, masterKeys: [masterKey])
@@ -139,7 +209,7 @@ func makeApp(_ o: Options, masterKey: MasterKey?) async throws -> (SQLiteStore, 
     } else {
         mapper = Mapper(options: .init(compressor: nil))
     }
-    return (store, Application(recorder: store, snapshots: store, mapper: mapper))
+    return (store, Application(recorder: store, mapper: mapper))
 }
 
 func writeAggregates(_ app: Application, _ payloads: ArraySlice<[Payload]>) async throws -> [UUID] {
@@ -166,7 +236,7 @@ func run() async throws {
     var payloads = try loadWorkload(o.workload, aggs: o.aggs, perAgg: o.perAgg)
     let nEvents = payloads.reduce(0) { $0 + $1.count }
     let masterKey = o.variant == "plain" ? nil : try MasterKey.generate()
-    var res: [String: Any] = ["backend": "sqlite", "variant": o.variant, "sqlite_sync": o.sync, "writers": o.writers,
+    var res: [String: Any] = ["backend": o.backend, "variant": o.variant, "sqlite_sync": o.sync, "writers": o.writers,
                               "aggs": payloads.count, "events": nEvents, "tag": o.tag]
 
     // W1 (or W1c with several writers): one save per event.
@@ -192,9 +262,7 @@ func run() async throws {
     res[o.writers <= 1 ? "w1_ev_s" : "w1c_ev_s"] = Double(nEvents) / (t1 - t0)
     res["w1_proc_cpu_s"] = cpuTime() - cpu0
     res["max_notification_id"] = try await store.maxNotificationID() ?? 0
-    await store.checkpointTruncate()
-    await store.close()
-    res["size_bytes"] = (try? FileManager.default.attributesOfItem(atPath: o.db)[.size] as? Int) ?? 0
+    res["size_bytes"] = await store.finish()
     payloads = []
     resetPeakRSS()
 
@@ -245,7 +313,7 @@ func run() async throws {
     res["w3d_ev_s"] = Double(count) / (t7 - t6)
     res["avg_state_bytes"] = Double(stateBytes) / Double(max(count, 1))
     res["peak_rss_bytes"] = peakRSS()
-    await store.close()
+    _ = await store.finish()
     let data = try JSONSerialization.data(withJSONObject: res, options: [.sortedKeys])
     print(String(decoding: data, as: UTF8.self))
 }

@@ -33,6 +33,10 @@ extension Application {
         }
         let tombstone: Tombstone
         do { tombstone = try await keyring.shred(scope: keyScope) } catch {
+            // Already shredded: finish a shred that was interrupted before its snapshots went.
+            if let k = error as? KeyManagementError, k.code == .shredded {
+                _ = try? await snapshotRecorder?.deleteSnapshots(keyScope: keyScope)
+            }
             throw Mapper.translate(error, stored: nil, scope: keyScope)
         }
         let snapshots = try await snapshotRecorder?.deleteSnapshots(keyScope: keyScope) ?? 0

@@ -109,8 +109,6 @@ public struct StateHeader: Sendable, Hashable {
             // Scope ids have no control characters (KeyScope.validate); a header that claims one is corrupt.
             guard !state[5..<(5 + l)].contains(where: { $0 < 0x20 || $0 == 0x7F }),
                   let s = String(validating: state[5..<(5 + l)], as: UTF8.self) else { return .failure(.badScope) }
-            // A UUID scope is always written compactly; a long form of one is not a header we wrote.
-            guard canonicalUUID(s) == nil else { return .failure(.badScope) }
             scope = s
             v = 5 + l
         }
