@@ -73,7 +73,7 @@ let package = Package(
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement"],
                     swiftSettings: strict),
         .testTarget(name: "esctlTests",
-                    dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement"],
+                    dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],
                     swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

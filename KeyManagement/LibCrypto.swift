@@ -73,6 +73,10 @@ enum LibCrypto {
     static let gcmNonceLength = 12
     static let gcmTagLength = 16
 
+    /// AES-256-GCM fetched from the default provider once. Passing the legacy `EVP_aes_256_gcm()`
+    /// to every init makes OpenSSL 3 look the implementation up again on each record.
+    static let aes256GCM = FetchedCipher()
+
     /// Encrypts `plaintext`, returning `ciphertext || tag`.
     static func aes256GCMSeal(key: UnsafeRawBufferPointer, nonce: [UInt8], aad: [UInt8],
                               plaintext: [UInt8]) throws(KeyManagementError) -> [UInt8] {
@@ -94,7 +98,7 @@ enum LibCrypto {
         let ok: Bool = out.withUnsafeMutableBytes { outBuf -> Bool in
             guard let outBase = outBuf.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return false }
             for i in 0..<prefix.count { outBase[i] = prefix[i] }
-            guard EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), nil, nil, nil) == 1,
+            guard EVP_EncryptInit_ex(c, aes256GCM.cipher, nil, nil, nil) == 1,
                   es_gcm_set_ivlen(c, Int32(gcmNonceLength)) == 1 else { return false }
             let initOK = nonce.withUnsafeBytes { n in
                 EVP_EncryptInit_ex(c, nil, nil, key.baseAddress?.assumingMemoryBound(to: UInt8.self),
@@ -147,7 +151,7 @@ enum LibCrypto {
         let ok: Bool = sealed.withUnsafeBytes { inBuf -> Bool in
             guard let inBase = inBuf.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return false }
             return out.withUnsafeMutableBytes { outBuf -> Bool in
-                guard EVP_DecryptInit_ex(c, EVP_aes_256_gcm(), nil, nil, nil) == 1,
+                guard EVP_DecryptInit_ex(c, aes256GCM.cipher, nil, nil, nil) == 1,
                       es_gcm_set_ivlen(c, Int32(gcmNonceLength)) == 1 else { return false }
                 let initOK = nonce.withUnsafeBytes { n in
                     EVP_DecryptInit_ex(c, nil, nil, key.baseAddress?.assumingMemoryBound(to: UInt8.self),
@@ -185,6 +189,18 @@ enum LibCrypto {
             return nil
         }
         return out
+    }
+}
+
+/// An explicitly fetched `EVP_CIPHER`, kept for the life of the process.
+final class FetchedCipher: @unchecked Sendable {
+    // @unchecked: the pointer is set once in init and only read afterwards; OpenSSL's fetched
+    // cipher objects are immutable and safe to share between threads.
+    let cipher: OpaquePointer?
+
+    init() {
+        // Falls back to the legacy object (implicit fetch per init) if the fetch fails.
+        cipher = EVP_CIPHER_fetch(nil, "AES-256-GCM", nil) ?? EVP_aes_256_gcm()
     }
 }
 

@@ -283,19 +283,21 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         let once = Once<T>()
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
             once.slot.withLock { $0 = c }
+            let timer = Task {
+                try? await Task.sleep(for: timeout)
+                guard !Task.isCancelled, let c = once.slot.withLock({ $0.take() }) else { return }
+                once.work.withLock { $0 }?.cancel()
+                c.resume(throwing: EventSourcingError(.databaseUnavailable,
+                    "PostgreSQL did not answer within \(timeout); the operation's outcome is unknown"))
+            }
             let work = Task {
                 let result: Result<T, any Error>
                 do { result = .success(try await body()) } catch { result = .failure(error) }
+                // Finished first: stop the timer now rather than leaving it asleep for the timeout.
+                timer.cancel()
                 once.slot.withLock { $0.take() }?.resume(with: result)
             }
-            Task {
-                try? await Task.sleep(for: timeout)
-                if let c = once.slot.withLock({ $0.take() }) {
-                    work.cancel()
-                    c.resume(throwing: EventSourcingError(.databaseUnavailable,
-                        "PostgreSQL did not answer within \(timeout); the operation's outcome is unknown"))
-                }
-            }
+            once.work.withLock { $0 = work }
         }
     }
 
@@ -345,6 +347,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
 /// A continuation resumed by whichever of the work and the timeout finishes first.
 final class Once<T: Sendable>: Sendable {
     let slot = Mutex<CheckedContinuation<T, any Error>?>(nil)
+    let work = Mutex<Task<Void, Never>?>(nil)
 }
 
 extension ByteBuffer {

@@ -47,7 +47,6 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     let logger: Logger
     private let writer: ConnectionBox
     private let writerQueue: DispatchQueue
-    private let readerQueue: DispatchQueue
     private let readers = Mutex<[ConnectionBox]>([])
     private let pending = Mutex<PendingWrites>(PendingWrites())
     private let closed = Atomic<Bool>(false)
@@ -79,7 +78,6 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         try SQLiteStore.prepare(conn, configuration: configuration)
         writer = ConnectionBox(conn)
         writerQueue = DispatchQueue(label: "eventsourcing.sqlite.writer")
-        readerQueue = DispatchQueue(label: "eventsourcing.sqlite.readers", attributes: .concurrent)
     }
 
     deinit { closeConnections() }
@@ -87,12 +85,15 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     /// Closes every connection. Later calls fail.
     public func close() async {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            writerQueue.async {
-                self.closeConnections()
-                c.resume()
-            }
+        // Wait until no writer is committing, and keep the writer slot for good.
+        while !pending.withLock({ p -> Bool in
+            if p.draining { return false }
+            p.draining = true
+            return true
+        }) {
+            try? await Task.sleep(for: .milliseconds(1))
         }
+        closeConnections()
     }
 
     private func closeConnections() {
@@ -176,7 +177,8 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
             key_scope TEXT,
             UNIQUE (originator_id, originator_version)
         );
-        CREATE INDEX events_key_scope ON events (key_scope) WHERE key_scope IS NOT NULL;
+        -- No index on key_scope: it would add a random B-tree write to every commit; the
+        -- admin queries that filter by scope (count, export) scan instead.
         CREATE TABLE snapshots (
             originator_id BLOB NOT NULL,
             originator_version INTEGER NOT NULL,
@@ -212,27 +214,67 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
 
     /// Runs `body` on the writer connection inside a transaction shared with other writes
     /// that arrive meanwhile (group commit); `body` runs in its own savepoint.
+    ///
+    /// A writer that finds no commit in progress commits on its own thread (an uncontended
+    /// save costs no thread hand-over); writes that arrive meanwhile wait without a thread and
+    /// are committed as one group on the writer thread.
     func write<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        try await enqueue(body, outsideTransaction: false)
+    }
+
+    /// Runs `body` on the writer connection outside any transaction (checkpoints, pragmas),
+    /// in turn with the writes.
+    func writeOutsideTransaction<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        try await enqueue(body, outsideTransaction: true)
+    }
+
+    private func enqueue<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T,
+                                      outsideTransaction: Bool) async throws -> T {
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the store at \(path) is closed")
         }
+        let lead = pending.withLock { p -> Bool in
+            if p.draining { return false }
+            p.draining = true
+            return true
+        }
+        if lead {
+            let own = InlineRequest(body: body, outsideTransaction: outsideTransaction)
+            run([own])
+            // Writes that queued meanwhile are committed as a group on the writer thread, so a
+            // cooperative thread is never held for longer than its own commit.
+            let more = pending.withLock { p -> Bool in
+                if p.queue.isEmpty {
+                    p.draining = false
+                    return false
+                }
+                return true
+            }
+            if more { writerQueue.async { self.drain() } }
+            return try own.get()
+        }
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-            let request = Request(body: body, continuation: c)
+            let request = Request(body: body, continuation: c, outsideTransaction: outsideTransaction)
             let startDrain = pending.withLock { p -> Bool in
                 p.queue.append(request)
                 if p.draining { return false }
                 p.draining = true
                 return true
             }
+            // The leader finished between our two looks: drain on the writer thread.
             if startDrain { writerQueue.async { self.drain() } }
         }
     }
 
-    /// Runs `body` on the writer connection outside any transaction (checkpoints, pragmas).
-    func writeOutsideTransaction<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-            writerQueue.async {
-                c.resume(with: Result { try body(self.writer.connection) })
+    private func run(_ batch: [any WriteRequest]) {
+        let inTx = batch.filter { !$0.outsideTransaction }
+        if !inTx.isEmpty { commit(inTx) }
+        for r in batch where r.outsideTransaction {
+            do {
+                try r.perform(writer.connection)
+                r.succeed()
+            } catch {
+                r.fail(error)
             }
         }
     }
@@ -246,7 +288,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
                 return b
             }
             if batch.isEmpty { return }
-            commit(batch)
+            run(batch)
         }
     }
 
@@ -296,21 +338,15 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
 
     // MARK: Readers
 
+    /// Runs `body` on a pooled reader connection, on the caller's thread: reads are short,
+    /// and a thread hand-over would cost more than the query.
     func read<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the store at \(path) is closed")
         }
-        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-            readerQueue.async {
-                do {
-                    let box = try self.takeReader()
-                    defer { self.giveReader(box) }
-                    c.resume(returning: try body(box.connection))
-                } catch {
-                    c.resume(throwing: error)
-                }
-            }
-        }
+        let box = try takeReader()
+        defer { giveReader(box) }
+        return try body(box.connection)
     }
 
     private func takeReader() throws -> ConnectionBox {
@@ -339,21 +375,48 @@ final class ConnectionBox: @unchecked Sendable {
 }
 
 protocol WriteRequest: AnyObject, Sendable {
+    var outsideTransaction: Bool { get }
     func perform(_ conn: SQLiteConnection) throws
     func succeed()
     func fail(_ error: any Error)
 }
 
+/// The leader's own request: its result is read back on the same thread.
+final class InlineRequest<T: Sendable>: WriteRequest, @unchecked Sendable {
+    // @unchecked: created, performed and read by the one leader thread; never shared.
+    private let body: @Sendable (SQLiteConnection) throws -> T
+    let outsideTransaction: Bool
+    private var result: Result<T, any Error>?
+
+    init(body: @escaping @Sendable (SQLiteConnection) throws -> T, outsideTransaction: Bool) {
+        self.body = body
+        self.outsideTransaction = outsideTransaction
+    }
+
+    private var value: T?
+    func perform(_ conn: SQLiteConnection) throws { value = try body(conn) }
+    func succeed() { result = value.map { .success($0) } ?? .failure(EventSourcingError(.recorderFailure, "write produced no result")) }
+    func fail(_ error: any Error) { result = .failure(error) }
+
+    func get() throws -> T {
+        guard let result else { throw EventSourcingError(.recorderFailure, "write was not completed") }
+        return try result.get()
+    }
+}
+
 final class Request<T: Sendable>: WriteRequest, @unchecked Sendable {
-    // @unchecked: `result` is written and read only on the serial writer queue, and the
-    // continuation is resumed exactly once (by succeed or fail) from that queue.
+    // @unchecked: `result` is written and read only by the current leader (one at a time, handed
+    // over under the store's Mutex), and the continuation is resumed exactly once.
     private let body: @Sendable (SQLiteConnection) throws -> T
     private let continuation: CheckedContinuation<T, any Error>
     private var result: T?
+    let outsideTransaction: Bool
 
-    init(body: @escaping @Sendable (SQLiteConnection) throws -> T, continuation: CheckedContinuation<T, any Error>) {
+    init(body: @escaping @Sendable (SQLiteConnection) throws -> T, continuation: CheckedContinuation<T, any Error>,
+         outsideTransaction: Bool) {
         self.body = body
         self.continuation = continuation
+        self.outsideTransaction = outsideTransaction
     }
 
     func perform(_ conn: SQLiteConnection) throws { result = try body(conn) }

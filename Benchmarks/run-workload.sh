@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs the shared workload through esbench and the peer (Python eventsourcing) side by side,
+# with the raw SQLite commit limit probed on the same disk, in one run. Prints one JSON line
+# per measurement to stdout (and to $OUT if set).
+#
+#   Benchmarks/run-workload.sh [--quick]      # --quick: 2,000 aggregates instead of 10,000
+#
+# Needs ../shared/bench (workload, peer, limits) beside the repository, gcc, python3, and
+# PostgreSQL's server binaries for the PostgreSQL part (skipped with a loud line if missing).
+set -euo pipefail
+cd "$(dirname "$0")"
+shared=$(cd ../.. && pwd)/shared/bench
+[ -d "$shared" ] || shared=$(cd .. && pwd)/../shared/bench
+[ -f "$shared/workload-10k-aggregates.jsonl.gz" ] || { echo "workload not found under $shared" >&2; exit 1; }
+aggs=10000; pg_aggs=2000
+[ "${1:-}" = "--quick" ] && { aggs=2000; pg_aggs=500; }
+work=$(mktemp -d /tmp/es-bench.XXXXXX)
+out=${OUT:-$work/results.jsonl}
+log() { printf '[bench] %s\n' "$*" >&2; }
+emit() { printf '%s\n' "$1" | tee -a "$out"; }
+
+log "building esbench (release)"
+swift build -c release --product esbench >&2
+esbench=.build/release/esbench
+
+log "raw SQLite limits on this disk"
+gcc -O2 -o "$work/sqlite_raw" "$shared/limits/sqlite_raw.c" -lsqlite3
+raw_full=$("$work/sqlite_raw" "$work/raw.db" 5000 1 FULL | sed -E 's/.*rows_per_s=([0-9.]+).*/\1/')
+raw_normal=$("$work/sqlite_raw" "$work/raw.db" 30000 1 NORMAL | sed -E 's/.*rows_per_s=([0-9.]+).*/\1/')
+emit "{\"probe\":\"sqlite_raw\",\"single_row_full_rows_s\":$raw_full,\"single_row_normal_rows_s\":$raw_normal}"
+
+run() { emit "$("$esbench" --workload "$shared/workload-10k-aggregates.jsonl.gz" "$@" 2>/dev/null)"; }
+log "esbench SQLite"
+run --db "$work/enc.sqlite" --variant encrypted --sync full --aggs $aggs --tag sqlite-encrypted-full
+run --db "$work/plain.sqlite" --variant plain --sync full --aggs $aggs --tag sqlite-plain-full
+run --db "$work/encn.sqlite" --variant encrypted --sync normal --aggs $aggs --tag sqlite-encrypted-normal
+run --db "$work/encc.sqlite" --variant encrypted --sync full --writers 8 --aggs $aggs --tag sqlite-encrypted-full-8writers
+run --backend memory --variant encrypted --aggs $aggs --tag memory-encrypted
+run --backend memory --variant plain --aggs $aggs --tag memory-plain
+
+peer="$shared/peer"
+if [ ! -x "$peer/venv/bin/python" ]; then log "setting up the peer venv"; bash "$peer/setup.sh" >&2; fi
+log "peer SQLite"
+emit "$("$peer/venv/bin/python" "$peer/bench_pyes.py" --backend sqlite --variant aes-openssl --sqlite-db "$work/peer-enc.db" --aggs $aggs --tag peer-sqlite-aes-openssl)"
+emit "$("$peer/venv/bin/python" "$peer/bench_pyes.py" --backend sqlite --variant plain --sqlite-db "$work/peer-plain.db" --aggs $aggs --tag peer-sqlite-plain)"
+
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -z "$pg_bin" ]; then
+    log "!!! PostgreSQL server binaries not found: PostgreSQL benchmarks SKIPPED !!!"
+else
+    pg_user=$(id -un); [ "$(id -u)" = 0 ] && pg_user=postgres
+    as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u "$pg_user" -- "$@"; else "$@"; fi; }
+    pgdir="$work/pg"; mkdir -p "$pgdir"; chmod 755 "$work" "$pgdir"; [ "$(id -u)" = 0 ] && chown "$pg_user" "$pgdir"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    echo bench > "$pgdir/pw"; chmod 644 "$pgdir/pw"
+    as_pg "$pg_bin/initdb" -D "$pgdir/data" -U bench --pwfile="$pgdir/pw" --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    as_pg "$pg_bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w -o "-p $port -k $pgdir -c listen_addresses=127.0.0.1" start >/dev/null
+    trap 'as_pg "$pg_bin/pg_ctl" -D "$pgdir/data" -m fast stop >/dev/null 2>&1 || true' EXIT
+    url="postgres://bench:bench@127.0.0.1:$port/postgres?sslmode=disable"
+    log "esbench PostgreSQL ($pg_aggs aggregates)"
+    run --backend postgres --pg-url "$url" --variant encrypted --aggs $pg_aggs --tag pg-encrypted
+    run --backend postgres --pg-url "$url" --variant encrypted --writers 8 --aggs $pg_aggs --tag pg-encrypted-8writers
+    run --backend postgres --pg-url "$url" --variant plain --aggs $pg_aggs --tag pg-plain
+    log "peer PostgreSQL"
+    emit "$("$peer/venv/bin/python" "$peer/bench_pyes.py" --backend postgres --variant aes-openssl --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-aes-openssl)"
+    emit "$("$peer/venv/bin/python" "$peer/bench_pyes.py" --backend postgres --variant plain --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-plain)"
+fi
+log "results in $out"

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Turns run-workload.sh's JSON lines into the Markdown tables of Docs/Performance.md."""
+import json
+import sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+by = {r.get("tag"): r for r in rows}
+probe = next((r for r in rows if r.get("probe") == "sqlite_raw"), {})
+
+
+def k(v):
+    return "—" if v is None else (f"{v/1000:.1f}k" if v >= 1000 else f"{v:.0f}")
+
+
+def mb(v):
+    return "—" if not v else f"{v/1e6:.1f} MB"
+
+
+def line(label, r, w1key="w1_ev_s"):
+    if not r:
+        return f"| {label} | (not run) | | | | | |"
+    w1 = r.get(w1key) or r.get("w1c_ev_s")
+    return (f"| {label} | {k(w1)} | {k(r.get('w2_ev_s'))} | {k(r.get('w3_ev_s'))} | {k(r.get('w3d_ev_s'))} "
+            f"| {mb(r.get('size_bytes'))} | {mb(r.get('peak_rss_bytes'))} |")
+
+
+print("| run | W1 ev/s | W2 ev/s | W3 ev/s | W3d ev/s | size | peak RSS (W2+W3d) |")
+print("|---|---|---|---|---|---|---|")
+for tag, label in [
+    ("sqlite-encrypted-full", "ours, SQLite FULL, encrypted"),
+    ("sqlite-plain-full", "ours, SQLite FULL, plaintext"),
+    ("sqlite-encrypted-normal", "ours, SQLite NORMAL, encrypted"),
+    ("sqlite-encrypted-full-8writers", "ours, SQLite FULL, encrypted, W1c 8 writers"),
+    ("peer-sqlite-aes-openssl", "peer, SQLite FULL, zlib + AES (OpenSSL)"),
+    ("peer-sqlite-plain", "peer, SQLite FULL, plain"),
+    ("memory-encrypted", "ours, in-memory, encrypted"),
+    ("memory-plain", "ours, in-memory, plaintext"),
+    ("pg-encrypted", "ours, PostgreSQL, encrypted"),
+    ("pg-encrypted-8writers", "ours, PostgreSQL, encrypted, W1c 8 writers"),
+    ("pg-plain", "ours, PostgreSQL, plaintext"),
+    ("peer-pg-aes-openssl", "peer, PostgreSQL, zlib + AES (OpenSSL)"),
+    ("peer-pg-plain", "peer, PostgreSQL, plain"),
+]:
+    print(line(label, by.get(tag)))
+print()
+if probe:
+    print(f"Raw SQLite single-row durable commits on the same disk: FULL {k(probe['single_row_full_rows_s'])}/s, "
+          f"NORMAL {k(probe['single_row_normal_rows_s'])}/s.")
+print()
+
+
+def ratio(a, b):
+    return "—" if not a or not b else f"{a/b:.2f}×"
+
+
+e, p, n, c = by.get("sqlite-encrypted-full", {}), by.get("sqlite-plain-full", {}), by.get("sqlite-encrypted-normal", {}), by.get("sqlite-encrypted-full-8writers", {})
+peer = by.get("peer-sqlite-aes-openssl", {})
+pge, pgc, pgpeer = by.get("pg-encrypted", {}), by.get("pg-encrypted-8writers", {}), by.get("peer-pg-aes-openssl", {})
+targets = [
+    ("SQLite W1 durable encrypted / raw FULL single commits", ratio(e.get("w1_ev_s"), probe.get("single_row_full_rows_s")), "≥ 0.9×"),
+    ("SQLite W1 NORMAL encrypted / raw NORMAL single commits", ratio(n.get("w1_ev_s"), probe.get("single_row_normal_rows_s")), "≥ 0.8×"),
+    ("SQLite W1c 8 writers / raw FULL single commits", ratio(c.get("w1c_ev_s"), probe.get("single_row_full_rows_s")), "≥ 4×"),
+    ("SQLite W2 encrypted / peer (OpenSSL AES + zlib)", ratio(e.get("w2_ev_s"), peer.get("w2_ev_s")), "≥ 10×"),
+    ("SQLite W3d encrypted / peer", ratio(e.get("w3d_ev_s"), peer.get("w3d_ev_s")), "≥ 5×"),
+    ("SQLite W2 encrypted / our plaintext W2", ratio(e.get("w2_ev_s"), p.get("w2_ev_s")), "≥ 0.75×"),
+    ("SQLite file size encrypted / plaintext", ratio(e.get("size_bytes"), p.get("size_bytes")), "≤ 0.9×"),
+    ("SQLite peak RSS W2/W3d", mb(e.get("peak_rss_bytes")), "≤ 64 MiB"),
+    ("PostgreSQL W1 / peer", ratio(pge.get("w1_ev_s"), pgpeer.get("w1_ev_s")), "≥ 3×"),
+    ("PostgreSQL W2 / peer", ratio(pge.get("w2_ev_s"), pgpeer.get("w2_ev_s")), "≥ 5×"),
+    ("PostgreSQL W1c 8 writers / our W1", ratio(pgc.get("w1c_ev_s"), pge.get("w1_ev_s")), "≥ 4×"),
+]
+print("| target | measured | wanted |")
+print("|---|---|---|")
+for name, got, want in targets:
+    print(f"| {name} | {got} | {want} |")
