@@ -97,9 +97,7 @@ public struct StateHeader: Sendable, Hashable {
         let v: Int
         if flags.contains(.uuidScope) {
             guard state.count >= 4 + 16 + 4 + 12 else { return .failure(.truncated) }
-            let b = state
-            scope = UUID(uuid: (b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15], b[16], b[17],
-                                b[18], b[19])).uuidString.lowercased()
+            scope = StateHeader.lowercaseUUIDString(state[4..<20])
             v = 20
         } else {
             guard state.count >= 5 else { return .failure(.truncated) }
@@ -120,8 +118,54 @@ public struct StateHeader: Sendable, Hashable {
 
     /// The 16 bytes of `scope` if it is a UUID in canonical lowercase form (which then round-trips).
     static func canonicalUUID(_ scope: String) -> uuid_t? {
-        guard scope.utf8.count == 36, let u = UUID(uuidString: scope), u.uuidString.lowercased() == scope else { return nil }
-        return u.uuid
+        // Hand-rolled: Foundation's UUID parsing and formatting go through scanf/printf, which
+        // showed up in every record's encode and decode.
+        var bytes = [UInt8](repeating: 0, count: 16)
+        var n = 0
+        var i = 0
+        var high: UInt8? = nil
+        for c in scope.utf8 {
+            defer { i += 1 }
+            if i == 8 || i == 13 || i == 18 || i == 23 {
+                guard c == UInt8(ascii: "-") else { return nil }
+                continue
+            }
+            let v: UInt8
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): v = c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): v = c - UInt8(ascii: "a") + 10
+            default: return nil   // uppercase is not canonical: it would not round-trip
+            }
+            guard n < 16 else { return nil }
+            if let h = high {
+                bytes[n] = h << 4 | v
+                n += 1
+                high = nil
+            } else {
+                high = v
+            }
+        }
+        guard i == 36, n == 16 else { return nil }
+        return (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+                bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15])
+    }
+
+    /// The canonical lowercase text form of 16 UUID bytes.
+    static func lowercaseUUIDString(_ b: ArraySlice<UInt8>) -> String {
+        let hex: [UInt8] = Array("0123456789abcdef".utf8)
+        return String(unsafeUninitializedCapacity: 36) { out in
+            var o = 0
+            for (k, byte) in b.enumerated() {
+                if k == 4 || k == 6 || k == 8 || k == 10 {
+                    out[o] = UInt8(ascii: "-")
+                    o += 1
+                }
+                out[o] = hex[Int(byte >> 4)]
+                out[o + 1] = hex[Int(byte & 0x0F)]
+                o += 2
+            }
+            return o
+        }
     }
 
     /// The key scope of an encrypted record, without decrypting; nil for anything else.
