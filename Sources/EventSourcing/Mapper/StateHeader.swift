@@ -52,6 +52,14 @@ public struct StateHeader: Sendable, Hashable {
     /// The nonce (encrypted records only).
     public var nonce: [UInt8]
 
+    /// Creates a header. A canonical lowercase UUID scope is written in its 16-byte form.
+    public init(flags: Flags, keyScope: String?, keyVersion: UInt32, nonce: [UInt8]) {
+        self.flags = flags
+        self.keyScope = keyScope
+        self.keyVersion = keyVersion
+        self.nonce = nonce
+    }
+
     /// The encoded header bytes.
     public var bytes: [UInt8] {
         var f = flags

@@ -10,7 +10,8 @@ struct StateHeaderTests {
             let scope = UUID().uuidString.lowercased()
             let header = StateHeader(flags: [.encrypted], keyScope: scope, keyVersion: 7, nonce: Array(repeating: 9, count: 12))
             let bytes = header.bytes
-            #expect(bytes.count == 4 + 16 + 4 + 12)
+            let expected = 36
+            #expect(bytes.count == expected)
             #expect(bytes[3] & StateHeader.Flags.uuidScope.rawValue != 0)
             guard case .success(let (parsed, offset)) = StateHeader.parse(bytes) else {
                 Issue.record("header did not parse")
