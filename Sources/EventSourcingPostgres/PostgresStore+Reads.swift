@@ -21,8 +21,13 @@ extension PostgresStore {
                 WHERE originator_id = \(originatorID) AND originator_version > \(lower) AND originator_version <= \(upper)
                 ORDER BY originator_version ASC LIMIT \(lim)
                 """, logger: self.logger)
+            // Collected, then decoded synchronously: iterating the rows asynchronously costs a
+            // suspension per row.
+            let collected = try await rows.collect()
             var out: [StoredEvent] = []
-            for try await (v, t, st) in rows.decode((Int64, String, ByteBuffer).self) {
+            out.reserveCapacity(collected.count)
+            for row in collected {
+                let (v, t, st) = try row.decode((Int64, String, ByteBuffer).self)
                 out.append(StoredEvent(originatorID: originatorID, originatorVersion: Int(v), topic: t, state: st.bytes))
             }
             return out
@@ -48,8 +53,11 @@ extension PostgresStore {
     }
 
     static func notifications(_ rows: PostgresRowSequence) async throws -> [StoredNotification] {
+        let collected = try await rows.collect()
         var out: [StoredNotification] = []
-        for try await (n, id, v, t, st) in rows.decode((Int64, UUID, Int64, String, ByteBuffer).self) {
+        out.reserveCapacity(collected.count)
+        for row in collected {
+            let (n, id, v, t, st) = try row.decode((Int64, UUID, Int64, String, ByteBuffer).self)
             out.append(StoredNotification(id: n, originatorID: id, originatorVersion: Int(v), topic: t, state: st.bytes))
         }
         return out

@@ -64,6 +64,11 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         }
         config.options.maximumConnections = configuration.poolSize
         config.options.connectTimeout = configuration.connectTimeout
+        // The server cancels any statement that runs past the operation timeout.
+        let op = configuration.operationTimeout.components
+        config.options.additionalStartupParameters = [
+            ("statement_timeout", String(op.seconds * 1000 + op.attoseconds / 1_000_000_000_000_000)),
+        ]
         // One direct connection first: a wrong password, an unknown database or nothing
         // listening fails here at once, where the pool would keep retrying in the background.
         try await PostgresStore.probe(config, configuration: configuration, logger: logger)
@@ -334,10 +339,16 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         }
     }
 
-    /// Runs a query through the pool with the operation timeout and typed errors.
+    /// Runs a query through the pool with typed errors. Reads and key operations run on the
+    /// caller's task (a watchdog task per query cost more than the query): the server's
+    /// statement_timeout bounds them, and a lost connection fails them. Saves additionally run
+    /// under ``timed(_:)``, so a save never waits past the operation timeout.
     func run<T: Sendable>(_ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws -> T {
+        guard !closed.load(ordering: .acquiring) else {
+            throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
+        }
         do {
-            return try await timed { try await body(self.client) }
+            return try await body(client)
         } catch {
             throw PostgresStore.translate(error, configuration: configuration)
         }
