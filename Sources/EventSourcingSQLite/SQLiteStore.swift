@@ -215,9 +215,9 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     /// Runs `body` on the writer connection inside a transaction shared with other writes
     /// that arrive meanwhile (group commit); `body` runs in its own savepoint.
     ///
-    /// A writer that finds no commit in progress commits on its own thread (an uncontended
-    /// save costs no thread hand-over); writes that arrive meanwhile wait without a thread and
-    /// are committed as one group on the writer thread.
+    /// Writes run on the store's writer thread, never on a cooperative thread (an fsync there
+    /// would starve other tasks); writes that arrive while a commit is in flight wait without a
+    /// thread and are committed together as one group.
     func write<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
         try await enqueue(body, outsideTransaction: false)
     }
@@ -233,26 +233,6 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the store at \(path) is closed")
         }
-        let lead = pending.withLock { p -> Bool in
-            if p.draining { return false }
-            p.draining = true
-            return true
-        }
-        if lead {
-            let own = InlineRequest(body: body, outsideTransaction: outsideTransaction)
-            run([own])
-            // Writes that queued meanwhile are committed as a group on the writer thread, so a
-            // cooperative thread is never held for longer than its own commit.
-            let more = pending.withLock { p -> Bool in
-                if p.queue.isEmpty {
-                    p.draining = false
-                    return false
-                }
-                return true
-            }
-            if more { writerQueue.async { self.drain() } }
-            return try own.get()
-        }
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
             let request = Request(body: body, continuation: c, outsideTransaction: outsideTransaction)
             let startDrain = pending.withLock { p -> Bool in
@@ -261,7 +241,6 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
                 p.draining = true
                 return true
             }
-            // The leader finished between our two looks: drain on the writer thread.
             if startDrain { writerQueue.async { self.drain() } }
         }
     }
@@ -379,29 +358,6 @@ protocol WriteRequest: AnyObject, Sendable {
     func perform(_ conn: SQLiteConnection) throws
     func succeed()
     func fail(_ error: any Error)
-}
-
-/// The leader's own request: its result is read back on the same thread.
-final class InlineRequest<T: Sendable>: WriteRequest, @unchecked Sendable {
-    // @unchecked: created, performed and read by the one leader thread; never shared.
-    private let body: @Sendable (SQLiteConnection) throws -> T
-    let outsideTransaction: Bool
-    private var result: Result<T, any Error>?
-
-    init(body: @escaping @Sendable (SQLiteConnection) throws -> T, outsideTransaction: Bool) {
-        self.body = body
-        self.outsideTransaction = outsideTransaction
-    }
-
-    private var value: T?
-    func perform(_ conn: SQLiteConnection) throws { value = try body(conn) }
-    func succeed() { result = value.map { .success($0) } ?? .failure(EventSourcingError(.recorderFailure, "write produced no result")) }
-    func fail(_ error: any Error) { result = .failure(error) }
-
-    func get() throws -> T {
-        guard let result else { throw EventSourcingError(.recorderFailure, "write was not completed") }
-        return try result.get()
-    }
 }
 
 final class Request<T: Sendable>: WriteRequest, @unchecked Sendable {
