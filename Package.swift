@@ -58,6 +58,9 @@ let package = Package(
                           path: "Tests/Agent",
                           swiftSettings: strict),
 
+        // Shared by the test targets that spawn child processes.
+        .target(name: "ESTestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+
         .testTarget(name: "KeyManagementTests",
                     dependencies: ["KeyManagement"],
                     resources: [.copy("Fixtures")],
@@ -66,11 +69,11 @@ let package = Package(
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingPostgresTests",
-                    dependencies: ["EventSourcing", "EventSourcingPostgres", "KeyManagement",
+                    dependencies: ["EventSourcing", "EventSourcingPostgres", "KeyManagement", "ESTestSupport",
                                    .product(name: "PostgresNIO", package: "postgres-nio")],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingSQLiteTests",
-                    dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement"],
+                    dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement", "ESTestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "esctlTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],

@@ -339,16 +339,12 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         }
     }
 
-    /// Runs a query through the pool with typed errors. Reads and key operations run on the
-    /// caller's task (a watchdog task per query cost more than the query): the server's
-    /// statement_timeout bounds them, and a lost connection fails them. Saves additionally run
-    /// under ``timed(_:)``, so a save never waits past the operation timeout.
+    /// Runs a query through the pool with the operation timeout and typed errors. The timeout
+    /// matters most while the server is down: the pool would otherwise wait for a connection
+    /// for as long as it takes (statement_timeout only bounds statements that reached it).
     func run<T: Sendable>(_ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws -> T {
-        guard !closed.load(ordering: .acquiring) else {
-            throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
-        }
         do {
-            return try await body(client)
+            return try await timed { try await body(self.client) }
         } catch {
             throw PostgresStore.translate(error, configuration: configuration)
         }

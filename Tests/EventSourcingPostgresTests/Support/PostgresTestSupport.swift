@@ -1,3 +1,4 @@
+import ESTestSupport
 import EventSourcing
 import EventSourcingPostgres
 import Foundation
@@ -87,7 +88,7 @@ func destroy(_ store: PostgresStore) async {
 
 /// Drops `configuration.schema` through a client of its own.
 func dropSchema(_ configuration: PostgresConfiguration) async throws {
-    try await withRawClient(configuration) { client in
+    _ = try await withRawClient(configuration) { client in
         // Quoted, as the store writes it (the name is a validated plain identifier).
         try await client.query("DROP SCHEMA IF EXISTS \"\(unescaped: configuration.schema)\" CASCADE")
     }

@@ -1,3 +1,4 @@
+import ESTestSupport
 import EventSourcingPostgres
 import Foundation
 #if canImport(Glibc)
@@ -89,7 +90,7 @@ final class PrivateCluster: Sendable {
     /// Stops the cluster (immediately) and deletes it.
     func stop() async {
         if FileManager.default.fileExists(atPath: data + "/postmaster.pid") {
-            try? await asServerUser(ctl, ["-D", data, "-m", "immediate", "-w", "stop"])
+            _ = try? await asServerUser(ctl, ["-D", data, "-m", "immediate", "-w", "stop"])
         }
         try? FileManager.default.removeItem(atPath: dir)
     }

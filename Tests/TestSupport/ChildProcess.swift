@@ -1,5 +1,5 @@
-// A copy of Tests/EventSourcingSQLiteTests/Support/ChildProcess.swift (a test target cannot
-// import another), with `run` taking a stderr path instead of that target's TempDir.
+// Child processes for the tests that need a second OS process (crash consistency, several
+// writers on one store). Shared by the SQLite and PostgreSQL test targets.
 
 import Foundation
 import Synchronization
@@ -13,16 +13,16 @@ import Darwin
 private func sendSignal(_ pid: pid_t, _ signal: Int32) { _ = kill(pid, signal) }
 
 /// How a child process ended.
-enum ExitStatus: Equatable, CustomStringConvertible {
+public enum ExitStatus: Equatable, Sendable, CustomStringConvertible {
     case exited(Int32)
     case signaled(Int32)
 
-    init(waitStatus s: Int32) {
+    public init(waitStatus s: Int32) {
         // WIFEXITED / WEXITSTATUS / WTERMSIG are C macros Swift cannot import.
         self = (s & 0x7F) == 0 ? .exited((s >> 8) & 0xFF) : .signaled(s & 0x7F)
     }
 
-    var description: String {
+    public var description: String {
         switch self {
         case .exited(let c): "exited with status \(c)"
         case .signaled(let s): "killed by signal \(s)"
@@ -30,8 +30,9 @@ enum ExitStatus: Equatable, CustomStringConvertible {
     }
 }
 
-struct ChildProcessError: Error, CustomStringConvertible {
-    let description: String
+public struct ChildProcessError: Error, CustomStringConvertible {
+    public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// A child process with a line-reading stdout pipe, a stdin pipe and stderr in a file.
@@ -40,9 +41,9 @@ struct ChildProcessError: Error, CustomStringConvertible {
 /// close-on-exec in the parent (they never leak into another test's child, which would keep
 /// a pipe open after its owner died) and the exit is reaped by one dedicated thread.
 /// Used by one test task at a time.
-final class ChildProcess {
-    let pid: pid_t
-    let stderrPath: String
+public final class ChildProcess {
+    public let pid: pid_t
+    public let stderrPath: String
     private var lines: AsyncStream<String>.Iterator
     private var stdinFD: Int32
     private let exit: Task<ExitStatus, Never>
@@ -57,7 +58,7 @@ final class ChildProcess {
     private static let spawnLock = Mutex<Void>(())
 
     /// Starts `executable` (looked up in PATH when it has no slash) with `arguments`.
-    init(_ executable: String, _ arguments: [String], stderrPath: String) throws {
+    public init(_ executable: String, _ arguments: [String], stderrPath: String) throws {
         signal(SIGPIPE, SIG_IGN)  // writing to a dead child's stdin must not kill the test runner
         self.stderrPath = stderrPath
         let (pid, outRead, inWrite) = try ChildProcess.spawnLock.withLock { _ throws -> (pid_t, Int32, Int32) in
@@ -136,43 +137,43 @@ final class ChildProcess {
     }
 
     /// The next complete line of stdout, or nil at end of file.
-    func readLine() async -> String? { await lines.next() }
+    public func readLine() async -> String? { await lines.next() }
 
     /// Every remaining line until end of file.
-    func readRemainingLines() async -> [String] {
+    public func readRemainingLines() async -> [String] {
         var out: [String] = []
         while let l = await readLine() { out.append(l) }
         return out
     }
 
     /// Writes `line` and a newline to the child's stdin.
-    func writeLine(_ line: String) {
+    public func writeLine(_ line: String) {
         let bytes = Array((line + "\n").utf8)
         _ = bytes.withUnsafeBytes { write(stdinFD, $0.baseAddress, $0.count) }
     }
 
     /// Closes the child's stdin.
-    func closeStdin() {
+    public func closeStdin() {
         if stdinFD >= 0 { close(stdinFD) }
         stdinFD = -1
     }
 
     /// Sends `signal` unless the child was already reaped.
-    func kill(_ signal: Int32) {
+    public func kill(_ signal: Int32) {
         if !reaped.done.load(ordering: .sequentiallyConsistent) { sendSignal(pid, signal) }
     }
 
     /// Waits for the child to end.
-    func waitForExit() async -> ExitStatus { await exit.value }
+    public func waitForExit() async -> ExitStatus { await exit.value }
 
     /// What the child wrote to stderr so far.
-    var stderr: String {
+    public var stderr: String {
         (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? ""
     }
 
     /// Runs a command to completion (stdin closed) and returns its stdout; throws with its
     /// stderr unless it exits 0. Its stderr goes to `stderrPath`.
-    static func run(_ executable: String, _ arguments: [String], stderrPath: String) async throws -> String {
+    public static func run(_ executable: String, _ arguments: [String], stderrPath: String) async throws -> String {
         let child = try ChildProcess(executable, arguments, stderrPath: stderrPath)
         child.closeStdin()
         let out = await child.readRemainingLines()
