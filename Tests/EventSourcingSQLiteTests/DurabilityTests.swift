@@ -1,3 +1,4 @@
+import ESTestSupport
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
