@@ -64,39 +64,6 @@ func databaseFiles(_ path: String) -> [(suffix: String, bytes: [UInt8])] {
     ["", "-wal", "-shm"].map { ($0, fileBytes(path + $0)) }
 }
 
-/// Finds many byte strings (each at least 8 bytes) in a haystack in one pass.
-struct NeedleSet {
-    let needles: [[UInt8]]
-    private var byPrefix: [UInt64: [Int]] = [:]
-
-    init(_ needles: [[UInt8]]) {
-        precondition(needles.allSatisfy { $0.count >= 8 }, "needles must be at least 8 bytes")
-        self.needles = needles
-        for (i, n) in needles.enumerated() { byPrefix[NeedleSet.word(n, 0), default: []].append(i) }
-    }
-
-    private static func word(_ b: [UInt8], _ at: Int) -> UInt64 {
-        b.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: at, as: UInt64.self) }
-    }
-
-    /// The indices of the needles that occur in `hay`.
-    func found(in hay: [UInt8]) -> Set<Int> {
-        var out = Set<Int>()
-        guard hay.count >= 8 else { return out }
-        hay.withUnsafeBytes { h in
-            for at in 0...(h.count - 8) {
-                guard let candidates = byPrefix[h.loadUnaligned(fromByteOffset: at, as: UInt64.self)] else { continue }
-                for c in candidates where !out.contains(c) {
-                    let n = needles[c]
-                    if at + n.count <= h.count, n.indices.allSatisfy({ n[$0] == h[at + $0] }) {
-                        out.insert(c)
-                    }
-                }
-            }
-        }
-        return out
-    }
-}
 
 // MARK: Stores
 
