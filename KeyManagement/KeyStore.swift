@@ -16,6 +16,8 @@ public protocol KeyStore: Sendable {
 
     /// Every stored version of `scope`'s data key, lowest version first.
     func dataKeys(scope: String) async throws -> [WrappedDataKey]
+    /// The same, asked for while reading a record sealed with `version` (see the default).
+    func dataKeys(scope: String, reading version: UInt32) async throws -> [WrappedDataKey]
     /// Adds a data-key version.
     /// - Throws: ``KeyManagementError/Code/keyExists`` if `(scope, version)` exists,
     ///   ``KeyManagementError/Code/shredded`` if the scope has a tombstone.
@@ -34,6 +36,16 @@ public protocol KeyStore: Sendable {
     /// Returns the tombstone.
     /// - Throws: ``KeyManagementError/Code/shredded`` if it was already shredded.
     func shred(scope: String, at time: Date) async throws -> Tombstone
+}
+
+extension KeyStore {
+    /// The stored versions of `scope`'s data key, when the key ring needs `version` to read a
+    /// record. By default the same as ``dataKeys(scope:)``; a store that reads keys together with
+    /// the records that need them (saving a round trip) answers from those. It must never answer
+    /// with keys older than the records being read.
+    public func dataKeys(scope: String, reading version: UInt32) async throws -> [WrappedDataKey] {
+        try await dataKeys(scope: scope)
+    }
 }
 
 /// A position in the `(scope, version)` order of data keys.

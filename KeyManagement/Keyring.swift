@@ -122,10 +122,22 @@ public final class Keyring: Sendable {
     /// - Throws: ``KeyManagementError/Code/shredded`` if the scope was shredded (never mints a
     ///   new key for it); ``KeyManagementError/Code/invalidScope``; ``KeyManagementError/Code/keyUnavailable``
     ///   if the current version is wrapped by a master key that is not loaded.
-    public func writeKey(for scope: String) async throws -> WriteKey {
+    ///
+    /// With `likelyNew` (a scope that was only just created, such as a new aggregate's own id),
+    /// version 1 is minted without reading the store first. That is safe because persisting
+    /// a key is atomic with the checks: a store refuses it with ``KeyManagementError/Code/keyExists``
+    /// if the scope already has a key (then ``invalidate(scope:)`` and ask again without the hint)
+    /// and with ``KeyManagementError/Code/shredded`` if the scope was shredded.
+    public func writeKey(for scope: String, likelyNew: Bool = false) async throws -> WriteKey {
         if let hit = cachedCurrent(scope) { return WriteKey(key: hit, pending: nil) }
         if let m = state.withLock({ $0.minted[scope] }) { return WriteKey(key: m.key, pending: m.wrapped) }
         try KeyScope.validate(scope)
+        if likelyNew {
+            if let when = state.withLock({ $0.shredded[scope] }) {
+                throw KeyManagementError(.shredded, "cannot write to a shredded scope", scope: scope, shreddedAt: when)
+            }
+            return try mintFirst(scope: scope)
+        }
         let stored = try await store.dataKeys(scope: scope)
         if let latest = stored.last {
             let key = try unwrap(latest)
@@ -139,6 +151,11 @@ public final class Keyring: Sendable {
             state.withLock { $0.shredded[scope] = t.shreddedAt }
             throw KeyManagementError(.shredded, "cannot write to a shredded scope", scope: scope, shreddedAt: t.shreddedAt)
         }
+        return try mintFirst(scope: scope)
+    }
+
+    /// Mints version 1 of `scope`'s key, pending until a store persists it.
+    private func mintFirst(scope: String) throws -> WriteKey {
         let (key, wrapped) = try mint(scope: scope, version: 1)
         let chosen = state.withLock { s -> (key: DataKey, wrapped: WrappedDataKey) in
             if let earlier = s.minted[scope] { return earlier }   // another task minted meanwhile
@@ -187,7 +204,7 @@ public final class Keyring: Sendable {
         if let when = state.withLock({ $0.shredded[scope] }) {
             throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: when)
         }
-        let stored = try await store.dataKeys(scope: scope)
+        let stored = try await store.dataKeys(scope: scope, reading: version)
         guard let record = stored.first(where: { $0.version == version }) else {
             if let t = try await store.tombstone(scope: scope) {
                 state.withLock { $0.shredded[scope] = t.shreddedAt }

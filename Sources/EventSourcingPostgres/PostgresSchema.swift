@@ -102,14 +102,8 @@ enum PostgresSchema {
                         SELECT t.scope INTO bad FROM \(s).tombstones t
                             WHERE t.scope = ANY (scopes[ev_off + 1 : ev_off + n]) LIMIT 1;
                         IF bad IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = 'ES002', MESSAGE = bad; END IF;
-                        SELECT u.id::text || ':' || u.v INTO bad
-                            FROM unnest(ids[ev_off + 1 : ev_off + n], versions[ev_off + 1 : ev_off + n]) AS u(id, v)
-                            GROUP BY u.id, u.v HAVING count(*) > 1 LIMIT 1;
-                        IF bad IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = 'ES001', MESSAGE = bad; END IF;
-                        SELECT e.originator_id::text || ':' || e.originator_version INTO bad FROM \(s).events e
-                            JOIN unnest(ids[ev_off + 1 : ev_off + n], versions[ev_off + 1 : ev_off + n]) AS u(id, v)
-                            ON e.originator_id = u.id AND e.originator_version = u.v LIMIT 1;
-                        IF bad IS NOT NULL THEN RAISE EXCEPTION USING ERRCODE = 'ES001', MESSAGE = bad; END IF;
+                        -- A conflict (with a stored event or within the save) is the primary key's
+                        -- unique violation, handled below; no separate look-up on the happy path.
                         INSERT INTO \(s).events (notification_id, originator_id, originator_version, topic, state, key_scope)
                             SELECT next_id + u.ord, u.id, u.v, u.t, u.st, NULLIF(u.sc, '')
                             FROM unnest(ids[ev_off + 1 : ev_off + n], versions[ev_off + 1 : ev_off + n],
@@ -122,12 +116,41 @@ enum PostgresSchema {
                     WHEN SQLSTATE 'ES001' THEN status := 'conflict'; detail := SQLERRM;
                     WHEN SQLSTATE 'ES002' THEN status := 'shredded'; detail := SQLERRM;
                     WHEN SQLSTATE 'ES003' THEN status := 'key_exists'; detail := SQLERRM;
-                    WHEN unique_violation THEN status := 'conflict'; detail := NULL;
+                    WHEN unique_violation THEN
+                        -- "Key (originator_id, originator_version)=(<uuid>, <version>) already exists."
+                        GET STACKED DIAGNOSTICS bad = PG_EXCEPTION_DETAIL;
+                        status := 'conflict';
+                        detail := (SELECT m[1] || ':' || m[2] FROM regexp_match(bad, '=\\(([0-9a-f-]{36}), (-?[0-9]+)\\)') AS m);
                 END;
                 RETURN NEXT;
                 ev_off := ev_off + n;
                 k_off := k_off + kn;
             END LOOP;
+        END
+        $fn$
+        """
+    }
+
+    /// Reads whole aggregates for a group of gets in one call: row `i` (1-based) of the request
+    /// arrays gets its events with `gt < version <= lte`, in version order; rows with `i = 0` are
+    /// the data keys of the scopes those events are sealed with (`topic` holds the KEK id).
+    /// A function rather than a statement so the server plans it once per connection.
+    static func readAggregatesFunction(_ s: String) -> String {
+        """
+        CREATE OR REPLACE FUNCTION \(s).read_aggregates(ids uuid[], gts bigint[], ltes bigint[])
+        RETURNS TABLE (r_i bigint, r_version bigint, r_topic text, r_state bytea, r_scope text, r_created double precision)
+        LANGUAGE plpgsql STABLE AS $fn$
+        BEGIN
+            RETURN QUERY
+            WITH r AS (SELECT * FROM unnest(ids, gts, ltes) WITH ORDINALITY AS u(id, gt, lte, n)),
+            ev AS (SELECT r.n, e.originator_version, e.topic, e.state, e.key_scope FROM r
+                   JOIN \(s).events e
+                   ON e.originator_id = r.id AND e.originator_version > r.gt AND e.originator_version <= r.lte)
+            SELECT ev.n, ev.originator_version, ev.topic, ev.state, NULL::text, NULL::double precision FROM ev
+            UNION ALL
+            SELECT 0::bigint, k.version, k.kek_id, k.wrapped, k.scope, k.created_at FROM \(s).data_keys k
+            WHERE k.scope IN (SELECT ev.key_scope FROM ev)
+            ORDER BY 1, 2;
         END
         $fn$
         """

@@ -57,6 +57,7 @@ extension PostgresStore {
 
     public func rewrapDataKey(_ key: WrappedDataKey, previousKEKID: String) async throws -> Bool {
         let s = schema
+        forgetPrefetchedKeys([key.scope])
         let wrapped = key.wrapped.byteBuffer
         return try await run { client in
             var n = 0
@@ -123,6 +124,8 @@ extension PostgresStore {
 
     public func shred(scope: String, at time: Date) async throws -> Tombstone {
         let s = schema
+        forgetPrefetchedKeys([scope])
+        defer { forgetPrefetchedKeys([scope]) }
         let rows: [(String, String)] = try await run { client in
             // The events-table lock serialises the shred with saves (which check tombstones and
             // insert keys under the same lock), so no key can be created for the scope after it.

@@ -10,6 +10,10 @@ extension PostgresStore {
         let s = schema
         let lower = Int64(gt ?? Int.min)
         let upper = Int64(lte ?? Int.max)
+        if !desc && limit == nil {
+            // What a repository get asks for: grouped with concurrent ones into one query.
+            return try await groupedSelect(PendingRead(id: originatorID, gt: lower, lte: upper))
+        }
         let lim = Int64(limit ?? Int.max)
         return try await run { client in
             let rows = try await client.query(desc ? """

@@ -24,8 +24,20 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     let logger: Logger
     let schema: String
     private let runTask: Task<Void, Never>
+    private let deadlineTask: Task<Void, Never>
+    let deadlines = Deadlines()
+    /// Runs the store's tasks on the event loop of its connections.
+    let executor: EventLoopExecutor
+
+    /// The executor of the event loop this store's connections use. Code that waits on the store
+    /// one call after another can run there (`withTaskExecutorPreference(store.taskExecutor) { … }`)
+    /// so each reply resumes it without waking another thread. Keep long computations off it.
+    public var taskExecutor: any TaskExecutor { executor }
     private let pending = Mutex(PendingSaves())
-    private let closed = Atomic<Bool>(false)
+    let pendingReads = Mutex(PendingReads())
+    let closed = Atomic<Bool>(false)
+    /// Data keys read together with events, for the key ring's next cache miss (see ``dataKeys(scope:reading:)``).
+    let prefetchedKeys = Mutex(PrefetchedKeys())
 
     struct PendingSaves {
         var queue: [PendingSave] = []
@@ -36,6 +48,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         var events: [StoredEvent]
         var keys: [WrappedDataKey]
         var continuation: CheckedContinuation<[Int64], any Error>
+        var enqueued: ContinuousClock.Instant
     }
 
     /// Connects, and creates or migrates the schema.
@@ -63,6 +76,10 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                            tls: .require(.makeClientConfiguration()))
         }
         config.options.maximumConnections = configuration.poolSize
+        // One connection stays open (it needs no idle timer), and idle connections are pinged only
+        // on request: the pool sets and cancels those timers on every query otherwise.
+        config.options.minimumConnections = min(1, configuration.poolSize - 1)
+        config.options.keepAliveBehavior = configuration.keepAliveInterval.map { .init(frequency: $0) }
         config.options.connectTimeout = configuration.connectTimeout
         // The server cancels any statement that runs past the operation timeout.
         let op = configuration.operationTimeout.components
@@ -72,18 +89,30 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         // One direct connection first: a wrong password, an unknown database or nothing
         // listening fails here at once, where the pool would keep retrying in the background.
         try await PostgresStore.probe(config, configuration: configuration, logger: logger)
-        let client = PostgresClient(configuration: config)
+        // Every connection of this store on one event loop, and the store's own tasks (group
+        // commits, grouped reads, timed queries) run on it too: a reply then resumes the task
+        // waiting for it on the thread that read it, instead of waking another thread.
+        let loop = PostgresClient.defaultEventLoopGroup.next()
+        self.executor = EventLoopExecutor(loop)
+        let client = PostgresClient(configuration: config, eventLoopGroup: loop)
         self.client = client
         runTask = Task { await client.run() }
+        deadlineTask = Task { [deadlines] in await Deadlines.check(deadlines) }
         do {
             try await migrate()
         } catch {
             runTask.cancel()
+            deadlines.stop()
+            deadlineTask.cancel()
             throw PostgresStore.translate(error, configuration: configuration)
         }
     }
 
-    deinit { runTask.cancel() }
+    deinit {
+        runTask.cancel()
+        deadlines.stop()
+        deadlineTask.cancel()
+    }
 
     private static func probe(_ config: PostgresClient.Configuration, configuration: PostgresConfiguration,
                               logger: Logger) async throws {
@@ -119,6 +148,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         runTask.cancel()
         _ = await runTask.value
+        deadlines.stop()
+        deadlineTask.cancel()
     }
 
     // MARK: Schema
@@ -147,8 +178,9 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                         try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
                     }
                 }
-                // The save function is replaced on every start, so a fix to it needs no migration.
+                // The functions are replaced on every start, so a fix to them needs no migration.
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.insertSavesFunction(s)), logger: self.logger)
+                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.readAggregatesFunction(s)), logger: self.logger)
                 try await conn.query(
                     "INSERT INTO \(unescaped: s).es_meta (key, value) VALUES ('schema_version', \(Int64(PostgresStore.schemaVersion))) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                     logger: self.logger)
@@ -169,19 +201,37 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
         }
+        forgetPrefetchedKeys(newKeys.map(\.scope))
+        let enqueued = ContinuousClock.now
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<[Int64], any Error>) in
             let start = pending.withLock { p -> Bool in
-                p.queue.append(PendingSave(events: events, keys: newKeys, continuation: c))
+                p.queue.append(PendingSave(events: events, keys: newKeys, continuation: c, enqueued: enqueued))
                 if p.draining { return false }
                 p.draining = true
                 return true
             }
-            if start { Task { await self.drain() } }
+            if start { startDraining() }
         }
     }
 
-    private func drain() async {
+    /// Commits queued saves group by group in one task. A group that runs past the operation
+    /// timeout fails its callers and cancels that task (which also gives up a wait for a pool
+    /// connection); the queue then continues in a new task.
+    private func startDraining() {
+        let handle = CancelHandle()
+        handle.set(Task(executorPreference: executor) { await self.drain(handle) })
+    }
+
+    private func drain(_ handle: CancelHandle) async {
+        var lastGroup = 0
         while true {
+            if Task.isCancelled {
+                startDraining()
+                return
+            }
+            // After a group of several, its writers were just resumed and are about to queue their
+            // next saves: let them run first, so the next group is as large as the last.
+            if lastGroup > 1 { await Task.yield() }
             let batch = pending.withLock { p -> [PendingSave] in
                 // At most ~5,000 events per round trip; the rest wait for the next one.
                 var n = 0
@@ -196,11 +246,23 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                 return b
             }
             if batch.isEmpty { return }
-            await commit(batch)
+            let waiters = Waiters(batch.map(\.continuation))
+            // The group's deadline is its oldest save's, so a save queued behind a stuck group
+            // still fails within the operation timeout of its own start.
+            let oldest = batch.map(\.enqueued).min() ?? .now
+            let timeout = configuration.operationTimeout
+            let token = deadlines.add(after: oldest + timeout - .now) {
+                waiters.fail(EventSourcingError(.databaseUnavailable,
+                    "PostgreSQL did not answer within \(timeout); the save's outcome is unknown"))
+                handle.cancel()
+            }
+            await commit(batch, waiters)
+            deadlines.remove(token)
+            lastGroup = batch.count
         }
     }
 
-    private func commit(_ batch: [PendingSave]) async {
+    private func commit(_ batch: [PendingSave], _ waiters: Waiters<[Int64]>) async {
         let allocator = ByteBufferAllocator()
         var evCounts: [Int32] = [], ids: [UUID] = [], versions: [Int64] = [], topics: [String] = []
         var states: [ByteBuffer] = [], scopes: [String] = []
@@ -228,43 +290,38 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                 kCreated.append(k.createdAt.timeIntervalSince1970)
             }
         }
-        let (evCountsA, idsA, versionsA, topicsA, statesA, scopesA) = (evCounts, ids, versions, topics, states, scopes)
-        let (keyCountsA, kScopesA, kVersionsA, kKeksA, kWrappedA, kCreatedA) = (keyCounts, kScopes, kVersions, kKeks, kWrapped, kCreated)
         let s = schema
         let lockMillis = Int64(configuration.lockTimeout.components.seconds * 1000
                                + configuration.lockTimeout.components.attoseconds / 1_000_000_000_000_000)
         do {
-            let results = try await timed { () -> [(Int32, String, String?, Int64?)] in
-                let rows = try await self.client.query("""
-                    SELECT save_index, status, detail, first_id FROM \(unescaped: s).insert_saves(
-                        \(lockMillis), \(evCountsA), \(idsA), \(versionsA), \(topicsA), \(statesA), \(scopesA),
-                        \(keyCountsA), \(kScopesA), \(kVersionsA), \(kKeksA), \(kWrappedA), \(kCreatedA))
-                    """, logger: self.logger)
-                var out: [(Int32, String, String?, Int64?)] = []
-                for try await row in rows.decode((Int32, String, String?, Int64?).self) { out.append(row) }
-                return out
-            }
+            let rows = try await client.query("""
+                SELECT save_index, status, detail, first_id FROM \(unescaped: s).insert_saves(
+                    \(lockMillis), \(evCounts), \(ids), \(versions), \(topics), \(states), \(scopes),
+                    \(keyCounts), \(kScopes), \(kVersions), \(kKeks), \(kWrapped), \(kCreated))
+                """, logger: logger)
+            // Collected, then decoded synchronously (no suspension per row).
+            let results = try await rows.collect().map { try $0.decode((Int32, String, String?, Int64?).self) }
             guard results.count == batch.count else {
                 throw EventSourcingError(.recorderFailure, "the save function returned \(results.count) results for \(batch.count) saves")
             }
-            for (save, r) in zip(batch, results) {
+            waiters.resume { i in
+                let (save, r) = (batch[i], results[i])
                 switch r.1 {
                 case "ok":
                     let first = r.3 ?? 0
-                    save.continuation.resume(returning: (0..<Int64(save.events.count)).map { first + $0 })
+                    return .success((0..<Int64(save.events.count)).map { first + $0 })
                 case "conflict":
-                    save.continuation.resume(throwing: conflictError(save.events, detail: r.2))
+                    return .failure(conflictError(save.events, detail: r.2))
                 case "shredded":
-                    save.continuation.resume(throwing: KeyManagementError(.shredded, "the scope was shredded", scope: r.2))
+                    return .failure(KeyManagementError(.shredded, "the scope was shredded", scope: r.2))
                 case "key_exists":
-                    save.continuation.resume(throwing: KeyManagementError(.keyExists, "data key exists", scope: r.2))
+                    return .failure(KeyManagementError(.keyExists, "data key exists", scope: r.2))
                 default:
-                    save.continuation.resume(throwing: EventSourcingError(.recorderFailure, "unknown save status \(r.1)"))
+                    return .failure(EventSourcingError(.recorderFailure, "unknown save status \(r.1)"))
                 }
             }
         } catch {
-            let e = PostgresStore.translate(error, configuration: configuration)
-            for save in batch { save.continuation.resume(throwing: e) }
+            waiters.fail(PostgresStore.translate(error, configuration: configuration))
         }
     }
 
@@ -285,24 +342,23 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
             throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
         }
         let timeout = configuration.operationTimeout
-        let once = Once<T>()
+        let waiters = Waiters<T>()
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-            once.slot.withLock { $0 = c }
-            let timer = Task {
-                try? await Task.sleep(for: timeout)
-                guard !Task.isCancelled, let c = once.slot.withLock({ $0.take() }) else { return }
-                once.work.withLock { $0 }?.cancel()
-                c.resume(throwing: EventSourcingError(.databaseUnavailable,
+            waiters.set([c])
+            let handle = CancelHandle()
+            // The work runs in a task of its own so the timeout can cancel it (which also gives
+            // up a wait for a pool connection) and answer the caller at once.
+            let token = deadlines.add(after: timeout) {
+                waiters.fail(EventSourcingError(.databaseUnavailable,
                     "PostgreSQL did not answer within \(timeout); the operation's outcome is unknown"))
+                handle.cancel()
             }
-            let work = Task {
+            handle.set(Task(executorPreference: executor) {
                 let result: Result<T, any Error>
                 do { result = .success(try await body()) } catch { result = .failure(error) }
-                // Finished first: stop the timer now rather than leaving it asleep for the timeout.
-                timer.cancel()
-                once.slot.withLock { $0.take() }?.resume(with: result)
-            }
-            once.work.withLock { $0 = work }
+                self.deadlines.remove(token)
+                waiters.resume { _ in result }
+            })
         }
     }
 
@@ -351,10 +407,62 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     }
 }
 
-/// A continuation resumed by whichever of the work and the timeout finishes first.
-final class Once<T: Sendable>: Sendable {
-    let slot = Mutex<CheckedContinuation<T, any Error>?>(nil)
-    let work = Mutex<Task<Void, Never>?>(nil)
+/// Continuations resumed exactly once, by whichever of the work and its deadline comes first.
+final class Waiters<T: Sendable>: Sendable {
+    private let slot = Mutex<[CheckedContinuation<T, any Error>]?>(nil)
+
+    init(_ continuations: [CheckedContinuation<T, any Error>]? = nil) {
+        slot.withLock { $0 = continuations }
+    }
+
+    func set(_ continuations: [CheckedContinuation<T, any Error>]) {
+        slot.withLock { $0 = continuations }
+    }
+
+    /// Resumes continuation `i` with `result(i)`, unless already failed by the deadline.
+    func resume(_ result: (Int) -> Result<T, any Error>) {
+        guard let all = slot.withLock({ $0.take() }) else { return }
+        for (i, c) in all.enumerated() { c.resume(with: result(i)) }
+    }
+
+    func fail(_ error: any Error) {
+        guard let all = slot.withLock({ $0.take() }) else { return }
+        for c in all { c.resume(throwing: error) }
+    }
+}
+
+/// A task executor that runs jobs on one NIO event loop.
+final class EventLoopExecutor: TaskExecutor {
+    let loop: any EventLoop
+
+    init(_ loop: any EventLoop) { self.loop = loop }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        loop.execute { job.runSynchronously(on: executor) }
+    }
+}
+
+/// Cancels a task that may not have been created yet when cancellation is asked for.
+final class CancelHandle: Sendable {
+    private let state = Mutex<(task: Task<Void, Never>?, cancelled: Bool)>((nil, false))
+
+    func set(_ task: Task<Void, Never>) {
+        let cancelled = state.withLock { s -> Bool in
+            s.task = task
+            return s.cancelled
+        }
+        if cancelled { task.cancel() }
+    }
+
+    func cancel() {
+        let task = state.withLock { s -> Task<Void, Never>? in
+            s.cancelled = true
+            return s.task
+        }
+        task?.cancel()
+    }
 }
 
 extension ByteBuffer {

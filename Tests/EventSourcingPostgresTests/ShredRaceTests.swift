@@ -40,7 +40,10 @@ extension PostgresTests {
                         }
                         let pending = root
                         let keyring = writing.keyring
+                        // A random head start for one side or the other, so both orders happen.
+                        let jitter = Int.random(in: -4_000...4_000)
                         async let written: String = {
+                            if jitter < 0 { try await Task.sleep(for: .microseconds(-jitter)) }
                             var r = pending
                             do {
                                 switch writer {
@@ -54,10 +57,8 @@ extension PostgresTests {
                                 return "refused"
                             }
                         }()
-                        // A random head start for the writer, so both orders happen.
-                        let jitter = Duration.microseconds(Int.random(in: 0...4_000))
                         async let shredded: Tombstone = {
-                            try await Task.sleep(for: jitter)
+                            if jitter > 0 { try await Task.sleep(for: .microseconds(jitter)) }
                             return try await shredder.keyring.shred(scope: scope)
                         }()
                         let (w, tombstone) = try await (written, shredded)

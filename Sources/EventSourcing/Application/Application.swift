@@ -102,11 +102,18 @@ public final class Application: Sendable {
         return recordings
     }
 
-    private typealias Encoder = @Sendable () async throws -> Mapper.EncodedBatch
+    /// Encodes one aggregate's pending events; the argument is false on a retry after `keyExists`.
+    private typealias Encoder = @Sendable (_ optimistic: Bool) async throws -> Mapper.EncodedBatch
 
     private func encoder<A: Aggregate>(for root: AggregateRoot<A>) -> Encoder {
         let mapper = self.mapper
-        return { try await mapper.encode(root.pendingEvents, of: A.self, keyScope: root.keyScope) }
+        // A new aggregate keyed by its own (random) id has a new scope: its first key is minted
+        // without asking the store, which refuses it atomically if the scope had one after all.
+        let newScope = root.state.dataSubject == nil && !root.pendingEvents.isEmpty
+            && root.version == root.pendingEvents.count
+        return { optimistic in
+            try await mapper.encode(root.pendingEvents, of: A.self, keyScope: root.keyScope, newScope: optimistic && newScope)
+        }
     }
 
     private func commit(_ encoders: [Encoder]) async throws -> [Recording] {
@@ -115,7 +122,7 @@ public final class Application: Sendable {
             var events: [StoredEvent] = []
             var keys: [Keyring.WriteKey] = []
             for encode in encoders {
-                let batch = try await encode()
+                let batch = try await encode(attempt == 0)
                 events += batch.events
                 // Aggregates of one new subject share the key minted for the first of them.
                 for k in batch.newKeys where !keys.contains(where: { $0.key.scope == k.key.scope && $0.key.version == k.key.version }) {

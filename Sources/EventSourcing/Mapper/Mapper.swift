@@ -79,11 +79,13 @@ public final class Mapper: Sendable {
     // MARK: Events
 
     /// Encodes events of one aggregate under `keyScope`'s current data key.
+    /// - Parameter newScope: the scope was only just created (see ``Keyring/writeKey(for:likelyNew:)``).
     /// - Throws: ``EventSourcingError`` with `.shredded` for a shredded scope, `.keyUnavailable`.
-    public func encode<A: Aggregate>(_ events: [DomainEvent<A.Event>], of type: A.Type, keyScope: String) async throws -> EncodedBatch {
+    public func encode<A: Aggregate>(_ events: [DomainEvent<A.Event>], of type: A.Type, keyScope: String,
+                                     newScope: Bool = false) async throws -> EncodedBatch {
         var writeKey: Keyring.WriteKey?
         if let keyring, !events.isEmpty {
-            do { writeKey = try await keyring.writeKey(for: keyScope) } catch {
+            do { writeKey = try await keyring.writeKey(for: keyScope, likelyNew: newScope) } catch {
                 throw Self.translate(error, stored: nil, scope: keyScope)
             }
         }

@@ -506,6 +506,54 @@ struct EncryptionTests {
         }
     }
 
+    @Test("a new aggregate whose own scope already has a data key (made by another process) is saved under that key",
+          arguments: RecorderFactory.all)
+    func newAggregateExistingScopeKey(_ factory: RecorderFactory) async throws {
+        let masterKey = try MasterKey.generate()
+        try await Self.encrypted(factory).withFreshApp(masterKey: masterKey) { t async throws in
+            let keyStore = try #require(t.keyring?.store)
+            let id = UUID()
+            let scope = id.uuidString.lowercased()
+            // Another process (its own keyring) creates the scope's key first.
+            let other = try await Keyring.open(store: keyStore, masterKeys: [masterKey])
+            let theirs = try await other.writeKey(for: scope)
+            try await other.persist([theirs])
+            // This keyring mints optimistically for a brand-new aggregate; the store refuses that
+            // key and the save is re-encoded under the stored one.
+            var dog = try AggregateRoot<Dog>(id: id, .registered(name: "Rex"))
+            try dog.record(.addedTrick("sit"))
+            try await t.app.save(&dog)
+            #expect(try await keyStore.dataKeys(scope: scope).map(\.version) == [1])
+            let stored = try await t.store.recorder.selectEvents(originatorID: id)
+            #expect(stored.count == 2)
+            for s in stored { #expect(try Self.header(s.state).keyVersion == 1) }
+            // Only the stored key opens them: a fresh keyring reads them back.
+            let fresh = Application(recorder: t.store.recorder,
+                                    mapper: Mapper(keyring: try await Keyring.open(store: keyStore, masterKeys: [masterKey])))
+            #expect(try await fresh.repository.get(Dog.self, id: id).tricks == ["sit"])
+            // And the other keyring's key is that same key: records it seals open here.
+            let sealedByOther = Mapper(keyring: other)
+            let batch = try await sealedByOther.encode([DomainEvent<Dog.Event>(originatorID: id, originatorVersion: 3,
+                                                                               timestamp: Date(), event: .addedTrick("down"))],
+                                                       of: Dog.self, keyScope: scope)
+            #expect(batch.newKeys.isEmpty)
+            _ = try await t.store.recorder.insertEvents(batch.events)
+            #expect(try await fresh.repository.get(Dog.self, id: id).tricks == ["sit", "down"])
+        }
+    }
+
+    @Test("a new aggregate whose own scope was shredded is refused, nothing written", arguments: RecorderFactory.all)
+    func newAggregateShreddedScope(_ factory: RecorderFactory) async throws {
+        try await Self.encrypted(factory).withFreshApp { t async throws in
+            let id = UUID()
+            _ = try await t.app.shred(keyScope: id.uuidString.lowercased())
+            var dog = try AggregateRoot<Dog>(id: id, .registered(name: "Rex"))
+            await expectESError(.shredded) { try await t.app.save(&dog) }
+            #expect(try await t.store.recorder.maxNotificationID() == nil)
+            #expect(dog.pendingEvents.count == 1)
+        }
+    }
+
     @Test("shredding a scope that has no key yet leaves a tombstone that refuses later writes",
           arguments: RecorderFactory.all)
     func preemptiveShred(_ factory: RecorderFactory) async throws {

@@ -1,0 +1,144 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+import NIOCore
+import PostgresNIO
+
+/// Reads of whole aggregates (what a repository get asks for), grouped like saves: a read that
+/// arrives while another group's query runs joins the next group, and a group is one query. The
+/// same query returns the data keys of the scopes those events are sealed with, so a key ring
+/// with a cold cache needs no second round trip (see ``PostgresStore/dataKeys(scope:reading:)``).
+extension PostgresStore {
+    struct PendingReads {
+        var queue: [PendingRead] = []
+        var draining = false
+    }
+
+    struct PendingRead: Sendable {
+        var id: UUID
+        var gt: Int64
+        var lte: Int64
+        var continuation: CheckedContinuation<[StoredEvent], any Error>?
+        var enqueued = ContinuousClock.now
+    }
+
+    /// Wrapped keys read with events, waiting for the key ring's cache miss on them.
+    struct PrefetchedKeys {
+        var byScope: [String: (keys: [WrappedDataKey], at: ContinuousClock.Instant)] = [:]
+    }
+
+    /// How long keys read with events may answer a key-ring miss. A key ring asks within
+    /// microseconds of the read; anything older is read again.
+    static let prefetchLifetime: Duration = .seconds(1)
+    /// At most this many scopes are kept (a reader whose key ring never misses fills it up).
+    static let prefetchCapacity = 4_096
+    /// At most this many aggregates per grouped query.
+    static let readGroupLimit = 256
+
+    func groupedSelect(_ read: PendingRead) async throws -> [StoredEvent] {
+        guard !closed.load(ordering: .acquiring) else {
+            throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
+        }
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<[StoredEvent], any Error>) in
+            var r = read
+            r.continuation = c
+            let start = pendingReads.withLock { p -> Bool in
+                p.queue.append(r)
+                if p.draining { return false }
+                p.draining = true
+                return true
+            }
+            if start { startReading() }
+        }
+    }
+
+    private func startReading() {
+        let handle = CancelHandle()
+        handle.set(Task(executorPreference: executor) { await self.drainReads(handle) })
+    }
+
+    private func drainReads(_ handle: CancelHandle) async {
+        while true {
+            if Task.isCancelled {
+                startReading()
+                return
+            }
+            let group = pendingReads.withLock { p -> [PendingRead] in
+                let n = min(p.queue.count, PostgresStore.readGroupLimit)
+                let g = Array(p.queue.prefix(n))
+                p.queue.removeFirst(n)
+                if g.isEmpty { p.draining = false }
+                return g
+            }
+            if group.isEmpty { return }
+            let waiters = Waiters(group.compactMap(\.continuation))
+            let oldest = group.map(\.enqueued).min() ?? .now
+            let timeout = configuration.operationTimeout
+            let token = deadlines.add(after: oldest + timeout - .now) {
+                waiters.fail(EventSourcingError(.databaseUnavailable,
+                    "PostgreSQL did not answer within \(timeout); the read failed"))
+                handle.cancel()
+            }
+            do {
+                let events = try await selectGroup(group)
+                waiters.resume { .success(events[$0]) }
+            } catch {
+                waiters.fail(PostgresStore.translate(error, configuration: configuration))
+            }
+            deadlines.remove(token)
+        }
+    }
+
+    /// One query for the whole group: each aggregate's events in version order, then the keys.
+    private func selectGroup(_ group: [PendingRead]) async throws -> [[StoredEvent]] {
+        let s = schema
+        let ids = group.map(\.id), gts = group.map(\.gt), ltes = group.map(\.lte)
+        let rows = try await client.query(
+            "SELECT * FROM \(unescaped: s).read_aggregates(\(ids), \(gts), \(ltes))", logger: logger)
+        let collected = try await rows.collect()
+        var out = [[StoredEvent]](repeating: [], count: group.count)
+        var keys: [String: [WrappedDataKey]] = [:]
+        for row in collected {
+            let (i, v, topic, state, scope, created) = try row.decode((Int64, Int64, String, ByteBuffer, String?, Double?).self)
+            if i == 0, let scope, let created {
+                // Here `topic` is the key's KEK id (the columns are shared).
+                keys[scope, default: []].append(WrappedDataKey(scope: scope, version: UInt32(truncatingIfNeeded: v), kekID: topic,
+                                                               wrapped: state.bytes, createdAt: Date(timeIntervalSince1970: created)))
+            } else if i >= 1, i <= Int64(group.count) {
+                out[Int(i - 1)].append(StoredEvent(originatorID: group[Int(i - 1)].id, originatorVersion: Int(v),
+                                                   topic: topic, state: state.bytes))
+            } else {
+                throw EventSourcingError(.recorderFailure, "a grouped read returned row \(i) for \(group.count) aggregates")
+            }
+        }
+        if !keys.isEmpty {
+            let now = ContinuousClock.now
+            prefetchedKeys.withLock { p in
+                if p.byScope.count + keys.count > PostgresStore.prefetchCapacity { p.byScope.removeAll(keepingCapacity: true) }
+                for (scope, k) in keys { p.byScope[scope] = (k, now) }
+            }
+        }
+        return out
+    }
+
+    /// Keys read with the events being decoded, if fresh and holding `version`; else from the table.
+    public func dataKeys(scope: String, reading version: UInt32) async throws -> [WrappedDataKey] {
+        let hit = prefetchedKeys.withLock { p -> [WrappedDataKey]? in
+            guard let e = p.byScope.removeValue(forKey: scope) else { return nil }
+            guard ContinuousClock.now - e.at <= PostgresStore.prefetchLifetime,
+                  e.keys.contains(where: { $0.version == version }) else { return nil }
+            return e.keys
+        }
+        if let hit { return hit }
+        return try await dataKeys(scope: scope)
+    }
+
+    /// Drops prefetched keys of scopes this process is changing (new key, rotation, shred).
+    func forgetPrefetchedKeys(_ scopes: [String]) {
+        guard !scopes.isEmpty else { return }
+        prefetchedKeys.withLock { p in
+            guard !p.byScope.isEmpty else { return }
+            for s in scopes { p.byScope.removeValue(forKey: s) }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+import EventSourcing
+import EventSourcingPostgres
+import Foundation
+import KeyManagement
+import Testing
+
+extension PostgresTests {
+    /// Concurrent aggregate reads share one query, which also brings the data keys they need.
+    @Suite("PostgreSQL grouped reads")
+    struct GroupedReadTests {
+        @Test("concurrent reads with different ranges each get exactly their own events, in order")
+        func concurrentReadsGetTheirOwnEvents() async throws {
+            try await withStore(try freshConfiguration()) { store in
+                // 40 aggregates with 1…40 events each, plus plaintext-style records without a scope.
+                var expected: [UUID: [StoredEvent]] = [:]
+                for n in 1...40 {
+                    let id = UUID()
+                    let events = (1...n).map {
+                        StoredEvent(originatorID: id, originatorVersion: $0, topic: "T.\(n).\($0)",
+                                    state: [UInt8(truncatingIfNeeded: n), UInt8(truncatingIfNeeded: $0), 0xAB])
+                    }
+                    _ = try await store.insertEvents(events)
+                    expected[id] = events
+                }
+                let ids = Array(expected.keys)
+                // 400 reads at once: whole aggregates, after a version, up to a version, both, and unknown ids.
+                let results = try await withThrowingTaskGroup(of: (Int, [StoredEvent], [StoredEvent]).self) { group in
+                    for k in 0..<400 {
+                        let id = k % 10 == 9 ? UUID() : ids[k % ids.count]
+                        let all = expected[id] ?? []
+                        let gt: Int? = k % 3 == 1 ? all.count / 2 : nil
+                        let lte: Int? = k % 4 == 2 ? max(1, all.count - 1) : nil
+                        let want = all.filter { $0.originatorVersion > (gt ?? 0) && $0.originatorVersion <= (lte ?? Int.max) }
+                        group.addTask {
+                            let got = try await store.selectEvents(originatorID: id, gt: gt, lte: lte, desc: false, limit: nil)
+                            return (k, got, want)
+                        }
+                    }
+                    var out: [(Int, [StoredEvent], [StoredEvent])] = []
+                    for try await r in group { out.append(r) }
+                    return out
+                }
+                #expect(results.count == 400)
+                for (k, got, want) in results {
+                    #expect(got == want, "read \(k): \(got.count) events, wanted \(want.count)")
+                }
+            }
+        }
+
+        @Test("keys read with events never outlive a shred by this store")
+        func prefetchedKeysForgottenOnShred() async throws {
+            let masterKey = try MasterKey.generate()
+            try await withStore(try freshConfiguration()) { store in
+                let t = try await EncryptedApp.open(store, masterKey: masterKey)
+                var root = try ledgerSave(nil, save: 1, count: 3)
+                try await t.app.save(&root)
+                let scope = root.keyScope
+                // The read brings the scope's key along for the key ring's next miss…
+                #expect(try await store.selectEvents(originatorID: root.id, gt: nil, lte: nil, desc: false, limit: nil).count == 3)
+                _ = try await t.keyring.shred(scope: scope)
+                // …but after the shred the store answers from the table: no key.
+                #expect(try await store.dataKeys(scope: scope, reading: 1).isEmpty)
+                let fresh = try await EncryptedApp.open(store, masterKey: masterKey)
+                await expectESError(.shredded) { _ = try await fresh.app.repository.get(Ledger.self, id: root.id) }
+            }
+        }
+
+        @Test("keys read with events are not used once older than their lifetime (a shred by another process)")
+        func prefetchedKeysExpire() async throws {
+            let masterKey = try MasterKey.generate()
+            let config = try freshConfiguration()
+            try await withStore(config) { store in
+                let other = try await PostgresStore(configuration: config)
+                do {
+                    let t = try await EncryptedApp.open(store, masterKey: masterKey)
+                    var root = try ledgerSave(nil, save: 1, count: 2)
+                    try await t.app.save(&root)
+                    let scope = root.keyScope
+                    #expect(try await store.selectEvents(originatorID: root.id, gt: nil, lte: nil, desc: false, limit: nil).count == 2)
+                    // Another process shreds the scope; this store cannot know.
+                    let shredder = try await EncryptedApp.open(other, masterKey: masterKey)
+                    _ = try await shredder.keyring.shred(scope: scope)
+                    try await Task.sleep(for: .milliseconds(1_100))
+                    #expect(try await store.dataKeys(scope: scope, reading: 1).isEmpty)
+                } catch {
+                    await other.close()
+                    throw error
+                }
+                await other.close()
+            }
+        }
+
+        @Test("a cold key ring decrypts aggregates read concurrently, with the keys that came with their events")
+        func coldKeyringReadsWithPrefetchedKeys() async throws {
+            let masterKey = try MasterKey.generate()
+            try await withStore(try freshConfiguration()) { store in
+                let writer = try await EncryptedApp.open(store, masterKey: masterKey)
+                var roots: [AggregateRoot<Ledger>] = []
+                for i in 1...20 {
+                    var r = try ledgerSave(nil, save: i, count: 1 + i % 4)
+                    try await writer.app.save(&r)
+                    roots.append(r)
+                }
+                let reader = try await EncryptedApp.open(store, masterKey: masterKey)
+                let loaded = try await withThrowingTaskGroup(of: (UUID, Int).self) { group in
+                    for r in roots {
+                        group.addTask { (r.id, try await reader.app.repository.get(Ledger.self, id: r.id).entries) }
+                    }
+                    var out: [UUID: Int] = [:]
+                    for try await (id, n) in group { out[id] = n }
+                    return out
+                }
+                for r in roots { #expect(loaded[r.id] == r.version) }
+            }
+        }
+    }
+}
