@@ -77,6 +77,29 @@ enum PostgresSchema {
             PERFORM set_config('lock_timeout', lock_ms::text, true);
             LOCK TABLE \(s).events IN EXCLUSIVE MODE;
             SELECT coalesce(max(e.notification_id), 0) INTO next_id FROM \(s).events e;
+            -- Fast path: every save of the group at once, set-based, in one subtransaction. If
+            -- anything is refused (a tombstone, an existing key, a conflict), it is undone and
+            -- the saves go one by one below, each failing alone with its reason.
+            BEGIN
+                IF EXISTS (SELECT 1 FROM \(s).tombstones t WHERE t.scope = ANY (k_scopes) OR t.scope = ANY (scopes)) THEN
+                    RAISE EXCEPTION USING ERRCODE = 'ES000';
+                END IF;
+                INSERT INTO \(s).data_keys (scope, version, kek_id, wrapped, created_at)
+                    SELECT * FROM unnest(k_scopes, k_versions, k_keks, k_wrapped, k_created);
+                INSERT INTO \(s).events (notification_id, originator_id, originator_version, topic, state, key_scope)
+                    SELECT next_id + u.ord, u.id, u.v, u.t, u.st, NULLIF(u.sc, '')
+                    FROM unnest(ids, versions, topics, states, scopes) WITH ORDINALITY AS u(id, v, t, st, sc, ord);
+                -- Nothing can fail after this point: the rows below are the result.
+                RETURN QUERY
+                    SELECT (g.i - 1)::int, 'ok'::text, NULL::text,
+                           CASE WHEN g.n > 0 THEN next_id + g.before + 1 END
+                    FROM (SELECT c.i, c.n, (sum(c.n) OVER (ORDER BY c.i) - c.n) AS before
+                          FROM unnest(ev_counts) WITH ORDINALITY AS c(n, i)) g
+                    ORDER BY g.i;
+                RETURN;
+            EXCEPTION
+                WHEN SQLSTATE 'ES000' OR unique_violation THEN NULL;
+            END;
             FOR i IN 1 .. coalesce(array_length(ev_counts, 1), 0) LOOP
                 n := ev_counts[i];
                 kn := key_counts[i];

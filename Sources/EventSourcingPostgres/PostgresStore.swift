@@ -42,7 +42,12 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     struct PendingSaves {
         var queue: [PendingSave] = []
         var draining = false
+        /// The group commit waiting for this many queued saves (see ``gather(_:)``).
+        var gathering: (count: Int, continuation: CheckedContinuation<Void, Never>)?
     }
+
+    /// How long a group commit waits for the writers of the previous group to queue again.
+    static let gatherWindow: TimeAmount = .microseconds(600)
 
     struct PendingSave: Sendable {
         var events: [StoredEvent]
@@ -204,13 +209,38 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         forgetPrefetchedKeys(newKeys.map(\.scope))
         let enqueued = ContinuousClock.now
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<[Int64], any Error>) in
-            let start = pending.withLock { p -> Bool in
+            let (start, gathered) = pending.withLock { p -> (Bool, CheckedContinuation<Void, Never>?) in
                 p.queue.append(PendingSave(events: events, keys: newKeys, continuation: c, enqueued: enqueued))
-                if p.draining { return false }
+                if let g = p.gathering, p.queue.count >= g.count {
+                    p.gathering = nil
+                    return (false, g.continuation)
+                }
+                if p.draining { return (false, nil) }
                 p.draining = true
+                return (true, nil)
+            }
+            gathered?.resume()
+            if start { startDraining() }
+        }
+    }
+
+    /// Waits until `count` saves are queued, or ``gatherWindow`` has passed. After a group of
+    /// several saves, its writers were just answered and are encoding their next saves; waiting
+    /// for them briefly keeps the groups large (one commit and fsync for all of them).
+    private func gather(_ count: Int) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let waiting = pending.withLock { p -> Bool in
+                guard p.queue.count < count else { return false }
+                p.gathering = (count, c)
                 return true
             }
-            if start { startDraining() }
+            guard waiting else { return c.resume() }
+            executor.loop.scheduleTask(in: PostgresStore.gatherWindow) { [self] in
+                self.pending.withLock { p -> CheckedContinuation<Void, Never>? in
+                    defer { p.gathering = nil }
+                    return p.gathering?.continuation
+                }?.resume()
+            }
         }
     }
 
@@ -229,9 +259,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                 startDraining()
                 return
             }
-            // After a group of several, its writers were just resumed and are about to queue their
-            // next saves: let them run first, so the next group is as large as the last.
-            if lastGroup > 1 { await Task.yield() }
+            if lastGroup > 1 { await gather(lastGroup) }
             let batch = pending.withLock { p -> [PendingSave] in
                 // At most ~5,000 events per round trip; the rest wait for the next one.
                 var n = 0
