@@ -38,11 +38,15 @@ run --db "$work/encc.sqlite" --variant encrypted --sync full --writers 8 --aggs 
 run --backend memory --variant encrypted --aggs $aggs --tag memory-encrypted
 run --backend memory --variant plain --aggs $aggs --tag memory-plain
 
-peer="$shared/peer"
-if [ ! -x "$peer/venv/bin/python" ]; then log "setting up the peer venv"; bash "$peer/setup.sh" >&2; fi
+# The shared peer directory may be read-only: its venv lives in a cache directory of ours.
+peer="${XDG_CACHE_HOME:-$HOME/.cache}/es-bench-peer"
+mkdir -p "$peer"
+cp "$shared/peer/bench_pyes.py" "$shared/peer/setup.sh" "$peer/"
+if [ ! -x "$peer/venv/bin/python" ]; then log "setting up the peer venv in $peer"; bash "$peer/setup.sh" >&2; fi
+pyes() { "$peer/venv/bin/python" "$peer/bench_pyes.py" --workload "$shared/workload-10k-aggregates.jsonl.gz" "$@"; }
 log "peer SQLite"
-emit "$("$peer/venv/bin/python" "$peer/bench_pyes.py" --backend sqlite --variant aes-openssl --sqlite-db "$work/peer-enc.db" --aggs $aggs --tag peer-sqlite-aes-openssl)"
-emit "$("$peer/venv/bin/python" "$peer/bench_pyes.py" --backend sqlite --variant plain --sqlite-db "$work/peer-plain.db" --aggs $aggs --tag peer-sqlite-plain)"
+emit "$(pyes --backend sqlite --variant aes-openssl --sqlite-db "$work/peer-enc.db" --aggs $aggs --tag peer-sqlite-aes-openssl)"
+emit "$(pyes --backend sqlite --variant plain --sqlite-db "$work/peer-plain.db" --aggs $aggs --tag peer-sqlite-plain)"
 
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$pg_bin" ]; then
@@ -57,12 +61,21 @@ else
     as_pg "$pg_bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w -o "-p $port -k $pgdir -c listen_addresses=127.0.0.1" start >/dev/null
     trap 'as_pg "$pg_bin/pg_ctl" -D "$pgdir/data" -m fast stop >/dev/null 2>&1 || true' EXIT
     url="postgres://bench:bench@127.0.0.1:$port/postgres?sslmode=disable"
+    log "raw PostgreSQL single-row commits (pgbench, same server)"
+    printf '%s\n' "CREATE TABLE IF NOT EXISTS raw_probe (id bigserial PRIMARY KEY, oid uuid, v bigint, topic text, state bytea);" |
+        PGPASSWORD=bench "$pg_bin/psql" -q -h 127.0.0.1 -p "$port" -U bench postgres >/dev/null
+    echo "INSERT INTO raw_probe (oid, v, topic, state) VALUES (gen_random_uuid(), 1, 'Customer.Registered', decode(repeat('ab', 280), 'hex'));" > "$work/raw.sql"
+    raw_pg=$(PGPASSWORD=bench "$pg_bin/pgbench" -n -h 127.0.0.1 -p "$port" -U bench -f "$work/raw.sql" -T 10 postgres 2>/dev/null |
+        sed -nE 's/^tps = ([0-9.]+).*/\1/p')
+    emit "{\"probe\":\"pg_raw\",\"single_row_commits_s\":${raw_pg:-0}}"
     log "esbench PostgreSQL ($pg_aggs aggregates)"
-    run --backend postgres --pg-url "$url" --variant encrypted --aggs $pg_aggs --tag pg-encrypted
-    run --backend postgres --pg-url "$url" --variant encrypted --writers 8 --aggs $pg_aggs --tag pg-encrypted-8writers
-    run --backend postgres --pg-url "$url" --variant plain --aggs $pg_aggs --tag pg-plain
+    run --backend postgres --pg-url "$url" --variant encrypted --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted
+    run --backend postgres --pg-url "$url" --variant encrypted --writers 8 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-8writers
+    run --backend postgres --pg-url "$url" --variant encrypted --readers 8 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-8readers
+    run --backend postgres --pg-url "$url" --variant encrypted --readers 32 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-32readers
+    run --backend postgres --pg-url "$url" --variant plain --aggs $pg_aggs --w2-rounds 3 --tag pg-plain
     log "peer PostgreSQL"
-    emit "$("$peer/venv/bin/python" "$peer/bench_pyes.py" --backend postgres --variant aes-openssl --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-aes-openssl)"
-    emit "$("$peer/venv/bin/python" "$peer/bench_pyes.py" --backend postgres --variant plain --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-plain)"
+    emit "$(pyes --backend postgres --variant aes-openssl --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-aes-openssl)"
+    emit "$(pyes --backend postgres --variant plain --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-plain)"
 fi
 log "results in $out"

@@ -35,10 +35,12 @@ struct ConfigurationParsingTests {
             #expect(c.tls == .prefer)
             #expect(c.schema == "eventsourcing")
             #expect(c.poolSize == 10)
+            #expect(c.keepAliveInterval == nil, "idle connections are not pinged unless asked")
             #expect(!c.description.contains("***"), "no password, nothing to redact")
         }
-        let c = try PostgresConfiguration(url: "postgres://bob@localhost/db?connect_timeout=3")
+        let c = try PostgresConfiguration(url: "postgres://bob@localhost/db?connect_timeout=3&keepalive_interval=45")
         #expect(c.connectTimeout == .seconds(3))
+        #expect(c.keepAliveInterval == .seconds(45))
     }
 
     @Test("sslmode maps libpq's names: disable and allow → disable, prefer → prefer, require / verify-ca / verify-full → require",
@@ -55,6 +57,7 @@ struct ConfigurationParsingTests {
               "sslmode=maybe", "sslmode=", "sslmode=REQUIRE",
               "pool_size=0", "pool_size=-1", "pool_size=many",
               "connect_timeout=0", "connect_timeout=soon",
+              "keepalive_interval=0", "keepalive_interval=-5", "keepalive_interval=often", "keepalive_interval=",
               "application_name=x", "password=other", "SCHEMA=app",
           ])
     func badParametersRejected(_ query: String) throws {
