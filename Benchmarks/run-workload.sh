@@ -3,7 +3,9 @@
 # with the raw SQLite commit limit probed on the same disk, in one run. Prints one JSON line
 # per measurement to stdout (and to $OUT if set).
 #
-#   Benchmarks/run-workload.sh [--quick]      # --quick: 2,000 aggregates instead of 10,000
+#   Benchmarks/run-workload.sh [--quick] [--pg-only]
+#     --quick: 2,000 aggregates instead of 10,000 (500 on PostgreSQL)
+#     --pg-only: only the PostgreSQL part (ours, the peer and the raw commit probes)
 #
 # Needs ../shared/bench (workload, peer, limits) beside the repository, gcc, python3, and
 # PostgreSQL's server binaries for the PostgreSQL part (skipped with a loud line if missing).
@@ -12,24 +14,40 @@ cd "$(dirname "$0")"
 shared=$(cd ../.. && pwd)/shared/bench
 [ -d "$shared" ] || shared=$(cd .. && pwd)/../shared/bench
 [ -f "$shared/workload-10k-aggregates.jsonl.gz" ] || { echo "workload not found under $shared" >&2; exit 1; }
-aggs=10000; pg_aggs=2000
-[ "${1:-}" = "--quick" ] && { aggs=2000; pg_aggs=500; }
+aggs=10000; pg_aggs=2000; pg_only=false
+for a in "$@"; do
+    case "$a" in
+        --quick) aggs=2000; pg_aggs=500 ;;
+        --pg-only) pg_only=true ;;
+        *) echo "unknown argument $a" >&2; exit 64 ;;
+    esac
+done
 work=$(mktemp -d /tmp/es-bench.XXXXXX)
 out=${OUT:-$work/results.jsonl}
 log() { printf '[bench] %s\n' "$*" >&2; }
 emit() { printf '%s\n' "$1" | tee -a "$out"; }
 
-log "building esbench (release)"
+log "building esbench and pgraw (release)"
 swift build -c release --product esbench >&2
+swift build -c release --product pgraw >&2
 esbench=.build/release/esbench
 
+run() { emit "$("$esbench" --workload "$shared/workload-10k-aggregates.jsonl.gz" "$@" 2>/dev/null)"; }
+
+# The shared peer directory may be read-only: its venv lives in a cache directory of ours.
+peer="${XDG_CACHE_HOME:-$HOME/.cache}/es-bench-peer"
+mkdir -p "$peer"
+cp "$shared/peer/bench_pyes.py" "$shared/peer/setup.sh" "$peer/"
+if [ ! -x "$peer/venv/bin/python" ]; then log "setting up the peer venv in $peer"; bash "$peer/setup.sh" >&2; fi
+pyes() { "$peer/venv/bin/python" "$peer/bench_pyes.py" --workload "$shared/workload-10k-aggregates.jsonl.gz" "$@"; }
+
+if [ "$pg_only" = false ]; then
 log "raw SQLite limits on this disk"
 gcc -O2 -o "$work/sqlite_raw" "$shared/limits/sqlite_raw.c" -lsqlite3
 raw_full=$("$work/sqlite_raw" "$work/raw.db" 5000 1 FULL | sed -E 's/.*rows_per_s=([0-9.]+).*/\1/')
 raw_normal=$("$work/sqlite_raw" "$work/raw.db" 30000 1 NORMAL | sed -E 's/.*rows_per_s=([0-9.]+).*/\1/')
 emit "{\"probe\":\"sqlite_raw\",\"single_row_full_rows_s\":$raw_full,\"single_row_normal_rows_s\":$raw_normal}"
 
-run() { emit "$("$esbench" --workload "$shared/workload-10k-aggregates.jsonl.gz" "$@" 2>/dev/null)"; }
 log "esbench SQLite"
 run --db "$work/enc.sqlite" --variant encrypted --sync full --aggs $aggs --tag sqlite-encrypted-full
 run --db "$work/plain.sqlite" --variant plain --sync full --aggs $aggs --tag sqlite-plain-full
@@ -38,15 +56,10 @@ run --db "$work/encc.sqlite" --variant encrypted --sync full --writers 8 --aggs 
 run --backend memory --variant encrypted --aggs $aggs --tag memory-encrypted
 run --backend memory --variant plain --aggs $aggs --tag memory-plain
 
-# The shared peer directory may be read-only: its venv lives in a cache directory of ours.
-peer="${XDG_CACHE_HOME:-$HOME/.cache}/es-bench-peer"
-mkdir -p "$peer"
-cp "$shared/peer/bench_pyes.py" "$shared/peer/setup.sh" "$peer/"
-if [ ! -x "$peer/venv/bin/python" ]; then log "setting up the peer venv in $peer"; bash "$peer/setup.sh" >&2; fi
-pyes() { "$peer/venv/bin/python" "$peer/bench_pyes.py" --workload "$shared/workload-10k-aggregates.jsonl.gz" "$@"; }
 log "peer SQLite"
 emit "$(pyes --backend sqlite --variant aes-openssl --sqlite-db "$work/peer-enc.db" --aggs $aggs --tag peer-sqlite-aes-openssl)"
 emit "$(pyes --backend sqlite --variant plain --sqlite-db "$work/peer-plain.db" --aggs $aggs --tag peer-sqlite-plain)"
+fi
 
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 if [ -z "$pg_bin" ]; then
@@ -68,6 +81,8 @@ else
     raw_pg=$(PGPASSWORD=bench "$pg_bin/pgbench" -n -h 127.0.0.1 -p "$port" -U bench -f "$work/raw.sql" -T 10 postgres 2>/dev/null |
         sed -nE 's/^tps = ([0-9.]+).*/\1/p')
     emit "{\"probe\":\"pg_raw\",\"single_row_commits_s\":${raw_pg:-0}}"
+    log "raw PostgreSQL single-row commits through postgres-nio (the store's driver)"
+    emit "$(.build/release/pgraw "postgres://bench:bench@127.0.0.1:$port/postgres" 10)"
     log "esbench PostgreSQL ($pg_aggs aggregates)"
     run --backend postgres --pg-url "$url" --variant encrypted --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted
     run --backend postgres --pg-url "$url" --variant encrypted --writers 8 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-8writers
