@@ -72,13 +72,7 @@ extension PostgresStore {
             }
             if group.isEmpty { return }
             let waiters = Waiters(group.compactMap(\.continuation))
-            let oldest = group.map(\.enqueued).min() ?? .now
-            let timeout = configuration.operationTimeout
-            let token = deadlines.add(after: oldest + timeout - .now) {
-                waiters.fail(EventSourcingError(.databaseUnavailable,
-                    "PostgreSQL did not answer within \(timeout); the read failed"))
-                handle.cancel()
-            }
+            let token = groupDeadline(oldest: group.map(\.enqueued).min(), waiters, handle, outcome: "the read failed")
             do {
                 let events = try await selectGroup(group)
                 waiters.resume { .success(events[$0]) }

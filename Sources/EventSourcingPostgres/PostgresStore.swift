@@ -275,18 +275,23 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
             }
             if batch.isEmpty { return }
             let waiters = Waiters(batch.map(\.continuation))
-            // The group's deadline is its oldest save's, so a save queued behind a stuck group
-            // still fails within the operation timeout of its own start.
-            let oldest = batch.map(\.enqueued).min() ?? .now
-            let timeout = configuration.operationTimeout
-            let token = deadlines.add(after: oldest + timeout - .now) {
-                waiters.fail(EventSourcingError(.databaseUnavailable,
-                    "PostgreSQL did not answer within \(timeout); the save's outcome is unknown"))
-                handle.cancel()
-            }
+            let token = groupDeadline(oldest: batch.map(\.enqueued).min(), waiters, handle,
+                                      outcome: "the save's outcome is unknown")
             await commit(batch, waiters)
             deadlines.remove(token)
             lastGroup = batch.count
+        }
+    }
+
+    /// Registers the deadline of a group of saves or reads: its oldest member's start plus the
+    /// operation timeout (so one queued behind a stuck group still fails on time). When it
+    /// passes, the group's callers fail and `handle`'s task is cancelled.
+    func groupDeadline<T: Sendable>(oldest: ContinuousClock.Instant?, _ waiters: Waiters<T>, _ handle: CancelHandle,
+                                    outcome: String) -> UInt64? {
+        let timeout = configuration.operationTimeout
+        return deadlines.add(after: (oldest ?? .now) + timeout - .now) {
+            waiters.fail(EventSourcingError(.databaseUnavailable, "PostgreSQL did not answer within \(timeout); \(outcome)"))
+            handle.cancel()
         }
     }
 
