@@ -76,6 +76,7 @@ enum PostgresSchema {
             kn int;
             i int;
             bad text;
+            violated text;
         BEGIN
             PERFORM set_config('lock_timeout', lock_ms::text, true);
             LOCK TABLE \(s).events IN EXCLUSIVE MODE;
@@ -143,10 +144,16 @@ enum PostgresSchema {
                     WHEN SQLSTATE 'ES002' THEN status := 'shredded'; detail := SQLERRM;
                     WHEN SQLSTATE 'ES003' THEN status := 'key_exists'; detail := SQLERRM;
                     WHEN unique_violation THEN
-                        -- "Key (originator_id, originator_version)=(<uuid>, <version>) already exists."
-                        GET STACKED DIAGNOSTICS bad = PG_EXCEPTION_DETAIL;
-                        status := 'conflict';
-                        detail := (SELECT m[1] || ':' || m[2] FROM regexp_match(bad, '=\\(([0-9a-f-]{36}), (-?[0-9]+)\\)') AS m);
+                        GET STACKED DIAGNOSTICS bad = PG_EXCEPTION_DETAIL, violated = CONSTRAINT_NAME;
+                        IF violated = 'data_keys_pkey' THEN
+                            -- The same key version twice within this save.
+                            status := 'key_exists';
+                            detail := k_scopes[k_off + 1];
+                        ELSE
+                            -- "Key (originator_id, originator_version)=(<uuid>, <version>) already exists."
+                            status := 'conflict';
+                            detail := (SELECT m[1] || ':' || m[2] FROM regexp_match(bad, '=\\(([0-9a-f-]{36}), (-?[0-9]+)\\)') AS m);
+                        END IF;
                 END;
                 RETURN NEXT;
                 ev_off := ev_off + n;

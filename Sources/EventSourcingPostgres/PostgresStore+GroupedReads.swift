@@ -12,6 +12,8 @@ extension PostgresStore {
     struct PendingReads {
         var queue: [PendingRead] = []
         var draining = false
+        /// The current reader task; one replaced after its deadline stops at its next step.
+        var drainer: UInt64 = 0
     }
 
     struct PendingRead: Sendable {
@@ -25,6 +27,9 @@ extension PostgresStore {
     /// Wrapped keys read with events, waiting for the key ring's cache miss on them.
     struct PrefetchedKeys {
         var byScope: [String: (keys: [WrappedDataKey], at: ContinuousClock.Instant)] = [:]
+        /// Bumped by every local change to a scope's keys; a read that started before a change
+        /// keeps none of its keys (they may predate the change).
+        var generation: UInt64 = 0
     }
 
     /// How long keys read with events may answer a key-ring miss. A key ring asks within
@@ -53,26 +58,32 @@ extension PostgresStore {
     }
 
     private func startReading() {
+        let id = pendingReads.withLock { p -> UInt64 in
+            p.drainer &+= 1
+            return p.drainer
+        }
         let handle = CancelHandle()
-        handle.set(Task(executorPreference: executor) { await self.drainReads(handle) })
+        handle.set(Task(executorPreference: executor) { await self.drainReads(id, handle) })
     }
 
-    private func drainReads(_ handle: CancelHandle) async {
+    private func replaceReader(_ id: UInt64) {
+        if pendingReads.withLock({ $0.drainer == id }) { startReading() }
+    }
+
+    private func drainReads(_ id: UInt64, _ handle: CancelHandle) async {
         while true {
-            if Task.isCancelled {
-                startReading()
-                return
-            }
-            let group = pendingReads.withLock { p -> [PendingRead] in
+            let taken = pendingReads.withLock { p -> [PendingRead]? in
+                guard p.drainer == id else { return nil }   // replaced after a timeout
                 let n = min(p.queue.count, PostgresStore.readGroupLimit)
                 let g = Array(p.queue.prefix(n))
                 p.queue.removeFirst(n)
                 if g.isEmpty { p.draining = false }
                 return g
             }
-            if group.isEmpty { return }
+            guard let group = taken, !group.isEmpty else { return }
             let waiters = Waiters(group.compactMap(\.continuation))
-            let token = groupDeadline(oldest: group.map(\.enqueued).min(), waiters, handle, outcome: "the read failed")
+            let token = groupDeadline(oldest: group.map(\.enqueued).min(), waiters, handle,
+                                      outcome: "the read failed") { [weak self] in self?.replaceReader(id) }
             do {
                 let events = try await selectGroup(group)
                 waiters.resume { .success(events[$0]) }
@@ -87,6 +98,9 @@ extension PostgresStore {
     private func selectGroup(_ group: [PendingRead]) async throws -> [[StoredEvent]] {
         let s = schema
         let ids = group.map(\.id), gts = group.map(\.gt), ltes = group.map(\.lte)
+        // Taken before the query: the keys are at least this old, and a local change to any
+        // scope's keys from now on makes this read keep none of them.
+        let (started, generation) = (ContinuousClock.now, prefetchedKeys.withLock { $0.generation })
         let rows = try await client.query(
             "SELECT * FROM \(unescaped: s).read_aggregates(\(ids), \(gts), \(ltes))", logger: logger)
         let collected = try await rows.collect()
@@ -106,10 +120,10 @@ extension PostgresStore {
             }
         }
         if !keys.isEmpty {
-            let now = ContinuousClock.now
             prefetchedKeys.withLock { p in
+                guard p.generation == generation else { return }
                 if p.byScope.count + keys.count > PostgresStore.prefetchCapacity { p.byScope.removeAll(keepingCapacity: true) }
-                for (scope, k) in keys { p.byScope[scope] = (k, now) }
+                for (scope, k) in keys { p.byScope[scope] = (k, started) }
             }
         }
         return out
@@ -131,7 +145,7 @@ extension PostgresStore {
     func forgetPrefetchedKeys(_ scopes: [String]) {
         guard !scopes.isEmpty else { return }
         prefetchedKeys.withLock { p in
-            guard !p.byScope.isEmpty else { return }
+            p.generation &+= 1
             for s in scopes { p.byScope.removeValue(forKey: s) }
         }
     }

@@ -58,6 +58,7 @@ extension PostgresStore {
     public func rewrapDataKey(_ key: WrappedDataKey, previousKEKID: String) async throws -> Bool {
         let s = schema
         forgetPrefetchedKeys([key.scope])
+        defer { forgetPrefetchedKeys([key.scope]) }
         let wrapped = key.wrapped.byteBuffer
         return try await run { client in
             var n = 0

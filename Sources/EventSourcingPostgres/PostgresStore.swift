@@ -42,6 +42,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     struct PendingSaves {
         var queue: [PendingSave] = []
         var draining = false
+        /// The current committer; a committer replaced after its deadline stops at its next step.
+        var drainer: UInt64 = 0
         /// The group commit waiting for this many queued saves (see ``gather(_:)``).
         var gathering: (count: Int, continuation: CheckedContinuation<Void, Never>)?
     }
@@ -244,23 +246,30 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         }
     }
 
-    /// Commits queued saves group by group in one task. A group that runs past the operation
-    /// timeout fails its callers and cancels that task (which also gives up a wait for a pool
-    /// connection); the queue then continues in a new task.
+    /// Commits queued saves group by group in one task (`draining` must already be set). A group
+    /// that runs past the operation timeout fails its callers, cancels that task (which gives up
+    /// a wait for a pool connection) and hands the queue to a new task at once: a query stuck on
+    /// a dead connection may not notice the cancellation, and the saves behind it must not wait.
     private func startDraining() {
+        let id = pending.withLock { p -> UInt64 in
+            p.drainer &+= 1
+            return p.drainer
+        }
         let handle = CancelHandle()
-        handle.set(Task(executorPreference: executor) { await self.drain(handle) })
+        handle.set(Task(executorPreference: executor) { await self.drain(id, handle) })
     }
 
-    private func drain(_ handle: CancelHandle) async {
+    /// Called when a group of committer `id` timed out: a new committer takes over, unless one already did.
+    private func replaceDrainer(_ id: UInt64) {
+        if pending.withLock({ $0.drainer == id }) { startDraining() }
+    }
+
+    private func drain(_ id: UInt64, _ handle: CancelHandle) async {
         var lastGroup = 0
         while true {
-            if Task.isCancelled {
-                startDraining()
-                return
-            }
             if lastGroup > 1 { await gather(lastGroup) }
-            let batch = pending.withLock { p -> [PendingSave] in
+            let taken = pending.withLock { p -> [PendingSave]? in
+                guard p.drainer == id else { return nil }   // replaced: the new committer goes on
                 // At most ~5,000 events per round trip; the rest wait for the next one.
                 var n = 0
                 var k = 0
@@ -273,10 +282,10 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                 if b.isEmpty { p.draining = false }
                 return b
             }
-            if batch.isEmpty { return }
+            guard let batch = taken, !batch.isEmpty else { return }
             let waiters = Waiters(batch.map(\.continuation))
             let token = groupDeadline(oldest: batch.map(\.enqueued).min(), waiters, handle,
-                                      outcome: "the save's outcome is unknown")
+                                      outcome: "the save's outcome is unknown") { [weak self] in self?.replaceDrainer(id) }
             await commit(batch, waiters)
             deadlines.remove(token)
             lastGroup = batch.count
@@ -286,11 +295,15 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     /// Registers the deadline of a group of saves or reads: its oldest member's start plus the
     /// operation timeout (so one queued behind a stuck group still fails on time). When it
     /// passes, the group's callers fail and `handle`'s task is cancelled.
+    /// Only a deadline that fails the group does anything: one that fires just after the group
+    /// finished leaves the task (by then on its next group) alone.
     func groupDeadline<T: Sendable>(oldest: ContinuousClock.Instant?, _ waiters: Waiters<T>, _ handle: CancelHandle,
-                                    outcome: String) -> UInt64? {
+                                    outcome: String, replace: @escaping @Sendable () -> Void) -> UInt64? {
         let timeout = configuration.operationTimeout
         return deadlines.add(after: (oldest ?? .now) + timeout - .now) {
-            waiters.fail(EventSourcingError(.databaseUnavailable, "PostgreSQL did not answer within \(timeout); \(outcome)"))
+            guard waiters.fail(EventSourcingError(.databaseUnavailable,
+                                                  "PostgreSQL did not answer within \(timeout); \(outcome)")) else { return }
+            replace()
             handle.cancel()
         }
     }
@@ -382,8 +395,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
             // The work runs in a task of its own so the timeout can cancel it (which also gives
             // up a wait for a pool connection) and answer the caller at once.
             let token = deadlines.add(after: timeout) {
-                waiters.fail(EventSourcingError(.databaseUnavailable,
-                    "PostgreSQL did not answer within \(timeout); the operation's outcome is unknown"))
+                guard waiters.fail(EventSourcingError(.databaseUnavailable,
+                    "PostgreSQL did not answer within \(timeout); the operation's outcome is unknown")) else { return }
                 handle.cancel()
             }
             handle.set(Task(executorPreference: executor) {
@@ -453,14 +466,20 @@ final class Waiters<T: Sendable>: Sendable {
     }
 
     /// Resumes continuation `i` with `result(i)`, unless already failed by the deadline.
-    func resume(_ result: (Int) -> Result<T, any Error>) {
-        guard let all = slot.withLock({ $0.take() }) else { return }
+    /// Returns false if the deadline had already failed them.
+    @discardableResult
+    func resume(_ result: (Int) -> Result<T, any Error>) -> Bool {
+        guard let all = slot.withLock({ $0.take() }) else { return false }
         for (i, c) in all.enumerated() { c.resume(with: result(i)) }
+        return true
     }
 
-    func fail(_ error: any Error) {
-        guard let all = slot.withLock({ $0.take() }) else { return }
+    /// Returns false if they were already resumed.
+    @discardableResult
+    func fail(_ error: any Error) -> Bool {
+        guard let all = slot.withLock({ $0.take() }) else { return false }
         for c in all { c.resume(throwing: error) }
+        return true
     }
 }
 

@@ -87,8 +87,39 @@ final class PrivateCluster: Sendable {
         try await asServerUser(ctl, ["-D", data, "-l", log, "-w", "-t", "60", "restart", "-m", "immediate"])
     }
 
+    /// Every process of the cluster: the postmaster (first line of postmaster.pid) and its children.
+    private func serverProcesses() throws -> [pid_t] {
+        let pidFile = try String(contentsOfFile: data + "/postmaster.pid", encoding: .utf8)
+        guard let first = pidFile.split(separator: "\n").first, let postmaster = pid_t(first) else {
+            throw ChildProcessError(description: "no postmaster pid in \(data)/postmaster.pid")
+        }
+        var out = [postmaster]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry),
+                  let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            // "pid (comm) state ppid …": the fields after the command name.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 1, pid_t(fields[1]) == postmaster { out.append(pid) }
+        }
+        return out
+    }
+
+    /// Freezes every server process (SIGSTOP): connections stay open, nothing answers, and
+    /// not even `statement_timeout` can fire — a server that hangs, or a network that drops
+    /// everything silently.
+    func freeze() throws {
+        for pid in try serverProcesses() { kill(pid, SIGSTOP) }
+    }
+
+    /// Undoes ``freeze()``.
+    func thaw() throws {
+        for pid in try serverProcesses() { kill(pid, SIGCONT) }
+    }
+
     /// Stops the cluster (immediately) and deletes it.
     func stop() async {
+        try? thaw()
         if FileManager.default.fileExists(atPath: data + "/postmaster.pid") {
             _ = try? await asServerUser(ctl, ["-D", data, "-m", "immediate", "-w", "stop"])
         }
