@@ -54,19 +54,22 @@ let package = Package(
                           swiftSettings: strict),
         // A child process for crash-consistency and multi-process tests (not a product).
         .executableTarget(name: "es-test-agent",
-                          dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],
+                          dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
+                                         "ESTestSupport"],
                           path: "Tests/Agent",
                           swiftSettings: strict),
 
-        // Shared by the test targets that spawn child processes.
-        .target(name: "ESTestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        // Shared by the test targets that spawn child processes, and by the agent they spawn.
+        .target(name: "ESTestSupport", dependencies: ["EventSourcing", "EventSourcingPostgres"], path: "Tests/TestSupport",
+                swiftSettings: strict),
 
         .testTarget(name: "KeyManagementTests",
                     dependencies: ["KeyManagement"],
                     resources: [.copy("Fixtures")],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingTests",
-                    dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],
+                    dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
+                                   "ESTestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingPostgresTests",
                     dependencies: ["EventSourcing", "EventSourcingPostgres", "KeyManagement", "ESTestSupport",

@@ -13,9 +13,10 @@
 // Every line goes out with one write(2) on an unbuffered descriptor, so a line the test
 // reads was complete before the agent could be killed. Errors go to stderr, exit status 1.
 //
-// The aggregate and the id scheme are duplicated in Tests/EventSourcingSQLiteTests/Support
-// (the test target cannot import an executable); keep them identical.
+// The aggregate and the id scheme come from ESTestSupport, shared with the tests that read
+// what the agent wrote.
 
+import ESTestSupport
 import EventSourcing
 import EventSourcingPostgres
 import EventSourcingSQLite
@@ -26,26 +27,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-/// Each event says which save it belongs to and its place in that save ("item i of k"),
-/// so a reader can tell a complete save from a torn one.
-struct Ledger: Aggregate {
-    static var typeName: String { "Ledger" }
-    enum Event: Codable, Sendable {
-        case entry(save: Int, item: Int, of: Int)
-    }
-    var entries = 0
-    mutating func apply(_ event: Event) { entries += 1 }
-}
-
-/// The fixed aggregate id number `index` of `seed`: `SSSSSSSS-0000-4000-8000-IIIIIIIIIIII` (hex).
-func fixedAggregateID(seed: Int, index: Int) -> UUID {
-    func hex(_ v: Int, _ width: Int) -> String {
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: max(0, width - s.count)) + s
-    }
-    return UUID(uuidString: "\(hex(seed, 8))-0000-4000-8000-\(hex(index, 12))")!
-}
 
 func emit(_ line: String) {
     let bytes = Array((line + "\n").utf8)
@@ -79,20 +60,6 @@ func load(_ app: Application, _ id: UUID) async throws -> AggregateRoot<Ledger>?
     }
 }
 
-/// Records `count` events of save number `save` on `root` (creating it when nil).
-func record(_ root: AggregateRoot<Ledger>?, id: UUID, save: Int, count: Int) throws -> AggregateRoot<Ledger> {
-    var r: AggregateRoot<Ledger>
-    var first = 1
-    if let root { r = root } else {
-        r = try AggregateRoot<Ledger>(id: id, .entry(save: save, item: 1, of: count))
-        first = 2
-    }
-    if first <= count {
-        for item in first...count { try r.record(.entry(save: save, item: item, of: count)) }
-    }
-    return r
-}
-
 func saveLoop(_ args: [String]) async throws {
     guard args.count == 3, let n = Int(args[2]), n > 0 else { fail("usage: save-loop DBPATH KEYFILE AGGREGATES") }
     let app = try await openApplication(db: args[0], keyFile: args[1])
@@ -110,7 +77,7 @@ func saveLoop(_ args: [String]) async throws {
             loaded[index] = true
         }
         save += 1
-        var root = try record(roots[index], id: id, save: save, count: Int.random(in: 1...3))
+        var root = try ledgerSave(roots[index], id: id, save: save, count: Int.random(in: 1...3))
         try await app.save(&root)
         roots[index] = root
         emit("ACK \(id.uuidString.lowercased()) \(root.version)")
@@ -135,7 +102,7 @@ func writer(_ args: [String]) async throws {
         let size = min(pattern[save % pattern.count], count - written)
         save += 1
         let id = fixedAggregateID(seed: seed, index: index)
-        var root = try record(roots[index], id: id, save: save, count: size)
+        var root = try ledgerSave(roots[index], id: id, save: save, count: size)
         let firstVersion = root.version - size + 1
         let recordings = try await app.save(&root)
         roots[index] = root
@@ -186,7 +153,7 @@ func pgWriter(_ args: [String]) async throws {
     for save in 1...count {
         let index = (save - 1) % aggregates
         let id = fixedAggregateID(seed: seed, index: index)
-        var root = try record(roots[index], id: id, save: save, count: 1)
+        var root = try ledgerSave(roots[index], id: id, save: save, count: 1)
         let recordings = try await app.save(&root)
         roots[index] = root
         emit("ACK \(id.uuidString.lowercased()) \(root.version) \(recordings[0].notificationID)")

@@ -1,4 +1,5 @@
-import ESTestSupport
+// The shared aggregates (Ledger, Customer) and helpers, visible to every file of the target.
+@_exported import ESTestSupport
 import EventSourcing
 import EventSourcingPostgres
 import Foundation
@@ -13,40 +14,6 @@ import Darwin
 #endif
 
 // MARK: The server
-
-/// The PostgreSQL server for these tests (same semantics as EventSourcingTests'
-/// `PostgresTestServer`): with CI=true a missing server is a failure (the suite runs and every
-/// test throws); otherwise the suite is left out with one loud line.
-enum PostgresTestServer {
-    static let environment = ProcessInfo.processInfo.environment
-    static let url = environment["ES_POSTGRES_URL"].flatMap { $0.isEmpty ? nil : $0 }
-    static let isCI = environment["CI"] == "true"
-
-    static let available: Bool = {
-        if url != nil || isCI { return true }
-        FileHandle.standardError.write(Data(
-            "!!! ES_POSTGRES_URL is not set: EventSourcingPostgresTests are SKIPPED. Run scripts/test.sh to start a server. !!!\n".utf8))
-        return false
-    }()
-
-    /// The server's configuration (TLS off: the throwaway server has none), schema unset.
-    static func configuration() throws -> PostgresConfiguration {
-        guard let url else {
-            throw EventSourcingError(.databaseUnavailable, "CI=true but ES_POSTGRES_URL is not set: PostgreSQL tests cannot run")
-        }
-        var c = try PostgresConfiguration(url: url)
-        c.tls = .disable
-        return c
-    }
-
-    /// The URL of the server with `sslmode=disable` (for child processes).
-    static func urlWithoutTLS() throws -> String {
-        guard let url else {
-            throw EventSourcingError(.databaseUnavailable, "CI=true but ES_POSTGRES_URL is not set: PostgreSQL tests cannot run")
-        }
-        return url + (url.contains("?") ? "&" : "?") + "sslmode=disable"
-    }
-}
 
 /// A fresh schema name: `t_` and 16 random hex digits.
 func randomSchemaName() -> String {
@@ -155,60 +122,6 @@ extension PostgresClient {
         var out: [String] = []
         for try await v in try await self.query(query).decode(String.self) { out.append(v) }
         return out
-    }
-}
-
-// MARK: Aggregates
-
-/// Each event says which save it belongs to and its place in that save ("item i of k").
-/// Identical to the agent's aggregate (Tests/Agent/main.swift): same type name and encoding.
-struct Ledger: Aggregate {
-    static var typeName: String { "Ledger" }
-    enum Event: Codable, Sendable, Equatable {
-        case entry(save: Int, item: Int, of: Int)
-    }
-    var entries = 0
-    mutating func apply(_ event: Event) { entries += 1 }
-}
-
-/// The agent's fixed aggregate ids: `SSSSSSSS-0000-4000-8000-IIIIIIIIIIII` (hex). Keep identical.
-func fixedAggregateID(seed: Int, index: Int) -> UUID {
-    func hex(_ v: Int, _ width: Int) -> String {
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: max(0, width - s.count)) + s
-    }
-    return UUID(uuidString: "\(hex(seed, 8))-0000-4000-8000-\(hex(index, 12))")!
-}
-
-/// Records `count` events of save number `save` on `root` (creating it when nil).
-func ledgerSave(_ root: AggregateRoot<Ledger>?, id: UUID = UUID(), save: Int, count: Int) throws -> AggregateRoot<Ledger> {
-    var r: AggregateRoot<Ledger>
-    var first = 1
-    if let root { r = root } else {
-        r = try AggregateRoot<Ledger>(id: id, .entry(save: save, item: 1, of: count))
-        first = 2
-    }
-    if first <= count {
-        for item in first...count { try r.record(.entry(save: save, item: item, of: count)) }
-    }
-    return r
-}
-
-/// A customer carrying the workload's personal data.
-struct Customer: Aggregate {
-    static var typeName: String { "Customer" }
-    enum Event: Codable, Sendable {
-        case registered(name: String, email: String, address: String)
-        case updated(name: String, email: String, address: String)
-    }
-    var name = ""
-    var email = ""
-    var address = ""
-    mutating func apply(_ event: Event) {
-        switch event {
-        case .registered(let n, let e, let a), .updated(let n, let e, let a):
-            (name, email, address) = (n, e, a)
-        }
     }
 }
 

@@ -1,4 +1,5 @@
-import ESTestSupport
+// The shared aggregates (Ledger, Customer) and helpers, visible to every file of the target.
+@_exported import ESTestSupport
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -9,46 +10,6 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-
-// MARK: Aggregates
-
-/// The agent's aggregate (Tests/Agent/main.swift), duplicated because a test target cannot
-/// import an executable. Keep the two identical: same type name, same event encoding.
-struct Ledger: Aggregate {
-    static var typeName: String { "Ledger" }
-    enum Event: Codable, Sendable, Equatable {
-        case entry(save: Int, item: Int, of: Int)
-    }
-    var entries = 0
-    mutating func apply(_ event: Event) { entries += 1 }
-}
-
-/// The agent's fixed aggregate ids: `SSSSSSSS-0000-4000-8000-IIIIIIIIIIII` (hex). Keep identical.
-func fixedAggregateID(seed: Int, index: Int) -> UUID {
-    func hex(_ v: Int, _ width: Int) -> String {
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: max(0, width - s.count)) + s
-    }
-    return UUID(uuidString: "\(hex(seed, 8))-0000-4000-8000-\(hex(index, 12))")!
-}
-
-/// A customer carrying the workload's personal data.
-struct Customer: Aggregate {
-    static var typeName: String { "Customer" }
-    enum Event: Codable, Sendable {
-        case registered(name: String, email: String, address: String)
-        case updated(name: String, email: String, address: String)
-    }
-    var name = ""
-    var email = ""
-    var address = ""
-    mutating func apply(_ event: Event) {
-        switch event {
-        case .registered(let n, let e, let a), .updated(let n, let e, let a):
-            (name, email, address) = (n, e, a)
-        }
-    }
-}
 
 // MARK: Files
 

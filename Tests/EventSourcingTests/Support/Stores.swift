@@ -1,3 +1,4 @@
+import ESTestSupport
 import EventSourcing
 import EventSourcingPostgres
 import EventSourcingSQLite
@@ -78,27 +79,4 @@ struct TestApp: Sendable {
     let app: Application
     let store: RecorderFactory.Store
     let keyring: Keyring?
-}
-
-/// The PostgreSQL server for tests. With CI=true a missing server is a failure (the factory
-/// stays in the list and throws); otherwise its tests are left out with one loud line.
-enum PostgresTestServer {
-    static let url = ProcessInfo.processInfo.environment["ES_POSTGRES_URL"]
-    static let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
-
-    static let available: Bool = {
-        if url != nil || isCI { return true }
-        FileHandle.standardError.write(Data(
-            "!!! ES_POSTGRES_URL is not set: PostgreSQL tests are SKIPPED. Run scripts/test.sh to start a server. !!!\n".utf8))
-        return false
-    }()
-
-    static func configuration() throws -> PostgresConfiguration {
-        guard let url else {
-            throw EventSourcingError(.databaseUnavailable, "CI=true but ES_POSTGRES_URL is not set: PostgreSQL tests cannot run")
-        }
-        var c = try PostgresConfiguration(url: url)
-        c.tls = .disable
-        return c
-    }
 }
