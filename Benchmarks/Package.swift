@@ -21,9 +21,16 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
+        // The workload's aggregate, shared by both benchmark programs.
+        .target(
+            name: "BenchDomain",
+            dependencies: [.product(name: "EventSourcing", package: parent)],
+            path: "Sources/BenchDomain"
+        ),
         .executableTarget(
             name: "PipelineBenchmarks",
             dependencies: [
+                "BenchDomain",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "EventSourcing", package: parent),
                 .product(name: "KeyManagement", package: parent),
@@ -34,6 +41,7 @@ let package = Package(
         .executableTarget(
             name: "esbench",
             dependencies: [
+                "BenchDomain",
                 .product(name: "EventSourcing", package: parent),
                 .product(name: "EventSourcingSQLite", package: parent),
                 .product(name: "EventSourcingPostgres", package: parent),

@@ -5,28 +5,10 @@
 //
 // Each iteration handles one record; with scalingFactor .kilo the table reports per record.
 import Benchmark
+import BenchDomain
 import EventSourcing
 import Foundation
 import KeyManagement
-
-struct Customer: Aggregate {
-    static var typeName: String { "Customer" }
-    enum Event: Codable, Sendable {
-        case registered(name: String, email: String, address: String)
-        case contactUpdated(name: String, email: String, address: String)
-    }
-    var name = ""
-    var email = ""
-    var address = ""
-    mutating func apply(_ event: Event) {
-        switch event {
-        case .registered(let n, let e, let a), .contactUpdated(let n, let e, let a):
-            name = n
-            email = e
-            address = a
-        }
-    }
-}
 
 /// Records and pre-computed stage inputs, built once.
 final class Fixture: Sendable {

@@ -5,6 +5,7 @@
 //
 //   swift run -c release esbench --db /tmp/esbench.sqlite --variant encrypted --sync full [--writers 8] [--readers 8] [--aggs N]
 // --readers N splits W2 over N concurrent tasks (the peer reads with one).
+import BenchDomain
 import EventSourcing
 import EventSourcingPostgres
 import EventSourcingSQLite
@@ -15,25 +16,6 @@ import NIOPosix
 #if canImport(Glibc)
 import Glibc
 #endif
-
-struct Customer: Aggregate {
-    static var typeName: String { "Customer" }
-    enum Event: Codable, Sendable {
-        case registered(name: String, email: String, address: String)
-        case contactUpdated(name: String, email: String, address: String)
-    }
-    var name = ""
-    var email = ""
-    var address = ""
-    mutating func apply(_ event: Event) {
-        switch event {
-        case .registered(let n, let e, let a), .contactUpdated(let n, let e, let a):
-            name = n
-            email = e
-            address = a
-        }
-    }
-}
 
 struct Options {
     var backend = "sqlite"         // sqlite | postgres | memory
