@@ -1,7 +1,8 @@
 import EventSourcing
 import Foundation
 
-// The aggregates shared by the test targets and the child-process agent (Tests/Agent), which
+// The aggregates (and the workload reader) shared by the test targets and the child-process
+// agent (Tests/Agent); the agent
 // must encode events identically to the tests that read what it wrote.
 
 /// Each event says which save it belongs to and its place in that save ("item i of k"),
@@ -58,4 +59,22 @@ public struct Customer: Aggregate {
             (name, email, address) = (n, e, a)
         }
     }
+}
+
+/// One line of the shared workload file.
+public struct WorkloadEvent: Decodable, Sendable {
+    public let aggregate: Int
+    public let event: Int
+    public let name: String
+    public let email: String
+    public let address: String
+}
+
+/// The first `count` events of the shared workload (gzip's stderr goes to a file in `dir`).
+public func workloadEvents(_ count: Int, in dir: TempDir) async throws -> [WorkloadEvent] {
+    let path = try TestEnvironment.workloadPath()
+    let text = try await ChildProcess.run("/bin/sh", ["-c", "gzip -dc \"$1\" | head -n \(count)", "sh", path],
+                                          stderrPath: dir.path("gzip.stderr"))
+    let decoder = JSONDecoder()
+    return try text.split(separator: "\n").map { try decoder.decode(WorkloadEvent.self, from: Data($0.utf8)) }
 }

@@ -182,23 +182,6 @@ func withDeadline<T: Sendable>(_ limit: Duration, _ what: String,
 // MARK: Outside the test process
 
 
-/// One line of the workload file.
-struct WorkloadEvent: Decodable {
-    let aggregate: Int
-    let event: Int
-    let name: String
-    let email: String
-    let address: String
-}
-
-/// The first `count` events of the shared workload.
-func workloadEvents(_ count: Int, in dir: TempDir) async throws -> [WorkloadEvent] {
-    let path = try TestEnvironment.workloadPath()
-    let text = try await ChildProcess.run("/bin/sh", ["-c", "gzip -dc \"$1\" | head -n \(count)", "sh", path],
-                                          stderrPath: dir.path("gzip.stderr"))
-    let decoder = JSONDecoder()
-    return try text.split(separator: "\n").map { try decoder.decode(WorkloadEvent.self, from: Data($0.utf8)) }
-}
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
 func unusedLocalPort() throws -> Int {

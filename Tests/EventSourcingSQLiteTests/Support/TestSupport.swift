@@ -98,19 +98,3 @@ extension TestEnvironment {
     }
 }
 
-/// One line of the workload file.
-struct WorkloadEvent: Decodable {
-    let aggregate: Int
-    let event: Int
-    let name: String
-    let email: String
-    let address: String
-}
-
-/// The first `count` events of the shared workload.
-func workloadEvents(_ count: Int, in dir: TempDir) async throws -> [WorkloadEvent] {
-    let path = try TestEnvironment.workloadPath()
-    let text = try await ChildProcess.run("/bin/sh", ["-c", "gzip -dc \"$1\" | head -n \(count)", "sh", path], in: dir)
-    let decoder = JSONDecoder()
-    return try text.split(separator: "\n").map { try decoder.decode(WorkloadEvent.self, from: Data($0.utf8)) }
-}
