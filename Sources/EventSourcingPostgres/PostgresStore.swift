@@ -309,7 +309,6 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     }
 
     private func commit(_ batch: [PendingSave], _ waiters: Waiters<[Int64]>) async {
-        let allocator = ByteBufferAllocator()
         var evCounts: [Int32] = [], ids: [UUID] = [], versions: [Int64] = [], topics: [String] = []
         var states: [ByteBuffer] = [], scopes: [String] = []
         var keyCounts: [Int32] = [], kScopes: [String] = [], kVersions: [Int64] = [], kKeks: [String] = []
@@ -320,9 +319,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                 ids.append(e.originatorID)
                 versions.append(Int64(e.originatorVersion))
                 topics.append(e.topic)
-                var buf = allocator.buffer(capacity: e.state.count)
-                buf.writeBytes(e.state)
-                states.append(buf)
+                states.append(e.state.byteBuffer)
                 scopes.append(e.keyScope ?? "")
             }
             keyCounts.append(Int32(save.keys.count))
@@ -330,9 +327,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                 kScopes.append(k.scope)
                 kVersions.append(Int64(k.version))
                 kKeks.append(k.kekID)
-                var buf = allocator.buffer(capacity: k.wrapped.count)
-                buf.writeBytes(k.wrapped)
-                kWrapped.append(buf)
+                kWrapped.append(k.wrapped.byteBuffer)
                 kCreated.append(k.createdAt.timeIntervalSince1970)
             }
         }
