@@ -2,8 +2,7 @@ import EventSourcing
 import Foundation
 
 // The aggregates (and the workload reader) shared by the test targets and the child-process
-// agent (Tests/Agent); the agent
-// must encode events identically to the tests that read what it wrote.
+// agent (Tests/Agent): the agent must encode events identically to the tests that read them.
 
 /// Each event says which save it belongs to and its place in that save ("item i of k"),
 /// so a reader can tell a complete save from a torn one.

@@ -11,8 +11,6 @@ import EventSourcingPostgres
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
-import NIOCore
-import NIOPosix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,7 +24,6 @@ struct Options {
     var writers = 1
     var readers = 1
     var w2Rounds = 1
-    var nioExecutor = false
     var storeExecutor = false
     var aggs = 10_000
     var perAgg = 10
@@ -47,7 +44,6 @@ func parseOptions() -> Options {
         case "--writers": o.writers = Int(it.next() ?? "") ?? 1
         case "--readers": o.readers = max(1, Int(it.next() ?? "") ?? 1)
         case "--w2-rounds": o.w2Rounds = max(1, Int(it.next() ?? "") ?? 1)
-        case "--nio-executor": o.nioExecutor = true
         case "--store-executor": o.storeExecutor = true
         case "--aggs": o.aggs = Int(it.next() ?? "") ?? o.aggs
         case "--per-agg": o.perAgg = Int(it.next() ?? "") ?? o.perAgg
@@ -229,7 +225,7 @@ func run() async throws {
     var payloads = try loadWorkload(o.workload, aggs: o.aggs, perAgg: o.perAgg)
     let nEvents = payloads.reduce(0) { $0 + $1.count }
     let masterKey = o.variant == "plain" ? nil : try MasterKey.generate()
-    var res: [String: Any] = ["backend": o.backend, "variant": o.variant, "sqlite_sync": o.sync, "writers": o.writers, "readers": o.readers, "nio_executor": o.nioExecutor, "store_executor": o.storeExecutor,
+    var res: [String: Any] = ["backend": o.backend, "variant": o.variant, "sqlite_sync": o.sync, "writers": o.writers, "readers": o.readers, "store_executor": o.storeExecutor,
                               "aggs": payloads.count, "events": nEvents, "tag": o.tag]
 
     // W1 (or W1c with several writers): one save per event.
@@ -350,14 +346,6 @@ func run() async throws {
     print(String(decoding: data, as: UTF8.self))
 }
 
-// --nio-executor: Swift concurrency's global executor becomes NIO's event loops (an application's
-// choice, made once at start), so a task awaiting PostgreSQL resumes on the thread that read the reply.
-if CommandLine.arguments.contains("--nio-executor") {
-    guard NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor() else {
-        FileHandle.standardError.write(Data("esbench: could not install NIO as the global executor\n".utf8))
-        exit(1)
-    }
-}
 do {
     try await run()
 } catch {
