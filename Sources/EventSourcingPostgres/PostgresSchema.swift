@@ -185,7 +185,9 @@ enum PostgresSchema {
             SELECT ev.n, ev.originator_version, ev.topic, ev.state, NULL::text, NULL::double precision FROM ev
             UNION ALL
             SELECT 0::bigint, k.version, k.kek_id, k.wrapped, k.scope, k.created_at FROM \(s).data_keys k
-            WHERE k.scope IN (SELECT ev.key_scope FROM ev)
+            -- Looked up through the primary key: the cost follows the scopes read, never the
+            -- size of the table (an IN (subquery) here was planned as a scan of every key).
+            WHERE k.scope = ANY (ARRAY(SELECT DISTINCT ev.key_scope FROM ev WHERE ev.key_scope IS NOT NULL))
             ORDER BY 1, 2;
         END
         $fn$

@@ -101,13 +101,21 @@ extension PostgresStore {
         // Taken before the query: the keys are at least this old, and a local change to any
         // scope's keys from now on makes this read keep none of them.
         let (started, generation) = (ContinuousClock.now, prefetchedKeys.withLock { $0.generation })
-        let rows = try await client.query(
-            "SELECT * FROM \(unescaped: s).read_aggregates(\(ids), \(gts), \(ltes))", logger: logger)
-        let collected = try await rows.collect()
+        var collected: [ReadAggregateStatement.Row] = []
+        if group.count == 1 {
+            // Most gets are alone (one reader, or readers that do not overlap): a prepared
+            // statement, planned once per connection, answers them in about half the time of
+            // the function, whose array handling only pays off for several aggregates.
+            let statement = ReadAggregateStatement(id: ids[0], gt: gts[0], lte: ltes[0])
+            for try await row in try await client.execute(statement, logger: logger) { collected.append(row) }
+        } else {
+            let rows = try await client.query(
+                "SELECT * FROM \(unescaped: s).read_aggregates(\(ids), \(gts), \(ltes))", logger: logger)
+            for try await row in rows { collected.append(try row.decode(ReadAggregateStatement.Row.self)) }
+        }
         var out = [[StoredEvent]](repeating: [], count: group.count)
         var keys: [String: [WrappedDataKey]] = [:]
-        for row in collected {
-            let (i, v, topic, state, scope, created) = try row.decode((Int64, Int64, String, ByteBuffer, String?, Double?).self)
+        for (i, v, topic, state, scope, created) in collected {
             if i == 0, let scope, let created {
                 // Here `topic` is the key's KEK id (the columns are shared).
                 keys[scope, default: []].append(WrappedDataKey(scope: scope, version: UInt32(truncatingIfNeeded: v), kekID: topic,

@@ -92,6 +92,10 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         let op = configuration.operationTimeout.components
         config.options.additionalStartupParameters = [
             ("statement_timeout", String(op.seconds * 1000 + op.attoseconds / 1_000_000_000_000_000)),
+            // Only this store's schema (pg_catalog is always searched first). Every statement
+            // names the schema, except the prepared ones (PostgresStatements.swift): their SQL
+            // is fixed at compile time and finds the tables here.
+            ("search_path", self.schema),
         ]
         // One direct connection first: a wrong password, an unknown database or nothing
         // listening fails here at once, where the pool would keep retrying in the background.

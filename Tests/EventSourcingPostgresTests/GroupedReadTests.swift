@@ -47,6 +47,66 @@ extension PostgresTests {
             }
         }
 
+        @Test("reads one at a time (a prepared statement) get exactly their own events, in order, and a cold key ring decrypts with the keys that came along")
+        func sequentialReadsGetTheirOwnEvents() async throws {
+            let masterKey = try MasterKey.generate()
+            try await withStore(try freshConfiguration()) { store in
+                var expected: [UUID: [StoredEvent]] = [:]
+                for n in [1, 2, 7, 12] {
+                    let id = UUID()
+                    let events = (1...n).map {
+                        StoredEvent(originatorID: id, originatorVersion: $0, topic: "T.\(n).\($0)",
+                                    state: [UInt8(truncatingIfNeeded: n), UInt8(truncatingIfNeeded: $0), 0xCD])
+                    }
+                    _ = try await store.insertEvents(events)
+                    expected[id] = events
+                }
+                for (id, all) in expected {
+                    for (gt, lte) in [(nil, nil), (all.count / 2, nil), (nil, max(1, all.count - 1)), (1, all.count), (all.count, nil)] as [(Int?, Int?)] {
+                        let want = all.filter { $0.originatorVersion > (gt ?? 0) && $0.originatorVersion <= (lte ?? Int.max) }
+                        let got = try await store.selectEvents(originatorID: id, gt: gt, lte: lte, desc: false, limit: nil)
+                        #expect(got == want, "\(all.count) events, gt \(String(describing: gt)), lte \(String(describing: lte))")
+                    }
+                }
+                #expect(try await store.selectEvents(originatorID: UUID(), gt: nil, lte: nil, desc: false, limit: nil).isEmpty)
+
+                let writer = try await EncryptedApp.open(store, masterKey: masterKey)
+                var roots: [AggregateRoot<Ledger>] = []
+                for i in 1...6 {
+                    var r = try ledgerSave(nil, save: i, count: 1 + i % 3)
+                    try await writer.app.save(&r)
+                    roots.append(r)
+                }
+                let reader = try await EncryptedApp.open(store, masterKey: masterKey)
+                for r in roots {
+                    // The read's keys answer the key ring's miss; they are the scope's keys, not another's.
+                    let events = try await store.selectEvents(originatorID: r.id, gt: nil, lte: nil, desc: false, limit: nil)
+                    #expect(events.count == r.version)
+                    let keys = try await store.dataKeys(scope: r.keyScope, reading: 1)
+                    #expect(keys.map(\.scope) == [r.keyScope])
+                    #expect(try await reader.app.repository.get(Ledger.self, id: r.id).entries == r.entries)
+                }
+            }
+        }
+
+        @Test("two stores in one database, in different schemas, each read only their own events for the same aggregate id")
+        func readsStayInTheirSchema() async throws {
+            let a = try freshConfiguration(), b = try freshConfiguration()
+            try await withStore(a) { storeA in
+                try await withStore(b) { storeB in
+                    let id = UUID()
+                    let inA = (1...3).map { StoredEvent(originatorID: id, originatorVersion: $0, topic: "A", state: [0xA, UInt8($0)]) }
+                    let inB = (1...5).map { StoredEvent(originatorID: id, originatorVersion: $0, topic: "B", state: [0xB, UInt8($0)]) }
+                    _ = try await storeA.insertEvents(inA)
+                    _ = try await storeB.insertEvents(inB)
+                    for _ in 0..<3 {
+                        #expect(try await storeA.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == inA)
+                        #expect(try await storeB.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == inB)
+                    }
+                }
+            }
+        }
+
         @Test("keys read with events never outlive a shred by this store")
         func prefetchedKeysForgottenOnShred() async throws {
             let masterKey = try MasterKey.generate()
