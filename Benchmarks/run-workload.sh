@@ -88,7 +88,14 @@ else
     run --backend postgres --pg-url "$url" --variant encrypted --writers 8 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-8writers
     run --backend postgres --pg-url "$url" --variant encrypted --readers 8 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-8readers
     run --backend postgres --pg-url "$url" --variant encrypted --readers 32 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-32readers
+    run --backend postgres --pg-url "$url" --variant encrypted --store-executor --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-store-executor
     run --backend postgres --pg-url "$url" --variant plain --aggs $pg_aggs --w2-rounds 3 --tag pg-plain
+    log "the store's save function alone, through libpq (pgbench, prepared): one writer's ceiling without any client work"
+    "$esbench" --workload "$shared/workload-10k-aggregates.jsonl.gz" --backend postgres --pg-url "$url" --pg-schema esbench_fn --aggs 10 >/dev/null 2>&1
+    echo "SELECT * FROM esbench_fn.insert_saves(5000, ARRAY[1], ARRAY[gen_random_uuid()], ARRAY[1::bigint], ARRAY['Customer.ContactUpdated'], ARRAY[decode(repeat('ab', 280), 'hex')], ARRAY['scope-' || (random() * 1e9)::bigint], ARRAY[0], '{}'::text[], '{}'::bigint[], '{}'::text[], '{}'::bytea[], '{}'::float8[]);" > "$work/fn.sql"
+    fn_pg=$(PGPASSWORD=bench "$pg_bin/pgbench" -n -M prepared -h 127.0.0.1 -p "$port" -U bench -f "$work/fn.sql" -T 10 postgres 2>/dev/null |
+        sed -nE 's/^tps = ([0-9.]+).*/\1/p')
+    emit "{\"probe\":\"pg_save_fn_libpq\",\"saves_s\":${fn_pg:-0}}"
     log "peer PostgreSQL"
     emit "$(pyes --backend postgres --variant aes-openssl --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-aes-openssl)"
     emit "$(pyes --backend postgres --variant plain --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-plain)"

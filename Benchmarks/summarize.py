@@ -8,6 +8,7 @@ by = {r.get("tag"): r for r in rows}
 probe = next((r for r in rows if r.get("probe") == "sqlite_raw"), {})
 pgprobe = next((r for r in rows if r.get("probe") == "pg_raw"), {})
 nioprobe = next((r for r in rows if r.get("probe") == "pg_raw_nio"), {})
+fnprobe = next((r for r in rows if r.get("probe") == "pg_save_fn_libpq"), {})
 
 
 def k(v):
@@ -41,6 +42,7 @@ for tag, label in [
     ("pg-encrypted-8writers", "ours, PostgreSQL, encrypted, W1c 8 writers"),
     ("pg-encrypted-8readers", "ours, PostgreSQL, encrypted, W2 8 readers"),
     ("pg-encrypted-32readers", "ours, PostgreSQL, encrypted, W2 32 readers"),
+    ("pg-encrypted-store-executor", "ours, PostgreSQL, encrypted, caller on the store's executor"),
     ("pg-plain", "ours, PostgreSQL, plaintext"),
     ("peer-pg-aes-openssl", "peer, PostgreSQL, zlib + AES (OpenSSL)"),
     ("peer-pg-plain", "peer, PostgreSQL, plain"),
@@ -54,6 +56,9 @@ if pgprobe:
     print(f"Raw PostgreSQL single-row commits on the same server (pgbench, one INSERT per transaction): "
           f"{k(pgprobe['single_row_commits_s'])}/s"
           + (f"; the same INSERT through postgres-nio (`pgraw`): {k(nioprobe['single_row_commits_s'])}/s." if nioprobe else "."))
+if fnprobe:
+    print(f"The store's save function alone, one save per call through libpq (pgbench, prepared, no client work): "
+          f"{k(fnprobe['saves_s'])}/s.")
 print()
 
 
@@ -65,6 +70,7 @@ e, p, n, c = by.get("sqlite-encrypted-full", {}), by.get("sqlite-plain-full", {}
 peer = by.get("peer-sqlite-aes-openssl", {})
 pge, pgc, pgpeer = by.get("pg-encrypted", {}), by.get("pg-encrypted-8writers", {}), by.get("peer-pg-aes-openssl", {})
 pg8, pg32 = by.get("pg-encrypted-8readers", {}), by.get("pg-encrypted-32readers", {})
+pgse = by.get("pg-encrypted-store-executor", {})
 targets = [
     ("SQLite W1 durable encrypted / raw FULL single commits", ratio(e.get("w1_ev_s"), probe.get("single_row_full_rows_s")), "≥ 0.9×"),
     ("SQLite W1 NORMAL encrypted / raw NORMAL single commits", ratio(n.get("w1_ev_s"), probe.get("single_row_normal_rows_s")), "≥ 0.8×"),
@@ -78,7 +84,9 @@ targets = [
     ("PostgreSQL W1 / raw single-row commits, libpq (pgbench)", ratio(pge.get("w1_ev_s"), pgprobe.get("single_row_commits_s")), "—"),
     ("PostgreSQL W1 / raw single-row commits, postgres-nio (one writer's ceiling here)", ratio(pge.get("w1_ev_s"), nioprobe.get("single_row_commits_s")), "—"),
     ("PostgreSQL 3 × peer W1 / raw postgres-nio commits (what the target asks of the driver)", ratio(3 * (pgpeer.get("w1_ev_s") or 0), nioprobe.get("single_row_commits_s")), "≤ 1× to be possible"),
+    ("PostgreSQL 3 × peer W1 / the save function alone through libpq", ratio(3 * (pgpeer.get("w1_ev_s") or 0), fnprobe.get("saves_s")), "≤ 1× to be possible"),
     ("PostgreSQL W2 / peer, one reader (as the peer)", ratio(pge.get("w2_ev_s"), pgpeer.get("w2_ev_s")), "≥ 5×"),
+    ("PostgreSQL W2 / peer, one reader on the store's executor", ratio(pgse.get("w2_ev_s"), pgpeer.get("w2_ev_s")), "≥ 5×"),
     ("PostgreSQL W2 / peer, 8 concurrent readers (peer: one)", ratio(pg8.get("w2_ev_s"), pgpeer.get("w2_ev_s")), "≥ 5×"),
     ("PostgreSQL W2 / peer, 32 concurrent readers (peer: one)", ratio(pg32.get("w2_ev_s"), pgpeer.get("w2_ev_s")), "≥ 5×"),
     ("PostgreSQL W1c 8 writers / our W1", ratio(pgc.get("w1c_ev_s"), pge.get("w1_ev_s")), "≥ 4×"),

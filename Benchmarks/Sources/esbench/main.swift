@@ -45,12 +45,13 @@ func parseOptions() -> Options {
         case "--readers": o.readers = max(1, Int(it.next() ?? "") ?? 1)
         case "--w2-rounds": o.w2Rounds = max(1, Int(it.next() ?? "") ?? 1)
         case "--store-executor": o.storeExecutor = true
+        case "--pg-schema": if let name = it.next() { pgSchema = name }
         case "--aggs": o.aggs = Int(it.next() ?? "") ?? o.aggs
         case "--per-agg": o.perAgg = Int(it.next() ?? "") ?? o.perAgg
         case "--workload": o.workload = it.next() ?? ""
         case "--tag": o.tag = it.next() ?? ""
         case "--help", "-h":
-            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--writers N] [--readers N] [--aggs N] [--workload FILE.jsonl.gz] [--tag T]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--aggs N] [--workload FILE.jsonl.gz] [--tag T]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
