@@ -90,7 +90,12 @@ public enum KeyScope {
         guard n > 0, n <= maxLength else {
             throw KeyManagementError(.invalidScope, "a key scope id must be 1–255 UTF-8 bytes, got \(n)")
         }
-        guard !scope.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+        // Called on every key look-up: ASCII scopes (the usual, e.g. UUIDs) are checked byte by
+        // byte; only others need the Unicode character database.
+        let ascii = scope.utf8.allSatisfy { $0 < 0x80 }
+        let control = ascii ? scope.utf8.contains { $0 < 0x20 || $0 == 0x7F }
+                            : scope.unicodeScalars.contains { $0.properties.generalCategory == .control }
+        guard !control else {
             throw KeyManagementError(.invalidScope, "a key scope id must not contain control characters")
         }
     }

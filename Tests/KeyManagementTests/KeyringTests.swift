@@ -445,6 +445,8 @@ struct KeyringTests {
         "bell\u{7}",
         "del\u{7F}",
         "c1\u{85}control",
+        "c1-last\u{9F}",
+        "ünïcødé\u{1}", // an ASCII control character in a non-ASCII scope
     ]
 
     static let validScopes: [String] = [
