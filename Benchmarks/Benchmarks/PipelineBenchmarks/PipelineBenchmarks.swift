@@ -24,6 +24,9 @@ final class Fixture: Sendable {
     let key: KeyMaterial
     let nonce: [UInt8]
     let zlib = ZlibCompressor()
+    /// zlib with dynamic Huffman codes (the default before `.fixedUpTo(2048)`), for comparison.
+    let zlibDynamic = ZlibCompressor(strategy: .dynamic)
+    let compressedDynamic: [[UInt8]]
 
     private init(events: [DomainEvent<Customer.Event>], keyring: Keyring) async throws {
         self.events = events
@@ -41,6 +44,8 @@ final class Fixture: Sendable {
         json = plain.map { Array($0.state.dropFirst(4)) }
         let z = ZlibCompressor()
         compressed = try json.map { try z.compress($0) }
+        let zd = ZlibCompressor(strategy: .dynamic)
+        compressedDynamic = try json.map { try zd.compress($0) }
         key = try KeyMaterial(randomCount: 32)
         nonce = try AES256GCM.randomNonce()
         let k = key, n = nonce
@@ -108,6 +113,18 @@ let benchmarks: @Sendable () -> Void = {
         let f = try await Fixture.get()
         benchmark.startMeasurement()
         for i in benchmark.scaledIterations { blackHole(try f.zlib.decompress(f.compressed[record(i, f.compressed.count)])) }
+    }
+    Benchmark("zlib dynamic codes: compress") { benchmark in
+        let f = try await Fixture.get()
+        benchmark.startMeasurement()
+        for i in benchmark.scaledIterations { blackHole(try f.zlibDynamic.compress(f.json[record(i, f.json.count)])) }
+    }
+    Benchmark("zlib dynamic codes: decompress") { benchmark in
+        let f = try await Fixture.get()
+        benchmark.startMeasurement()
+        for i in benchmark.scaledIterations {
+            blackHole(try f.zlibDynamic.decompress(f.compressedDynamic[record(i, f.compressedDynamic.count)]))
+        }
     }
     Benchmark("AES-256-GCM: seal (with fresh nonce)") { benchmark in
         let f = try await Fixture.get()

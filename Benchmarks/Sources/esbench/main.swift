@@ -25,6 +25,7 @@ struct Options {
     var readers = 1
     var w2Rounds = 1
     var storeExecutor = false
+    var zlib = "default"          // default | dynamic | fixed (ZlibCompressor.Strategy)
     var aggs = 10_000
     var perAgg = 10
     var workload = ""
@@ -45,13 +46,14 @@ func parseOptions() -> Options {
         case "--readers": o.readers = max(1, Int(it.next() ?? "") ?? 1)
         case "--w2-rounds": o.w2Rounds = max(1, Int(it.next() ?? "") ?? 1)
         case "--store-executor": o.storeExecutor = true
+        case "--zlib": o.zlib = it.next() ?? o.zlib
         case "--pg-schema": if let name = it.next() { pgSchema = name }
         case "--aggs": o.aggs = Int(it.next() ?? "") ?? o.aggs
         case "--per-agg": o.perAgg = Int(it.next() ?? "") ?? o.perAgg
         case "--workload": o.workload = it.next() ?? ""
         case "--tag": o.tag = it.next() ?? ""
         case "--help", "-h":
-            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--aggs N] [--workload FILE.jsonl.gz] [--tag T]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
@@ -195,7 +197,12 @@ func makeApp(_ o: Options, masterKey: MasterKey?) async throws -> (any BenchStor
     let mapper: Mapper
     if let masterKey {
         let keyring = try await Keyring.open(store: store, masterKeys: [masterKey])
-        mapper = Mapper(keyring: keyring)
+        let strategy: ZlibCompressor.Strategy = switch o.zlib {
+        case "fixed": .fixed
+        case "dynamic": .dynamic
+        default: ZlibCompressor.defaultStrategy
+        }
+        mapper = Mapper(keyring: keyring, options: .init(compressor: ZlibCompressor(strategy: strategy)))
     } else {
         mapper = Mapper(options: .init(compressor: nil))
     }
@@ -226,7 +233,7 @@ func run() async throws {
     var payloads = try loadWorkload(o.workload, aggs: o.aggs, perAgg: o.perAgg)
     let nEvents = payloads.reduce(0) { $0 + $1.count }
     let masterKey = o.variant == "plain" ? nil : try MasterKey.generate()
-    var res: [String: Any] = ["backend": o.backend, "variant": o.variant, "sqlite_sync": o.sync, "writers": o.writers, "readers": o.readers, "store_executor": o.storeExecutor,
+    var res: [String: Any] = ["backend": o.backend, "variant": o.variant, "sqlite_sync": o.sync, "writers": o.writers, "readers": o.readers, "store_executor": o.storeExecutor, "zlib": o.zlib,
                               "aggs": payloads.count, "events": nEvents, "tag": o.tag]
 
     // W1 (or W1c with several writers): one save per event.

@@ -9,9 +9,10 @@ enum Zlib {
     struct Failure: Error { var message: String }
 
     /// Compresses `input` in the zlib format (RFC 1950).
-    static func compress(_ input: [UInt8], level: Int32) throws(Failure) -> [UInt8] {
-        let stream = try DeflatePool.pool(level: level).take()
-        defer { DeflatePool.pool(level: level).give(stream) }
+    static func compress(_ input: [UInt8], level: Int32, fixedCodes: Bool = false) throws(Failure) -> [UInt8] {
+        let pool = DeflatePool.pool(level: level, fixedCodes: fixedCodes)
+        let stream = try pool.take()
+        defer { pool.give(stream) }
         return try stream.compress(input)
     }
 
@@ -29,10 +30,10 @@ final class DeflateStream: @unchecked Sendable {
     // @unchecked: only the task that took it from DeflatePool touches it until it is given back.
     private let strm: UnsafeMutablePointer<z_stream>
 
-    init(level: Int32) throws(Zlib.Failure) {
+    init(level: Int32, fixedCodes: Bool) throws(Zlib.Failure) {
         strm = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
         strm.initialize(to: z_stream())
-        guard es_deflate_init(strm, level) == Z_OK else {
+        guard es_deflate_init_strategy(strm, level, fixedCodes ? Z_FIXED : Z_DEFAULT_STRATEGY) == Z_OK else {
             strm.deallocate()
             throw Zlib.Failure(message: "deflateInit failed")
         }
@@ -120,24 +121,26 @@ final class InflateStream: @unchecked Sendable {
 }
 
 final class DeflatePool: Sendable {
-    private static let pools = Mutex<[Int32: DeflatePool]>([:])
-    private let level: Int32
+    private struct Settings: Hashable { var level: Int32; var fixedCodes: Bool }
+    private static let pools = Mutex<[Settings: DeflatePool]>([:])
+    private let settings: Settings
     private let free = Mutex<[DeflateStream]>([])
 
-    private init(level: Int32) { self.level = level }
+    private init(_ settings: Settings) { self.settings = settings }
 
-    static func pool(level: Int32) -> DeflatePool {
-        pools.withLock { p in
-            if let existing = p[level] { return existing }
-            let made = DeflatePool(level: level)
-            p[level] = made
+    static func pool(level: Int32, fixedCodes: Bool) -> DeflatePool {
+        let settings = Settings(level: level, fixedCodes: fixedCodes)
+        return pools.withLock { p in
+            if let existing = p[settings] { return existing }
+            let made = DeflatePool(settings)
+            p[settings] = made
             return made
         }
     }
 
     func take() throws(Zlib.Failure) -> DeflateStream {
         if let s = free.withLock({ $0.popLast() }) { return s }
-        return try DeflateStream(level: level)
+        return try DeflateStream(level: settings.level, fixedCodes: settings.fixedCodes)
     }
 
     func give(_ s: DeflateStream) { free.withLock { if $0.count < 16 { $0.append(s) } } }

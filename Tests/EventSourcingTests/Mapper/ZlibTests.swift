@@ -1,5 +1,6 @@
 import EventSourcing
 import Foundation
+import KeyManagement
 import Testing
 
 /// The zlib stage: round trips, interoperability with another implementation (Python's zlib),
@@ -45,6 +46,71 @@ struct ZlibTests {
             let z = ZlibCompressor(level: level)
             let packed = try z.compress(input)
             #expect(try z.decompress(packed) == input, "\(name) at level \(level)")
+        }
+    }
+
+    /// BTYPE of the first deflate block (RFC 1951 §3.2.3): 0 stored, 1 fixed codes, 2 dynamic codes.
+    static func firstBlockType(_ zlibStream: [UInt8]) -> Int { Int(zlibStream[2] >> 1) & 3 }
+
+    /// A ~260-byte record of the kind the workload stores.
+    static let smallRecord = Array(#"{"name":"Harper Olivia W. Fitzgerald-Hughes","email":"harper.fitzgerald-hughes3258@mail.university.edu","address":"58879 Sunset Street, Suite 12, Building C, Floor 3, c/o Example Corp, Portland, OR 97201-1234, United States of America"}"#.utf8)
+
+    @Test("each strategy writes the blocks it says (fixed or dynamic codes), and every stream reads back with any compressor")
+    func strategies() throws {
+        let dynamic = ZlibCompressor(strategy: .dynamic), fixed = ZlibCompressor(strategy: .fixed)
+        let byDefault = ZlibCompressor()
+        #expect(byDefault.strategy == .fixedUpTo(2048))
+        let text = Array(String(repeating: "the quick brown fox jumps over the lazy dog. ", count: 200).utf8)  // 9,000 bytes
+        let cases: [(input: [UInt8], compressor: ZlibCompressor, blockType: Int, what: String)] = [
+            (Self.smallRecord, dynamic, 2, "dynamic, small record"),
+            (Self.smallRecord, fixed, 1, "fixed, small record"),
+            (Self.smallRecord, byDefault, 1, "default, small record: fixed"),
+            (Self.smallRecord, ZlibCompressor(strategy: .fixedUpTo(Self.smallRecord.count)), 1, "at the limit: fixed"),
+            (Self.smallRecord, ZlibCompressor(strategy: .fixedUpTo(Self.smallRecord.count - 1)), 2, "one byte over: dynamic"),
+            (text, dynamic, 2, "dynamic, long text"),
+            (text, fixed, 1, "fixed, long text"),
+            (text, byDefault, 2, "default, long text: dynamic"),
+        ]
+        for c in cases {
+            let packed = try c.compressor.compress(c.input)
+            #expect(Self.firstBlockType(packed) == c.blockType, "\(c.what)")
+            // Reading does not depend on how a record was written.
+            for reader in [dynamic, fixed, byDefault, ZlibCompressor(level: 1)] {
+                #expect(try reader.decompress(packed) == c.input, "\(c.what)")
+            }
+        }
+        // Fixed codes still compress a small record, a little less than dynamic ones.
+        let d = try dynamic.compress(Self.smallRecord).count, f = try fixed.compress(Self.smallRecord).count
+        #expect(d < f && f < Self.smallRecord.count, "dynamic \(d), fixed \(f), input \(Self.smallRecord.count)")
+        // Each level keeps its strategy (separate stream pools).
+        for level: Int32 in [1, 9] {
+            #expect(Self.firstBlockType(try ZlibCompressor(level: level, strategy: .fixed).compress(text)) == 1)
+            #expect(Self.firstBlockType(try ZlibCompressor(level: level, strategy: .dynamic).compress(text)) == 2)
+        }
+    }
+
+    @Test("an application switched between strategies reads the records written with the other")
+    func mixedStrategiesThroughTheMapper() async throws {
+        let keyring = try await Keyring.open(store: InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
+        let recorder = InMemoryRecorder()
+        let name = String(repeating: "Biscuit the Beagle of Kingsbridge Terrace ", count: 4)
+        let byDefault = Application(recorder: recorder, mapper: Mapper(keyring: keyring))
+        let withDynamic = Application(recorder: recorder, mapper: Mapper(
+            keyring: keyring, options: .init(compressor: ZlibCompressor(strategy: .dynamic))))
+        var dog = try AggregateRoot<Dog>(.registered(name: name))
+        try await byDefault.save(&dog)
+        try dog.record(.addedTrick(name))
+        try await withDynamic.save(&dog)
+        let stored = try await recorder.selectEvents(originatorID: dog.id)
+        #expect(stored.count == 2)
+        #expect(try stored.allSatisfy { s in
+            guard case .success(let (h, _)) = StateHeader.parse(s.state) else { return false }
+            return h.flags.contains(.compressed) && h.flags.contains(.encrypted)
+        })
+        for app in [byDefault, withDynamic] {
+            let read = try await app.repository.get(Dog.self, id: dog.id)
+            #expect(read.name == name)
+            #expect(read.tricks == [name])
         }
     }
 
