@@ -1,7 +1,8 @@
 import Foundation
 import PostgresNIO
 
-/// Named prepared statements: parsed and planned once per connection, then only bound and run.
+/// Named prepared statements: parsed once per connection, then only bound and run (PostgreSQL
+/// plans the first few runs for their values, then usually keeps a generic plan).
 ///
 /// postgres-nio takes their SQL as a compile-time constant, so it cannot name the configured
 /// schema; the store's connections set `search_path` to that schema instead, and these

@@ -101,17 +101,19 @@ extension PostgresStore {
         // Taken before the query: the keys are at least this old, and a local change to any
         // scope's keys from now on makes this read keep none of them.
         let (started, generation) = (ContinuousClock.now, prefetchedKeys.withLock { $0.generation })
-        var collected: [ReadAggregateStatement.Row] = []
+        var collected: [ReadAggregateStatement.Row]
         if group.count == 1 {
             // Most gets are alone (one reader, or readers that do not overlap): a prepared
-            // statement, planned once per connection, answers them in about half the time of
+            // statement, parsed once per connection, answers them in about half the time of
             // the function, whose array handling only pays off for several aggregates.
-            let statement = ReadAggregateStatement(id: ids[0], gt: gts[0], lte: ltes[0])
-            for try await row in try await client.execute(statement, logger: logger) { collected.append(row) }
+            do {
+                collected = try await preparedRead(ReadAggregateStatement(id: ids[0], gt: gts[0], lte: ltes[0]))
+            } catch let error as PSQLError where error.code == .server {
+                // Whatever the server refused, the function may still answer (see preparedRead).
+                collected = try await functionRead(ids: ids, gts: gts, ltes: ltes)
+            }
         } else {
-            let rows = try await client.query(
-                "SELECT * FROM \(unescaped: s).read_aggregates(\(ids), \(gts), \(ltes))", logger: logger)
-            for try await row in rows { collected.append(try row.decode(ReadAggregateStatement.Row.self)) }
+            collected = try await functionRead(ids: ids, gts: gts, ltes: ltes)
         }
         var out = [[StoredEvent]](repeating: [], count: group.count)
         var keys: [String: [WrappedDataKey]] = [:]
@@ -135,6 +137,29 @@ extension PostgresStore {
             }
         }
         return out
+    }
+
+    private func functionRead(ids: [UUID], gts: [Int64], ltes: [Int64]) async throws -> [ReadAggregateStatement.Row] {
+        let rows = try await client.query(
+            "SELECT * FROM \(unescaped: schema).read_aggregates(\(ids), \(gts), \(ltes))", logger: logger)
+        return try await rows.collect().map { try $0.decode(ReadAggregateStatement.Row.self) }
+    }
+
+    private func preparedRead(_ statement: ReadAggregateStatement) async throws -> [ReadAggregateStatement.Row] {
+        try await client.withConnection { connection in
+            do {
+                var rows: [ReadAggregateStatement.Row] = []
+                for try await row in try await connection.execute(statement, logger: logger) { rows.append(row) }
+                return rows
+            } catch let error as PSQLError where error.code == .server {
+                // postgres-nio remembers a failed preparation (a statement timeout while a lock
+                // blocked it, a schema dropped and made again) for as long as the connection
+                // lives, and fails every later run of the statement on it with the same error.
+                // Closing the connection lets the pool open a clean one.
+                try? await connection.close()
+                throw error
+            }
+        }
     }
 
     /// Keys read with the events being decoded, if fresh and holding `version`; else from the table.

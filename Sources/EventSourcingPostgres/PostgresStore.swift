@@ -92,10 +92,11 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         let op = configuration.operationTimeout.components
         config.options.additionalStartupParameters = [
             ("statement_timeout", String(op.seconds * 1000 + op.attoseconds / 1_000_000_000_000_000)),
-            // Only this store's schema (pg_catalog is always searched first). Every statement
-            // names the schema, except the prepared ones (PostgresStatements.swift): their SQL
-            // is fixed at compile time and finds the tables here.
-            ("search_path", self.schema),
+            // Only this store's schema (pg_catalog is always searched first; the session's
+            // temporary schema, named last, is searched last). Every statement names the
+            // schema, except the prepared ones (PostgresStatements.swift): their SQL is fixed
+            // at compile time and finds the tables here.
+            ("search_path", self.schema + ", pg_temp"),
         ]
         // One direct connection first: a wrong password, an unknown database or nothing
         // listening fails here at once, where the pool would keep retrying in the background.
@@ -425,7 +426,9 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
             let message = info[.message] ?? "server error"
             switch state {
             case "55P03", "40P01": return EventSourcingError(.databaseLocked, "\(where_): \(message) (\(state))")
-            case "28P01", "28000", "3D000", "57P01", "57P02", "57P03", "53300":
+            // 57014: the statement ran past statement_timeout (the operation timeout) or was
+            // cancelled by an operator, like a server that did not answer.
+            case "28P01", "28000", "3D000", "57P01", "57P02", "57P03", "53300", "57014":
                 return EventSourcingError(.databaseUnavailable, "\(where_): \(message) (\(state))")
             case "23505": return EventSourcingError(.concurrencyConflict, "\(where_): \(message)")
             default: return EventSourcingError(.recorderFailure, "\(where_): \(message) (\(state))")

@@ -1,7 +1,8 @@
 import EventSourcing
-import EventSourcingPostgres
+@testable import EventSourcingPostgres
 import Foundation
 import KeyManagement
+import PostgresNIO
 import Testing
 
 extension PostgresTests {
@@ -79,30 +80,85 @@ extension PostgresTests {
                 }
                 let reader = try await EncryptedApp.open(store, masterKey: masterKey)
                 for r in roots {
-                    // The read's keys answer the key ring's miss; they are the scope's keys, not another's.
+                    // The read brings the scope's key along, for the key ring's next miss.
                     let events = try await store.selectEvents(originatorID: r.id, gt: nil, lte: nil, desc: false, limit: nil)
                     #expect(events.count == r.version)
-                    let keys = try await store.dataKeys(scope: r.keyScope, reading: 1)
-                    #expect(keys.map(\.scope) == [r.keyScope])
+                    let prefetched = store.prefetchedKeys.withLock { $0.byScope[r.keyScope]?.keys }
+                    #expect(prefetched?.map(\.scope) == [r.keyScope])
+                    #expect(prefetched?.map(\.version) == [1])
                     #expect(try await reader.app.repository.get(Ledger.self, id: r.id).entries == r.entries)
                 }
             }
         }
 
-        @Test("two stores in one database, in different schemas, each read only their own events for the same aggregate id")
+        @Test("two stores in one database, in different schemas, each read only their own events for the same aggregate id, and an events table in public is never read")
         func readsStayInTheirSchema() async throws {
             let a = try freshConfiguration(), b = try freshConfiguration()
-            try await withStore(a) { storeA in
-                try await withStore(b) { storeB in
-                    let id = UUID()
-                    let inA = (1...3).map { StoredEvent(originatorID: id, originatorVersion: $0, topic: "A", state: [0xA, UInt8($0)]) }
-                    let inB = (1...5).map { StoredEvent(originatorID: id, originatorVersion: $0, topic: "B", state: [0xB, UInt8($0)]) }
-                    _ = try await storeA.insertEvents(inA)
-                    _ = try await storeB.insertEvents(inB)
-                    for _ in 0..<3 {
-                        #expect(try await storeA.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == inA)
-                        #expect(try await storeB.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == inB)
+            let id = UUID()
+            // A decoy where a default search_path ("$user", public) would find it first. Only this
+            // test makes public.events; its rows are for this test's aggregate id alone.
+            try await withRawClient(a) { client in
+                try await client.query("""
+                    CREATE TABLE IF NOT EXISTS public.events (notification_id bigint, originator_id uuid, originator_version bigint,
+                        topic text, state bytea, key_scope text)
+                    """)
+                try await client.query("INSERT INTO public.events VALUES (0, \(id), 1, 'decoy', '\\x00', NULL)")
+            }
+            do {
+                try await withStore(a) { storeA in
+                    try await withStore(b) { storeB in
+                        let inA = (1...3).map { StoredEvent(originatorID: id, originatorVersion: $0, topic: "A", state: [0xA, UInt8($0)]) }
+                        let inB = (1...5).map { StoredEvent(originatorID: id, originatorVersion: $0, topic: "B", state: [0xB, UInt8($0)]) }
+                        _ = try await storeA.insertEvents(inA)
+                        _ = try await storeB.insertEvents(inB)
+                        for _ in 0..<3 {
+                            #expect(try await storeA.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == inA)
+                            #expect(try await storeB.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == inB)
+                        }
+                        let nobody = UUID()
+                        #expect(try await storeA.selectEvents(originatorID: nobody, gt: nil, lte: nil, desc: false, limit: nil).isEmpty)
                     }
+                }
+            } catch {
+                _ = try? await withRawClient(a) { client in try await client.query("DELETE FROM public.events WHERE originator_id = \(id)") }
+                throw error
+            }
+            try await withRawClient(a) { client in
+                try await client.query("DELETE FROM public.events WHERE originator_id = \(id)")
+                // Dropped only when no other run of this test still has rows in it.
+                try await client.query("""
+                    DO $$ BEGIN
+                        IF NOT EXISTS (SELECT 1 FROM public.events) THEN DROP TABLE public.events; END IF;
+                    END $$
+                    """)
+            }
+        }
+
+        @Test("a read whose preparation failed (blocked by a lock past the timeout) does not break the reads after it")
+        func failedPreparationRecovers() async throws {
+            // One connection, so the read after the failure runs where the preparation failed.
+            let config = try freshConfiguration { $0.operationTimeout = .seconds(1); $0.poolSize = 1 }
+            try await withStore(config) { store in
+                let id = UUID()
+                let events = (1...3).map { StoredEvent(originatorID: id, originatorVersion: $0, topic: "T", state: [0xEE, UInt8($0)]) }
+                _ = try await store.insertEvents(events)
+                try await withRawClient(config) { client in
+                    try await client.withConnection { connection in
+                        // Another session holds the table: the statement cannot even be parsed
+                        // until the lock goes, and the server's statement timeout ends it first.
+                        try await connection.query("BEGIN", logger: quietLogger)
+                        try await connection.query("LOCK TABLE \"\(unescaped: config.schema)\".events IN ACCESS EXCLUSIVE MODE",
+                                                   logger: quietLogger)
+                        await expectESError(.databaseUnavailable) {
+                            _ = try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil)
+                        }
+                        // Past the server's statement timeout too.
+                        try await Task.sleep(for: .milliseconds(300))
+                        try await connection.query("ROLLBACK", logger: quietLogger)
+                    }
+                }
+                for _ in 0..<3 {
+                    #expect(try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == events)
                 }
             }
         }

@@ -16,8 +16,10 @@ public struct ZlibCompressor: Compressor {
         /// smallest output.
         case dynamic
         /// The fixed Huffman codes of RFC 1951 (zlib's `Z_FIXED`): reading builds no code tables
-        /// per record. On the ~260-byte records of the benchmark workload, inflate took 0.9 µs
-        /// instead of 2.7 µs and the compressed form was ~14% larger (Docs/Performance.md).
+        /// per record. On the ~260-byte records of the benchmark workload, inflate took 0.95 µs
+        /// instead of 2.8 µs and the compressed form was ~14% larger (Docs/Performance.md).
+        /// With a system zlib older than 1.2.12, which can corrupt memory deflating with fixed
+        /// codes (CVE-2018-25032), dynamic codes are written instead.
         case fixed
         /// Fixed codes for input of at most this many bytes, dynamic codes for longer input,
         /// where the code tables cost less per byte and save more.
@@ -26,6 +28,10 @@ public struct ZlibCompressor: Compressor {
 
     /// `.fixedUpTo(2048)`: small events, the common case, read fastest; long ones stay smallest.
     public static let defaultStrategy = Strategy.fixedUpTo(2048)
+
+    /// Whether this process's zlib is used with fixed codes: version 1.2.12 or later. With an
+    /// older one every strategy writes dynamic codes (see ``Strategy/fixed``).
+    public static var fixedCodesAvailable: Bool { Zlib.fixedCodesAvailable }
 
     /// The deflate level, 0–9 (6 is zlib's default).
     public var level: Int32

@@ -8,9 +8,27 @@ import Synchronization
 enum Zlib {
     struct Failure: Error { var message: String }
 
-    /// Compresses `input` in the zlib format (RFC 1950).
+    /// Whether the system zlib may be asked for fixed codes: versions before 1.2.12 can corrupt
+    /// memory when deflating with them (CVE-2018-25032).
+    static let fixedCodesAvailable: Bool = {
+        guard let cString = zlibVersion() else { return false }
+        return versionAtLeast(String(cString: cString), [1, 2, 12])
+    }()
+
+    /// Whether a dotted version ("1.2.13", "1.3.0.1-motley") is at least `minimum`.
+    static func versionAtLeast(_ version: String, _ minimum: [Int]) -> Bool {
+        let parts = version.split(separator: ".").map { Int($0.prefix(while: \.isNumber)) ?? 0 }
+        for (i, m) in minimum.enumerated() {
+            let p = i < parts.count ? parts[i] : 0
+            if p != m { return p > m }
+        }
+        return true
+    }
+
+    /// Compresses `input` in the zlib format (RFC 1950). Fixed codes only where the system zlib
+    /// is safe with them (``fixedCodesAvailable``); dynamic codes otherwise.
     static func compress(_ input: [UInt8], level: Int32, fixedCodes: Bool = false) throws(Failure) -> [UInt8] {
-        let pool = DeflatePool.pool(level: level, fixedCodes: fixedCodes)
+        let pool = DeflatePool.pool(level: level, fixedCodes: fixedCodes && fixedCodesAvailable)
         let stream = try pool.take()
         defer { pool.give(stream) }
         return try stream.compress(input)
@@ -46,20 +64,28 @@ final class DeflateStream: @unchecked Sendable {
 
     func compress(_ input: [UInt8]) throws(Zlib.Failure) -> [UInt8] {
         guard deflateReset(strm) == Z_OK else { throw Zlib.Failure(message: "deflateReset failed") }
-        let bound = Int(deflateBound(strm, uLong(input.count)))
-        var out = [UInt8](repeating: 0, count: bound)
-        let (rc, produced): (Int32, Int) = input.withUnsafeBytes { inBuf in
-            out.withUnsafeMutableBytes { outBuf in
-                strm.pointee.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress?.assumingMemoryBound(to: Bytef.self))
-                strm.pointee.avail_in = uInt(inBuf.count)
-                strm.pointee.next_out = outBuf.baseAddress?.assumingMemoryBound(to: Bytef.self)
-                strm.pointee.avail_out = uInt(outBuf.count)
-                let rc = deflate(strm, Z_FINISH)
-                let produced = outBuf.count - Int(strm.pointee.avail_out)
-                strm.pointee.next_in = nil
-                strm.pointee.next_out = nil
-                return (rc, produced)
+        // deflateBound assumes deflate falls back to a stored block when coding would grow the
+        // data; zlib before 1.2.13 could write a larger fixed-code block instead, so the
+        // buffer grows when it runs out.
+        var out = [UInt8](repeating: 0, count: Int(deflateBound(strm, uLong(input.count))))
+        var produced = 0
+        var rc: Int32 = Z_OK
+        input.withUnsafeBytes { inBuf in
+            strm.pointee.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress?.assumingMemoryBound(to: Bytef.self))
+            strm.pointee.avail_in = uInt(inBuf.count)
+            while true {
+                rc = out.withUnsafeMutableBytes { outBuf in
+                    strm.pointee.next_out = outBuf.baseAddress.map { $0.assumingMemoryBound(to: Bytef.self) + produced }
+                    strm.pointee.avail_out = uInt(outBuf.count - produced)
+                    let rc = deflate(strm, Z_FINISH)
+                    produced = outBuf.count - Int(strm.pointee.avail_out)
+                    return rc
+                }
+                guard (rc == Z_OK || rc == Z_BUF_ERROR), strm.pointee.avail_out == 0 else { break }
+                out.append(contentsOf: repeatElement(0, count: out.count / 2 + 64))
             }
+            strm.pointee.next_in = nil
+            strm.pointee.next_out = nil
         }
         guard rc == Z_STREAM_END else { throw Zlib.Failure(message: "deflate did not finish (\(rc))") }
         out.removeSubrange(produced...)

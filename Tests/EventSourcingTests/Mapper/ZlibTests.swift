@@ -1,4 +1,4 @@
-import EventSourcing
+@testable import EventSourcing
 import Foundation
 import KeyManagement
 import Testing
@@ -71,9 +71,11 @@ struct ZlibTests {
             (text, fixed, 1, "fixed, long text"),
             (text, byDefault, 2, "default, long text: dynamic"),
         ]
+        // This machine's zlib (1.2.13) takes fixed codes; an older one (CVE-2018-25032) gets dynamic ones.
+        let fixedType = ZlibCompressor.fixedCodesAvailable ? 1 : 2
         for c in cases {
             let packed = try c.compressor.compress(c.input)
-            #expect(Self.firstBlockType(packed) == c.blockType, "\(c.what)")
+            #expect(Self.firstBlockType(packed) == (c.blockType == 1 ? fixedType : c.blockType), "\(c.what)")
             // Reading does not depend on how a record was written.
             for reader in [dynamic, fixed, byDefault, ZlibCompressor(level: 1)] {
                 #expect(try reader.decompress(packed) == c.input, "\(c.what)")
@@ -84,8 +86,39 @@ struct ZlibTests {
         #expect(d < f && f < Self.smallRecord.count, "dynamic \(d), fixed \(f), input \(Self.smallRecord.count)")
         // Each level keeps its strategy (separate stream pools).
         for level: Int32 in [1, 9] {
-            #expect(Self.firstBlockType(try ZlibCompressor(level: level, strategy: .fixed).compress(text)) == 1)
+            #expect(Self.firstBlockType(try ZlibCompressor(level: level, strategy: .fixed).compress(text)) == fixedType)
             #expect(Self.firstBlockType(try ZlibCompressor(level: level, strategy: .dynamic).compress(text)) == 2)
+        }
+    }
+
+    @Test("input that fixed codes would grow (mostly bytes ≥ 0x90) round trips with every strategy, whatever zlib chooses",
+          arguments: [1, 40, 255, 700, 2048, 5000])
+    func incompressibleUnderFixedCodes(_ count: Int) throws {
+        // Literals 0x90–0xFF take 9 bits with fixed codes: a fixed block would be larger than the
+        // input, which deflateBound does not allow for. The output buffer must grow, or zlib
+        // must fall back to a stored block; either way nothing may fail.
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15 &* UInt64(count)
+        let input = (0..<count).map { _ -> UInt8 in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return 0x90 + UInt8(truncatingIfNeeded: state >> 33) % 0x70
+        }
+        for strategy in [ZlibCompressor.Strategy.fixed, .dynamic, .fixedUpTo(4096)] {
+            for level: Int32 in [1, 6, 9] {
+                let z = ZlibCompressor(level: level, strategy: strategy)
+                let packed = try z.compress(input)
+                #expect(try z.decompress(packed) == input, "\(strategy) level \(level)")
+            }
+        }
+    }
+
+    @Test("fixed codes are used only from zlib 1.2.12 on (CVE-2018-25032): version comparison")
+    func zlibVersionGate() {
+        let cases: [(String, Bool)] = [
+            ("1.2.13", true), ("1.2.12", true), ("1.3", true), ("1.3.0.1-motley", true), ("2.0.0", true),
+            ("1.2.11", false), ("1.2.11.1", false), ("1.2", false), ("1.1.4", false), ("0.9", false), ("", false),
+        ]
+        for (version, safe) in cases {
+            #expect(Zlib.versionAtLeast(version, [1, 2, 12]) == safe, "\(version)")
         }
     }
 
