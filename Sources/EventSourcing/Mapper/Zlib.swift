@@ -25,6 +25,37 @@ enum Zlib {
         return true
     }
 
+    /// Runs `step` (deflate or inflate) with `Z_FINISH` over all of `input`, into a buffer of
+    /// `capacity` bytes that grows, up to `limit`, whenever the step fills it. Returns the step's
+    /// last return code, the output, and whether all input was consumed.
+    static func finish(_ strm: UnsafeMutablePointer<z_stream>, _ input: [UInt8], capacity: Int, limit: Int,
+                       _ step: (UnsafeMutablePointer<z_stream>, Int32) -> Int32) -> (rc: Int32, out: [UInt8], consumedAll: Bool) {
+        var out = [UInt8](repeating: 0, count: capacity)
+        var produced = 0
+        var rc: Int32 = Z_OK
+        input.withUnsafeBytes { inBuf in
+            strm.pointee.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress?.assumingMemoryBound(to: Bytef.self))
+            strm.pointee.avail_in = uInt(inBuf.count)
+            while true {
+                rc = out.withUnsafeMutableBytes { outBuf in
+                    strm.pointee.next_out = outBuf.baseAddress.map { $0.assumingMemoryBound(to: Bytef.self) + produced }
+                    strm.pointee.avail_out = uInt(outBuf.count - produced)
+                    let rc = step(strm, Z_FINISH)
+                    produced = outBuf.count - Int(strm.pointee.avail_out)
+                    return rc
+                }
+                // Out of room: grow up to the limit. Anything else (the end, a corrupt stream) stops.
+                guard rc == Z_OK || rc == Z_BUF_ERROR, strm.pointee.avail_out == 0, out.count < limit else { break }
+                out.append(contentsOf: repeatElement(0, count: min(limit, out.count * 2 + 64) - out.count))
+            }
+        }
+        let consumedAll = strm.pointee.avail_in == 0
+        strm.pointee.next_in = nil
+        strm.pointee.next_out = nil
+        out.removeSubrange(produced...)
+        return (rc, out, consumedAll)
+    }
+
     /// Compresses `input` in the zlib format (RFC 1950). Fixed codes only where the system zlib
     /// is safe with them (``fixedCodesAvailable``); dynamic codes otherwise.
     static func compress(_ input: [UInt8], level: Int32, fixedCodes: Bool = false) throws(Failure) -> [UInt8] {
@@ -67,29 +98,9 @@ final class DeflateStream: @unchecked Sendable {
         // deflateBound assumes deflate falls back to a stored block when coding would grow the
         // data; zlib before 1.2.13 could write a larger fixed-code block instead, so the
         // buffer grows when it runs out.
-        var out = [UInt8](repeating: 0, count: Int(deflateBound(strm, uLong(input.count))))
-        var produced = 0
-        var rc: Int32 = Z_OK
-        input.withUnsafeBytes { inBuf in
-            strm.pointee.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress?.assumingMemoryBound(to: Bytef.self))
-            strm.pointee.avail_in = uInt(inBuf.count)
-            while true {
-                rc = out.withUnsafeMutableBytes { outBuf in
-                    strm.pointee.next_out = outBuf.baseAddress.map { $0.assumingMemoryBound(to: Bytef.self) + produced }
-                    strm.pointee.avail_out = uInt(outBuf.count - produced)
-                    let rc = deflate(strm, Z_FINISH)
-                    produced = outBuf.count - Int(strm.pointee.avail_out)
-                    return rc
-                }
-                guard (rc == Z_OK || rc == Z_BUF_ERROR), strm.pointee.avail_out == 0 else { break }
-                out.append(contentsOf: repeatElement(0, count: out.count / 2 + 64))
-            }
-            strm.pointee.next_in = nil
-            strm.pointee.next_out = nil
-        }
-        guard rc == Z_STREAM_END else { throw Zlib.Failure(message: "deflate did not finish (\(rc))") }
-        out.removeSubrange(produced...)
-        return out
+        let r = Zlib.finish(strm, input, capacity: Int(deflateBound(strm, uLong(input.count))), limit: Int.max, deflate)
+        guard r.rc == Z_STREAM_END else { throw Zlib.Failure(message: "deflate did not finish (\(r.rc))") }
+        return r.out
     }
 }
 
@@ -114,35 +125,12 @@ final class InflateStream: @unchecked Sendable {
 
     func decompress(_ input: [UInt8], limit: Int) throws(Zlib.Failure) -> [UInt8] {
         guard inflateReset(strm) == Z_OK else { throw Zlib.Failure(message: "inflateReset failed") }
-        var out = [UInt8](repeating: 0, count: min(limit, max(64, input.count * 4)))
-        var produced = 0
-        var consumedAll = false
-        var rc: Int32 = Z_OK
-        input.withUnsafeBytes { inBuf in
-            strm.pointee.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress?.assumingMemoryBound(to: Bytef.self))
-            strm.pointee.avail_in = uInt(inBuf.count)
-            while true {
-                rc = out.withUnsafeMutableBytes { outBuf in
-                    strm.pointee.next_out = outBuf.baseAddress.map { $0.assumingMemoryBound(to: Bytef.self) + produced }
-                    strm.pointee.avail_out = uInt(outBuf.count - produced)
-                    let rc = inflate(strm, Z_FINISH)
-                    produced = outBuf.count - Int(strm.pointee.avail_out)
-                    return rc
-                }
-                if rc == Z_STREAM_END { consumedAll = strm.pointee.avail_in == 0; break }
-                // Out of room: grow up to the limit; anything else is a corrupt stream.
-                guard rc == Z_BUF_ERROR || rc == Z_OK, strm.pointee.avail_out == 0, out.count < limit else { break }
-                out.append(contentsOf: repeatElement(0, count: min(limit, out.count * 2) - out.count))
-            }
-            strm.pointee.next_in = nil
-            strm.pointee.next_out = nil
+        let r = Zlib.finish(strm, input, capacity: min(limit, max(64, input.count * 4)), limit: limit, inflate)
+        guard r.rc == Z_STREAM_END else {
+            throw Zlib.Failure(message: r.out.count >= limit ? "decompressed size exceeds \(limit) bytes" : "not a valid zlib stream")
         }
-        guard rc == Z_STREAM_END else {
-            throw Zlib.Failure(message: produced >= limit ? "decompressed size exceeds \(limit) bytes" : "not a valid zlib stream")
-        }
-        guard consumedAll else { throw Zlib.Failure(message: "trailing bytes after the zlib stream") }
-        out.removeSubrange(produced...)
-        return out
+        guard r.consumedAll else { throw Zlib.Failure(message: "trailing bytes after the zlib stream") }
+        return r.out
     }
 }
 
