@@ -102,7 +102,7 @@ extension PostgresStore {
         // scope's keys from now on makes this read keep none of them.
         let (started, generation) = (ContinuousClock.now, prefetchedKeys.withLock { $0.generation })
         var collected: [ReadAggregateStatement.Row]
-        if group.count == 1 {
+        if group.count == 1, preparedReads.load(ordering: .acquiring) {
             // Most gets are alone (one reader, or readers that do not overlap): a prepared
             // statement, parsed once per connection, answers them in about half the time of
             // the function, whose array handling only pays off for several aggregates.
@@ -110,6 +110,11 @@ extension PostgresStore {
                 collected = try await preparedRead(ReadAggregateStatement(id: ids[0], gt: gts[0], lte: ltes[0]))
             } catch let error as PSQLError where error.code == .server {
                 // Whatever the server refused, the function may still answer (see preparedRead).
+                let n = preparedReadFallbacks.wrappingAdd(1, ordering: .relaxed).newValue
+                let state = error.serverInfo?[.sqlState] ?? "?"
+                let message = "a read of one aggregate failed as a prepared statement (\(state)); it is read through the server function"
+                // Once loudly: a pooler that drops the connection settings makes every lone read land here.
+                if n == 1 { logger.warning("\(message)") } else { logger.debug("\(message)") }
                 collected = try await functionRead(ids: ids, gts: gts, ltes: ltes)
             }
         } else {

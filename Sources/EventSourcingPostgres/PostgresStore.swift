@@ -36,6 +36,11 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     private let pending = Mutex(PendingSaves())
     let pendingReads = Mutex(PendingReads())
     let closed = Atomic<Bool>(false)
+    /// Whether lone reads may use the prepared statement, which finds the tables through
+    /// `search_path`: false when the setting did not reach the server (see ``checkSearchPath()``).
+    let preparedReads = Atomic<Bool>(true)
+    /// Lone reads the prepared statement could not answer, answered by the function instead.
+    let preparedReadFallbacks = Atomic<Int>(0)
     /// Data keys read together with events, for the key ring's next cache miss (see ``dataKeys(scope:reading:)``).
     let prefetchedKeys = Mutex(PrefetchedKeys())
 
@@ -112,12 +117,27 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         deadlineTask = Task { [deadlines] in await Deadlines.check(deadlines) }
         do {
             try await migrate()
+            try await checkSearchPath()
         } catch {
             runTask.cancel()
             deadlines.stop()
             deadlineTask.cancel()
             throw PostgresStore.translate(error, configuration: configuration)
         }
+    }
+
+    /// A connection pooler may drop the startup settings. Then `search_path` is the server's
+    /// default, and the prepared statement would find no tables, or another schema's tables of
+    /// the same names; lone reads then use the function, which names the schema.
+    private func checkSearchPath() async throws {
+        var current: String?
+        for try await name in try await client.query("SELECT current_schema()::text", logger: logger).decode(String?.self) {
+            current = name
+        }
+        guard current != configuration.schema else { return }
+        preparedReads.store(false, ordering: .releasing)
+        logger.warning("PostgreSQL did not take this store's connection settings (search_path starts with \(current ?? "no schema"), not the store's schema; a connection pooler?): reads of single aggregates use the server function, and statement_timeout may not apply",
+                       metadata: ["schema": "\(configuration.schema)"])
     }
 
     deinit {

@@ -117,6 +117,13 @@ extension PostgresTests {
                         }
                         let nobody = UUID()
                         #expect(try await storeA.selectEvents(originatorID: nobody, gt: nil, lte: nil, desc: false, limit: nil).isEmpty)
+                        // And all of it through the prepared statement (the function would hide a wrong search_path).
+                        for store in [storeA, storeB] {
+                            let prepared = store.preparedReads.load(ordering: .relaxed)
+                            let fallbacks = store.preparedReadFallbacks.load(ordering: .relaxed)
+                            #expect(prepared)
+                            #expect(fallbacks == 0)
+                        }
                     }
                 }
             } catch {
@@ -137,7 +144,7 @@ extension PostgresTests {
         @Test("a read whose preparation failed (blocked by a lock past the timeout) does not break the reads after it")
         func failedPreparationRecovers() async throws {
             // One connection, so the read after the failure runs where the preparation failed.
-            let config = try freshConfiguration { $0.operationTimeout = .seconds(1); $0.poolSize = 1 }
+            let config = try freshConfiguration { $0.operationTimeout = .seconds(2); $0.poolSize = 1 }
             try await withStore(config) { store in
                 let id = UUID()
                 let events = (1...3).map { StoredEvent(originatorID: id, originatorVersion: $0, topic: "T", state: [0xEE, UInt8($0)]) }
@@ -152,14 +159,22 @@ extension PostgresTests {
                         await expectESError(.databaseUnavailable) {
                             _ = try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil)
                         }
-                        // Past the server's statement timeout too.
-                        try await Task.sleep(for: .milliseconds(300))
+                        // Hold the lock until the server has refused the preparation (however slow this machine).
+                        let waited = ContinuousClock.now
+                        while store.preparedReadFallbacks.load(ordering: .relaxed) == 0, ContinuousClock.now - waited < .seconds(30) {
+                            try await Task.sleep(for: .milliseconds(50))
+                        }
                         try await connection.query("ROLLBACK", logger: quietLogger)
                     }
                 }
+                let failed = store.preparedReadFallbacks.load(ordering: .relaxed)
+                #expect(failed == 1, "the preparation failed once, under the lock")
                 for _ in 0..<3 {
                     #expect(try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == events)
                 }
+                // The connection that remembered the failure was closed: the later reads were prepared again.
+                let after = store.preparedReadFallbacks.load(ordering: .relaxed)
+                #expect(after == 1)
             }
         }
 

@@ -44,7 +44,7 @@ public struct ZlibCompressor: Compressor {
     public init(level: Int32 = 6, strategy: Strategy = ZlibCompressor.defaultStrategy, maxDecompressedSize: Int = 64 << 20) {
         self.level = min(9, max(0, level))
         self.strategy = strategy
-        self.maxDecompressedSize = maxDecompressedSize
+        self.maxDecompressedSize = max(0, maxDecompressedSize)
     }
 
     public func compress(_ bytes: [UInt8]) throws -> [UInt8] {

@@ -35,17 +35,21 @@ enum Zlib {
         var rc: Int32 = Z_OK
         input.withUnsafeBytes { inBuf in
             strm.pointee.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress?.assumingMemoryBound(to: Bytef.self))
-            strm.pointee.avail_in = uInt(inBuf.count)
+            strm.pointee.avail_in = uInt(inBuf.count)   // ≤ UInt32.max: callers check (Zlib.maxInput)
             while true {
                 rc = out.withUnsafeMutableBytes { outBuf in
                     strm.pointee.next_out = outBuf.baseAddress.map { $0.assumingMemoryBound(to: Bytef.self) + produced }
-                    strm.pointee.avail_out = uInt(outBuf.count - produced)
+                    // A buffer past 4 GiB is offered 4 GiB at a time.
+                    let offered = min(outBuf.count - produced, Int(UInt32.max))
+                    strm.pointee.avail_out = uInt(offered)
                     let rc = step(strm, Z_FINISH)
-                    produced = outBuf.count - Int(strm.pointee.avail_out)
+                    produced += offered - Int(strm.pointee.avail_out)
                     return rc
                 }
                 // Out of room: grow up to the limit. Anything else (the end, a corrupt stream) stops.
-                guard rc == Z_OK || rc == Z_BUF_ERROR, strm.pointee.avail_out == 0, out.count < limit else { break }
+                guard rc == Z_OK || rc == Z_BUF_ERROR, strm.pointee.avail_out == 0 else { break }
+                if produced < out.count { continue }   // only the 4 GiB window was full
+                guard out.count < limit else { break }
                 out.append(contentsOf: repeatElement(0, count: min(limit, out.count * 2 + 64) - out.count))
             }
         }
@@ -58,7 +62,11 @@ enum Zlib {
 
     /// Compresses `input` in the zlib format (RFC 1950). Fixed codes only where the system zlib
     /// is safe with them (``fixedCodesAvailable``); dynamic codes otherwise.
+    /// The largest input one call takes (zlib counts input in 32 bits).
+    static let maxInput = Int(UInt32.max)
+
     static func compress(_ input: [UInt8], level: Int32, fixedCodes: Bool = false) throws(Failure) -> [UInt8] {
+        guard input.count <= maxInput else { throw Failure(message: "input of \(input.count) bytes exceeds 4 GiB") }
         let pool = DeflatePool.pool(level: level, fixedCodes: fixedCodes && fixedCodesAvailable)
         let stream = try pool.take()
         defer { pool.give(stream) }
@@ -68,6 +76,7 @@ enum Zlib {
     /// Decompresses a complete zlib stream, refusing output larger than `limit` bytes and any
     /// trailing bytes after the stream's end.
     static func decompress(_ input: [UInt8], limit: Int) throws(Failure) -> [UInt8] {
+        guard input.count <= maxInput else { throw Failure(message: "input of \(input.count) bytes exceeds 4 GiB") }
         let stream = try InflatePool.shared.take()
         defer { InflatePool.shared.give(stream) }
         return try stream.decompress(input, limit: limit)
@@ -93,12 +102,14 @@ final class DeflateStream: @unchecked Sendable {
         strm.deallocate()
     }
 
-    func compress(_ input: [UInt8]) throws(Zlib.Failure) -> [UInt8] {
+    /// - Parameter initialCapacity: the output buffer's first size; deflateBound's unless given (tests).
+    func compress(_ input: [UInt8], initialCapacity: Int? = nil) throws(Zlib.Failure) -> [UInt8] {
         guard deflateReset(strm) == Z_OK else { throw Zlib.Failure(message: "deflateReset failed") }
         // deflateBound assumes deflate falls back to a stored block when coding would grow the
         // data; zlib before 1.2.13 could write a larger fixed-code block instead, so the
         // buffer grows when it runs out.
-        let r = Zlib.finish(strm, input, capacity: Int(deflateBound(strm, uLong(input.count))), limit: Int.max, deflate)
+        let capacity = initialCapacity ?? Int(deflateBound(strm, uLong(input.count)))
+        let r = Zlib.finish(strm, input, capacity: capacity, limit: Int.max, deflate)
         guard r.rc == Z_STREAM_END else { throw Zlib.Failure(message: "deflate did not finish (\(r.rc))") }
         return r.out
     }
