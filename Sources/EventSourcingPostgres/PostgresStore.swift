@@ -130,9 +130,13 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     /// default, and the prepared statement would find no tables, or another schema's tables of
     /// the same names; lone reads then use the function, which names the schema.
     private func checkSearchPath() async throws {
-        var current: String?
-        for try await name in try await client.query("SELECT current_schema()::text", logger: logger).decode(String?.self) {
-            current = name
+        let logger = self.logger
+        let current = try await run { client in
+            var current: String?
+            for try await name in try await client.query("SELECT current_schema()::text", logger: logger).decode(String?.self) {
+                current = name
+            }
+            return current
         }
         guard current != configuration.schema else { return }
         preparedReads.store(false, ordering: .releasing)
