@@ -96,7 +96,6 @@ extension PostgresStore {
 
     /// One query for the whole group: each aggregate's events in version order, then the keys.
     private func selectGroup(_ group: [PendingRead]) async throws -> [[StoredEvent]] {
-        let s = schema
         let ids = group.map(\.id), gts = group.map(\.gt), ltes = group.map(\.lte)
         // Taken before the query: the keys are at least this old, and a local change to any
         // scope's keys from now on makes this read keep none of them.

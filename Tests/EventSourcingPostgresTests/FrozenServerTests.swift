@@ -52,14 +52,7 @@ extension PostgresTests {
         @Test("Saves and reads issued while the server is frozen (SIGSTOP) each fail with .databaseUnavailable within their own operation timeout, also those queued behind a stuck one; after it thaws, saves and reads work again",
               .enabled(if: PrivateCluster.available), .timeLimit(.minutes(3)))
         func frozenServer() async throws {
-            let cluster = try await PrivateCluster.start()
-            do {
-                try await run(cluster)
-            } catch {
-                await cluster.stop()
-                throw error
-            }
-            await cluster.stop()
+            try await PrivateCluster.with(run)
         }
 
         private func run(_ cluster: PrivateCluster) async throws {

@@ -29,14 +29,7 @@ extension PostgresTests {
         @Test("A restart (pg_ctl restart -m immediate) mid-run: in-flight saves fail with .databaseUnavailable within the operation timeout, later saves succeed, every acknowledged save is there and none is partial",
               .enabled(if: PrivateCluster.available), .timeLimit(.minutes(3)))
         func restartMidRun() async throws {
-            let cluster = try await PrivateCluster.start()
-            do {
-                try await run(cluster)
-            } catch {
-                await cluster.stop()
-                throw error
-            }
-            await cluster.stop()
+            try await PrivateCluster.with(run)
         }
 
         private func run(_ cluster: PrivateCluster) async throws {

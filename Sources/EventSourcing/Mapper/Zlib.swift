@@ -60,11 +60,11 @@ enum Zlib {
         return (rc, out, consumedAll)
     }
 
-    /// Compresses `input` in the zlib format (RFC 1950). Fixed codes only where the system zlib
-    /// is safe with them (``fixedCodesAvailable``); dynamic codes otherwise.
     /// The largest input one call takes (zlib counts input in 32 bits).
     static let maxInput = Int(UInt32.max)
 
+    /// Compresses `input` in the zlib format (RFC 1950). Fixed codes only where the system zlib
+    /// is safe with them (``fixedCodesAvailable``); dynamic codes otherwise.
     static func compress(_ input: [UInt8], level: Int32, fixedCodes: Bool = false) throws(Failure) -> [UInt8] {
         guard input.count <= maxInput else { throw Failure(message: "input of \(input.count) bytes exceeds 4 GiB") }
         let pool = DeflatePool.pool(level: level, fixedCodes: fixedCodes && fixedCodesAvailable)

@@ -117,6 +117,19 @@ final class PrivateCluster: Sendable {
         for pid in try serverProcesses() { kill(pid, SIGCONT) }
     }
 
+    /// Starts a cluster, runs `body` with it, and stops and deletes it afterwards, also when
+    /// `body` throws.
+    static func with(_ body: (PrivateCluster) async throws -> Void) async throws {
+        let cluster = try await start()
+        do {
+            try await body(cluster)
+        } catch {
+            await cluster.stop()
+            throw error
+        }
+        await cluster.stop()
+    }
+
     /// Stops the cluster (immediately) and deletes it.
     func stop() async {
         try? thaw()
