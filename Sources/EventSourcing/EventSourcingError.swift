@@ -26,7 +26,8 @@ public struct EventSourcingError: Error, Sendable, CustomStringConvertible {
         public static let wrongMasterKey = Code("wrongMasterKey")
         /// An event does not follow the aggregate (wrong originator id or version).
         public static let invalidEvent = Code("invalidEvent")
-        /// A plaintext record was found while plaintext reads are disabled.
+        /// An unencrypted record was read while plaintext reads are disabled, or offered to a store
+        /// that holds encrypted data (which refuses plaintext unless opened for a migration).
         public static let plaintextRejected = Code("plaintextRejected")
         /// The database file is not a database, is truncated or is otherwise corrupt.
         public static let databaseCorrupt = Code("databaseCorrupt")
@@ -40,6 +41,15 @@ public struct EventSourcingError: Error, Sendable, CustomStringConvertible {
         public static let recorderFailure = Code("recorderFailure")
         /// An argument is outside what the API accepts.
         public static let invalidArgument = Code("invalidArgument")
+        /// A write broke a database constraint other than the events' `(originator id, version)`
+        /// key (which is ``concurrencyConflict``); ``EventSourcingError/storeCode`` says which.
+        public static let constraintViolation = Code("constraintViolation")
+        /// The key scope has never had a data key and was never shredded (a typo, or an
+        /// uppercase UUID): nothing was changed.
+        public static let keyScopeNotFound = Code("keyScopeNotFound")
+        /// The stored record belongs to another aggregate type than the one asked for (its topic
+        /// names another type).
+        public static let aggregateTypeMismatch = Code("aggregateTypeMismatch")
 
         public var description: String { raw }
     }
@@ -60,11 +70,14 @@ public struct EventSourcingError: Error, Sendable, CustomStringConvertible {
     public var keyScope: String?
     /// When the scope was shredded.
     public var shreddedAt: Date?
+    /// The database's own code for the failure, when a store reported it: SQLite's extended
+    /// result code (`"SQLITE_CONSTRAINT_UNIQUE (2067)"`) or PostgreSQL's SQLSTATE (`"23505"`).
+    public var storeCode: String?
 
     /// Creates an error.
     public init(_ code: Code, _ message: String, originatorID: UUID? = nil, originatorVersion: Int? = nil,
                 topic: String? = nil, notificationID: Int64? = nil, keyScope: String? = nil,
-                shreddedAt: Date? = nil) {
+                shreddedAt: Date? = nil, storeCode: String? = nil) {
         self.code = code
         self.message = message
         self.originatorID = originatorID
@@ -73,6 +86,7 @@ public struct EventSourcingError: Error, Sendable, CustomStringConvertible {
         self.notificationID = notificationID
         self.keyScope = keyScope
         self.shreddedAt = shreddedAt
+        self.storeCode = storeCode
     }
 
     public var description: String {
@@ -83,6 +97,7 @@ public struct EventSourcingError: Error, Sendable, CustomStringConvertible {
         if let topic { parts.append("topic \(topic)") }
         if let keyScope { parts.append("key scope \(keyScope)") }
         if let shreddedAt { parts.append("shredded at \(ISO8601DateFormatter().string(from: shreddedAt))") }
+        if let storeCode { parts.append("store code \(storeCode)") }
         return "EventSourcingError.\(code): \(message)" + (parts.isEmpty ? "" : " [" + parts.joined(separator: ", ") + "]")
     }
 
