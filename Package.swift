@@ -77,6 +77,7 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingSQLiteTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement", "ESTestSupport"],
+                    resources: [.copy("Fixtures")],
                     swiftSettings: strict),
         .testTarget(name: "esctlTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],

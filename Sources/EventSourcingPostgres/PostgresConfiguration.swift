@@ -36,6 +36,11 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
     /// `.databaseUnavailable` and the pool opens a new one. Checking costs a timer set and
     /// cancelled on every query (about a sixth of a save's time on a 2-core machine).
     public var keepAliveInterval: Duration?
+    /// For migrations only: accept unencrypted events and snapshots although the store has a
+    /// master key. Off by default: such a store refuses them with
+    /// ``EventSourcing/EventSourcingError/Code/plaintextRejected``, so an application opened
+    /// without its keyring cannot write personal data in the clear.
+    public var allowsPlaintextWrites: Bool = false
 
     /// Creates a configuration.
     public init(host: String = "127.0.0.1", port: Int = 5432, username: String, password: String?, database: String,

@@ -90,6 +90,7 @@ extension PostgresStore {
     // MARK: Snapshots
 
     public func insertSnapshot(_ snapshot: StoredEvent) async throws {
+        if snapshot.keyScope == nil { try await refusePlaintext(snapshot, snapshot: true) }
         let s = schema
         let scope = snapshot.keyScope ?? ""
         let state = snapshot.state.byteBuffer

@@ -36,6 +36,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     private let pending = Mutex(PendingSaves())
     let pendingReads = Mutex(PendingReads())
     let closed = Atomic<Bool>(false)
+    /// Whether the store was seen to have a master-key check (see ``refusePlaintext(_:snapshot:)``).
+    let hasMasterKey = Atomic<Bool>(false)
     /// Whether lone reads may use the prepared statement, which finds the tables through
     /// `search_path`: false when the setting did not reach the server (see ``checkSearchPath()``).
     let preparedReads = Atomic<Bool>(true)
@@ -214,6 +216,10 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                         try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
                     }
                 }
+                // Unencrypted events, counted without a scan (encrypted rows never enter the index).
+                try await conn.query(
+                    "CREATE INDEX IF NOT EXISTS events_plaintext ON \(unescaped: s).events (notification_id) WHERE key_scope IS NULL",
+                    logger: self.logger)
                 // The functions are replaced on every start, so a fix to them needs no migration.
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.insertSavesFunction(s)), logger: self.logger)
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.readAggregatesFunction(s)), logger: self.logger)
@@ -221,6 +227,42 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                     "INSERT INTO \(unescaped: s).es_meta (key, value) VALUES ('schema_version', \(Int64(PostgresStore.schemaVersion))) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                     logger: self.logger)
             }
+        }
+    }
+
+    // MARK: Plaintext
+
+    /// Throws `.plaintextRejected` naming `record` if the store has a master key (unless
+    /// ``PostgresConfiguration/allowsPlaintextWrites``). A store that has a master key keeps it
+    /// (rotation adds the new check before retiring the old), so a positive answer is cached.
+    func refusePlaintext(_ record: StoredEvent, snapshot: Bool) async throws {
+        guard !configuration.allowsPlaintextWrites else { return }
+        if !hasMasterKey.load(ordering: .relaxed) {
+            let s = schema
+            let found: Bool = try await run { client in
+                var found = false
+                for try await v in try await client.query(
+                    "SELECT EXISTS (SELECT 1 FROM \(unescaped: s).master_key_checks)", logger: self.logger).decode(Bool.self) {
+                    found = v
+                }
+                return found
+            }
+            guard found else { return }
+            hasMasterKey.store(true, ordering: .relaxed)
+        }
+        throw EventSourcingError(.plaintextRejected,
+            "unencrypted \(snapshot ? "snapshot" : "event") refused: this store has a master key, so its records must be "
+            + "encrypted (give the application's Mapper a Keyring, or set allowsPlaintextWrites for a migration)",
+            originatorID: record.originatorID, originatorVersion: record.originatorVersion, topic: record.topic)
+    }
+
+    public func countPlaintextEvents() async throws -> Int {
+        let s = schema
+        return try await run { client in
+            var n: Int64 = 0
+            for try await v in try await client.query("SELECT count(*) FROM \(unescaped: s).events WHERE key_scope IS NULL",
+                                                      logger: self.logger).decode(Int64.self) { n = v }
+            return Int(n)
         }
     }
 
@@ -237,6 +279,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
         }
+        if let e = events.first(where: { $0.keyScope == nil }) { try await refusePlaintext(e, snapshot: false) }
         forgetPrefetchedKeys(newKeys.map(\.scope))
         let enqueued = ContinuousClock.now
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<[Int64], any Error>) in

@@ -11,7 +11,11 @@ extension SQLiteStore {
 
     public func insertEvents(_ events: [StoredEvent], newKeys: [WrappedDataKey]) async throws -> [Int64] {
         guard !events.isEmpty || !newKeys.isEmpty else { return [] }
+        let refusePlaintext = !configuration.allowsPlaintextWrites
         return try await write { conn in
+            if refusePlaintext, let e = events.first(where: { $0.keyScope == nil }) {
+                try SQLiteStore.refusePlaintext(e, snapshot: false, conn)
+            }
             for key in newKeys { try SQLiteStore.insertDataKey(key, conn) }
             // A scope shredded by another process must not get new records under a key this
             // process still has cached.
@@ -113,10 +117,33 @@ extension SQLiteStore {
         }
     }
 
+    public func countPlaintextEvents() async throws -> Int {
+        try await read { conn in
+            let s = try conn.statement("SELECT count(*) FROM events WHERE key_scope IS NULL")
+            defer { s.reset() }
+            return try s.step() ? s.int(0) : 0
+        }
+    }
+
+    /// Throws `.plaintextRejected` naming `record` if the store has a master key.
+    static func refusePlaintext(_ record: StoredEvent, snapshot: Bool, _ conn: SQLiteConnection) throws {
+        let s = try conn.statement("SELECT EXISTS (SELECT 1 FROM master_key_checks)")
+        defer { s.reset() }
+        guard try s.step(), s.int(0) == 1 else { return }
+        throw EventSourcingError(.plaintextRejected,
+            "unencrypted \(snapshot ? "snapshot" : "event") refused: this store has a master key, so its records must be "
+            + "encrypted (give the application's Mapper a Keyring, or open the store with allowsPlaintextWrites for a migration)",
+            originatorID: record.originatorID, originatorVersion: record.originatorVersion, topic: record.topic)
+    }
+
     // MARK: Snapshots
 
     public func insertSnapshot(_ snapshot: StoredEvent) async throws {
+        let refusePlaintext = !configuration.allowsPlaintextWrites
         try await write { conn in
+            if refusePlaintext, snapshot.keyScope == nil {
+                try SQLiteStore.refusePlaintext(snapshot, snapshot: true, conn)
+            }
             // A process with a stale cached key must not leave a snapshot of a shredded scope.
             if let scope = snapshot.keyScope, let t = try SQLiteStore.tombstone(scope, conn) {
                 throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, shreddedAt: t.shreddedAt)

@@ -29,16 +29,23 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         public var busyTimeout: Duration
         /// Reader connections kept open.
         public var readers: Int
+        /// For migrations only: accept unencrypted events and snapshots although the store has
+        /// a master key (an encrypted application uses it). Off by default: such a store refuses
+        /// them with ``EventSourcing/EventSourcingError/Code/plaintextRejected``, so an
+        /// application opened without its keyring cannot write personal data in the clear.
+        public var allowsPlaintextWrites: Bool
         /// Creates settings.
-        public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(5), readers: Int = 4) {
+        public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(5), readers: Int = 4,
+                    allowsPlaintextWrites: Bool = false) {
             self.synchronous = synchronous
             self.busyTimeout = busyTimeout
             self.readers = max(1, readers)
+            self.allowsPlaintextWrites = allowsPlaintextWrites
         }
     }
 
     /// The schema version this code writes.
-    public static let schemaVersion = 1
+    public static let schemaVersion = 2
 
     /// The database file.
     public let path: String
@@ -207,6 +214,10 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
             kdf TEXT,
             created_at REAL NOT NULL
         ) WITHOUT ROWID;
+        """,
+        // 2: unencrypted events, found without a scan (a partial index: encrypted rows never enter it).
+        """
+        CREATE INDEX IF NOT EXISTS events_plaintext ON events (notification_id) WHERE key_scope IS NULL;
         """,
     ]
 

@@ -54,6 +54,9 @@ public final class Application: Sendable {
     // MARK: Saving
 
     /// Saves the pending events of `root` atomically and clears them.
+    ///
+    /// Swift does not let an actor's (or a `main.swift`'s top-level) variable be passed `inout`
+    /// to an `async` call: save a local variable, then store it back.
     /// - Returns: one ``Recording`` per event, with its notification id.
     /// - Throws: ``EventSourcingError`` `.concurrencyConflict` (nothing written), `.shredded`, …
     @discardableResult
@@ -193,8 +196,12 @@ public final class Application: Sendable {
 
     /// Runs `command` again when it fails with a concurrency conflict, up to `maxAttempts` times
     /// in all. The command should get the aggregate afresh each time.
+    ///
+    /// The command runs in the caller's isolation, so it can be called from `@MainActor` code or
+    /// an actor and touch that actor's state.
     /// - Throws: the last conflict after `maxAttempts`, or any other error at once.
-    public func retryingOnConflict<T: Sendable>(maxAttempts: Int = 5, _ command: () async throws -> T) async throws -> T {
+    public func retryingOnConflict<T>(maxAttempts: Int = 5, isolation: isolated (any Actor)? = #isolation,
+                                      _ command: () async throws -> T) async throws -> T {
         var attempt = 1
         while true {
             do { return try await command() } catch let e as EventSourcingError where e.isConcurrencyConflict && attempt < maxAttempts {

@@ -14,6 +14,20 @@ public struct NotificationLog: Sendable {
         return try await app.recorder.selectNotifications(start: start, limit: limit, stop: stop, topics: topics)
     }
 
+    /// The `start` of the page after one whose last id is `lastID`, for readers that page
+    /// through the log: `lastID + 1`, or `Int64.max` once the log's last possible id was read
+    /// (then stop). A page must end at or after its own `start`.
+    /// - Throws: ``EventSourcingError/Code/databaseCorrupt`` when `lastID < start`: the recorder
+    ///   returned ids out of order (a corrupt index), and paging on would never end.
+    public static func next(after lastID: Int64, from start: Int64) throws(EventSourcingError) -> Int64 {
+        guard lastID >= start else {
+            throw EventSourcingError(.databaseCorrupt,
+                "the recorder returned notification \(lastID) for a page starting at \(start): ids out of order (corrupt index?)",
+                notificationID: lastID)
+        }
+        return lastID == Int64.max ? Int64.max : lastID + 1
+    }
+
     /// The highest notification id, nil when the log is empty.
     public var maxNotificationID: Int64? {
         get async throws { try await app.recorder.maxNotificationID() }
@@ -64,6 +78,7 @@ public struct LogItem: Sendable {
     public func event<A: Aggregate>(as type: A.Type) throws -> DomainEvent<A.Event> {
         switch outcome {
         case .decoded(let payload):
+            try Mapper.checkTopic(notification.storedEvent, of: A.self, snapshot: false, notificationID: notification.id)
             return try Mapper.decodeEvent(payload, as: type, stored: notification.storedEvent, notificationID: notification.id)
         case .shredded(let scope, let at):
             throw EventSourcingError(.shredded, "the key scope was crypto-shredded", originatorID: notification.originatorID,

@@ -44,7 +44,8 @@ public protocol Aggregate: Codable, Sendable {
     /// It is stored in plaintext in every record header: use an opaque id, never PII.
     var dataSubject: String? { get }
 
-    /// The topic suffix for `event`; by default its enum case name.
+    /// The topic suffix for `event`; by default its enum case name as Codable writes it (never
+    /// a description). Declare it for events that are not enums.
     static func topicName(of event: Event) -> String
 
     /// Upgrades a stored event's JSON from schema `version` to `version + 1`.
@@ -59,10 +60,13 @@ extension Aggregate {
     public static var snapshotSchemaVersion: Int { 1 }
     public var dataSubject: String? { nil }
 
+    /// The case name Codable writes for an `enum` event (the key of its keyed encoding, which is
+    /// the case name for synthesised conformances), or for a payload-less `String`/`Int` raw-value
+    /// enum, its case name. Never a `description`. Empty when no name can be derived (a `struct`
+    /// event, or a raw-value enum with a custom description): the mapper then refuses to encode
+    /// the event, and the type must declare `topicName(of:)`.
     public static func topicName(of event: Event) -> String {
-        // Enum cases with payloads reflect as one labelled child; bare cases describe as their name.
-        if let label = Mirror(reflecting: event).children.first?.label { return label }
-        return String(describing: event)
+        TopicNames.caseName(of: event)
     }
 
     public static func upcastEvent(_ json: inout JSONValue, from version: Int) throws {
@@ -103,3 +107,86 @@ public struct DomainEvent<Event: Sendable>: Sendable {
 }
 
 extension DomainEvent: Equatable where Event: Equatable {}
+
+/// Derives default topic names from the Codable encoding of enum events.
+enum TopicNames {
+    /// Stops the probe encoder as soon as the case name is known.
+    private struct Stop: Error {}
+
+    static func caseName<E: Encodable>(of event: E) -> String {
+        // Only enums have case names: a struct's first property must never become its topic.
+        guard Mirror(reflecting: event).displayStyle == .enum else { return "" }
+        let probe = Probe()
+        _ = try? event.encode(to: probe)
+        if let key = probe.firstKey { return key }
+        // A raw-value enum encodes as a single value: its case name is its description unless
+        // it provides its own, which would make topics follow an edited description.
+        if probe.singleValue, !(event is any CustomStringConvertible), !(event is any CustomDebugStringConvertible) {
+            return String(describing: event)
+        }
+        return ""
+    }
+
+    /// An encoder that records the first key of the top-level keyed container and stops.
+    private final class Probe: Encoder {
+        var codingPath: [any CodingKey] { [] }
+        var userInfo: [CodingUserInfoKey: Any] { [:] }
+        var firstKey: String?
+        var singleValue = false
+        var started = false
+
+        func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
+            defer { started = true }
+            return KeyedEncodingContainer(Keyed<Key>(probe: started ? nil : self))
+        }
+        func unkeyedContainer() -> any UnkeyedEncodingContainer {
+            started = true
+            return Unkeyed()
+        }
+        func singleValueContainer() -> any SingleValueEncodingContainer {
+            if !started { singleValue = true }
+            started = true
+            return Single()
+        }
+
+        func note(_ key: any CodingKey) { if firstKey == nil { firstKey = key.stringValue } }
+    }
+
+    private struct Keyed<Key: CodingKey>: KeyedEncodingContainerProtocol {
+        let probe: Probe?
+        var codingPath: [any CodingKey] { [] }
+        mutating func encodeNil(forKey key: Key) throws { probe?.note(key); throw Stop() }
+        mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws { probe?.note(key); throw Stop() }
+        mutating func nestedContainer<N: CodingKey>(keyedBy keyType: N.Type, forKey key: Key) -> KeyedEncodingContainer<N> {
+            probe?.note(key)
+            return KeyedEncodingContainer(Keyed<N>(probe: nil))
+        }
+        mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
+            probe?.note(key)
+            return Unkeyed()
+        }
+        mutating func superEncoder() -> any Encoder { Probe() }
+        mutating func superEncoder(forKey key: Key) -> any Encoder {
+            probe?.note(key)
+            return Probe()
+        }
+    }
+
+    private struct Unkeyed: UnkeyedEncodingContainer {
+        var codingPath: [any CodingKey] { [] }
+        var count: Int { 0 }
+        mutating func encodeNil() throws { throw Stop() }
+        mutating func encode<T: Encodable>(_ value: T) throws { throw Stop() }
+        mutating func nestedContainer<N: CodingKey>(keyedBy keyType: N.Type) -> KeyedEncodingContainer<N> {
+            KeyedEncodingContainer(Keyed<N>(probe: nil))
+        }
+        mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer { Unkeyed() }
+        mutating func superEncoder() -> any Encoder { Probe() }
+    }
+
+    private struct Single: SingleValueEncodingContainer {
+        var codingPath: [any CodingKey] { [] }
+        mutating func encodeNil() throws { throw Stop() }
+        mutating func encode<T: Encodable>(_ value: T) throws { throw Stop() }
+    }
+}

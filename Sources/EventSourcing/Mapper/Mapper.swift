@@ -5,12 +5,15 @@ import KeyManagement
 /// pipeline: Codable (JSON) → compressor (zlib) → cipher (AES-256-GCM under the key scope's
 /// data key). Nothing above the mapper sees bytes or keys; nothing below it sees plaintext.
 public final class Mapper: Sendable {
-    /// Whether records without encryption are accepted on read.
+    /// Whether a mapper with a keyring reads records without encryption. (A mapper without a
+    /// keyring writes and reads only such records.)
     public enum PlaintextReads: Sendable {
-        /// Read them: a store written before encryption was turned on keeps working.
+        /// Read them: for a migration, while a store written before encryption was turned on
+        /// still holds plaintext records.
         case allowed
-        /// Refuse them with ``EventSourcingError/Code/plaintextRejected``: once every record is
-        /// encrypted, this stops anyone with write access from injecting unauthenticated records.
+        /// Refuse them with ``EventSourcingError/Code/plaintextRejected`` (the default): this
+        /// stops anyone with write access from injecting unauthenticated records, and personal
+        /// data written in the clear by mistake from being read as if it were protected.
         case rejected
     }
 
@@ -39,13 +42,13 @@ public final class Mapper: Sendable {
         /// Topics never compressed: events that put attacker-chosen text next to secrets, where
         /// the compressed length could leak the secret (see SECURITY.md).
         public var uncompressedTopics: Set<String>
-        /// Whether unencrypted records are read.
+        /// Whether a mapper with a keyring reads unencrypted records.
         public var plaintextReads: PlaintextReads
 
-        /// Creates options; by default the compact encoding, zlib at level 6, every topic
-        /// compressed, plaintext readable.
+        /// Creates options; by default the compact encoding, zlib, every topic compressed, and
+        /// (with a keyring) unencrypted records refused.
         public init(encoding: PayloadEncoding = .compact, compressor: (any Compressor)? = ZlibCompressor(),
-                    uncompressedTopics: Set<String> = [], plaintextReads: PlaintextReads = .allowed) {
+                    uncompressedTopics: Set<String> = [], plaintextReads: PlaintextReads = .rejected) {
             self.encoding = encoding
             self.compressor = compressor
             self.uncompressedTopics = uncompressedTopics
@@ -93,6 +96,12 @@ public final class Mapper: Sendable {
         out.reserveCapacity(events.count)
         for e in events {
             let topic = A.topic(of: e.event)
+            guard topic.utf8.count > A.typeName.utf8.count + 1 else {
+                throw EventSourcingError(.invalidArgument,
+                    "no topic can be derived for \(A.typeName)'s event type \(A.Event.self): default topics are enum case "
+                    + "names as Codable writes them; declare \(A.self).topicName(of:)",
+                    originatorID: e.originatorID, originatorVersion: e.originatorVersion)
+            }
             guard topic.utf8.count <= StateHeader.maxTopicLength else {
                 throw EventSourcingError(.invalidArgument, "topic is longer than \(StateHeader.maxTopicLength) bytes",
                                          originatorID: e.originatorID, originatorVersion: e.originatorVersion)
@@ -116,6 +125,7 @@ public final class Mapper: Sendable {
     /// - Throws: ``EventSourcingError`` with `.integrityFailure` (tampered or corrupt, names the
     ///   record), `.shredded`, `.keyUnavailable`, `.decodingFailed` (names the topic), `.plaintextRejected`.
     public func decode<A: Aggregate>(_ stored: StoredEvent, as type: A.Type, notificationID: Int64? = nil) async throws -> DomainEvent<A.Event> {
+        try Self.checkTopic(stored, of: A.self, snapshot: false, notificationID: notificationID)
         let payload = try await openPayload(stored, snapshot: false, notificationID: notificationID)
         return try Self.decodeEvent(payload, as: type, stored: stored, notificationID: notificationID)
     }
@@ -175,8 +185,10 @@ public final class Mapper: Sendable {
             }
             body = opened
         } else {
-            guard options.plaintextReads == .allowed else {
-                throw record(.plaintextRejected, "record is not encrypted and plaintext reads are disabled", stored, notificationID)
+            guard keyring == nil || options.plaintextReads == .allowed else {
+                throw record(.plaintextRejected,
+                             "record is not encrypted; a mapper with a keyring refuses plaintext unless plaintextReads is .allowed (for a migration)",
+                             stored, notificationID)
             }
             body = Array(state[bodyOffset...])
         }
@@ -192,9 +204,10 @@ public final class Mapper: Sendable {
     static func decodeEvent<A: Aggregate>(_ payload: Payload, as type: A.Type, stored: StoredEvent,
                                          notificationID: Int64?) throws -> DomainEvent<A.Event> {
         do {
-            let env = try deserialise(EventEnvelope<A>.self, payload)
+            let env = try deserialise(StoredEventEnvelope<A>.self, payload)
+            let event = try env.e.value(currentVersion: A.eventSchemaVersion, encoding: payload.encoding, step: A.upcastEvent)
             return DomainEvent(originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
-                               timestamp: Date(timeIntervalSince1970: env.t), event: env.e)
+                               timestamp: Date(timeIntervalSince1970: env.t), event: event)
         } catch let e as EventSourcingError {
             var e = e
             e.originatorID = stored.originatorID
@@ -235,12 +248,14 @@ public final class Mapper: Sendable {
 
     /// Decodes a snapshot record into a root.
     public func decodeSnapshot<A: Aggregate>(_ stored: StoredEvent, as type: A.Type) async throws -> AggregateRoot<A> {
+        try Self.checkTopic(stored, of: A.self, snapshot: true, notificationID: nil)
         let payload = try await openPayload(stored, snapshot: true)
         do {
-            let env = try Self.deserialise(SnapshotEnvelope<A>.self, payload)
+            let env = try Self.deserialise(StoredSnapshotEnvelope<A>.self, payload)
+            let state = try env.s.value(currentVersion: A.snapshotSchemaVersion, encoding: payload.encoding, step: A.upcastSnapshot)
             return AggregateRoot(id: stored.originatorID, version: stored.originatorVersion,
                                  createdOn: Date(timeIntervalSince1970: env.c), modifiedOn: Date(timeIntervalSince1970: env.m),
-                                 state: env.s)
+                                 state: state)
         } catch {
             throw EventSourcingError(.decodingFailed, "snapshot does not decode as \(A.typeName): \(Self.describe(error))",
                                      originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
@@ -249,6 +264,28 @@ public final class Mapper: Sendable {
     }
 
     // MARK: Internals
+
+    /// Refuses a record stored for another aggregate type: its topic must be `A.typeName + "."`
+    /// followed by an event name (or `A.snapshotTopic`). Without this, an aggregate whose events
+    /// happen to have the same shape would be read as the wrong type.
+    static func checkTopic<A: Aggregate>(_ stored: StoredEvent, of type: A.Type, snapshot: Bool,
+                                         notificationID: Int64?) throws(EventSourcingError) {
+        let ok: Bool
+        if snapshot {
+            ok = stored.topic == A.snapshotTopic
+        } else {
+            let name = A.typeName.utf8
+            let topic = stored.topic.utf8
+            ok = topic.count > name.count + 1 && topic.starts(with: name)
+                && topic[topic.index(topic.startIndex, offsetBy: name.count)] == UInt8(ascii: ".")
+        }
+        guard ok else {
+            throw EventSourcingError(.aggregateTypeMismatch,
+                "the record belongs to another aggregate type than \(A.typeName) (asked for \(A.self))",
+                originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
+                topic: stored.topic, notificationID: notificationID)
+        }
+    }
 
     private func serialise<T: Encodable>(_ value: T) throws -> [UInt8] {
         switch options.encoding {
@@ -353,62 +390,84 @@ public final class Mapper: Sendable {
     }
 }
 
-/// The JSON written for an event: schema version, timestamp, and the event.
-struct EventEnvelope<A: Aggregate>: Codable {
+/// The envelope written for an event: schema version, timestamp, and the event.
+struct EventEnvelope<A: Aggregate>: Encodable {
     var v: Int
     var t: Double
     var e: A.Event
+}
 
-    init(v: Int, t: Double, e: A.Event) {
-        self.v = v
-        self.t = t
-        self.e = e
+/// The envelope written for a snapshot: schema version, created/modified times, and the state.
+struct SnapshotEnvelope<A: Aggregate>: Encodable {
+    var v: Int
+    var c: Double
+    var m: Double
+    var s: A
+}
+
+/// A stored envelope's body: decoded, or (an older schema) kept as a tree for the upcasters.
+enum StoredBody<T: Decodable>: Sendable where T: Sendable {
+    case current(T)
+    case older(version: Int, JSONValue)
+
+    static func decode<K: CodingKey>(in c: KeyedDecodingContainer<K>, forKey key: K, storedVersion: Int,
+                                     currentVersion: Int, what: String) throws -> StoredBody<T> {
+        if storedVersion == currentVersion { return .current(try c.decode(T.self, forKey: key)) }
+        guard storedVersion < currentVersion, storedVersion >= 1 else {
+            throw EventSourcingError(.decodingFailed,
+                "\(what) schema version \(storedVersion) is not readable by this code (current \(currentVersion))")
+        }
+        return .older(version: storedVersion, try c.decode(JSONValue.self, forKey: key))
     }
+
+    /// The value, running `step` from the stored schema up to `currentVersion` first if need be.
+    /// The upcast tree is decoded through the payload's own encoding (compact or JSON), so every
+    /// type keeps the representation it was written with (`Data`, `Decimal`, `URL`, … differ
+    /// between the two).
+    func value(currentVersion: Int, encoding: Mapper.PayloadEncoding,
+               step: (inout JSONValue, Int) throws -> Void) throws -> T {
+        switch self {
+        case .current(let v): return v
+        case .older(let version, var json):
+            for from in version..<currentVersion { try step(&json, from) }
+            switch encoding {
+            case .compact: return try CompactDecoder().decode(T.self, from: try CompactEncoder().encode(json))
+            case .json: return try Mapper.jsonDecoder.decode(T.self, from: try Mapper.jsonEncoder.encode(json))
+            }
+        }
+    }
+}
+
+/// A stored event envelope, as read.
+struct StoredEventEnvelope<A: Aggregate>: Decodable {
+    var v: Int
+    var t: Double
+    var e: StoredBody<A.Event>
+
+    private enum CodingKeys: String, CodingKey { case v, t, e }
 
     init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         v = try c.decode(Int.self, forKey: .v)
         t = try c.decode(Double.self, forKey: .t)
-        e = try Upcasting.decode(A.Event.self, in: c, forKey: .e, storedVersion: v,
-                                 currentVersion: A.eventSchemaVersion, step: A.upcastEvent, what: "event")
+        e = try StoredBody.decode(in: c, forKey: .e, storedVersion: v, currentVersion: A.eventSchemaVersion, what: "event")
     }
 }
 
-/// The JSON written for a snapshot: schema version, created/modified times, and the state.
-struct SnapshotEnvelope<A: Aggregate>: Codable {
+/// A stored snapshot envelope, as read.
+struct StoredSnapshotEnvelope<A: Aggregate>: Decodable {
     var v: Int
     var c: Double
     var m: Double
-    var s: A
+    var s: StoredBody<A>
 
-    init(v: Int, c: Double, m: Double, s: A) {
-        self.v = v
-        self.c = c
-        self.m = m
-        self.s = s
-    }
+    private enum CodingKeys: String, CodingKey { case v, c, m, s }
 
     init(from decoder: any Decoder) throws {
         let k = try decoder.container(keyedBy: CodingKeys.self)
         v = try k.decode(Int.self, forKey: .v)
         c = try k.decode(Double.self, forKey: .c)
         m = try k.decode(Double.self, forKey: .m)
-        s = try Upcasting.decode(A.self, in: k, forKey: .s, storedVersion: v,
-                                 currentVersion: A.snapshotSchemaVersion, step: A.upcastSnapshot, what: "snapshot")
-    }
-}
-
-enum Upcasting {
-    static func decode<T: Decodable, K: CodingKey>(_ type: T.Type, in c: KeyedDecodingContainer<K>, forKey key: K,
-                                                    storedVersion: Int, currentVersion: Int,
-                                                    step: (inout JSONValue, Int) throws -> Void, what: String) throws -> T {
-        if storedVersion == currentVersion { return try c.decode(T.self, forKey: key) }
-        guard storedVersion < currentVersion, storedVersion >= 1 else {
-            throw EventSourcingError(.decodingFailed,
-                "\(what) schema version \(storedVersion) is not readable by this code (current \(currentVersion))")
-        }
-        var json = try c.decode(JSONValue.self, forKey: key)
-        for from in storedVersion..<currentVersion { try step(&json, from) }
-        return try JSONDecoder().decode(T.self, from: JSONEncoder().encode(json))
+        s = try StoredBody.decode(in: k, forKey: .s, storedVersion: v, currentVersion: A.snapshotSchemaVersion, what: "snapshot")
     }
 }

@@ -382,8 +382,8 @@ struct ApplicationTests {
             let page = try await log.read(start: 3, limit: 1)
             #expect(page.map(\.notification.id) == [3])
             #expect(try page.first?.event(as: Dog.self).event == .registered(name: "B"))
-            // Reading an item as the wrong aggregate type is a decoding failure naming the topic.
-            let e = await expectESError(.decodingFailed) { try page.first?.event(as: Customer.self) }
+            // Reading an item as the wrong aggregate type is refused, naming the topic.
+            let e = await expectESError(.aggregateTypeMismatch) { try page.first?.event(as: Customer.self) }
             #expect(e?.topic == "Dog.registered")
         }
     }

@@ -546,7 +546,7 @@ struct EncryptionTests {
     func newAggregateShreddedScope(_ factory: RecorderFactory) async throws {
         try await Self.encrypted(factory).withFreshApp { t async throws in
             let id = UUID()
-            _ = try await t.app.shred(keyScope: id.uuidString.lowercased())
+            _ = try await t.app.shred(keyScope: id.uuidString.lowercased(), ifAbsent: .tombstone)
             var dog = try AggregateRoot<Dog>(id: id, .registered(name: "Rex"))
             await expectESError(.shredded) { try await t.app.save(&dog) }
             #expect(try await t.store.recorder.maxNotificationID() == nil)
@@ -554,11 +554,12 @@ struct EncryptionTests {
         }
     }
 
-    @Test("shredding a scope that has no key yet leaves a tombstone that refuses later writes",
+    @Test("shredding a scope that has no key yet is refused, and with ifAbsent: .tombstone leaves a tombstone that refuses later writes",
           arguments: RecorderFactory.all)
     func preemptiveShred(_ factory: RecorderFactory) async throws {
         try await Self.encrypted(factory).withFreshApp { t async throws in
-            let receipt = try await t.app.shred(keyScope: "never-written")
+            await expectESError(.keyScopeNotFound) { try await t.app.shred(keyScope: "never-written") }
+            let receipt = try await t.app.shred(keyScope: "never-written", ifAbsent: .tombstone)
             #expect(receipt.eventsAffected == 0)
             #expect(receipt.snapshotsDeleted == 0)
             #expect(receipt.destroyedKeyVersions.isEmpty)
@@ -603,7 +604,9 @@ struct EncryptionTests {
             #expect(try before.allSatisfy { try !Self.header($0.state).flags.contains(.encrypted) })
 
             let keyring = try await Keyring.open(store: store.keyStore ?? InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
-            let secure = Application(recorder: store.recorder, snapshots: store.snapshots, mapper: Mapper(keyring: keyring))
+            // A migration opts in to reading the plaintext records written before.
+            let secure = Application(recorder: store.recorder, snapshots: store.snapshots,
+                                     mapper: Mapper(keyring: keyring, options: .init(plaintextReads: .allowed)))
             var got = try await secure.repository.get(Dog.self, id: dog.id)
             #expect(got.state == Dog(name: "Old", tricks: ["sit"]))
             try got.record(.addedTrick("beg"))
@@ -621,9 +624,8 @@ struct EncryptionTests {
             let e = await expectESError(.keyUnavailable) { try await plain.repository.get(Dog.self, id: dog.id) }
             #expect(e?.originatorVersion == 3)
 
-            // With plaintext reads rejected, the plaintext records are refused; encrypted ones read.
-            let strict = Application(recorder: store.recorder, snapshots: store.snapshots,
-                                     mapper: Mapper(keyring: keyring, options: .init(plaintextReads: .rejected)))
+            // By default (plaintext reads rejected), the plaintext records are refused; encrypted ones read.
+            let strict = Application(recorder: store.recorder, snapshots: store.snapshots, mapper: Mapper(keyring: keyring))
             let r = await expectESError(.plaintextRejected) { try await strict.repository.get(Dog.self, id: dog.id) }
             #expect(r?.originatorID == dog.id)
             #expect(r?.originatorVersion == 1)
