@@ -69,7 +69,7 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
-                                   "ESTestSupport"],
+                                   "ESTestSupport", .product(name: "Logging", package: "swift-log")],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingPostgresTests",
                     dependencies: ["EventSourcing", "EventSourcingPostgres", "KeyManagement", "ESTestSupport",

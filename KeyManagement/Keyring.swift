@@ -95,7 +95,7 @@ public final class Keyring: Sendable {
         let checks = try await store.masterKeyChecks()
         if checks.isEmpty {
             try await store.insertMasterKeyCheck(makeCheck(for: primary))
-            logger.info("initialised key store", metadata: ["kek": "\(primary.id)"])
+            logger.debug("initialised key store", metadata: ["kek": "\(primary.id)"])
         } else {
             for key in masterKeys {
                 guard let check = checks.first(where: { $0.kekID == key.id }), verify(check, with: key) else {
@@ -238,7 +238,7 @@ public final class Keyring: Sendable {
             s.put(key)
             s.current[scope] = key.version
         }
-        logger.info("rotated data key", metadata: ["scope": "\(scope)", "version": "\(key.version)"])
+        logger.debug("rotated data key", metadata: ["scope": "\(scope)", "version": "\(key.version)"])
         return key.version
     }
 
@@ -299,7 +299,7 @@ public final class Keyring: Sendable {
             try await store.deleteMasterKeyCheck(kekID: check.kekID)
         }
         state.withLock { s in s.masterKeys = [newKey.id: newKey] }
-        logger.notice("rotated master key", metadata: ["kek": "\(newKey.id)", "rewrapped": "\(total.rewrapped)"])
+        logger.info("rotated master key", metadata: ["kek": "\(newKey.id)", "rewrapped": "\(total.rewrapped)"])
         return total
     }
 
@@ -313,7 +313,7 @@ public final class Keyring: Sendable {
             s.evict(scope)
             s.shredded[scope] = tombstone.shreddedAt
         }
-        logger.notice("shredded key scope", metadata: ["scope": "\(scope)", "versions": "\(tombstone.destroyedVersions.count)"])
+        logger.debug("shredded key scope", metadata: ["scope": "\(scope)", "versions": "\(tombstone.destroyedVersions.count)"])
         return tombstone
     }
 

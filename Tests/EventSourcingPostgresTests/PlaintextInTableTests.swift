@@ -32,8 +32,8 @@ extension PostgresTests {
         /// own and returns which names, emails and addresses occur in them.
         private func writeWorkload(_ variant: Variant) async throws -> Scan {
             let dir = try TempDir("plaintext")
-            let events = try await workloadEvents(Self.eventCount, in: dir)
-            try #require(events.count == Self.eventCount, "the workload file has fewer than \(Self.eventCount) events")
+            let events = workloadEvents(Self.eventCount)
+            try #require(events.count == Self.eventCount, "the workload has fewer than \(Self.eventCount) events")
             let config = try freshConfiguration()
             return try await withStore(config) { store in
                 let intervals = [Customer.typeName: Self.snapshotInterval]

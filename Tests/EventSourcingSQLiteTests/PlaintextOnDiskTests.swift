@@ -20,8 +20,8 @@ struct PlaintextOnDiskTests {
     /// open (the WAL holds the recent writes) and after it is closed.
     private func writeWorkload(_ variant: Variant) async throws -> (needles: NeedleSet, open: [String: Set<Int>], closed: [String: Set<Int>]) {
         let dir = try TempDir("plaintext")
-        let events = try await workloadEvents(Self.eventCount, in: dir)
-        try #require(events.count == Self.eventCount, "the workload file has fewer than \(Self.eventCount) events")
+        let events = workloadEvents(Self.eventCount)
+        try #require(events.count == Self.eventCount, "the workload has fewer than \(Self.eventCount) events")
 
         let db = dir.path("events.sqlite")
         let store = try SQLiteStore(path: db)

@@ -60,7 +60,7 @@ public struct Customer: Aggregate {
     }
 }
 
-/// One line of the shared workload file.
+/// One event of the test workload: a customer's personal data.
 public struct WorkloadEvent: Decodable, Sendable {
     public let aggregate: Int
     public let event: Int
@@ -69,11 +69,34 @@ public struct WorkloadEvent: Decodable, Sendable {
     public let address: String
 }
 
-/// The first `count` events of the shared workload (gzip's stderr goes to a file in `dir`).
-public func workloadEvents(_ count: Int, in dir: TempDir) async throws -> [WorkloadEvent] {
-    let path = try TestEnvironment.workloadPath()
-    let text = try await ChildProcess.run("/bin/sh", ["-c", "gzip -dc \"$1\" | head -n \(count)", "sh", path],
-                                          stderrPath: dir.path("gzip.stderr"))
-    let decoder = JSONDecoder()
-    return try text.split(separator: "\n").map { try decoder.decode(WorkloadEvent.self, from: Data($0.utf8)) }
+/// The first `count` events of a deterministic workload shaped like the shared benchmark
+/// workload (ten events per customer; full names, e-mail addresses and long postal addresses),
+/// generated here so the tests read nothing outside the repository. Every name, e-mail and
+/// address is distinct across the first 100,000 events, so a byte search for one finds only
+/// that event's copy.
+public func workloadEvents(_ count: Int) -> [WorkloadEvent] {
+    let first = ["Aoife", "Harper", "Noah", "Liam", "Mia", "Zoe", "Mateo", "Yusuf", "Ingrid", "Kenji",
+                 "Amara", "Lucas", "Sofia", "Oskar", "Priya", "Tomás", "Elif", "Chen", "Nadia", "Rafael"]
+    let last = ["Brown", "Fitzgerald-Hughes", "Williams", "Okafor", "Nakamura", "García", "Novak", "Lindqvist",
+                "Haddad", "O'Connor", "Kowalski", "Dubois", "Rossi", "Andersen", "Mensah", "Petrov"]
+    let domains = ["proton.me", "mail.university.edu", "example-corp.com", "post.example.org", "inbox.example.net"]
+    let streets = ["Pine Place", "Sunset Street", "Highland Place", "Maple Avenue", "Harbour Road", "Elm Court"]
+    let cities = ["Austin, TX", "San Francisco, CA", "Brooklyn, NY", "Portland, OR", "Denver, CO", "Madison, WI"]
+    let companies = ["Acme Logistics Ltd", "Globex Corporation", "Initech Holdings", "Umbrella Freight", "Stark Supply"]
+    // A fixed linear congruential sequence: the same workload on every machine and run.
+    var x: UInt64 = 0x2545_F491_4F6C_DD1D
+    func next(_ n: Int) -> Int {
+        x = x &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return Int((x >> 33) % UInt64(n))
+    }
+    return (0..<max(0, count)).map { i in
+        let f = first[next(first.count)], l = last[next(last.count)]
+        let middle = Character(Unicode.Scalar(UInt8(65 + next(26))))
+        let name = "\(f) \(first[next(first.count)]) \(middle). \(l) \(i)"
+        let email = "\(f.lowercased()).\(l.lowercased().replacingOccurrences(of: "'", with: ""))\(i)@\(domains[next(domains.count)])"
+        let address = "\(1000 + next(90000)) \(streets[next(streets.count)]), Apt \(next(999)), Building G\(next(60)), "
+            + "Floor \(next(40)), c/o \(companies[next(companies.count)]), \(cities[next(cities.count)]) "
+            + "\(10000 + next(89999))-\(i % 10000), United States of America"
+        return WorkloadEvent(aggregate: i / 10, event: i % 10, name: name, email: email, address: address)
+    }
 }

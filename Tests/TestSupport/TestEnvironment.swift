@@ -29,6 +29,18 @@ public enum TestEnvironment {
             .deletingLastPathComponent()
     }
 
+    /// The build directory the tests run from (`.build/debug` or another configuration):
+    /// the directory of the test bundle, else `<package root>/.build/debug`.
+    public static func buildDirectory() throws -> URL {
+        if let arg0 = ProcessInfo.processInfo.arguments.first, !arg0.isEmpty {
+            let parts = URL(fileURLWithPath: arg0).standardizedFileURL.pathComponents
+            if let bundle = parts.lastIndex(where: { $0.hasSuffix(".xctest") }) {
+                return URL(fileURLWithPath: NSString.path(withComponents: Array(parts[..<bundle])))
+            }
+        }
+        return packageRoot().appendingPathComponent(".build/debug")
+    }
+
     /// The `es-test-agent` executable: next to the test runner (the build directory), else
     /// `<package root>/.build/debug/es-test-agent`.
     public static func agentPath() throws -> String {
@@ -49,14 +61,4 @@ public enum TestEnvironment {
             + "build it with `swift build --build-tests` before running the tests")
     }
 
-    /// The shared benchmark workload: `$ES_WORKLOAD_FILE`, else `<package root>/../shared/bench/…`.
-    public static func workloadPath() throws -> String {
-        let path = ProcessInfo.processInfo.environment["ES_WORKLOAD_FILE"]
-            ?? packageRoot().deletingLastPathComponent().appendingPathComponent("shared/bench/workload-10k-aggregates.jsonl.gz").path
-        guard FileManager.default.isReadableFile(atPath: path) else {
-            throw ChildProcessError(description: "the shared workload file is missing: expected \(path) "
-                + "(the repository's sibling ../shared/bench, or set ES_WORKLOAD_FILE)")
-        }
-        return path
-    }
 }

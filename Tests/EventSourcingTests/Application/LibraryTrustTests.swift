@@ -4,6 +4,8 @@ import EventSourcingPostgres
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
+import Logging
+import Synchronization
 import Testing
 
 // Regression tests for quiet successes that became errors: plaintext into an encrypted store,
@@ -405,5 +407,50 @@ struct IsolationTests {
         let keeper = DogKeeper()
         try await keeper.keep(Application(recorder: InMemoryRecorder()))
         #expect(await keeper.saved == 1)
+    }
+}
+
+// MARK: Logging
+
+/// Collects log records in memory, to count them by level.
+struct CollectingLogHandler: LogHandler {
+    let collector: LogCollector
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        collector.records.withLock { $0.append((event.level, "\(event.message)")) }
+    }
+}
+
+final class LogCollector: Sendable {
+    let records = Mutex<[(Logger.Level, String)]>([])
+    var logger: Logger {
+        var l = Logger(label: "test") { _ in CollectingLogHandler(collector: self) }
+        l.logLevel = .trace
+        return l
+    }
+    func count(atLeast level: Logger.Level) -> Int { records.withLock { $0.filter { $0.0 >= level }.count } }
+}
+
+@Suite("Logging")
+struct LoggingTests {
+    @Test("Opening a key store, saving and rotating log at debug only; a shred logs exactly one notice")
+    func routineAtDebugOneNoticePerShred() async throws {
+        let logs = LogCollector()
+        let keyring = try await Keyring.open(store: InMemoryKeyStore(), masterKeys: [MasterKey.generate()], logger: logs.logger)
+        let r = InMemoryRecorder()
+        let app = Application(recorder: r, snapshots: r, mapper: Mapper(keyring: keyring), logger: logs.logger)
+        var dog = try AggregateRoot<Dog>(.registered(name: "Rex"))
+        try await app.save(&dog)
+        _ = try await keyring.rotate(scope: dog.keyScope)
+        #expect(logs.count(atLeast: .info) == 0, "\(logs.records.withLock { $0.map(\.1) })")
+        #expect(logs.count(atLeast: .trace) >= 2, "the routine events are logged at debug")
+        _ = try await app.shred(dog)
+        #expect(logs.records.withLock { $0.filter { $0.0 == .notice }.count } == 1)
+        #expect(logs.count(atLeast: .warning) == 0)
     }
 }
