@@ -15,7 +15,8 @@ public enum AES256GCM {
 
     /// Encrypts and authenticates `plaintext`, returning `ciphertext || tag`.
     /// - Throws: ``KeyManagementError`` with ``KeyManagementError/Code/invalidNonce`` for a nonce
-    ///   that is not 12 bytes, ``KeyManagementError/Code/invalidKeyMaterial`` for a key that is not 32 bytes.
+    ///   that is not 12 bytes, ``KeyManagementError/Code/invalidKeyMaterial`` for a key that is not 32 bytes,
+    ///   ``KeyManagementError/Code/limitExceeded`` for a plaintext or associated data over 2^31 − 1 bytes.
     public static func seal(_ plaintext: [UInt8], key: KeyMaterial, nonce: [UInt8],
                             aad: [UInt8] = []) throws(KeyManagementError) -> [UInt8] {
         try key.withUnsafeBytes { (k) throws(KeyManagementError) in
@@ -25,7 +26,8 @@ public enum AES256GCM {
 
     /// Verifies and decrypts `ciphertext || tag`.
     /// - Throws: ``KeyManagementError/Code/authenticationFailed`` when the tag does not verify;
-    ///   ``KeyManagementError/Code/invalidNonce`` for a nonce that is not 12 bytes.
+    ///   ``KeyManagementError/Code/invalidNonce`` for a nonce that is not 12 bytes;
+    ///   ``KeyManagementError/Code/limitExceeded`` for a ciphertext or associated data over 2^31 − 1 bytes.
     public static func open(_ sealed: [UInt8], key: KeyMaterial, nonce: [UInt8],
                             aad: [UInt8] = []) throws(KeyManagementError) -> [UInt8] {
         let out = try key.withUnsafeBytes { (k) throws(KeyManagementError) in
@@ -37,6 +39,7 @@ public enum AES256GCM {
 
     /// Encrypts `plaintext` under the concatenation of `aadParts` and returns
     /// `prefix || ciphertext || tag` in a single buffer.
+    /// - Throws: as ``seal(_:key:nonce:aad:)``.
     public static func seal(_ plaintext: [UInt8], key: KeyMaterial, nonce: [UInt8],
                             aadParts: [[UInt8]], prefix: [UInt8]) throws(KeyManagementError) -> [UInt8] {
         try key.withUnsafeBytes { (k) throws(KeyManagementError) in
@@ -46,6 +49,8 @@ public enum AES256GCM {
 
     /// Verifies and decrypts the `ciphertext || tag` that starts at `offset` in `sealed`,
     /// under the concatenation of `aadParts`. Returns `nil` if the tag does not verify.
+    /// - Throws: ``KeyManagementError/Code/invalidNonce``, ``KeyManagementError/Code/invalidKeyMaterial``,
+    ///   ``KeyManagementError/Code/limitExceeded`` as ``open(_:key:nonce:aad:)``.
     public static func open(_ sealed: [UInt8], from offset: Int, key: KeyMaterial, nonce: [UInt8],
                             aadParts: [[UInt8]]) throws(KeyManagementError) -> [UInt8]? {
         try key.withUnsafeBytes { (k) throws(KeyManagementError) in

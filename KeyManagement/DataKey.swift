@@ -102,6 +102,9 @@ public enum KeyScope {
 
     /// Associated data for wrapping a data key:
     /// `"ESDEK1" || len(scope) u8 || scope || version u32 BE || len(kekID) u8 || kekID`.
+    ///
+    /// `scope` and `kekID` must be at most 255 UTF-8 bytes (the keyring checks scopes with
+    /// ``validate(_:)``, and KEK ids are 16 characters); a longer one's length byte wraps.
     public static func wrappingAAD(scope: String, version: UInt32, kekID: String) -> [UInt8] {
         var aad = Array("ESDEK1".utf8)
         let s = Array(scope.utf8)

@@ -56,7 +56,8 @@ public final class InMemoryKeyStore: KeyStore {
     }
 
     public func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey] {
-        state.withLock { s in
+        guard limit > 0 else { return [] }
+        return state.withLock { s in
             var out: [WrappedDataKey] = []
             for scope in s.keys.keys.sorted() {
                 if let c = cursor, scope < c.scope { continue }

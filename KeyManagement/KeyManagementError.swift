@@ -34,6 +34,12 @@ public struct KeyManagementError: Error, Sendable, Hashable, CustomStringConvert
         public static let storeFailure = Code("storeFailure")
         /// OpenSSL reported an internal failure.
         public static let cryptoFailure = Code("cryptoFailure")
+        /// An argument is outside what the API accepts (for example a page size below 1).
+        public static let invalidArgument = Code("invalidArgument")
+        /// A size, cost or count is beyond what the kernel supports: an input longer than the
+        /// 2^31 − 1 bytes OpenSSL takes in one call, scrypt parameters beyond their bounds, or a
+        /// scope whose data key is already at version 2^32 − 1.
+        public static let limitExceeded = Code("limitExceeded")
 
         public var description: String { raw }
     }

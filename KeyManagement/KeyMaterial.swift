@@ -11,12 +11,28 @@ public final class KeyMaterial: @unchecked Sendable, CustomStringConvertible, Cu
     /// The number of key bytes.
     public var count: Int { buffer.count }
 
+    /// The longest key ``init(randomCount:)`` creates, in bytes. Keys in this library are 32 bytes.
+    public static let maxRandomCount = 1024
+
     /// Creates `count` fresh random bytes from OpenSSL's RNG.
-    /// - Throws: ``KeyManagementError`` if the RNG fails.
+    /// - Throws: ``KeyManagementError/Code/invalidKeyMaterial`` unless `count` is 1…``maxRandomCount``
+    ///   (nothing is allocated then); ``KeyManagementError/Code/cryptoFailure`` if the RNG fails.
     public init(randomCount count: Int = 32) throws(KeyManagementError) {
+        guard count >= 1, count <= KeyMaterial.maxRandomCount else {
+            throw KeyManagementError(.invalidKeyMaterial,
+                                     "random key material must be 1–\(KeyMaterial.maxRandomCount) bytes, asked for \(count)")
+        }
         buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 16)
         // On failure deinit still runs (every stored property is set) and frees the buffer.
         try LibCrypto.randomFill(buffer)
+    }
+
+    /// Allocates `count` bytes and lets `fill` write the key straight into them, so no other
+    /// copy of the key exists. If `fill` throws, whatever it wrote is zeroized by `deinit`.
+    init(count: Int, filling fill: (UnsafeMutableRawBufferPointer) throws(KeyManagementError) -> Void) throws(KeyManagementError) {
+        buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(0, count), alignment: 16)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        try fill(buffer)
     }
 
     /// Takes ownership of `bytes`, zeroizing the caller's array.

@@ -109,8 +109,20 @@ public final class Keyring: Sendable {
     }
 
     /// The scrypt parameters stored for a passphrase-derived master key, if any.
+    ///
+    /// They come from the store, so they are checked here, before anyone types a passphrase.
+    /// - Throws: what ``KDFParameters/validate()`` throws (``KeyManagementError/Code/limitExceeded``
+    ///   for parameters that would make deriving the key run for hours or allocate gigabytes),
+    ///   naming the master key whose check record holds them.
     public static func storedKDFParameters(in store: any KeyStore) async throws -> KDFParameters? {
-        try await store.masterKeyChecks().last(where: { $0.kdf != nil })?.kdf
+        guard let check = try await store.masterKeyChecks().last(where: { $0.kdf != nil }), let kdf = check.kdf else {
+            return nil
+        }
+        do { try kdf.validate() } catch {
+            throw KeyManagementError(error.code,
+                "the scrypt parameters stored with master key \(check.kekID)'s check record are refused: \(error.message)")
+        }
+        return kdf
     }
 
     /// Id of the master key that wraps new data keys.
@@ -222,7 +234,8 @@ public final class Keyring: Sendable {
     /// Creates a new version of `scope`'s data key; new records use it, old versions still decrypt.
     /// - Returns: the new version.
     /// - Throws: ``KeyManagementError/Code/shredded``, ``KeyManagementError/Code/keyNotFound``
-    ///   if the scope has no key yet, ``KeyManagementError/Code/keyExists`` on a concurrent rotation.
+    ///   if the scope has no key yet, ``KeyManagementError/Code/keyExists`` on a concurrent rotation,
+    ///   ``KeyManagementError/Code/limitExceeded`` if the scope is at version 2^32 − 1, the last there is.
     public func rotate(scope: String) async throws -> UInt32 {
         try KeyScope.validate(scope)
         let stored = try await store.dataKeys(scope: scope)
@@ -231,6 +244,11 @@ public final class Keyring: Sendable {
                 throw KeyManagementError(.shredded, "cannot rotate a shredded scope", scope: scope, shreddedAt: t.shreddedAt)
             }
             throw KeyManagementError(.keyNotFound, "the scope has no data key to rotate", scope: scope)
+        }
+        guard latest.version < UInt32.max else {
+            throw KeyManagementError(.limitExceeded,
+                "the scope's data key is at version \(latest.version), the last there is: it cannot be rotated again",
+                scope: scope, keyVersion: latest.version)
         }
         let (key, wrapped) = try mint(scope: scope, version: latest.version + 1)
         try await store.insertDataKey(wrapped)
@@ -257,10 +275,16 @@ public final class Keyring: Sendable {
     /// new key loaded finishes the job. Safe while this process writes: new keys are wrapped
     /// by `newKey` from the start. Every master key that wraps a remaining key must be loaded.
     /// - Throws: ``KeyManagementError/Code/keyUnavailable`` if a key is wrapped by a master key
-    ///   that is not loaded (nothing is retired then).
+    ///   that is not loaded (nothing is retired then); ``KeyManagementError/Code/invalidArgument``
+    ///   for a page size below 1 (nothing is changed then); ``KeyManagementError/Code/storeFailure``,
+    ///   naming the scope, if the store pages without making progress or still returns keys under
+    ///   an old master key after ``maxRotationPasses`` passes (nothing is retired then).
     @discardableResult
     public func rotateMasterKey(to newKey: MasterKey, pageSize: Int = 500,
                                 progress: (@Sendable (RotationProgress) -> Void)? = nil) async throws -> RotationProgress {
+        guard pageSize >= 1 else {
+            throw KeyManagementError(.invalidArgument, "the page size must be at least 1, got \(pageSize)")
+        }
         // 1. The new key becomes known to the store and wraps every key minted from now on.
         try await store.insertMasterKeyCheck(Keyring.makeCheck(for: newKey))
         state.withLock { s in
@@ -271,14 +295,20 @@ public final class Keyring: Sendable {
         //    (another process may have minted keys under the old master key meanwhile).
         var total = RotationProgress(rewrapped: 0, alreadyCurrent: 0)
         var seenCurrent = 0
+        var passes = 0
         while true {
             var changed = 0
             seenCurrent = 0
+            passes += 1
             var cursor: DataKeyCursor? = nil
+            var pageEnds = PageEnds()
+            var lastRewrapped: WrappedDataKey?
             while true {
                 let page = try await store.dataKeys(after: cursor, limit: pageSize)
                 guard let last = page.last else { break }
-                cursor = DataKeyCursor(scope: last.scope, version: last.version)
+                let next = DataKeyCursor(scope: last.scope, version: last.version)
+                try pageEnds.advance(from: cursor, to: next)
+                cursor = next
                 for record in page {
                     if record.kekID == newKey.id { seenCurrent += 1; continue }
                     let key = try unwrap(record)
@@ -286,11 +316,20 @@ public final class Keyring: Sendable {
                     if try await store.rewrapDataKey(rewrapped, previousKEKID: record.kekID) {
                         changed += 1
                         total.rewrapped += 1
+                        lastRewrapped = record
                     }
                 }
                 progress?(RotationProgress(rewrapped: total.rewrapped, alreadyCurrent: seenCurrent))
             }
             if changed == 0 { break }
+            // Normally the second pass finds nothing left. A store that reports rewraps it does
+            // not keep (or writers that keep minting under an old key) would loop forever.
+            if passes >= Keyring.maxRotationPasses, let lastRewrapped {
+                throw KeyManagementError(.storeFailure,
+                    "after \(passes) passes the store still returns data keys under an old master key; stop other "
+                        + "writers, check the store, and rerun (no master key was retired)",
+                    scope: lastRewrapped.scope, keyVersion: lastRewrapped.version)
+            }
         }
         // The final pass sees every key as current, including the ones rewrapped above.
         total.alreadyCurrent = max(0, seenCurrent - total.rewrapped)
@@ -315,6 +354,38 @@ public final class Keyring: Sendable {
         }
         logger.debug("shredded key scope", metadata: ["scope": "\(scope)", "versions": "\(tombstone.destroyedVersions.count)"])
         return tombstone
+    }
+
+    /// The most full passes ``rotateMasterKey(to:pageSize:progress:)`` makes. A rotation with no
+    /// other writer needs two: one that rewraps, one that finds nothing left.
+    public static let maxRotationPasses = 16
+
+    /// The page ends seen in one pass of a master-key rotation, to make sure the store's
+    /// paging moves forward. Scopes are compared by their UTF-8 bytes, as the stores do; the
+    /// order between scopes is the store's own (a PostgreSQL collation may differ from byte
+    /// order), so what is checked is that a page never ends where an earlier one did, nor
+    /// before the previous end within the same scope.
+    private struct PageEnds {
+        private struct Position: Hashable { var scope: [UInt8]; var version: UInt32 }
+        private var seen: Set<Position> = []
+
+        mutating func advance(from previous: DataKeyCursor?, to next: DataKeyCursor) throws(KeyManagementError) {
+            let scope = Array(next.scope.utf8)
+            if let previous, Array(previous.scope.utf8) == scope, next.version <= previous.version {
+                throw stalled(next, previous)
+            }
+            guard seen.insert(Position(scope: scope, version: next.version)).inserted else {
+                throw stalled(next, previous)
+            }
+        }
+
+        private func stalled(_ next: DataKeyCursor, _ previous: DataKeyCursor?) -> KeyManagementError {
+            KeyManagementError(.storeFailure,
+                "the key store's page of data keys after \(previous.map { "scope \($0.scope) v\($0.version)" } ?? "the start") "
+                    + "ends at scope \(next.scope) v\(next.version), which is not past it: its paging is corrupt "
+                    + "(no master key was retired)",
+                scope: next.scope, keyVersion: next.version)
+        }
     }
 
     // MARK: Internals

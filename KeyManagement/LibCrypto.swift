@@ -6,12 +6,27 @@ import Synchronization
 /// Every `Unsafe*` pointer and every C call stays inside this type; callers see
 /// `[UInt8]` and ``KeyMaterial`` only.
 enum LibCrypto {
+    /// `count` as the C `int` that OpenSSL takes for a length.
+    ///
+    /// Every length handed to OpenSSL goes through here: `Int32(count)` would trap above
+    /// 2^31 − 1, and OpenSSL's own `size_t` entry points (scrypt) narrow to `int` inside.
+    /// - Throws: ``KeyManagementError/Code/limitExceeded`` for a negative count or one above `Int32.max`,
+    ///   naming `what` (never its contents).
+    static func cLength(_ count: Int, of what: String) throws(KeyManagementError) -> Int32 {
+        guard let n = Int32(exactly: count), n >= 0 else {
+            throw KeyManagementError(.limitExceeded,
+                                     "\(what) is \(count) bytes; OpenSSL takes 0–\(Int32.max) bytes in one call")
+        }
+        return n
+    }
+
     /// Fills a new array with `count` bytes from OpenSSL's CSPRNG (`RAND_bytes`).
     static func randomBytes(_ count: Int) throws(KeyManagementError) -> [UInt8] {
+        let n = try cLength(count, of: "the random byte count")
         var out = [UInt8](repeating: 0, count: count)
         guard count > 0 else { return out }
         let rc = out.withUnsafeMutableBytes { buf in
-            RAND_bytes(buf.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(count))
+            RAND_bytes(buf.baseAddress?.assumingMemoryBound(to: UInt8.self), n)
         }
         guard rc == 1 else { throw KeyManagementError(.cryptoFailure, "RAND_bytes failed") }
         return out
@@ -19,8 +34,9 @@ enum LibCrypto {
 
     /// Fills caller-owned raw memory with random bytes.
     static func randomFill(_ buffer: UnsafeMutableRawBufferPointer) throws(KeyManagementError) {
-        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
-        guard RAND_bytes(base.assumingMemoryBound(to: UInt8.self), Int32(buffer.count)) == 1 else {
+        let n = try cLength(buffer.count, of: "the random byte count")
+        guard let base = buffer.baseAddress, n > 0 else { return }
+        guard RAND_bytes(base.assumingMemoryBound(to: UInt8.self), n) == 1 else {
             throw KeyManagementError(.cryptoFailure, "RAND_bytes failed")
         }
     }
@@ -51,9 +67,15 @@ enum LibCrypto {
     }
 
     /// scrypt (RFC 7914) through `EVP_PBE_scrypt`.
+    ///
+    /// Callers check the cost first (``KDFParameters/validate()``); OpenSSL's 1 GiB memory
+    /// ceiling here is only a backstop.
     static func scrypt(password: [UInt8], salt: [UInt8], n: UInt64, r: UInt64, p: UInt64,
                        into output: UnsafeMutableRawBufferPointer) throws(KeyManagementError) {
-        // 1 GiB memory ceiling: enough for n = 2^20, r = 8.
+        // OpenSSL takes these as size_t but hands them to PBKDF2 as int.
+        _ = try cLength(password.count, of: "the passphrase")
+        _ = try cLength(salt.count, of: "the scrypt salt")
+        _ = try cLength(output.count, of: "the scrypt output")
         let maxMem: UInt64 = 1 << 30
         let rc = password.withUnsafeBytes { pw in
             salt.withUnsafeBytes { s in
@@ -91,6 +113,9 @@ enum LibCrypto {
         guard nonce.count == gcmNonceLength else {
             throw KeyManagementError(.invalidNonce, "AES-GCM nonce must be 12 bytes, got \(nonce.count)")
         }
+        // Checked before anything is allocated.
+        let aadLengths = try aadLengths(aadParts)
+        let ptLength = try cLength(plaintext.count, of: "the plaintext")
         let ctx = try CipherContextPool.shared.take()
         defer { CipherContextPool.shared.give(ctx) }
         let c = ctx.pointer
@@ -106,9 +131,9 @@ enum LibCrypto {
             }
             guard initOK == 1 else { return false }
             var len: Int32 = 0
-            for part in aadParts where !part.isEmpty {
+            for (part, partLength) in zip(aadParts, aadLengths) where partLength > 0 {
                 let r = part.withUnsafeBytes { a in
-                    EVP_EncryptUpdate(c, nil, &len, a.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(a.count))
+                    EVP_EncryptUpdate(c, nil, &len, a.baseAddress?.assumingMemoryBound(to: UInt8.self), partLength)
                 }
                 guard r == 1 else { return false }
             }
@@ -116,7 +141,7 @@ enum LibCrypto {
             if !plaintext.isEmpty {
                 let r = plaintext.withUnsafeBytes { p in
                     EVP_EncryptUpdate(c, outBase + prefix.count, &len,
-                                      p.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(p.count))
+                                      p.baseAddress?.assumingMemoryBound(to: UInt8.self), ptLength)
                 }
                 guard r == 1 else { return false }
                 written = Int(len)
@@ -133,6 +158,15 @@ enum LibCrypto {
         return out
     }
 
+    /// The C length of each associated-data part.
+    /// - Throws: ``KeyManagementError/Code/limitExceeded`` for a part above `Int32.max` bytes.
+    static func aadLengths(_ parts: [[UInt8]]) throws(KeyManagementError) -> [Int32] {
+        var lengths: [Int32] = []
+        lengths.reserveCapacity(parts.count)
+        for part in parts { lengths.append(try cLength(part.count, of: "the associated data")) }
+        return lengths
+    }
+
     /// Decrypts `sealed = ciphertext || tag` (starting at `offset`), verifying the tag.
     ///
     /// Returns `nil` when OpenSSL rejects the tag (wrong key, wrong AAD or tampered bytes).
@@ -144,6 +178,9 @@ enum LibCrypto {
         }
         guard offset >= 0, sealed.count - offset >= gcmTagLength else { return nil }
         let ctLen = sealed.count - offset - gcmTagLength
+        // Checked before anything is allocated.
+        let aadLengths = try aadLengths(aadParts)
+        let ctLength = try cLength(ctLen, of: "the ciphertext")
         let ctx = try CipherContextPool.shared.take()
         defer { CipherContextPool.shared.give(ctx) }
         let c = ctx.pointer
@@ -159,9 +196,9 @@ enum LibCrypto {
                 }
                 guard initOK == 1 else { return false }
                 var len: Int32 = 0
-                for part in aadParts where !part.isEmpty {
+                for (part, partLength) in zip(aadParts, aadLengths) where partLength > 0 {
                     let r = part.withUnsafeBytes { a in
-                        EVP_DecryptUpdate(c, nil, &len, a.baseAddress?.assumingMemoryBound(to: UInt8.self), Int32(a.count))
+                        EVP_DecryptUpdate(c, nil, &len, a.baseAddress?.assumingMemoryBound(to: UInt8.self), partLength)
                     }
                     guard r == 1 else { return false }
                 }
@@ -169,7 +206,7 @@ enum LibCrypto {
                 var written = 0
                 if ctLen > 0 {
                     guard let outBase,
-                          EVP_DecryptUpdate(c, outBase, &len, inBase + offset, Int32(ctLen)) == 1 else { return false }
+                          EVP_DecryptUpdate(c, outBase, &len, inBase + offset, ctLength) == 1 else { return false }
                     written = Int(len)
                 }
                 // The tag buffer is read, not written; OpenSSL's prototype is simply not const.
