@@ -256,7 +256,7 @@ public struct KDFParameters: Sendable, Hashable, Codable {
         // No overflow: n ≤ 2^20, r ≤ 2^5 and p ≤ 2^4 here.
         guard 128 * n * r <= Self.maxMemory else {
             throw KeyManagementError(.limitExceeded,
-                "scrypt parameters n = \(n), r = \(r) need \(128 * n * r >> 20) MiB, more than \(Self.maxMemory >> 20) MiB")
+                "scrypt parameters n = \(n), r = \(r) need \((128 * n * r) >> 20) MiB, more than \(Self.maxMemory >> 20) MiB")
         }
         guard n * r * p <= Self.maxWork else {
             throw KeyManagementError(.limitExceeded,

@@ -51,6 +51,18 @@ struct KDFBoundsTests {
         #expect(error?.code == code, "\(name)")
     }
 
+    @Test("The error names the parameters and the bound they exceed")
+    func errorsNameTheBound() {
+        let memory = #expect(throws: KeyManagementError.self) {
+            try KDFParameters(salt: Self.salt, n: 1 << 20, r: 8, p: 1).validate()
+        }
+        #expect(memory?.message.contains("need 1024 MiB, more than 512 MiB") == true)
+        let work = #expect(throws: KeyManagementError.self) {
+            try KDFParameters(salt: Self.salt, n: 1 << 17, r: 16, p: 16).validate()
+        }
+        #expect(work?.message.contains("n·r·p = \(1 << 25), more than \(1 << 24)") == true)
+    }
+
     /// Without the bounds, OpenSSL accepts the first and runs it about 128 times as long as the
     /// default (over ten seconds here); with p = 2^16 instead of 32 it would run for hours.
     @Test("A passphrase is not run through scrypt with costly parameters",
