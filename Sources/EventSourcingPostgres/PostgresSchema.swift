@@ -55,9 +55,11 @@ enum PostgresSchema {
     }
 
     /// Inserts a group of saves in one statement. Each save runs in its own subtransaction and
-    /// reports `ok` (with its first notification id; its ids are contiguous), `conflict`,
+    /// reports `ok` (with its first notification id; its ids are contiguous), `conflict` (the
+    /// events' primary key), `constraint` (any other constraint: `SQLSTATE:constraint name`),
     /// `shredded` or `key_exists`. Notification ids are max + 1, … under an EXCLUSIVE lock, so
-    /// they follow commit order and a failed save leaves no gap.
+    /// they follow commit order and a failed save leaves no gap. A group whose ids would pass
+    /// the largest bigint (only a forged row can put the log there) fails whole with `ES004`.
     static func insertSavesFunction(_ s: String) -> String {
         """
         CREATE OR REPLACE FUNCTION \(s).insert_saves(
@@ -81,6 +83,11 @@ enum PostgresSchema {
             PERFORM set_config('lock_timeout', lock_ms::text, true);
             LOCK TABLE \(s).events IN EXCLUSIVE MODE;
             SELECT coalesce(max(e.notification_id), 0) INTO next_id FROM \(s).events e;
+            IF next_id > 9223372036854775807 - coalesce(array_length(ids, 1), 0) THEN
+                RAISE EXCEPTION USING ERRCODE = 'ES004',
+                    MESSAGE = 'the events table holds notification id ' || next_id || ': no room for '
+                              || array_length(ids, 1) || ' more; the row was not written by this library';
+            END IF;
             -- Fast path: every save of the group at once, set-based, in one subtransaction. If
             -- anything is refused (a tombstone, an existing key, a conflict), it is undone and
             -- the saves go one by one below, each failing alone with its reason.
@@ -102,7 +109,7 @@ enum PostgresSchema {
                     ORDER BY g.i;
                 RETURN;
             EXCEPTION
-                WHEN SQLSTATE 'ES000' OR unique_violation THEN NULL;
+                WHEN SQLSTATE 'ES000' OR integrity_constraint_violation THEN NULL;
             END;
             FOR i IN 1 .. coalesce(array_length(ev_counts, 1), 0) LOOP
                 n := ev_counts[i];
@@ -149,11 +156,20 @@ enum PostgresSchema {
                             -- The same key version twice within this save.
                             status := 'key_exists';
                             detail := k_scopes[k_off + 1];
-                        ELSE
+                        ELSIF violated = 'events_pkey' THEN
                             -- "Key (originator_id, originator_version)=(<uuid>, <version>) already exists."
                             status := 'conflict';
                             detail := (SELECT m[1] || ':' || m[2] FROM regexp_match(bad, '=\\(([0-9a-f-]{36}), (-?[0-9]+)\\)') AS m);
+                        ELSE
+                            -- Another unique index (added to the schema outside the library).
+                            status := 'constraint';
+                            detail := '23505:' || coalesce(violated, '');
                         END IF;
+                    WHEN integrity_constraint_violation THEN
+                        -- NOT NULL, CHECK, foreign key, exclusion: not a concurrency conflict.
+                        GET STACKED DIAGNOSTICS violated = CONSTRAINT_NAME;
+                        status := 'constraint';
+                        detail := SQLSTATE || ':' || coalesce(violated, '');
                 END;
                 RETURN NEXT;
                 ev_off := ev_off + n;

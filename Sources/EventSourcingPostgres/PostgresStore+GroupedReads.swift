@@ -121,10 +121,18 @@ extension PostgresStore {
         }
         var out = [[StoredEvent]](repeating: [], count: group.count)
         var keys: [String: [WrappedDataKey]] = [:]
+        var unreadable = Set<String>()
         for (i, v, topic, state, scope, created) in collected {
             if i == 0, let scope, let created {
+                // A version that is not a key version is not truncated: the scope's keys are not
+                // kept, and the key ring's look-up (dataKeys(scope:)) refuses the row, naming the
+                // scope. This read of events, grouped with others, does not fail for it.
+                guard let version = UInt32(exactly: v) else {
+                    unreadable.insert(scope)
+                    continue
+                }
                 // Here `topic` is the key's KEK id (the columns are shared).
-                keys[scope, default: []].append(WrappedDataKey(scope: scope, version: UInt32(truncatingIfNeeded: v), kekID: topic,
+                keys[scope, default: []].append(WrappedDataKey(scope: scope, version: version, kekID: topic,
                                                                wrapped: state.bytes, createdAt: Date(timeIntervalSince1970: created)))
             } else if i >= 1, i <= Int64(group.count) {
                 out[Int(i - 1)].append(StoredEvent(originatorID: group[Int(i - 1)].id, originatorVersion: Int(v),
@@ -133,6 +141,7 @@ extension PostgresStore {
                 throw EventSourcingError(.recorderFailure, "a grouped read returned row \(i) for \(group.count) aggregates")
             }
         }
+        for scope in unreadable { keys.removeValue(forKey: scope) }
         if !keys.isEmpty {
             prefetchedKeys.withLock { p in
                 guard p.generation == generation else { return }

@@ -87,13 +87,27 @@ extension PostgresStore {
         }
     }
 
+    /// Data-key rows. A version outside 0…2³²−1 (the column is a bigint; only a row written
+    /// outside the library can hold one) is refused with ``KeyManagementError/Code/storeFailure``
+    /// naming the scope, never truncated: a truncated version would send a `(scope, version)`
+    /// cursor back to a row it has passed, and master-key rotation and `keys list` would page forever.
     static func keys(_ rows: PostgresRowSequence) async throws -> [WrappedDataKey] {
         var out: [WrappedDataKey] = []
         for try await (scope, v, kek, w, at) in rows.decode((String, Int64, String, ByteBuffer, Double).self) {
-            out.append(WrappedDataKey(scope: scope, version: UInt32(truncatingIfNeeded: v), kekID: kek, wrapped: w.bytes,
+            out.append(WrappedDataKey(scope: scope, version: try keyVersion(v, scope: scope), kekID: kek, wrapped: w.bytes,
                                       createdAt: Date(timeIntervalSince1970: at)))
         }
         return out
+    }
+
+    /// A stored data-key version as a key version, or ``KeyManagementError/Code/storeFailure``.
+    static func keyVersion(_ stored: Int64, scope: String) throws(KeyManagementError) -> UInt32 {
+        guard let v = UInt32(exactly: stored) else {
+            throw KeyManagementError(.storeFailure,
+                                     "a data_keys row has version \(stored), not a key version (0…4294967295); it is refused, not truncated",
+                                     scope: scope)
+        }
+        return v
     }
 
     public func tombstone(scope: String) async throws -> Tombstone? {
@@ -118,7 +132,7 @@ extension PostgresStore {
         var out: [Tombstone] = []
         for try await (scope, at, versions) in rows.decode((String, Double, String).self) {
             out.append(Tombstone(scope: scope, shreddedAt: Date(timeIntervalSince1970: at),
-                                 destroyedVersions: versions.split(separator: ",").compactMap { UInt32($0) }))
+                                 destroyedVersions: try destroyedVersions(versions, scope: scope)))
         }
         return out
     }
@@ -149,6 +163,20 @@ extension PostgresStore {
             let existing = try await tombstone(scope: scope)
             throw KeyManagementError(.shredded, "the scope was already shredded", scope: scope, shreddedAt: existing?.shreddedAt)
         }
-        return Tombstone(scope: scope, shreddedAt: time, destroyedVersions: row.1.split(separator: ",").compactMap { UInt32($0) })
+        return Tombstone(scope: scope, shreddedAt: time, destroyedVersions: try PostgresStore.destroyedVersions(row.1, scope: scope))
+    }
+
+    /// A tombstone's `destroyed_versions` list, or ``KeyManagementError/Code/storeFailure`` if an
+    /// entry is not a key version (it is not skipped).
+    static func destroyedVersions(_ list: String, scope: String) throws(KeyManagementError) -> [UInt32] {
+        guard !list.isEmpty else { return [] }
+        var out: [UInt32] = []
+        for item in list.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let v = UInt32(item) else {
+                throw KeyManagementError(.storeFailure, "the tombstone's destroyed_versions is not a list of key versions", scope: scope)
+            }
+            out.append(v)
+        }
+        return out
     }
 }

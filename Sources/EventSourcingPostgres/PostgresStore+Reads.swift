@@ -61,7 +61,14 @@ extension PostgresStore {
         var out: [StoredNotification] = []
         out.reserveCapacity(collected.count)
         for row in collected {
-            let (n, id, v, t, st) = try row.decode((Int64, UUID, Int64, String, ByteBuffer).self)
+            // Decoded as optionals, so a NULL (possible only if a NOT NULL was dropped outside
+            // the library) is refused naming the row, not just the column.
+            let (n, id, v, t, st) = try row.decode((Int64, UUID?, Int64?, String?, ByteBuffer?).self)
+            guard let id, let v, let t, let st else {
+                let column = id == nil ? "originator_id" : v == nil ? "originator_version" : t == nil ? "topic" : "state"
+                throw EventSourcingError(.databaseCorrupt, "events row has a NULL \(column)", originatorID: id,
+                                         originatorVersion: v.map { Int($0) }, topic: t, notificationID: n)
+            }
             out.append(StoredNotification(id: n, originatorID: id, originatorVersion: Int(v), topic: t, state: st.bytes))
         }
         return out
@@ -144,16 +151,25 @@ extension PostgresStore {
     /// A page of snapshots in `(originatorID, version)` order after `cursor`.
     public func selectSnapshots(after cursor: (UUID, Int)?, limit: Int) async throws -> [StoredEvent] {
         let s = schema
-        let id = cursor?.0 ?? UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
-        let v = Int64(cursor?.1 ?? -1)
         let lim = Int64(limit)
         return try await run { client in
             var out: [StoredEvent] = []
-            for try await (oid, ov, t, st) in try await client.query("""
-                SELECT originator_id, originator_version, topic, state FROM \(unescaped: s).snapshots
-                WHERE (originator_id, originator_version) > (\(id), \(v))
-                ORDER BY originator_id, originator_version LIMIT \(lim)
-                """, logger: self.logger).decode((UUID, Int64, String, ByteBuffer).self) {
+            // The first page has no lower bound: a stand-in cursor (the nil UUID, version -1)
+            // would skip a snapshot stored below it.
+            let rows: PostgresRowSequence
+            if let c = cursor {
+                rows = try await client.query("""
+                    SELECT originator_id, originator_version, topic, state FROM \(unescaped: s).snapshots
+                    WHERE (originator_id, originator_version) > (\(c.0), \(Int64(c.1)))
+                    ORDER BY originator_id, originator_version LIMIT \(lim)
+                    """, logger: self.logger)
+            } else {
+                rows = try await client.query("""
+                    SELECT originator_id, originator_version, topic, state FROM \(unescaped: s).snapshots
+                    ORDER BY originator_id, originator_version LIMIT \(lim)
+                    """, logger: self.logger)
+            }
+            for try await (oid, ov, t, st) in rows.decode((UUID, Int64, String, ByteBuffer).self) {
                 out.append(StoredEvent(originatorID: oid, originatorVersion: Int(ov), topic: t, state: st.bytes))
             }
             return out

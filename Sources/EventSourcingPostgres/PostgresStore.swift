@@ -202,11 +202,17 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                 try await conn.query(
                     "CREATE TABLE IF NOT EXISTS \(unescaped: s).es_meta (key text PRIMARY KEY, value bigint NOT NULL)",
                     logger: self.logger)
-                var found = 0
+                var stored: Int64?
                 for try await v in try await conn.query(
                     "SELECT value FROM \(unescaped: s).es_meta WHERE key = 'schema_version'", logger: self.logger).decode(Int64.self) {
-                    found = Int(v)
+                    stored = v
                 }
+                // Only this function writes the version, after the tables, in one transaction.
+                if let stored, stored < 1 {
+                    throw EventSourcingError(.databaseCorrupt,
+                        "schema \(s) has schema_version \(stored), not a schema version (1 or more)")
+                }
+                let found = stored.map { Int(clamping: $0) } ?? 0
                 if found > PostgresStore.schemaVersion {
                     throw EventSourcingError(.unsupportedSchema,
                         "schema \(s) has version \(found); this library reads up to \(PostgresStore.schemaVersion). Upgrade the library.")
@@ -425,6 +431,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
                     return .success((0..<Int64(save.events.count)).map { first + $0 })
                 case "conflict":
                     return .failure(conflictError(save.events, detail: r.2))
+                case "constraint":
+                    return .failure(constraintError(save.events, detail: r.2))
                 case "shredded":
                     return .failure(KeyManagementError(.shredded, "the scope was shredded", scope: r.2))
                 case "key_exists":
@@ -444,7 +452,22 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         let version = parts.count > 1 ? Int(parts[1]) : nil
         let topic = events.first { $0.originatorID == id && $0.originatorVersion == version }?.topic
         return EventSourcingError(.concurrencyConflict, "an event with this originator id and version exists",
-                                  originatorID: id ?? events.first?.originatorID, originatorVersion: version, topic: topic)
+                                  originatorID: id ?? events.first?.originatorID, originatorVersion: version, topic: topic,
+                                  storeCode: "23505")
+    }
+
+    /// A save the server refused for a constraint other than the events' primary key (a NOT
+    /// NULL, a CHECK, another unique index, a foreign key added to the schema): `detail` is
+    /// `SQLSTATE:constraint name`. The server does not say which of the save's events broke it.
+    private func constraintError(_ events: [StoredEvent], detail: String?) -> EventSourcingError {
+        let parts = (detail ?? "").split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+        let state = parts.first.map(String.init) ?? ""
+        let constraint = parts.count > 1 && !parts[1].isEmpty ? "constraint \(parts[1])" : "a constraint"
+        let first = events.first
+        return EventSourcingError(.constraintViolation,
+                                  "the save (\(events.count) event\(events.count == 1 ? "" : "s")) broke \(constraint) (\(state))",
+                                  originatorID: first?.originatorID, originatorVersion: events.count == 1 ? first?.originatorVersion : nil,
+                                  topic: events.count == 1 ? first?.topic : nil, storeCode: state.isEmpty ? nil : state)
     }
 
     // MARK: Errors and timeouts
@@ -482,6 +505,13 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
             if let inner = t.closureError ?? t.beginError ?? t.commitError { return translate(inner, configuration: configuration) }
             return EventSourcingError(.databaseUnavailable, "PostgreSQL transaction failed")
         }
+        if let d = error as? PostgresDecodingError {
+            // Only a schema changed outside the library (a NOT NULL dropped, a column retyped)
+            // lets a row hold this. Named by column and type, never by value.
+            let what = d.code == .missingData ? "NULL" : "a \(d.postgresType) value"
+            return EventSourcingError(.databaseCorrupt,
+                                      "PostgreSQL returned \(what) in column \(d.columnName), which the store cannot read as \(d.targetType)")
+        }
         guard let p = error as? PSQLError else {
             // NIO connect errors (refused, timed out, unresolvable) name no secrets; keep their text.
             let text = String(describing: error).replacingOccurrences(of: configuration.password ?? "\u{0}", with: "***")
@@ -491,14 +521,22 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         if p.code == .server, let info = p.serverInfo {
             let state = info[.sqlState] ?? ""
             let message = info[.message] ?? "server error"
+            let code = state.isEmpty ? nil : state
             switch state {
-            case "55P03", "40P01": return EventSourcingError(.databaseLocked, "\(where_): \(message) (\(state))")
+            case "55P03", "40P01": return EventSourcingError(.databaseLocked, "\(where_): \(message) (\(state))", storeCode: code)
             // 57014: the statement ran past statement_timeout (the operation timeout) or was
             // cancelled by an operator, like a server that did not answer.
             case "28P01", "28000", "3D000", "57P01", "57P02", "57P03", "53300", "57014":
-                return EventSourcingError(.databaseUnavailable, "\(where_): \(message) (\(state))")
-            case "23505": return EventSourcingError(.concurrencyConflict, "\(where_): \(message)")
-            default: return EventSourcingError(.recorderFailure, "\(where_): \(message) (\(state))")
+                return EventSourcingError(.databaseUnavailable, "\(where_): \(message) (\(state))", storeCode: code)
+            // Only the events' primary key is a concurrency conflict; any other unique index,
+            // NOT NULL, CHECK or foreign key is a constraint violation.
+            case "23505" where info[.constraintName] == "events_pkey":
+                return EventSourcingError(.concurrencyConflict, "\(where_): \(message)", storeCode: code)
+            case _ where state.hasPrefix("23"):
+                return EventSourcingError(.constraintViolation, "\(where_): \(message) (\(state))", storeCode: code)
+            // Raised by the save function: the notification ids would pass the largest bigint.
+            case "ES004": return EventSourcingError(.databaseCorrupt, "\(where_): \(message)", storeCode: code)
+            default: return EventSourcingError(.recorderFailure, "\(where_): \(message) (\(state))", storeCode: code)
             }
         }
         switch p.code {

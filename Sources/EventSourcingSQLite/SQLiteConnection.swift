@@ -71,22 +71,54 @@ final class SQLiteConnection {
     func error(_ rc: Int32, context: String) -> EventSourcingError { SQLiteConnection.error(rc, db, context: context) }
 
     static func error(_ rc: Int32, _ db: OpaquePointer?, context: String) -> EventSourcingError {
-        let primary = rc & 0xFF
-        let text = db.flatMap { sqlite3_errmsg($0) }.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(rc))
-        let message = "SQLite: \(text) (code \(rc))"
+        // Extended result codes are on for every open connection; a failed open reports the
+        // extended code through the handle.
+        var code = rc
+        if code & ~0xFF == 0, let db, sqlite3_extended_errcode(db) & 0xFF == rc { code = sqlite3_extended_errcode(db) }
+        let primary = code & 0xFF
+        let text = db.flatMap { sqlite3_errmsg($0) }.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(code))
+        let message = "SQLite: \(text) (code \(code))"
+        let storeCode = SQLiteResultCode.describe(code)
         switch primary {
         case SQLITE_BUSY, SQLITE_LOCKED:
-            return EventSourcingError(.databaseLocked, message + "; the database is locked by another connection")
+            return EventSourcingError(.databaseLocked, message + "; the database is locked by another connection",
+                                      storeCode: storeCode)
         case SQLITE_NOTADB, SQLITE_CORRUPT, SQLITE_FORMAT:
-            return EventSourcingError(.databaseCorrupt, message)
+            return EventSourcingError(.databaseCorrupt, message, storeCode: storeCode)
         case SQLITE_CANTOPEN, SQLITE_READONLY, SQLITE_PERM, SQLITE_AUTH, SQLITE_FULL, SQLITE_IOERR:
-            return EventSourcingError(.databaseUnavailable, message)
+            return EventSourcingError(.databaseUnavailable, message, storeCode: storeCode)
         case SQLITE_CONSTRAINT:
-            return EventSourcingError(.concurrencyConflict, message)
+            // Only the events' (originator_id, originator_version) key is a concurrency conflict;
+            // any other constraint (NOT NULL, CHECK, a trigger, another table's or index's key) is not.
+            let conflict = (code == sqliteConstraintUnique || code == sqliteConstraintPrimaryKey)
+                && uniqueKey(text) == "events.originator_id, events.originator_version"
+            return EventSourcingError(conflict ? .concurrencyConflict : .constraintViolation, message, storeCode: storeCode)
         default:
             _ = context
-            return EventSourcingError(.recorderFailure, message)
+            return EventSourcingError(.recorderFailure, message, storeCode: storeCode)
         }
+    }
+
+    /// `SQLITE_CONSTRAINT_UNIQUE`, `SQLITE_CONSTRAINT_PRIMARYKEY` (sqlite3.h defines them as
+    /// expressions, which Swift does not import).
+    static let sqliteConstraintUnique: Int32 = SQLITE_CONSTRAINT | 8 << 8
+    static let sqliteConstraintPrimaryKey: Int32 = SQLITE_CONSTRAINT | 6 << 8
+
+    /// The columns of the key a UNIQUE or PRIMARY KEY failure names, as SQLite writes them
+    /// (`"UNIQUE constraint failed: data_keys.scope, data_keys.version"` gives
+    /// `"data_keys.scope, data_keys.version"`); nil for any other message.
+    static func uniqueKey(_ errorMessage: String) -> String? {
+        let prefix = "UNIQUE constraint failed: "
+        guard errorMessage.hasPrefix(prefix) else { return nil }
+        return String(errorMessage.dropFirst(prefix.count))
+    }
+
+    /// Whether `error` is the failure of a UNIQUE or PRIMARY KEY constraint on exactly `key`
+    /// (`"table.column, table.column"`), as made by ``error(_:_:context:)``.
+    static func isUniqueViolation(_ error: EventSourcingError, key: String) -> Bool {
+        guard error.storeCode == SQLiteResultCode.describe(sqliteConstraintUnique)
+                || error.storeCode == SQLiteResultCode.describe(sqliteConstraintPrimaryKey) else { return false }
+        return error.message.hasPrefix("SQLite: UNIQUE constraint failed: \(key) (code ")
     }
 }
 
@@ -144,6 +176,50 @@ struct Statement {
         guard n > 0, let p = sqlite3_column_blob(handle, c) else { return [] }
         return [UInt8](UnsafeRawBufferPointer(start: p, count: n))
     }
+    // Typed reads: nil unless the column holds that storage class (SQLite stores any value in
+    // any column; a row written outside the library may hold TEXT where an integer belongs).
+    // Call one of them before any other read of the column: the untyped reads convert it.
+
+    /// The column's value if it is an INTEGER.
+    func integer(_ c: Int32) -> Int64? {
+        sqlite3_column_type(handle, c) == SQLITE_INTEGER ? sqlite3_column_int64(handle, c) : nil
+    }
+    /// The column's value if it is a REAL (or an INTEGER, which a REAL column may hold).
+    func real(_ c: Int32) -> Double? {
+        let t = sqlite3_column_type(handle, c)
+        return t == SQLITE_FLOAT || t == SQLITE_INTEGER ? sqlite3_column_double(handle, c) : nil
+    }
+    /// The column's value if it is TEXT of valid UTF-8 (with no NUL, which would cut it short).
+    func textValue(_ c: Int32) -> String? {
+        guard sqlite3_column_type(handle, c) == SQLITE_TEXT else { return nil }
+        let n = Int(sqlite3_column_bytes(handle, c))
+        guard n > 0 else { return "" }
+        guard let p = sqlite3_column_text(handle, c) else { return nil }
+        let bytes = UnsafeBufferPointer(start: p, count: n)
+        guard !bytes.contains(0) else { return nil }
+        return String(validating: bytes, as: UTF8.self)
+    }
+    /// The column's value if it is a BLOB.
+    func blobValue(_ c: Int32) -> [UInt8]? {
+        guard sqlite3_column_type(handle, c) == SQLITE_BLOB else { return nil }
+        return blob(c)
+    }
+    /// The column's value if it is a BLOB of 16 bytes.
+    func uuidValue(_ c: Int32) -> UUID? {
+        guard sqlite3_column_type(handle, c) == SQLITE_BLOB else { return nil }
+        return uuid(c)
+    }
+    /// What the column holds, for an error message: its storage class and size, never its value.
+    func describeColumn(_ c: Int32) -> String {
+        switch sqlite3_column_type(handle, c) {
+        case SQLITE_NULL: return "NULL"
+        case SQLITE_INTEGER: return "the integer \(sqlite3_column_int64(handle, c))"
+        case SQLITE_FLOAT: return "a REAL"
+        case SQLITE_TEXT: return "TEXT of \(sqlite3_column_bytes(handle, c)) bytes"
+        default: return "a BLOB of \(sqlite3_column_bytes(handle, c)) bytes"
+        }
+    }
+
     func uuid(_ c: Int32) -> UUID? {
         guard sqlite3_column_bytes(handle, c) == 16, let p = sqlite3_column_blob(handle, c) else { return nil }
         let b = UnsafeRawBufferPointer(start: p, count: 16)

@@ -3,6 +3,9 @@ import Foundation
 
 extension SQLiteStore {
     /// A page of snapshots in `(originatorID, version)` order after `cursor`, for verification tools.
+    /// - Throws: `.databaseCorrupt` naming a row that does not hold what the library writes
+    ///   (an originator id that is not 16 bytes, a version that is not an integer, …): such a
+    ///   row is never skipped or read as 0, so a cursor over the pages always moves on.
     public func selectSnapshots(after cursor: (UUID, Int)?, limit: Int) async throws -> [StoredEvent] {
         let sql = "SELECT originator_id, originator_version, topic, state FROM snapshots"
             + (cursor == nil ? "" : " WHERE (originator_id, originator_version) > (?, ?)")
@@ -20,14 +23,14 @@ extension SQLiteStore {
             s.bind(i, limit)
             var out: [StoredEvent] = []
             while try s.step() {
-                guard let id = s.uuid(0) else { continue }
-                out.append(StoredEvent(originatorID: id, originatorVersion: s.int(1), topic: s.text(2), state: s.blob(3)))
+                out.append(try s.storedRecord(table: "snapshots", originatorID: 0, version: 1, topic: 2, state: 3).event)
             }
             return out
         }
     }
 
     /// Notifications whose header names `keyScope`, ascending, after notification `after`.
+    /// - Throws: `.databaseCorrupt` naming a row that does not hold what the library writes.
     public func selectNotifications(keyScope: String, after: Int64, limit: Int) async throws -> [StoredNotification] {
         try await read { conn in
             let s = try conn.statement("""
@@ -39,11 +42,7 @@ extension SQLiteStore {
             s.bind(2, after)
             s.bind(3, limit)
             var out: [StoredNotification] = []
-            while try s.step() {
-                guard let id = s.uuid(1) else { continue }
-                out.append(StoredNotification(id: s.int64(0), originatorID: id, originatorVersion: s.int(2),
-                                              topic: s.text(3), state: s.blob(4)))
-            }
+            while try s.step() { out.append(try s.storedNotification()) }
             return out
         }
     }

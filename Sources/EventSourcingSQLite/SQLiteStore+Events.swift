@@ -20,6 +20,7 @@ extension SQLiteStore {
             // A scope shredded by another process must not get new records under a key this
             // process still has cached.
             var checked = Set<String>()
+            if !events.isEmpty { try SQLiteStore.checkNotificationIDsLeft(events.count, conn) }
             let insert = try conn.statement(
                 "INSERT INTO events (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
             var ids: [Int64] = []
@@ -36,9 +37,13 @@ extension SQLiteStore {
                 s.bind(3, e.topic)
                 s.bind(4, e.state)
                 s.bind(5, scope)
-                do { try s.run() } catch let error as EventSourcingError where error.code == .concurrencyConflict {
-                    throw EventSourcingError(.concurrencyConflict, "an event with this originator id and version exists",
-                                             originatorID: e.originatorID, originatorVersion: e.originatorVersion, topic: e.topic)
+                do { try s.run() } catch let error as EventSourcingError
+                    where error.code == .concurrencyConflict || error.code == .constraintViolation {
+                    // Name the record; keep SQLite's code (which constraint failed is in the message).
+                    let message = error.code == .concurrencyConflict
+                        ? "an event with this originator id and version exists" : "the event broke a constraint (\(error.message))"
+                    throw EventSourcingError(error.code, message, originatorID: e.originatorID,
+                                             originatorVersion: e.originatorVersion, topic: e.topic, storeCode: error.storeCode)
                 }
                 ids.append(conn.lastInsertRowID)
             }
@@ -49,7 +54,7 @@ extension SQLiteStore {
 
     public func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
         if let limit, limit <= 0 { return [] }
-        var sql = "SELECT originator_version, topic, state FROM events WHERE originator_id = ?"
+        var sql = "SELECT originator_version, topic, state, notification_id FROM events WHERE originator_id = ?"
         if gt != nil { sql += " AND originator_version > ?" }
         if lte != nil { sql += " AND originator_version <= ?" }
         sql += desc ? " ORDER BY originator_version DESC" : " ORDER BY originator_version ASC"
@@ -62,11 +67,11 @@ extension SQLiteStore {
             if let gt { s.bind(i, gt); i += 1 }
             if let lte { s.bind(i, lte); i += 1 }
             if let limit { s.bind(i, limit) }
+            defer { s.reset() }
             var out: [StoredEvent] = []
             while try s.step() {
-                out.append(StoredEvent(originatorID: originatorID, originatorVersion: s.int(0), topic: s.text(1), state: s.blob(2)))
+                out.append(try s.storedRecord(table: "events", knownID: originatorID, version: 0, topic: 1, state: 2, rowID: 3).event)
             }
-            s.reset()
             return out
         }
     }
@@ -85,27 +90,36 @@ extension SQLiteStore {
             if let stop { s.bind(i, stop); i += 1 }
             for t in topics { s.bind(i, t); i += 1 }
             s.bind(i, limit)
+            defer { s.reset() }
             var out: [StoredNotification] = []
             out.reserveCapacity(min(limit, 1000))
-            while try s.step() {
-                guard let id = s.uuid(1) else {
-                    s.reset()
-                    throw EventSourcingError(.databaseCorrupt, "originator id is not 16 bytes", notificationID: s.int64(0))
-                }
-                out.append(StoredNotification(id: s.int64(0), originatorID: id, originatorVersion: s.int(2), topic: s.text(3), state: s.blob(4)))
-            }
-            s.reset()
+            while try s.step() { out.append(try s.storedNotification()) }
             return out
         }
     }
 
     public func maxNotificationID() async throws -> Int64? {
-        try await read { conn in
-            let s = try conn.statement("SELECT max(notification_id) FROM events")
-            defer { s.reset() }
-            guard try s.step(), !s.isNull(0) else { return nil }
-            return s.int64(0)
+        try await read { conn in try SQLiteStore.maxNotificationID(conn) }
+    }
+
+    static func maxNotificationID(_ conn: SQLiteConnection) throws(EventSourcingError) -> Int64? {
+        let s = try conn.statement("SELECT max(notification_id) FROM events")
+        defer { s.reset() }
+        guard try s.step(), !s.isNull(0) else { return nil }
+        guard let id = s.integer(0) else {
+            throw EventSourcingError(.databaseCorrupt, "the events table's last notification_id is \(s.describeColumn(0)), not an integer")
         }
+        return id
+    }
+
+    /// Refuses a save of `count` events when the notification ids after the last one would pass
+    /// `Int64.max`: SQLite would then give the new rows random free ids, out of log order, and a
+    /// reader that follows the log would miss them. Only a forged row can put the log there.
+    static func checkNotificationIDsLeft(_ count: Int, _ conn: SQLiteConnection) throws(EventSourcingError) {
+        guard let last = try maxNotificationID(conn), last > Int64.max - Int64(count) else { return }
+        throw EventSourcingError(.databaseCorrupt,
+                                 "the events table holds notification id \(last): no room for \(count) more (they stop at \(Int64.max)); the row was not written by this library",
+                                 notificationID: last)
     }
 
     public func countEvents(keyScope: String) async throws -> Int {
@@ -168,7 +182,7 @@ extension SQLiteStore {
             s.bind(1, originatorID)
             if let lte { s.bind(2, lte) }
             guard try s.step() else { return nil }
-            return StoredEvent(originatorID: originatorID, originatorVersion: s.int(0), topic: s.text(1), state: s.blob(2))
+            return try s.storedRecord(table: "snapshots", knownID: originatorID, version: 0, topic: 1, state: 2).event
         }
     }
 

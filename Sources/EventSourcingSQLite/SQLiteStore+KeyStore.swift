@@ -9,12 +9,25 @@ extension SQLiteStore {
             defer { s.reset() }
             var out: [MasterKeyCheck] = []
             while try s.step() {
+                guard let kekID = s.textValue(0) else {
+                    throw KeyManagementError(.storeFailure, "a master_key_checks row has a kek_id that is \(s.describeColumn(0)), not text")
+                }
+                let row = "the master_key_checks row of master key \(kekID)"
+                guard let sealed = s.blobValue(1) else {
+                    throw KeyManagementError(.storeFailure, "\(row) has a sealed check that is \(s.describeColumn(1)), not a BLOB")
+                }
                 var kdf: KDFParameters?
                 if !s.isNull(2) {
-                    kdf = try? JSONDecoder().decode(KDFParameters.self, from: Data(s.text(2).utf8))
+                    guard let text = s.textValue(2),
+                          let params = try? JSONDecoder().decode(KDFParameters.self, from: Data(text.utf8)) else {
+                        throw KeyManagementError(.storeFailure, "\(row) has kdf parameters that do not decode")
+                    }
+                    kdf = params
                 }
-                out.append(MasterKeyCheck(kekID: s.text(0), sealed: s.blob(1), kdf: kdf,
-                                          createdAt: Date(timeIntervalSince1970: s.double(3))))
+                guard let created = s.real(3) else {
+                    throw KeyManagementError(.storeFailure, "\(row) has a created_at that is \(s.describeColumn(3)), not a number")
+                }
+                out.append(MasterKeyCheck(kekID: kekID, sealed: sealed, kdf: kdf, createdAt: Date(timeIntervalSince1970: created)))
             }
             return out
         }
@@ -46,7 +59,7 @@ extension SQLiteStore {
             defer { s.reset() }
             s.bind(1, scope)
             var out: [WrappedDataKey] = []
-            while try s.step() { out.append(SQLiteStore.wrappedKey(s)) }
+            while try s.step() { out.append(try s.wrappedDataKey(asked: scope)) }
             return out
         }
     }
@@ -82,7 +95,9 @@ extension SQLiteStore {
             }
             s.bind(i, limit)
             var out: [WrappedDataKey] = []
-            while try s.step() { out.append(SQLiteStore.wrappedKey(s)) }
+            // A row that cannot be read exactly stops the page with an error (naming its scope):
+            // skipped or truncated, it would send the cursor back to where it was.
+            while try s.step() { out.append(try s.wrappedDataKey(asked: cursor?.scope)) }
             return out
         }
     }
@@ -96,7 +111,7 @@ extension SQLiteStore {
             let s = try conn.statement("SELECT scope, shredded_at, destroyed_versions FROM tombstones ORDER BY shredded_at, scope")
             defer { s.reset() }
             var out: [Tombstone] = []
-            while try s.step() { out.append(SQLiteStore.tombstoneRow(s)) }
+            while try s.step() { out.append(try s.tombstoneRow()) }
             return out
         }
     }
@@ -108,9 +123,18 @@ extension SQLiteStore {
             }
             let q = try conn.statement("SELECT version FROM data_keys WHERE scope = ? ORDER BY version")
             q.bind(1, scope)
+            // Every row of the scope is deleted below, also one whose version is not a key version
+            // (written outside the library); the tombstone lists the versions that are.
             var versions: [UInt32] = []
-            while try q.step() { versions.append(UInt32(truncatingIfNeeded: q.int64(0))) }
+            var unreadable = 0
+            while try q.step() {
+                if let v = q.integer(0), let version = UInt32(exactly: v) { versions.append(version) } else { unreadable += 1 }
+            }
             q.reset()
+            if unreadable > 0 {
+                self.logger.warning("shred: \(unreadable) data_keys row(s) of the scope had a version that is not a key version; deleted, not listed in the tombstone",
+                                    metadata: ["scope": "\(scope)"])
+            }
             let d = try conn.statement("DELETE FROM data_keys WHERE scope = ?")
             d.bind(1, scope)
             try d.run()
@@ -155,7 +179,7 @@ extension SQLiteStore {
         s.bind(3, key.kekID)
         s.bind(4, key.wrapped)
         s.bind(5, key.createdAt.timeIntervalSince1970)
-        do { try s.run() } catch where error.code == .concurrencyConflict {
+        do { try s.run() } catch where SQLiteConnection.isUniqueViolation(error, key: "data_keys.scope, data_keys.version") {
             throw KeyManagementError(.keyExists, "data key exists", scope: key.scope, keyVersion: key.version)
         }
     }
@@ -164,16 +188,6 @@ extension SQLiteStore {
         let s = try conn.statement("SELECT scope, shredded_at, destroyed_versions FROM tombstones WHERE scope = ?")
         defer { s.reset() }
         s.bind(1, scope)
-        return try s.step() ? tombstoneRow(s) : nil
-    }
-
-    static func tombstoneRow(_ s: Statement) -> Tombstone {
-        Tombstone(scope: s.text(0), shreddedAt: Date(timeIntervalSince1970: s.double(1)),
-                  destroyedVersions: s.text(2).split(separator: ",").compactMap { UInt32($0) })
-    }
-
-    static func wrappedKey(_ s: Statement) -> WrappedDataKey {
-        WrappedDataKey(scope: s.text(0), version: UInt32(truncatingIfNeeded: s.int64(1)), kekID: s.text(2),
-                       wrapped: s.blob(3), createdAt: Date(timeIntervalSince1970: s.double(4)))
+        return try s.step() ? s.tombstoneRow(asked: scope) : nil
     }
 }

@@ -57,6 +57,12 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     private let readers = Mutex<[ConnectionBox]>([])
     private let pending = Mutex<PendingWrites>(PendingWrites())
     private let closed = Atomic<Bool>(false)
+    /// For tests only (`@testable import`): called with each transaction statement of a group
+    /// commit; an error it returns is thrown instead of running the statement.
+    let faultInjection = Mutex<(@Sendable (String) -> EventSourcingError?)?>(nil)
+
+    /// Writes waiting for the writer (for tests, to know a group has formed).
+    var queuedWrites: Int { pending.withLock { $0.queue.count } }
 
     private struct PendingWrites {
         var queue: [any WriteRequest] = []
@@ -150,7 +156,9 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     }
 
     /// The schema version stored in the database, 0 for an empty database.
-    /// - Throws: `.unsupportedSchema` for a newer schema or a database that is not an event store.
+    /// - Throws: `.unsupportedSchema` for a newer schema or a database that is not an event store;
+    ///   `.databaseCorrupt` for an event store whose schema version is missing, not an integer
+    ///   or below 1 (only the migration writes it, with the tables, in one transaction).
     private static func storedSchemaVersion(_ conn: SQLiteConnection) throws(EventSourcingError) -> Int {
         var tables: [String] = []
         let list = try conn.statement("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -159,8 +167,15 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         var found = 0
         if tables.contains("es_meta") {
             let v = try conn.statement("SELECT value FROM es_meta WHERE key = 'schema_version'")
-            if try v.step() { found = v.int(0) }
-            v.reset()
+            defer { v.reset() }
+            guard try v.step() else {
+                throw EventSourcingError(.databaseCorrupt, "\(conn.path) has an es_meta table without a schema_version")
+            }
+            guard let stored = v.integer(0), stored >= 1 else {
+                throw EventSourcingError(.databaseCorrupt,
+                    "\(conn.path) has a schema_version that is \(v.describeColumn(0)), not a schema version (1 or more)")
+            }
+            found = Int(clamping: stored)
             if found > schemaVersion {
                 throw EventSourcingError(.unsupportedSchema,
                     "\(conn.path) has schema version \(found); this library reads up to \(schemaVersion). Upgrade the library.")
@@ -284,23 +299,27 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
 
     private func commit(_ batch: [any WriteRequest]) {
         let conn = writer.connection
+        // A transaction left open by a ROLLBACK that failed must not take this group's writes in.
+        if conn.inTransaction { try? control("ROLLBACK", conn) }
         do {
-            try conn.execute("BEGIN IMMEDIATE")
+            try control("BEGIN IMMEDIATE", conn)
         } catch {
             for r in batch { r.fail(error) }
             return
         }
         var ok: [any WriteRequest] = []
         let single = batch.count == 1
-        for r in batch {
+        for (index, r) in batch.enumerated() {
             do {
-                if !single { try conn.execute("SAVEPOINT w") }
+                if !single { try control("SAVEPOINT w", conn) }
+            } catch {
+                return abandon(batch, failed: nil, error, conn)
+            }
+            do {
                 try r.perform(conn)
-                if !single { try conn.execute("RELEASE w") }
-                ok.append(r)
             } catch {
                 if single {
-                    try? conn.execute("ROLLBACK")
+                    try? control("ROLLBACK", conn)
                     r.fail(error)
                     return
                 }
@@ -308,22 +327,55 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
                     // Some errors (disk full, I/O) make SQLite roll back the whole transaction:
                     // the saves before this one are gone too, and later ones must not run alone.
                     r.fail(error)
-                    let rest = batch.drop { $0 !== r }.dropFirst()
-                    for other in ok + rest { other.fail(error) }
+                    for other in ok + batch[(index + 1)...] { other.fail(error) }
                     return
                 }
-                try? conn.execute("ROLLBACK TO w")
-                try? conn.execute("RELEASE w")
+                do {
+                    try control("ROLLBACK TO w", conn)
+                    try control("RELEASE w", conn)
+                } catch let undo {
+                    // This save's writes may still be in the transaction: nothing of it may commit.
+                    return abandon(batch, failed: (r, error), undo, conn)
+                }
                 r.fail(error)
+                continue
             }
+            do {
+                if !single { try control("RELEASE w", conn) }
+            } catch {
+                return abandon(batch, failed: nil, error, conn)
+            }
+            ok.append(r)
         }
         do {
-            try conn.execute("COMMIT")
+            try control("COMMIT", conn)
             for r in ok { r.succeed() }
         } catch {
-            if conn.inTransaction { try? conn.execute("ROLLBACK") }
+            if conn.inTransaction { try? control("ROLLBACK", conn) }
             for r in ok { r.fail(error) }
         }
+    }
+
+    /// Rolls the group's transaction back after a savepoint of it could not be made, released
+    /// or rolled back to, and fails every request of `batch`: `failed` (the save whose own error
+    /// came first, which gets that error) and all the others, which get `cause`.
+    private func abandon(_ batch: [any WriteRequest], failed: (request: any WriteRequest, error: any Error)?,
+                         _ cause: any Error, _ conn: SQLiteConnection) {
+        if conn.inTransaction { try? control("ROLLBACK", conn) }
+        var error = cause as? EventSourcingError ?? EventSourcingError(.recorderFailure, "\(cause)")
+        error.message = "nothing of this group of saves was written: a savepoint of its transaction failed (\(error.message))"
+        for r in batch {
+            if let failed, failed.request === r { r.fail(failed.error) } else { r.fail(error) }
+        }
+        logger.error("a savepoint of a group commit failed; the group was rolled back",
+                     metadata: ["path": "\(path)", "code": "\(error.storeCode ?? "\(error.code)")"])
+    }
+
+    /// Runs one of the group commit's transaction statements (BEGIN, SAVEPOINT, RELEASE,
+    /// ROLLBACK TO, COMMIT, ROLLBACK), or fails it when a test set ``faultInjection`` to.
+    private func control(_ sql: String, _ conn: SQLiteConnection) throws(EventSourcingError) {
+        if let fault = faultInjection.withLock({ $0 }), let error = fault(sql) { throw error }
+        try conn.execute(sql)
     }
 
     // MARK: Readers

@@ -56,8 +56,14 @@ public struct AggregateRoot<A: Aggregate>: Sendable {
     public var keyScope: String { state.dataSubject ?? id.uuidString.lowercased() }
 
     /// Records a new event: applies it to the state and queues it for the next save.
-    /// - Throws: whatever `apply` throws; the state and queue are unchanged then.
+    /// - Throws: ``EventSourcingError/Code/invalidEvent`` if the aggregate is at the highest
+    ///   version (`Int.max`, which only a forged record can give it); whatever `apply` throws.
+    ///   The state and queue are unchanged then.
     public mutating func record(_ event: A.Event, at time: Date = Date()) throws {
+        guard version < Int.max else {
+            throw EventSourcingError(.invalidEvent, "the aggregate is at the highest version (\(version)): no event can follow",
+                                     originatorID: id, originatorVersion: version)
+        }
         let e = DomainEvent(originatorID: id, originatorVersion: version + 1, timestamp: time, event: event)
         try apply(e)
         pendingEvents.append(e)
@@ -71,8 +77,9 @@ public struct AggregateRoot<A: Aggregate>: Sendable {
             throw EventSourcingError(.invalidEvent, "event belongs to another aggregate",
                                      originatorID: e.originatorID, originatorVersion: e.originatorVersion)
         }
-        guard e.originatorVersion == version + 1 else {
-            throw EventSourcingError(.invalidEvent, "expected version \(version + 1)",
+        guard version < Int.max, e.originatorVersion == version + 1 else {
+            throw EventSourcingError(.invalidEvent, version < Int.max ? "expected version \(version + 1)"
+                                         : "the aggregate is at the highest version (\(version)): no event can follow",
                                      originatorID: id, originatorVersion: e.originatorVersion)
         }
         var next = state
