@@ -2,6 +2,7 @@ import ArgumentParser
 import EventSourcing
 import Foundation
 import KeyManagement
+import Logging
 
 /// Exit codes: stable, documented in `--help` and Docs/Operations.md.
 enum Exit {
@@ -45,18 +46,36 @@ struct Esctl: AsyncParsableCommand {
         subcommands: [Init.self, Keys.self, Verify.self, Export.self, Stats.self, Demo.self]
     )
 
-    @Option(name: .long, help: ArgumentHelp("The store: sqlite:PATH or postgres://… Default: $ESCTL_STORE or sqlite:./eventstore.sqlite.",
-                                             valueName: "url"))
-    var store: String?
+    @OptionGroup(title: "Global options") var global: GlobalOptions
 
-    @Option(name: .long, help: ArgumentHelp("File holding the master key (32 raw bytes or base64).", valueName: "path"))
-    var masterKeyFile: String?
-
-    @Flag(name: .long, help: "Read the master key (base64) from standard input.")
-    var masterKeyStdin = false
-
-    @Flag(name: .long, help: "Derive the master key from a passphrase (prompted without echo on a TTY, else one line of stdin).")
-    var passphrase = false
+    /// Parses and runs the command. Every argument error goes through ``Terminal`` too, so a
+    /// key typed where a path or command belongs is never written back.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        Terminal.neverShow(Secrets.sensitive(in: arguments))
+        LoggingSystem.bootstrap { label in TerminalLogHandler(label: label) }
+        if let refusal = ArgumentScreen.refusal(arguments) {
+            Terminal.error(refusal.message)
+            Foundation.exit(refusal.exitCode)
+        }
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            let text = fullMessage(for: error)
+            if code == .success {
+                if !text.isEmpty { print(text) }
+            } else if !text.isEmpty {
+                Terminal.block(text.hasSuffix("\n") ? String(text.dropLast()) : text)
+            }
+            Foundation.exit(code.rawValue)
+        }
+    }
 
     /// Runs `body`, turning library errors into one line on stderr and the documented exit code.
     static func guarded(_ body: () async throws -> Void) async throws {
@@ -85,6 +104,8 @@ struct Esctl: AsyncParsableCommand {
             case .shredded: return (Exit.scopeShredded, "key scope \(e.scope ?? "") is shredded")
             case .keySourceUnavailable, .invalidKeyMaterial: return (Exit.usage, e.message)
             case .keyNotFound: return (Exit.scopeNotFound, e.message + (e.scope.map { " (scope \($0))" } ?? ""))
+            case .keyUnavailable:
+                return (Exit.verificationFailed, e.message + (e.scope.map { " (scope \($0))" } ?? ""))
             default: return (Exit.failure, e.description)
             }
         case let e as EventSourcingError:
@@ -94,6 +115,7 @@ struct Esctl: AsyncParsableCommand {
             case .databaseCorrupt, .databaseUnavailable, .unsupportedSchema: return (Exit.storeUnavailable, e.message)
             case .databaseLocked: return (Exit.storeLocked, e.message)
             case .invalidArgument: return (Exit.usage, e.message)
+            case .keyScopeNotFound: return (Exit.scopeNotFound, e.message + (e.keyScope.map { " (scope \($0))" } ?? ""))
             case .integrityFailure, .keyUnavailable:
                 return (Exit.verificationFailed, e.description + " (run 'esctl verify' for the full list)")
             default: return (Exit.failure, e.description)

@@ -1,7 +1,12 @@
 import ArgumentParser
+import Dispatch
 import EventSourcing
 import Foundation
 import KeyManagement
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Everything known about one key scope.
 struct ScopeSummary {
@@ -9,23 +14,70 @@ struct ScopeSummary {
     var versions: [WrappedDataKey] = []
     var tombstone: Tombstone?
 
-    var json: [String: Any] {
-        var j: [String: Any] = ["scope": scope, "status": tombstone == nil ? "active" : "shredded"]
-        j["versions"] = versions.map { ["version": Int($0.version), "kek_id": $0.kekID, "created_at": JSONOut.date($0.createdAt)] as [String: Any] }
-        j["current_version"] = versions.last.map { Int($0.version) } ?? NSNull()
-        j["kek_ids"] = Array(Set(versions.map(\.kekID))).sorted()
-        j["created_at"] = versions.first.map { JSONOut.date($0.createdAt) } ?? NSNull()
-        j["rotated_at"] = versions.count > 1 ? versions.last.map { JSONOut.date($0.createdAt) } ?? NSNull() : NSNull()
-        j["shredded_at"] = tombstone.map { JSONOut.date($0.shreddedAt) } ?? NSNull()
-        if let t = tombstone { j["destroyed_versions"] = t.destroyedVersions.map(Int.init) }
-        return j
+    /// The documented JSON object (Docs/Operations.md §12.1), with `events` for `keys show`.
+    struct JSON: Encodable {
+        struct Version: Encodable {
+            var version: Int
+            var kekID: String
+            var createdAt: String
+            enum CodingKeys: String, CodingKey { case version, kekID = "kek_id", createdAt = "created_at" }
+        }
+        var scope: String
+        var status: String
+        var versions: [Version]
+        var currentVersion: Int?
+        var kekIDs: [String]
+        var createdAt: String?
+        var rotatedAt: String?
+        var shreddedAt: String?
+        var destroyedVersions: [Int]?
+        var events: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case scope, status, versions, events
+            case currentVersion = "current_version", kekIDs = "kek_ids", createdAt = "created_at", rotatedAt = "rotated_at"
+            case shreddedAt = "shredded_at", destroyedVersions = "destroyed_versions"
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(scope, forKey: .scope)
+            try c.encode(status, forKey: .status)
+            try c.encode(versions, forKey: .versions)
+            // These are always present, null when they do not apply.
+            try c.encode(currentVersion, forKey: .currentVersion)
+            try c.encode(kekIDs, forKey: .kekIDs)
+            try c.encode(createdAt, forKey: .createdAt)
+            try c.encode(rotatedAt, forKey: .rotatedAt)
+            try c.encode(shreddedAt, forKey: .shreddedAt)
+            // These only where they apply.
+            try c.encodeIfPresent(destroyedVersions, forKey: .destroyedVersions)
+            try c.encodeIfPresent(events, forKey: .events)
+        }
+    }
+
+    var json: JSON {
+        JSON(scope: scope, status: tombstone == nil ? "active" : "shredded",
+             versions: versions.map { .init(version: Int($0.version), kekID: $0.kekID, createdAt: JSONOut.date($0.createdAt)) },
+             currentVersion: versions.last.map { Int($0.version) },
+             kekIDs: kekIDs,
+             createdAt: versions.first.map { JSONOut.date($0.createdAt) },
+             rotatedAt: versions.count > 1 ? versions.last.map { JSONOut.date($0.createdAt) } : nil,
+             shreddedAt: tombstone.map { JSONOut.date($0.shreddedAt) },
+             destroyedVersions: tombstone.map { $0.destroyedVersions.map(Int.init) })
+    }
+
+    private var kekIDs: [String] {
+        var ids: [String] = []
+        for v in versions where !ids.contains(v.kekID) { ids.append(v.kekID) }
+        return ids.sorted()
     }
 
     var line: String {
         if let t = tombstone {
             return "\(scope)  shredded \(JSONOut.date(t.shreddedAt))  (versions destroyed: \(t.destroyedVersions.map(String.init).joined(separator: ",")))"
         }
-        let kek = Set(versions.map(\.kekID)).sorted().joined(separator: ",")
+        let kek = kekIDs.joined(separator: ",")
         let created = versions.first.map { JSONOut.date($0.createdAt) } ?? "-"
         let rotated = versions.count > 1 ? versions.last.map { JSONOut.date($0.createdAt) } ?? "-" : "-"
         return "\(scope)  v\(versions.last?.version ?? 0)  kek \(kek)  created \(created)  rotated \(rotated)"
@@ -40,27 +92,60 @@ struct KeysList: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "list",
         abstract: "List key scopes: key versions, master key id, created, rotated, shredded.")
 
-    @ParentCommand var root: Esctl
+    @OptionGroup(title: "Global options") var global: GlobalOptions
     @Flag(help: "Print JSON (stable: see Docs/Operations.md).") var json = false
+
+    struct JSON: Encodable {
+        var masterKeyID: String
+        var scopes: [ScopeSummary.JSON]
+        enum CodingKeys: String, CodingKey { case masterKeyID = "master_key_id", scopes }
+    }
 
     func run() async throws {
         try await Esctl.guarded {
-            try await StoreAccess(options: root).withSession { session in
-                var summaries: [String: ScopeSummary] = [:]
+            try await StoreAccess(options: global).withSession { session in
+                // Keys come in (scope, version) order: consecutive rows of a scope make one summary.
+                var summaries: [ScopeSummary] = []
                 var cursor: DataKeyCursor?
                 while true {
                     let page = try await session.store.dataKeys(after: cursor, limit: 1000)
                     guard let last = page.last else { break }
                     cursor = DataKeyCursor(scope: last.scope, version: last.version)
-                    for k in page { summaries[k.scope, default: ScopeSummary(scope: k.scope)].versions.append(k) }
+                    for k in page {
+                        if summaries.last?.scope == k.scope {
+                            summaries[summaries.count - 1].versions.append(k)
+                        } else {
+                            summaries.append(ScopeSummary(scope: k.scope, versions: [k]))
+                        }
+                    }
                 }
-                for t in try await session.store.tombstones() { summaries[t.scope, default: ScopeSummary(scope: t.scope)].tombstone = t }
-                let sorted = summaries.values.sorted { $0.scope < $1.scope }
+                var index: [String: Int] = [:]
+                index.reserveCapacity(summaries.count)
+                for (i, s) in summaries.enumerated() { index[s.scope] = i }
+                for t in try await session.store.tombstones() {
+                    if let i = index[t.scope] {
+                        summaries[i].tombstone = t
+                    } else {
+                        index[t.scope] = summaries.count
+                        summaries.append(ScopeSummary(scope: t.scope, tombstone: t))
+                    }
+                }
+                summaries.sort { $0.scope < $1.scope }
                 if json {
-                    try JSONOut.print(["master_key_id": session.keyring.primaryMasterKeyID, "scopes": sorted.map(\.json)])
+                    try JSONOut.print(JSON(masterKeyID: session.keyring.primaryMasterKeyID, scopes: summaries.map(\.json)))
                 } else {
-                    for s in sorted { print(s.line) }
-                    Terminal.info("\(sorted.count) scopes (\(sorted.filter { $0.tombstone != nil }.count) shredded), master key \(session.keyring.primaryMasterKeyID)")
+                    var out = ""
+                    out.reserveCapacity(summaries.count * 120)
+                    for s in summaries {
+                        out += s.line
+                        out += "\n"
+                        if out.utf8.count > 1 << 16 {
+                            FileHandle.standardOutput.write(Data(out.utf8))
+                            out.removeAll(keepingCapacity: true)
+                        }
+                    }
+                    FileHandle.standardOutput.write(Data(out.utf8))
+                    Terminal.info("\(summaries.count) scopes (\(summaries.filter { $0.tombstone != nil }.count) shredded), master key \(session.keyring.primaryMasterKeyID)")
                 }
             }
         }
@@ -70,13 +155,13 @@ struct KeysList: AsyncParsableCommand {
 struct KeysShow: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one key scope.")
 
-    @ParentCommand var root: Esctl
+    @OptionGroup(title: "Global options") var global: GlobalOptions
     @Argument(help: "The key scope (a data-subject id or an aggregate id).") var scope: String
     @Flag(help: "Print JSON.") var json = false
 
     func run() async throws {
         try await Esctl.guarded {
-            try await StoreAccess(options: root).withSession { session in
+            try await StoreAccess(options: global).withSession { session in
                 let s = try await ScopeSummary.load(scope, from: session.store)
                 guard !s.versions.isEmpty || s.tombstone != nil else {
                     throw CLIError(exitCode: Exit.scopeNotFound, message: "no key scope '\(scope)'")
@@ -84,7 +169,7 @@ struct KeysShow: AsyncParsableCommand {
                 let events = try await session.store.countEvents(keyScope: scope)
                 if json {
                     var j = s.json
-                    j["events"] = events
+                    j.events = events
                     try JSONOut.print(j)
                 } else {
                     print(s.line)
@@ -99,14 +184,26 @@ struct KeysRotate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "rotate",
         abstract: "Create a new data-key version for a scope; new events use it, old ones still read.")
 
-    @ParentCommand var root: Esctl
+    @OptionGroup(title: "Global options") var global: GlobalOptions
     @Argument(help: "The key scope.") var scope: String
+    @Flag(help: "Print JSON.") var json = false
+
+    struct JSON: Encodable {
+        var scope: String
+        var version: Int
+        var masterKeyID: String
+        enum CodingKeys: String, CodingKey { case scope, version, masterKeyID = "master_key_id" }
+    }
 
     func run() async throws {
         try await Esctl.guarded {
-            try await StoreAccess(options: root).withSession { session in
+            try await StoreAccess(options: global).withSession { session in
                 let version = try await session.keyring.rotate(scope: scope)
-                print("\(scope) v\(version)")
+                if json {
+                    try JSONOut.print(JSON(scope: scope, version: Int(version), masterKeyID: session.keyring.primaryMasterKeyID))
+                } else {
+                    print("\(scope) v\(version)")
+                }
             }
         }
     }
@@ -116,19 +213,22 @@ struct KeysRotateMaster: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "rotate-master",
         abstract: "Rewrap every data key under a new master key; no event is rewritten.",
         discussion: """
-            If the new key file does not exist, a fresh random key is written there (mode 0600).
-            Safe to interrupt: run the same command again to finish. Until it finishes, every
-            data key opens with either the old or the new master key; afterwards only the new one
-            opens the store, and the old key can be destroyed.
+            The new key is read from --new-master-key-file, which must exist. With --create, a
+            missing file is created with a new random key (mode 0600); an existing one is used.
+            Safe to interrupt (Ctrl-C, a crash, a lost connection): run the same command again
+            to finish. Until it finishes, every data key opens with either the old or the new
+            master key; afterwards only the new one opens the store, and the old key can be
+            destroyed. While a rotation is unfinished, a rotation to any other key is refused.
             """)
 
-    @ParentCommand var root: Esctl
-    @Option(help: ArgumentHelp("File with the new master key (created if missing).", valueName: "path"))
+    @OptionGroup(title: "Global options") var global: GlobalOptions
+    @Option(help: ArgumentHelp("File with the new master key.", valueName: "path"))
     var newMasterKeyFile: String
+    @Flag(help: "Create --new-master-key-file with a new random key if it does not exist.") var create = false
 
     func run() async throws {
         try await Esctl.guarded {
-            let access = StoreAccess(options: root)
+            let access = StoreAccess(options: global)
             do {
                 try await rotate(access)
             } catch let e as KeyManagementError where e.code == .wrongMasterKey {
@@ -144,32 +244,90 @@ struct KeysRotateMaster: AsyncParsableCommand {
     }
 
     private func rotate(_ access: StoreAccess) async throws {
-        // The store and the current key are checked first, so a missing store or a wrong key
-        // fails with its one line and leaves no new key file behind.
-        try await access.withSession { session in
-            let newKey: MasterKey
-            if FileManager.default.fileExists(atPath: newMasterKeyFile) {
-                newKey = try MasterKey(contentsOfFile: newMasterKeyFile)
-            } else {
-                newKey = try MasterKey.generate()
-                try newKey.writeKeyFile(to: newMasterKeyFile)
-                Terminal.info("new master key \(newKey.id) written to \(newMasterKeyFile) (mode 0600)")
-            }
+        var chosen: MasterKey?
+        // The store and the current key are checked first, and an unfinished rotation to
+        // another key is refused, before any key file is written or the store is opened for writing.
+        try await access.withSession(beforeOpening: { key, checks in
+            chosen = try newKey(current: key, checks: checks)
+        }) { session in
+            guard let newKey = chosen else { return }
             let old = session.keyring.primaryMasterKeyID
-            guard old != newKey.id else {
-                throw CLIError(exitCode: Exit.usage, message: "the new master key is the current one")
-            }
             let total = try await countKeys(session.store)
+            Terminal.info("rewrapping \(total) data keys from master key \(old) to \(newKey.id); Ctrl-C is safe: run the same command again to finish")
             let progress = Progress("rewrapping", total: total)
-            let result = try await session.keyring.rotateMasterKey(to: newKey) { p in progress.update(p.rewrapped + p.alreadyCurrent) }
+            let interrupt = Self.onInterrupt(progress: progress, message: """
+                interrupted: the rotation from master key \(old) to \(newKey.id) is unfinished; every data key still opens \
+                with one of the two keys. Run the same command again to finish it \
+                (esctl keys rotate-master --new-master-key-file \(newMasterKeyFile) with the old key)
+                """)
+            defer { interrupt.cancel() }
+            let result: Keyring.RotationProgress
+            do {
+                result = try await session.keyring.rotateMasterKey(to: newKey) { p in progress.update(p.rewrapped + p.alreadyCurrent) }
+            } catch {
+                progress.abandon()
+                throw error
+            }
             progress.finish(result.rewrapped + result.alreadyCurrent)
             print("master key \(old) -> \(newKey.id): rewrapped \(result.rewrapped), already current \(result.alreadyCurrent)")
             Terminal.info("the old master key no longer opens this store; destroy it once backups made with it have expired")
         }
     }
 
+    /// The new key: read from the file, or created with --create. Refused, before anything is
+    /// written, when it is the current key or when a rotation to another key is unfinished.
+    private func newKey(current: MasterKey, checks: [MasterKeyCheck]) throws -> MasterKey {
+        let others = checks.filter { $0.kekID != current.id }
+        let pending = others.map(\.kekID).joined(separator: ", ")
+        let exists = FileManager.default.fileExists(atPath: newMasterKeyFile)
+        if !exists, !create {
+            var message = "no key file at \(newMasterKeyFile): rotate-master reads the new key from an existing file; add --create to write a new random key there"
+            if !others.isEmpty { message += " (a rotation to master key \(pending) is unfinished: give the file that holds it)" }
+            throw CLIError(exitCode: Exit.usage, message: message)
+        }
+        let key = exists ? try MasterKey(contentsOfFile: newMasterKeyFile) : try MasterKey.generate()
+        guard key.id != current.id else {
+            var message = "the new master key is the current one"
+            if !others.isEmpty {
+                message += "; to finish the unfinished rotation from master key \(pending), give that key's file as --master-key-file"
+            }
+            throw CLIError(exitCode: Exit.usage, message: message)
+        }
+        if !others.isEmpty, !others.contains(where: { $0.kekID == key.id }) {
+            throw CLIError(exitCode: Exit.usage, message: """
+                a rotation to master key \(pending) is unfinished: finish it first by running rotate-master again with \
+                --new-master-key-file naming the file that holds \(pending). Nothing was changed\(exists ? "" : " and no key file was written")
+                """)
+        }
+        if !exists {
+            try key.writeKeyFile(to: newMasterKeyFile)
+            Terminal.info("new master key \(key.id) written to \(newMasterKeyFile) (mode 0600)")
+        }
+        return key
+    }
+
+    /// While the rotation runs, Ctrl-C (SIGINT) ends the bar's line, says how to resume and
+    /// exits 130. Each data key is rewrapped in its own transaction, so stopping at any point
+    /// leaves every key under the old or the new master key.
+    private static func onInterrupt(progress: Progress, message: String) -> any DispatchSourceSignal {
+        signal(SIGINT, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: DispatchQueue(label: "esctl.sigint"))
+        source.setEventHandler {
+            progress.abandon()
+            Terminal.error(message)
+            _exit(130)
+        }
+        source.resume()
+        return source
+    }
+
     /// Whether `newKey` is the store's only master key and wraps every data key.
     private func alreadyRotated(_ access: StoreAccess, to newKey: MasterKey) async throws -> Bool {
+        // Read-only first: only a store the new key opens is opened for writing.
+        if try access.sqlitePath() != nil {
+            guard let checks = try? await access.storedChecks(), checks.map(\.kekID) == [newKey.id],
+                  (try? await StoreAccess.verify([newKey], against: checks)) != nil else { return false }
+        }
         let store = try await access.openStore()
         do {
             var done = try await store.masterKeyChecks().map(\.kekID) == [newKey.id]
@@ -214,14 +372,26 @@ struct KeysShred: AsyncParsableCommand {
             confirmation on a terminal unless --yes; without a terminal, --yes is required.
             """)
 
-    @ParentCommand var root: Esctl
+    @OptionGroup(title: "Global options") var global: GlobalOptions
     @Argument(help: "The key scope to erase.") var scope: String
     @Flag(help: "Do not ask for confirmation.") var yes = false
     @Flag(help: "Print the receipt as JSON.") var json = false
 
+    struct Receipt: Encodable {
+        var scope: String
+        var shreddedAt: String
+        var destroyedKeyVersions: [Int]
+        var eventsAffected: Int
+        var snapshotsDeleted: Int
+        enum CodingKeys: String, CodingKey {
+            case scope, shreddedAt = "shredded_at", destroyedKeyVersions = "destroyed_key_versions"
+            case eventsAffected = "events_affected", snapshotsDeleted = "snapshots_deleted"
+        }
+    }
+
     func run() async throws {
         try await Esctl.guarded {
-            try await StoreAccess(options: root).withSession { session in
+            try await StoreAccess(options: global).withSession { session in
                 let summary = try await ScopeSummary.load(scope, from: session.store)
                 if let t = summary.tombstone {
                     throw CLIError(exitCode: Exit.scopeShredded, message: "key scope \(scope) was already shredded at \(JSONOut.date(t.shreddedAt))")
@@ -240,9 +410,9 @@ struct KeysShred: AsyncParsableCommand {
                 }
                 let r = try await session.app.shred(keyScope: scope)
                 if json {
-                    try JSONOut.print(["scope": r.keyScope, "shredded_at": JSONOut.date(r.shreddedAt),
-                                       "destroyed_key_versions": r.destroyedKeyVersions.map(Int.init),
-                                       "events_affected": r.eventsAffected, "snapshots_deleted": r.snapshotsDeleted])
+                    try JSONOut.print(Receipt(scope: r.keyScope, shreddedAt: JSONOut.date(r.shreddedAt),
+                                              destroyedKeyVersions: r.destroyedKeyVersions.map(Int.init),
+                                              eventsAffected: r.eventsAffected, snapshotsDeleted: r.snapshotsDeleted))
                 } else {
                     print("erasure receipt")
                     print("  scope:                  \(r.keyScope)")

@@ -10,23 +10,46 @@ import Logging
 protocol AdminStore: ApplicationRecorder, SnapshotRecorder, KeyStore, KeyScopeCounting {
     func selectSnapshots(after cursor: (UUID, Int)?, limit: Int) async throws -> [StoredEvent]
     func selectNotifications(keyScope: String, after: Int64, limit: Int) async throws -> [StoredNotification]
-    func statisticsJSON() async throws -> [String: Any]
+    func statisticsJSON() async throws -> StoreStatistics
     func close() async
     var location: String { get }
 }
 
+/// The counts `stats` prints.
+struct StoreStatistics: Encodable {
+    var events: Int
+    var aggregates: Int
+    var snapshots: Int
+    var keyScopes: Int
+    var dataKeys: Int
+    var shreddedScopes: Int
+    var bytesOnDisk: Int
+    var store: String
+
+    enum CodingKeys: String, CodingKey {
+        case events, aggregates, snapshots, store
+        case keyScopes = "key_scopes", dataKeys = "data_keys", shreddedScopes = "shredded_scopes", bytesOnDisk = "bytes_on_disk"
+    }
+}
+
 extension SQLiteStore: AdminStore {
-    func statisticsJSON() async throws -> [String: Any] {
+    func statisticsJSON() async throws -> StoreStatistics {
         let s = try await statistics()
-        return ["events": s.events, "aggregates": s.aggregates, "snapshots": s.snapshots, "key_scopes": s.keyScopes,
-                "data_keys": s.dataKeys, "shredded_scopes": s.shreddedScopes, "bytes_on_disk": s.bytesOnDisk]
+        return StoreStatistics(events: s.events, aggregates: s.aggregates, snapshots: s.snapshots, keyScopes: s.keyScopes,
+                               dataKeys: s.dataKeys, shreddedScopes: s.shreddedScopes, bytesOnDisk: s.bytesOnDisk, store: location)
     }
 
     var location: String { "sqlite:" + path }
 }
 
 extension PostgresStore: AdminStore {
-    func statisticsJSON() async throws -> [String: Any] { try await statistics() }
+    func statisticsJSON() async throws -> StoreStatistics {
+        let s = try await statistics()
+        func int(_ key: String) -> Int { s[key] ?? 0 }
+        return StoreStatistics(events: int("events"), aggregates: int("aggregates"), snapshots: int("snapshots"),
+                               keyScopes: int("key_scopes"), dataKeys: int("data_keys"), shreddedScopes: int("shredded_scopes"),
+                               bytesOnDisk: int("bytes_on_disk"), store: location)
+    }
 
     var location: String { configuration.description }
 }
@@ -40,18 +63,34 @@ struct Session {
 
 /// Resolves the store and the master key from the global options and the environment.
 struct StoreAccess {
-    let options: Esctl
+    let options: GlobalOptions
     var environment: [String: String] = ProcessInfo.processInfo.environment
 
     var storeURL: String { options.store ?? environment["ESCTL_STORE"] ?? "sqlite:./eventstore.sqlite" }
 
-    /// The SQLite path of a `sqlite:` URL.
+    /// The SQLite path of a `sqlite:` URL, nil for PostgreSQL.
     func sqlitePath() throws -> String? {
         let url = storeURL
         if url.hasPrefix("sqlite://") { return String(url.dropFirst("sqlite://".count)) }
         if url.hasPrefix("sqlite:") { return String(url.dropFirst("sqlite:".count)) }
         if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") { return nil }
-        throw CLIError(exitCode: Exit.usage, message: "unknown store URL scheme: use sqlite:PATH or postgres://USER@HOST:PORT/DB")
+        let usage = "a store URL is sqlite:PATH or postgres://USER@HOST:PORT/DB"
+        // A bare path (no scheme): the likely intent is a SQLite file.
+        if let colon = url.firstIndex(of: ":"), !url[..<colon].contains("/"), !url[..<colon].contains(".") {
+            let scheme = url[..<colon]
+            let hint = scheme.lowercased().hasPrefix("sqlite") ? "; did you mean sqlite:" + url[url.index(after: colon)...].drop { $0 == "/" } + "?" : ""
+            throw CLIError(exitCode: Exit.usage, message: "unknown store URL scheme '\(scheme):' (\(usage))\(hint)")
+        }
+        throw CLIError(exitCode: Exit.usage, message: "'\(url)' is not a store URL: did you mean sqlite:\(url)? (\(usage))")
+    }
+
+    /// The key file `init` writes when given no key option: `master.key` beside a SQLite
+    /// store, or in the working directory for PostgreSQL.
+    func defaultKeyPath() throws -> String {
+        if let path = try sqlitePath() {
+            return URL(fileURLWithPath: path).deletingLastPathComponent().appendingPathComponent("master.key").path
+        }
+        return FileManager.default.currentDirectoryPath + "/master.key"
     }
 
     /// Opens the store; unless `create`, it must exist already (SQLite) or be initialised (PostgreSQL).
@@ -60,13 +99,24 @@ struct StoreAccess {
             var config = try PostgresConfiguration(url: storeURL)
             // Keep the password out of argv: PGPASSWORD fills it in when the URL has none.
             if config.password == nil { config.password = environment["PGPASSWORD"] }
-            return try await PostgresStore(configuration: config, logger: Logger(label: "esctl.postgres"))
+            do {
+                return try await PostgresStore(configuration: config, logger: Logger(label: "esctl.postgres"))
+            } catch let e as EventSourcingError where e.code == .databaseUnavailable && e.message.contains("connection lost") {
+                // At open nothing was in flight: the connection was refused or never made.
+                throw EventSourcingError(.databaseUnavailable,
+                    "PostgreSQL at \(config.host):\(config.port): cannot connect (connection refused, or nothing reachable there); nothing was changed")
+            }
         }
         guard !path.isEmpty else { throw CLIError(exitCode: Exit.usage, message: "empty store path") }
         if !create, !FileManager.default.fileExists(atPath: path) {
             throw CLIError(exitCode: Exit.storeUnavailable, message: "no store at \(path) (create one with 'esctl init')")
         }
         return try SQLiteStore(path: path, logger: Logger(label: "esctl.sqlite"))
+    }
+
+    /// Whether any master-key source was given.
+    var keyGiven: Bool {
+        options.masterKeyFile != nil || options.masterKeyStdin || options.passphrase || environment["ESCTL_MASTER_KEY"] != nil
     }
 
     /// The master key from exactly one source.
@@ -78,6 +128,7 @@ struct StoreAccess {
         if let path = options.masterKeyFile { return try MasterKey(contentsOfFile: path) }
         if options.masterKeyStdin {
             var bytes = Terminal.readAll()
+            defer { for i in bytes.indices { bytes[i] = 0 } }
             return try MasterKey(encoded: &bytes, source: "standard input")
         }
         if options.passphrase {
@@ -89,8 +140,11 @@ struct StoreAccess {
         if environment["ESCTL_MASTER_KEY"] != nil {
             return try MasterKey(environmentVariable: "ESCTL_MASTER_KEY", environment: environment)
         }
-        throw CLIError(exitCode: Exit.usage,
-                       message: "no master key: pass --master-key-file PATH, --master-key-stdin or --passphrase, or set ESCTL_MASTER_KEY")
+        var message = "no master key: pass --master-key-file PATH, --master-key-stdin or --passphrase, or set ESCTL_MASTER_KEY"
+        if let beside = try? defaultKeyPath(), FileManager.default.fileExists(atPath: beside) {
+            message += "; the key file esctl init writes for this store is \(beside): --master-key-file \(beside)"
+        }
+        throw CLIError(exitCode: Exit.usage, message: message)
     }
 
     func readPassphrase(prompt: String) throws -> String {
@@ -101,9 +155,43 @@ struct StoreAccess {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// The store's master-key checks, read without changing the store: for SQLite through a
+    /// read-only connection (opening it for writing would recover, checkpoint and delete a
+    /// WAL); for PostgreSQL through `store`.
+    /// - Throws: exit 66 when the store has no check yet (not initialised).
+    func storedChecks(_ store: (any AdminStore)? = nil) async throws -> [MasterKeyCheck] {
+        let checks: [MasterKeyCheck]
+        if let store {
+            checks = try await store.masterKeyChecks()
+        } else if let path = try sqlitePath() {
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw CLIError(exitCode: Exit.storeUnavailable, message: "no store at \(path) (create one with 'esctl init')")
+            }
+            checks = try SQLiteStore.masterKeyChecks(readingOnly: path)
+        } else {
+            throw CLIError(exitCode: Exit.failure, message: "internal: no store to read the master-key checks from")
+        }
+        guard !checks.isEmpty else {
+            let location = store?.location ?? storeURL
+            throw CLIError(exitCode: Exit.storeUnavailable, message: "\(location) has no master key yet (run 'esctl init')")
+        }
+        return checks
+    }
+
+    /// Throws `wrongMasterKey` unless every key matches one of `checks`; writes nothing.
+    static func verify(_ keys: [MasterKey], against checks: [MasterKeyCheck]) async throws {
+        let probe = InMemoryKeyStore()
+        for c in checks { try await probe.insertMasterKeyCheck(c) }
+        _ = try await Keyring.open(store: probe, masterKeys: keys, logger: Logger(label: "esctl.keycheck"))
+    }
+
     /// Runs `body` with an open session and closes the store afterwards, also on failure.
-    func withSession(extraKeys: [MasterKey] = [], _ body: (Session) async throws -> Void) async throws {
-        let s = try await session(extraKeys: extraKeys)
+    /// `beforeOpening` sees the verified key and the store's checks before anything can be
+    /// written (for SQLite, before the store is opened for writing at all).
+    func withSession(extraKeys: [MasterKey] = [],
+                     beforeOpening: ((MasterKey, [MasterKeyCheck]) async throws -> Void)? = nil,
+                     _ body: (Session) async throws -> Void) async throws {
+        let s = try await session(extraKeys: extraKeys, beforeOpening: beforeOpening)
         do {
             try await body(s)
         } catch {
@@ -114,21 +202,29 @@ struct StoreAccess {
     }
 
     /// Opens the store and its keyring with the master key; the store must be initialised.
-    func session(extraKeys: [MasterKey] = []) async throws -> Session {
-        let store = try await openStore()
+    ///
+    /// A SQLite store is opened for writing only after the key was checked against the
+    /// store's check records through a read-only connection, so a refused key (wrong, retired,
+    /// malformed, missing) leaves every byte of the database, its `-wal` and `-shm` as they were.
+    func session(extraKeys: [MasterKey] = [],
+                 beforeOpening: ((MasterKey, [MasterKeyCheck]) async throws -> Void)? = nil) async throws -> Session {
+        var opened: (any AdminStore)?
+        if try sqlitePath() == nil { opened = try await openStore() }
         do {
-            let checks = try await store.masterKeyChecks()
-            guard !checks.isEmpty else {
-                throw CLIError(exitCode: Exit.storeUnavailable, message: "\(store.location) has no master key yet (run 'esctl init')")
-            }
+            let checks = try await storedChecks(opened)
             let key = try masterKey(kdf: checks.last(where: { $0.kdf != nil })?.kdf)
+            try await Self.verify([key] + extraKeys, against: checks)
+            if let beforeOpening { try await beforeOpening(key, checks) }
+            let store: any AdminStore
+            if let opened { store = opened } else { store = try await openStore() }
+            opened = store
             let keyring = try await Keyring.open(store: store, masterKeys: [key] + extraKeys,
                                                  logger: Logger(label: "esctl.keyring"))
             let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring),
                                   logger: Logger(label: "esctl.app"))
             return Session(store: store, keyring: keyring, app: app)
         } catch {
-            await store.close()
+            await opened?.close()
             throw error
         }
     }

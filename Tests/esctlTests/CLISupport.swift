@@ -51,6 +51,12 @@ enum CLI {
     }
 
     private static func locate() -> Swift.Result<URL, LocateError> {
+        // ESCTL_TEST_BINARY runs the suites against another build (say, an older esctl, to see
+        // that a regression test fails without its fix).
+        if let override = ProcessInfo.processInfo.environment["ESCTL_TEST_BINARY"], !override.isEmpty {
+            return FileManager.default.isExecutableFile(atPath: override)
+                ? .success(URL(fileURLWithPath: override)) : .failure(LocateError(tried: [override]))
+        }
         var candidates: [URL] = []
         // Under `swift test` on Linux, arguments[0] is the test executable
         // `.build/<triple>/debug/<Package>PackageTests.xctest`, a file beside the products.
@@ -207,6 +213,30 @@ enum CLI {
         return r
     }
 
+    /// Runs argv[1] (esctl) with argv[4...], its stderr on a new pseudo-terminal whose output is
+    /// saved to argv[3], its stdout to argv[2]; prints the exit status (negative: the signal).
+    static let ptyRunner = """
+        import os, pty, subprocess, sys
+        exe, out_path, err_path = sys.argv[1], sys.argv[2], sys.argv[3]
+        master, slave = pty.openpty()
+        with open(out_path, "wb") as out:
+            p = subprocess.Popen([exe] + sys.argv[4:], stdin=subprocess.DEVNULL, stdout=out, stderr=slave, close_fds=True)
+        os.close(slave)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        rc = p.wait()
+        with open(err_path, "wb") as f:
+            f.write(data)
+        print(rc)
+        """
+
     /// Runs python3 with `script` and `args`; returns its result.
     static func python(_ script: String, _ args: [String], scratch: URL) async throws -> Result {
         let r = try start(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", script] + args,
@@ -299,6 +329,43 @@ final class Workspace: Sendable {
         let command = args.filter { !$0.hasPrefix("/") && !$0.hasPrefix("sqlite:") }.joined(separator: " ")
         #expect(!leaked, "a master key appeared in the output of `esctl \(command)`", sourceLocation: sourceLocation)
         return r
+    }
+
+    /// Whether `data` holds a key this workspace knows (in any of its forms), or `extra`.
+    func leaks(in data: Data, extra: [String] = []) -> Bool {
+        learnKeyFiles()
+        let known = secrets.withLock { $0 } + extra.map { Data($0.utf8) }
+        return known.contains { data.range(of: $0) != nil }
+    }
+
+    /// Runs esctl with its standard error on a pseudo-terminal (so progress bars are drawn), its
+    /// standard output to a file and its standard input from /dev/null. Keys are checked for
+    /// as in ``esctl(_:stdin:env:cwd:sourceLocation:)``.
+    func esctlOnTerminal(_ args: [String], env: [String: String] = [:],
+                         sourceLocation: SourceLocation = #_sourceLocation) async throws -> CLI.Result {
+        let exe = try CLI.esctlURL()
+        let tag = UUID().uuidString
+        let out = dir.appendingPathComponent(".tty-out-\(tag)").path
+        let err = dir.appendingPathComponent(".tty-err-\(tag)").path
+        let started = Date()
+        let runner = try CLI.start(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-c", CLI.ptyRunner, exe.path, out, err] + args,
+                                   env: CLI.cleanEnvironment(home: dir.path, extra: env), cwd: dir, scratch: dir)
+        let r = await runner.wait()
+        try #require(r.status == 0, "the pty runner failed: \(r.summary)", sourceLocation: sourceLocation)
+        let status = Int32(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        var result = CLI.Result(status: status < 0 ? -status : status, signalled: status < 0,
+                                stdoutData: (try? Data(contentsOf: URL(fileURLWithPath: out))) ?? Data(),
+                                stderrData: (try? Data(contentsOf: URL(fileURLWithPath: err))) ?? Data(),
+                                seconds: Date().timeIntervalSince(started))
+        try? FileManager.default.removeItem(atPath: out)
+        try? FileManager.default.removeItem(atPath: err)
+        let leaked = leaks(in: result.stdoutData) || leaks(in: result.stderrData)
+        #expect(!leaked, "a master key appeared in the output of esctl on a terminal", sourceLocation: sourceLocation)
+        if leaked {
+            result.stdoutData = Data("<withheld: holds a key>".utf8)
+            result.stderrData = Data("<withheld: holds a key>".utf8)
+        }
+        return result
     }
 
     private static func redact(_ data: Data, _ secret: Data) -> Data {

@@ -105,7 +105,7 @@ struct FailureTests {
     }
 
     @Test("A store that does not exist exits 66 and is not created",
-          arguments: [["keys", "list"], ["verify"], ["stats"], ["export", "x"], ["keys", "rotate-master", "--new-master-key-file", "NEW"]])
+          arguments: [["keys", "list"], ["verify"], ["stats"], ["export", "x"], ["keys", "rotate-master", "--new-master-key-file", "NEW", "--create"]])
     func storeNotFound(_ command: [String]) async throws {
         let ws = try Workspace("storeNotFound")
         let key = try MasterKey.generate()

@@ -62,12 +62,12 @@ struct MasterKeyTests {
         #expect(verify.status == 0, "\(verify.summary)")
     }
 
-    @Test("rotate-master writes a new 0600 key and rewraps every data key; the old key then exits 65, the new one verifies")
+    @Test("rotate-master --create writes a new 0600 key and rewraps every data key; the old key then exits 65, the new one verifies")
     func rotateMaster() async throws {
         let (ws, s, old) = try await CommandTests.seeded()
         #expect(try await ws.esctl(ws.with() + ["keys", "rotate", s.subject]).status == 0)
         let newPath = ws.path("new.key")
-        let r = try await ws.esctl(ws.with() + ["keys", "rotate-master", "--new-master-key-file", newPath])
+        let r = try await ws.esctl(ws.with() + ["keys", "rotate-master", "--new-master-key-file", newPath, "--create"])
         #expect(r.status == 0, "\(r.summary)")
         let attrs = try FileManager.default.attributesOfItem(atPath: newPath)
         #expect(((attrs[.posixPermissions] as? NSNumber)?.intValue ?? 0) & 0o777 == 0o600)
@@ -115,13 +115,13 @@ struct MasterKeyTests {
         let wrong = try MasterKey.generate()
         try wrong.writeKeyFile(to: ws.path("wrong.key"))
         let before = StoreFiles(ws)
-        let r = try await ws.esctl(ws.with(key: ws.path("wrong.key")) + ["keys", "rotate-master", "--new-master-key-file", ws.path("new.key")])
+        let r = try await ws.esctl(ws.with(key: ws.path("wrong.key")) + ["keys", "rotate-master", "--new-master-key-file", ws.path("new.key"), "--create"])
         FailureTests.expectOneLine(r, CLI.Code.wrongMasterKey)
         #expect(!FileManager.default.fileExists(atPath: ws.path("new.key")), "a new key file was written for a store it cannot rotate")
         #expect(StoreFiles(ws).unchanged(comparedTo: before))
 
         let missing = try await ws.esctl(["--store", "sqlite:" + ws.path("absent.sqlite"), "--master-key-file", ws.keyPath,
-                                          "keys", "rotate-master", "--new-master-key-file", ws.path("new.key")])
+                                          "keys", "rotate-master", "--new-master-key-file", ws.path("new.key"), "--create"])
         FailureTests.expectOneLine(missing, CLI.Code.storeUnavailable)
         #expect(!FileManager.default.fileExists(atPath: ws.path("new.key")))
         #expect(!FileManager.default.fileExists(atPath: ws.path("absent.sqlite")))
@@ -130,7 +130,7 @@ struct MasterKeyTests {
     @Test("Rerunning a rotate-master that already finished exits 0 and leaves the store on the new key")
     func rotateMasterRerunAfterFinish() async throws {
         let (ws, _, _) = try await CommandTests.seeded()
-        let args = ws.with() + ["keys", "rotate-master", "--new-master-key-file", ws.path("new.key")]
+        let args = ws.with() + ["keys", "rotate-master", "--new-master-key-file", ws.path("new.key"), "--create"]
         let first = try await ws.esctl(args)
         #expect(first.status == 0, "\(first.summary)")
         // The same command again: an operator who is not sure the first run completed.

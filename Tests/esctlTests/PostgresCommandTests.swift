@@ -31,7 +31,7 @@ struct PostgresCommandTests {
         let env = ["PGPASSWORD": password]
         let opts = ["--store", storeURL, "--master-key-file", ws.keyPath]
 
-        let initResult = try await ws.esctl(opts + ["init"], env: env)
+        let initResult = try await ws.esctl(["--store", storeURL, "init", "--new-master-key-file", ws.keyPath], env: env)
         try #require(initResult.status == 0, "\(initResult.summary)")
         ws.learnKeyFiles()
         #expect(!initResult.stderr.contains(password))
@@ -87,7 +87,7 @@ struct PostgresCommandTests {
         #expect(afterShred.status == CLI.Code.scopeShredded, "\(afterShred.summary)")
 
         let newKeyPath = ws.path("master-2.key")
-        let rotateMaster = try await ws.esctl(opts + ["keys", "rotate-master", "--new-master-key-file", newKeyPath], env: env)
+        let rotateMaster = try await ws.esctl(opts + ["keys", "rotate-master", "--new-master-key-file", newKeyPath, "--create"], env: env)
         #expect(rotateMaster.status == 0, "\(rotateMaster.summary)")
         ws.learnKeyFiles()
         let oldKey = try await ws.esctl(opts + ["verify"], env: env)

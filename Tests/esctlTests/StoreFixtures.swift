@@ -30,6 +30,31 @@ struct Account: Aggregate {
     }
 }
 
+/// An aggregate whose events carry unlabeled associated values (Swift encodes them under
+/// `_0`, `_1`, …), for the export's readable names.
+struct Note: Aggregate {
+    static var typeName: String { "Note" }
+
+    enum Event: Codable, Sendable {
+        case titled(String)
+        case written(String, Int)
+        case tagged(tags: [String])
+    }
+
+    var title = ""
+    var lines: [String] = []
+
+    var dataSubject: String? { "subject-notes" }
+
+    mutating func apply(_ event: Event) {
+        switch event {
+        case .titled(let t): title = t
+        case .written(let text, _): lines.append(text)
+        case .tagged: break
+        }
+    }
+}
+
 /// What a seeded store holds.
 struct Seeded {
     /// Data subject with two accounts: 3 + 2 events.
@@ -117,6 +142,21 @@ enum Stores {
         await store.close()
     }
 
+    /// Adds one Note with unlabeled payloads (scope `subject-notes`), with `key`.
+    static func seedNotes(_ path: String, key: MasterKey) async throws {
+        let (store, _, app) = try await open(path, keys: [key])
+        do {
+            var note = try AggregateRoot<Note>(.titled("Shopping"))
+            try note.record(.written("milk", 2))
+            try note.record(.tagged(tags: ["home"]))
+            try await app.save(&note)
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+    }
+
     /// Every stored data key, in (scope, version) order.
     static func allDataKeys(_ store: SQLiteStore) async throws -> [WrappedDataKey] {
         var out: [WrappedDataKey] = []
@@ -156,6 +196,36 @@ enum Py {
         db.execute("ROLLBACK")
         db.close()
         print("released", flush=True)
+        """
+
+    /// Opens argv[1] with automatic checkpoints off, commits a write (so its WAL holds a
+    /// commit no checkpoint has copied), then: argv[2] "copy" copies the database, its -wal and
+    /// -shm to the path argv[3] (and "copy-wal" the database and -wal only) and exits; "hold"
+    /// says "ready" and keeps the connection open for argv[3] seconds.
+    static let liveWAL = """
+        import shutil, sqlite3, sys, time
+        db = sqlite3.connect(sys.argv[1], isolation_level=None)
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute("INSERT OR REPLACE INTO es_meta (key, value) VALUES ('esctl_test_marker', 1)")
+        if sys.argv[2] in ("copy", "copy-wal"):
+            suffixes = ["", "-wal", "-shm"] if sys.argv[2] == "copy" else ["", "-wal"]
+            for suffix in suffixes:
+                shutil.copyfile(sys.argv[1] + suffix, sys.argv[3] + suffix)
+            print("copied", flush=True)
+        else:
+            print("ready", flush=True)
+            time.sleep(float(sys.argv[3]))
+        db.close()
+        """
+
+    /// Runs argv[2] (one SQL statement, or several separated by ';') on argv[1] and commits.
+    static let execute = """
+        import sqlite3, sys
+        db = sqlite3.connect(sys.argv[1])
+        db.executescript(sys.argv[2])
+        db.commit()
+        db.close()
+        print("done")
         """
 
     /// Prints one scalar query result.
