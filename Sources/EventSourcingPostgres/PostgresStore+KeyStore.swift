@@ -12,7 +12,14 @@ extension PostgresStore {
             for try await (id, sealed, kdf, at) in try await client.query(
                 "SELECT kek_id, sealed, kdf, created_at FROM \(unescaped: s).master_key_checks ORDER BY created_at, kek_id",
                 logger: self.logger).decode((String, ByteBuffer, String?, Double).self) {
-                let params = kdf.flatMap { try? JSONDecoder().decode(KDFParameters.self, from: Data($0.utf8)) }
+                var params: KDFParameters?
+                if let kdf {
+                    // Not read as "no KDF" (which would make a passphrase-derived store look key-file based).
+                    guard let p = try? JSONDecoder().decode(KDFParameters.self, from: Data(kdf.utf8)) else {
+                        throw KeyManagementError(.storeFailure, "the master_key_checks row of master key \(id) has kdf parameters that do not decode")
+                    }
+                    params = p
+                }
                 out.append(MasterKeyCheck(kekID: id, sealed: sealed.bytes, kdf: params, createdAt: Date(timeIntervalSince1970: at)))
             }
             return out

@@ -94,6 +94,26 @@ extension PostgresTests {
             }
         }
 
+        @Test("A tombstone's version list or a master-key check's KDF parameters that do not parse are storeFailure, not skipped or dropped")
+        func keyStoreRowsThatDoNotParse() async throws {
+            let config = try freshConfiguration()
+            let s = config.schema
+            try await withStore(config) { store in
+                _ = try await store.shred(scope: "subject-1", at: Date())
+                try await store.insertMasterKeyCheck(MasterKeyCheck(kekID: "k1", sealed: [1, 2, 3], kdf: nil, createdAt: Date()))
+                try await withRawClient(config) { client in
+                    _ = try await client.query("UPDATE \(unescaped: s).tombstones SET destroyed_versions = '1,x'")
+                    _ = try await client.query("UPDATE \(unescaped: s).master_key_checks SET kdf = '{\"not\": \"kdf\"}'")
+                }
+                let listed = await keyManagementError { _ = try await store.tombstones() }
+                #expect(listed?.code == .storeFailure && listed?.scope == "subject-1", "\(String(describing: listed))")
+                let one = await keyManagementError { _ = try await store.tombstone(scope: "subject-1") }
+                #expect(one?.code == .storeFailure && one?.scope == "subject-1", "\(String(describing: one))")
+                let checks = await keyManagementError { _ = try await store.masterKeyChecks() }
+                #expect(checks?.code == .storeFailure && checks?.message.contains("k1") == true, "\(String(describing: checks))")
+            }
+        }
+
         @Test("A forged row at notification id Int64.max refuses the next save with databaseCorrupt (ES004), not a bigint overflow")
         func notificationIDsExhausted() async throws {
             let config = try freshConfiguration()

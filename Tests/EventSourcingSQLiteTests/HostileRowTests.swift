@@ -155,9 +155,12 @@ struct HostileRowTests {
         let one = await keyManagementError { _ = try await s.store.tombstone(scope: "shredded-scope") }
         #expect(one?.code == .storeFailure && one?.scope == "shredded-scope", "\(String(describing: one))")
 
-        try tamper(db, "UPDATE master_key_checks SET created_at = X'00'")
+        try tamper(db, "UPDATE master_key_checks SET kdf = '{\"not\": \"kdf\"}'")
+        let kdf = await keyManagementError { _ = try await s.store.masterKeyChecks() }
+        #expect(kdf?.code == .storeFailure && kdf?.message.contains("kdf") == true, "\(String(describing: kdf))")
+        try tamper(db, "UPDATE master_key_checks SET kdf = NULL, created_at = X'00'")
         let checks = await keyManagementError { _ = try await s.store.masterKeyChecks() }
-        #expect(checks?.code == .storeFailure, "\(String(describing: checks))")
+        #expect(checks?.code == .storeFailure && checks?.message.contains("created_at") == true, "\(String(describing: checks))")
         await s.store.close()
     }
 
