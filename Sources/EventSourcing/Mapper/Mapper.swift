@@ -137,8 +137,8 @@ public final class Mapper: Sendable {
         let payload = try await openPayload(stored, snapshot: snapshot, notificationID: notificationID)
         guard payload.encoding == .compact else { return payload.bytes }
         do {
-            let value = try CompactDecoder().decode(JSONValue.self, from: payload.bytes)
-            return Array(try Mapper.jsonEncoder.encode(value))
+            // Transcoded directly, without a tree: memory is the payload plus the JSON text.
+            return try CompactJSON.text(from: payload.bytes)
         } catch {
             throw record(.decodingFailed, "compact payload is malformed: \(Self.describe(error))", stored, notificationID)
         }
