@@ -195,9 +195,9 @@ struct Statement {
         let n = Int(sqlite3_column_bytes(handle, c))
         guard n > 0 else { return "" }
         guard let p = sqlite3_column_text(handle, c) else { return nil }
-        let bytes = UnsafeBufferPointer(start: p, count: n)
-        guard !bytes.contains(0) else { return nil }
-        return String(validating: bytes, as: UTF8.self)
+        // SQLite ends the text with a NUL after its n bytes; a NUL before that would cut it short.
+        guard memchr(p, 0, n) == nil else { return nil }
+        return p.withMemoryRebound(to: CChar.self, capacity: n + 1) { String(validatingCString: $0) }
     }
     /// The column's value if it is a BLOB.
     func blobValue(_ c: Int32) -> [UInt8]? {
