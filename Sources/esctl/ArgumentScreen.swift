@@ -3,7 +3,7 @@ import Foundation
 /// What counts as a secret on the command line, and how it is kept off stderr.
 enum Secrets {
     /// What is written instead of a secret.
-    static let placeholder = "<not shown: looks like a key>"
+    static let placeholder = "<not shown: it may be a secret>"
 
     /// Whether `value` is a 32-byte key written out: 64 hex digits (optionally `0x`), or base64
     /// (standard or URL-safe alphabet, padded or not) that decodes to 32 bytes.
@@ -25,9 +25,19 @@ enum Secrets {
         value.unicodeScalars.contains { $0.properties.generalCategory == .control || $0 == "\u{FFFD}" }
     }
 
+    /// Whether the value of a key-file option is evidently a path (and so may be named in
+    /// messages): it holds a `/`, or is a file name with an extension and no blank, or exists.
+    /// Anything else (a passphrase typed where the path belongs, say) is never shown.
+    static func isEvidentlyPath(_ value: String) -> Bool {
+        if looksLikeKey(value) || isBinary(value) { return false }
+        if value.contains("/") { return true }
+        if value.contains("."), !value.contains(where: \.isWhitespace) { return true }
+        return FileManager.default.fileExists(atPath: value)
+    }
+
     /// The arguments (or `--option=value` values) that must never be written to stderr:
-    /// anything that looks like a key or is binary, and whatever follows a key option that
-    /// does not exist (`--master-key VALUE`).
+    /// anything that looks like a key or is binary, a key-file option's value that is not
+    /// evidently a path, and whatever follows a key option that does not exist (`--master-key VALUE`).
     static func sensitive(in arguments: [String]) -> [String] {
         var out: [String] = []
         var i = 0
@@ -36,9 +46,9 @@ enum Secrets {
             let (name, inline) = ArgumentScreen.split(a)
             if let inline, looksLikeKey(inline) || isBinary(inline) { out.append(inline) }
             if looksLikeKey(a) || isBinary(a) { out.append(a) }
-            if ArgumentScreen.keyValueOptions.contains(name) {
-                if let inline { out.append(inline) } else if i + 1 < arguments.count { out.append(arguments[i + 1]) }
-            }
+            let value = inline ?? (i + 1 < arguments.count ? arguments[i + 1] : nil)
+            if ArgumentScreen.keyValueOptions.contains(name), let value { out.append(value) }
+            if ArgumentScreen.keyFileOptions.contains(name), let value, !isEvidentlyPath(value) { out.append(value) }
             i += 1
         }
         return out

@@ -15,6 +15,7 @@ enum Exit {
     static let scopeNotFound: Int32 = 68
     static let scopeShredded: Int32 = 69
     static let storeLocked: Int32 = 70
+    static let interrupted: Int32 = 130
 }
 
 @main
@@ -34,13 +35,14 @@ struct Esctl: AsyncParsableCommand {
             Exit codes:
               0   success
               1   any other failure
-              64  usage error (bad arguments, missing master key, refused confirmation)
+              64  usage error
               65  wrong master key: it does not open this store
               66  store not found, unreadable or corrupt
-              67  records fail to decrypt (verify found failures; export hit one)
+              67  records fail to decrypt or cannot be read (verify, export)
               68  key scope not found
               69  key scope already shredded
               70  store locked by another process
+              130 interrupted
             """,
         version: "0.1.0",
         subcommands: [Init.self, Keys.self, Verify.self, Export.self, Stats.self, Demo.self]

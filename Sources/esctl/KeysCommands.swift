@@ -315,7 +315,7 @@ struct KeysRotateMaster: AsyncParsableCommand {
         source.setEventHandler {
             progress.abandon()
             Terminal.error(message)
-            _exit(130)
+            _exit(Exit.interrupted)
         }
         source.resume()
         return source

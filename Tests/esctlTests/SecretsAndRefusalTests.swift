@@ -80,6 +80,21 @@ struct SecretTests {
         }
     }
 
+    @Test("A value of --master-key-file that is not evidently a path (a passphrase, say) is never written back")
+    func passphraseAsKeyFile() async throws {
+        let (ws, _, _) = try await CommandTests.seeded()
+        let secret = "my secret passphrase"
+        for args in [["--master-key-file", secret, "keys", "list"], ["--master-key-file=hunter2", "verify"],
+                     ["--master-key-file", ws.keyPath, "keys", "rotate-master", "--new-master-key-file", "hunter2"]] {
+            let r = try await ws.esctl(["--store", ws.storeURL] + args)
+            FailureTests.expectOneLine(r, CLI.Code.usage)
+            #expect(!r.stderr.contains(secret) && !r.stderr.contains("hunter2"), "\(r.summary)")
+        }
+        // A path is still named.
+        let path = try await ws.esctl(["--store", ws.storeURL, "--master-key-file", ws.path("absent.key"), "keys", "list"])
+        #expect(path.stderr.contains(ws.path("absent.key")), "\(path.summary)")
+    }
+
     @Test("init --passphrase refuses a weak passphrase (64) unless --allow-weak-passphrase, and creates nothing when it refuses",
           arguments: ["short", "aaaaaaaaaaaaaaaaaaaaaaaa", "abcdefghijklmnopqrstuvwxyz", "12345678901234567890", "abababababababababab"])
     func weakPassphrase(_ passphrase: String) async throws {
