@@ -62,12 +62,12 @@ private struct PrivateCopy {
     init(of path: String) throws(EventSourcingError) {
         let url = URL(fileURLWithPath: path)
         var template = Array((url.deletingLastPathComponent().path + "/.\(url.lastPathComponent).keycheck-XXXXXX").utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        guard made != nil else {
+        let made = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.flatMap { mkdtemp($0) } != nil }
+        guard made else {
             throw EventSourcingError(.databaseUnavailable,
                 "cannot read \(path) without changing it: its WAL has no -shm file, and no private directory could be made beside it (\(String(cString: strerror(errno))))")
         }
-        directory = String(cString: template.withUnsafeBufferPointer { $0.baseAddress! })
+        directory = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         database = directory + "/db"
         for (from, to) in [(path, database), (path + "-wal", database + "-wal")] {
             if link(from, to) == 0 { continue }

@@ -87,9 +87,10 @@ struct Export: AsyncParsableCommand {
                 let page: [StoredNotification]
                 do {
                     page = try await session.store.selectNotifications(keyScope: scope, after: after, limit: 500)
-                } catch let e as EventSourcingError where e.code == .databaseCorrupt && e.notificationID != nil {
+                } catch let e as EventSourcingError where e.code == .databaseCorrupt {
+                    guard let bad = e.notificationID else { throw e }
                     throw CLIError(exitCode: Exit.verificationFailed, message: """
-                        export of key scope \(scope) is incomplete: notification \(e.notificationID!) cannot be read: \
+                        export of key scope \(scope) is incomplete: notification \(bad) cannot be read: \
                         \(e.message) (run 'esctl verify' for the full list)
                         """)
                 }
@@ -171,7 +172,7 @@ struct Export: AsyncParsableCommand {
         case .object(let o):
             let positional = !o.isEmpty && o.count <= 64 && (0..<o.count).allSatisfy { o["_\($0)"] != nil }
             if positional {
-                let values = (0..<o.count).map { readable(o["_\($0)"]!) }
+                let values = (0..<o.count).compactMap { o["_\($0)"] }.map(readable)
                 return values.count == 1 ? values[0] : .array(values)
             }
             return .object(o.mapValues(readable))
@@ -195,12 +196,12 @@ final class ExportSink {
         }
         let url = URL(fileURLWithPath: output)
         var template = Array((url.deletingLastPathComponent().path + "/." + url.lastPathComponent + ".partial-XXXXXX").utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }  // mode 0600
+        let made = template.withUnsafeMutableBufferPointer { buffer in buffer.baseAddress.map { mkstemp($0) } ?? -1 }  // mode 0600
         guard made >= 0 else {
             throw CLIError(exitCode: Exit.failure, message: "cannot create a file beside \(output): \(String(cString: strerror(errno)))")
         }
         fd = made
-        temporary = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        temporary = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     func write(_ text: String) throws { try write(Data(text.utf8)) }
@@ -209,7 +210,8 @@ final class ExportSink {
         try data.withUnsafeBytes { raw in
             var offset = 0
             while offset < raw.count {
-                let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                guard let base = raw.baseAddress else { return }
+                let n = Glibc.write(fd, base + offset, raw.count - offset)
                 if n < 0, errno == EINTR { continue }
                 guard n > 0 else {
                     throw CLIError(exitCode: Exit.failure, message: "cannot write the export: \(String(cString: strerror(errno)))")

@@ -269,6 +269,9 @@ enum JSONOut {
     /// object: `keys list` formats several dates per scope, over every scope of the store.
     static func date(_ d: Date) -> String {
         let t = d.timeIntervalSince1970
+        // A time read from a row written outside the library can be anything: no conversion
+        // below may trap (years 0001 to 9999 only).
+        guard t.isFinite, t >= -62_135_596_800, t < 253_402_300_800 else { return "invalid time \(t)" }
         var seconds = t.rounded(.down)
         var millis = Int(((t - seconds) * 1000).rounded(.down))
         if millis >= 1000 { seconds += 1; millis -= 1000 }

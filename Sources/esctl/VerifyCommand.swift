@@ -78,9 +78,9 @@ struct VerificationReport {
             let page: [StoredNotification]
             do {
                 page = try await session.store.selectNotifications(start: start, limit: 500, stop: nil, topics: [])
-            } catch let e as EventSourcingError where e.code == .databaseCorrupt && e.notificationID.map({ $0 >= start }) == true {
+            } catch let e as EventSourcingError where e.code == .databaseCorrupt && (e.notificationID ?? 0) >= start {
                 // The store refused a row of this page: verify the rows before it, name it, go on after it.
-                let bad = e.notificationID!
+                let bad = e.notificationID ?? start
                 let before = bad > start
                     ? try await session.store.selectNotifications(start: start, limit: Int(clamping: bad - start), stop: bad - 1, topics: [])
                     : []
@@ -91,6 +91,7 @@ struct VerificationReport {
                 report.events.failing += 1
                 seen += before.count + 1
                 progress?.update(seen)
+                guard bad < Int64.max else { break }
                 start = bad + 1
                 continue
             }
@@ -98,6 +99,7 @@ struct VerificationReport {
             await report.check(page, session)
             seen += page.count
             progress?.update(seen)
+            guard last.id < Int64.max else { break }
             start = last.id + 1
         }
         var cursor: (UUID, Int)?

@@ -59,6 +59,42 @@ struct ExportCompletenessTests {
     }
 }
 
+/// Values a row written outside the library can hold: no command traps on them.
+@Suite("esctl survives extreme values in the store")
+struct ExtremeValueTests {
+    @Test("verify and export with an event at the largest notification id (and an unreadable one) finish without a trap")
+    func largestNotificationID() async throws {
+        let (ws, s, _) = try await CommandTests.seeded()
+        let last = try #require(s.notifications.keys.max())
+        let (agg, _) = try #require(s.notifications[last])
+        _ = try await Py.run(Py.execute, [ws.storePath, "UPDATE events SET notification_id = 9223372036854775807 WHERE notification_id = \(last)"], in: ws)
+        let verify = try await ws.esctl(ws.with() + ["verify"])
+        #expect(!verify.signalled && verify.status == 0, "\(verify.summary)")
+        #expect(verify.stdout.contains("events:    \(s.totalEvents) ok"), "\(verify.stdout)")
+        let scope = s.aliceAccounts.contains(agg) ? s.subject : s.bobScope
+        let export = try await ws.esctl(ws.with() + ["export", scope])
+        #expect(!export.signalled && export.status == 0, "\(export.summary)")
+        #expect(export.stdout.contains("9223372036854775807"))
+
+        // The same row unreadable: named, and the run ends after it.
+        _ = try await Py.run(Py.execute, [ws.storePath, "UPDATE events SET originator_id = X'01' WHERE notification_id = 9223372036854775807"], in: ws)
+        let bad = try await ws.esctl(ws.with() + ["verify"])
+        #expect(!bad.signalled && bad.status == CLI.Code.verificationFailed, "\(bad.summary)")
+        #expect(bad.stdout.contains("notification 9223372036854775807"), "\(bad.stdout)")
+    }
+
+    @Test("keys list and keys show print a key's impossible creation time instead of trapping")
+    func impossibleTimes() async throws {
+        let (ws, s, _) = try await CommandTests.seeded()
+        _ = try await Py.run(Py.execute, [ws.storePath, "UPDATE data_keys SET created_at = 1e300 WHERE scope = '\(s.subject)'"], in: ws)
+        for args in [["keys", "list"], ["keys", "list", "--json"], ["keys", "show", s.subject, "--json"]] {
+            let r = try await ws.esctl(ws.with() + args)
+            #expect(!r.signalled && r.status == 0, "\(args): \(r.summary)")
+            #expect(r.stdout.contains("invalid time"), "\(args): \(r.stdout.prefix(300))")
+        }
+    }
+}
+
 /// D: rotate-master creates a key file only when told to, refuses to start a second rotation
 /// while one is unfinished, and says how to resume when interrupted; its progress bar behaves.
 @Suite("esctl rotate-master is safe to rerun and to interrupt")
