@@ -260,7 +260,10 @@ struct KeysRotateMaster: AsyncParsableCommand {
                 with one of the two keys. Run the same command again to finish it \
                 (esctl keys rotate-master --new-master-key-file \(newMasterKeyFile) with the old key)
                 """)
-            defer { interrupt.cancel() }
+            defer {
+                interrupt.cancel()
+                signal(SIGINT, SIG_DFL)
+            }
             let result: Keyring.RotationProgress
             do {
                 result = try await session.keyring.rotateMasterKey(to: newKey) { p in progress.update(p.rewrapped + p.alreadyCurrent) }
