@@ -3,11 +3,14 @@ import Synchronization
 
 /// A ``KeyStore`` in process memory: for tests, demos and applications that keep their
 /// events in memory too. Nothing survives the process.
+///
+/// Scopes are told apart and ordered by their exact UTF-8 bytes (``ExactScope``), like
+/// SQLite's BINARY collation: canonically equivalent spellings are different scopes.
 public final class InMemoryKeyStore: KeyStore {
     private struct State {
         var checks: [MasterKeyCheck] = []
-        var keys: [String: [WrappedDataKey]] = [:]
-        var tombstones: [String: Tombstone] = [:]
+        var keys: [ExactScope: [WrappedDataKey]] = [:]
+        var tombstones: [ExactScope: Tombstone] = [:]
     }
 
     private let state = Mutex(State())
@@ -30,39 +33,54 @@ public final class InMemoryKeyStore: KeyStore {
     }
 
     public func dataKeys(scope: String) async throws -> [WrappedDataKey] {
-        state.withLock { $0.keys[scope] ?? [] }
+        state.withLock { $0.keys[ExactScope(scope)] ?? [] }
     }
 
     public func insertDataKey(_ key: WrappedDataKey) async throws {
+        let scope = ExactScope(key.scope)
         try state.withLock { (s) throws(KeyManagementError) in
-            if let t = s.tombstones[key.scope] {
+            if let t = s.tombstones[scope] {
                 throw KeyManagementError(.shredded, "the scope was shredded", scope: key.scope, shreddedAt: t.shreddedAt)
             }
-            if s.keys[key.scope, default: []].contains(where: { $0.version == key.version }) {
+            if s.keys[scope, default: []].contains(where: { $0.version == key.version }) {
                 throw KeyManagementError(.keyExists, "data key exists", scope: key.scope, keyVersion: key.version)
             }
-            s.keys[key.scope, default: []].append(key)
-            s.keys[key.scope]?.sort { $0.version < $1.version }
+            s.keys[scope, default: []].append(key)
+            s.keys[scope]?.sort { $0.version < $1.version }
         }
     }
 
     public func rewrapDataKey(_ key: WrappedDataKey, previousKEKID: String) async throws -> Bool {
-        state.withLock { s in
-            guard let i = s.keys[key.scope]?.firstIndex(where: { $0.version == key.version }),
-                  s.keys[key.scope]?[i].kekID == previousKEKID else { return false }
-            s.keys[key.scope]?[i] = key
-            return true
+        state.withLock { InMemoryKeyStore.rewrap(key, previousKEKID: previousKEKID, in: &$0) }
+    }
+
+    /// All under one lock: no reader sees part of the batch.
+    public func rewrapDataKeys(_ rewraps: [DataKeyRewrap]) async throws -> Int {
+        try DataKeyRewrap.checkBatch(rewraps)
+        return state.withLock { s in
+            var replaced = 0
+            for r in rewraps where InMemoryKeyStore.rewrap(r.key, previousKEKID: r.previousKEKID, in: &s) { replaced += 1 }
+            return replaced
         }
+    }
+
+    private static func rewrap(_ key: WrappedDataKey, previousKEKID: String, in s: inout State) -> Bool {
+        let scope = ExactScope(key.scope)
+        guard let i = s.keys[scope]?.firstIndex(where: { $0.version == key.version }),
+              s.keys[scope]?[i].kekID == previousKEKID else { return false }
+        s.keys[scope]?[i] = key
+        return true
     }
 
     public func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey] {
         guard limit > 0 else { return [] }
+        let after = cursor.map { (scope: ExactScope($0.scope), version: $0.version) }
         return state.withLock { s in
             var out: [WrappedDataKey] = []
             for scope in s.keys.keys.sorted() {
-                if let c = cursor, scope < c.scope { continue }
+                if let c = after, scope < c.scope { continue }
                 for k in s.keys[scope] ?? [] {
-                    if let c = cursor, scope == c.scope, k.version <= c.version { continue }
+                    if let c = after, scope == c.scope, k.version <= c.version { continue }
                     out.append(k)
                     if out.count >= limit { return out }
                 }
@@ -72,7 +90,7 @@ public final class InMemoryKeyStore: KeyStore {
     }
 
     public func tombstone(scope: String) async throws -> Tombstone? {
-        state.withLock { $0.tombstones[scope] }
+        state.withLock { $0.tombstones[ExactScope(scope)] }
     }
 
     public func tombstones() async throws -> [Tombstone] {
@@ -80,13 +98,14 @@ public final class InMemoryKeyStore: KeyStore {
     }
 
     public func shred(scope: String, at time: Date) async throws -> Tombstone {
-        try state.withLock { (s) throws(KeyManagementError) in
-            if let t = s.tombstones[scope] {
+        let exact = ExactScope(scope)
+        return try state.withLock { (s) throws(KeyManagementError) in
+            if let t = s.tombstones[exact] {
                 throw KeyManagementError(.shredded, "the scope was already shredded", scope: scope, shreddedAt: t.shreddedAt)
             }
-            let versions = (s.keys.removeValue(forKey: scope) ?? []).map(\.version)
+            let versions = (s.keys.removeValue(forKey: exact) ?? []).map(\.version)
             let t = Tombstone(scope: scope, shreddedAt: time, destroyedVersions: versions)
-            s.tombstones[scope] = t
+            s.tombstones[exact] = t
             return t
         }
     }

@@ -5,6 +5,11 @@ import Foundation
 /// Implementations must make ``shred(scope:at:)`` atomic (every version deleted and the
 /// tombstone written together) and must refuse ``insertDataKey(_:)`` for a scope that has
 /// a tombstone, in the same atomic step, so a shredded scope can never get a new key.
+///
+/// Scope ids are compared by their exact UTF-8 bytes, never by `String` equality (which is
+/// Unicode canonical equivalence): "José" with é (U+00E9) and with e + U+0301 are two scopes
+/// with two keys. Key any dictionary of scopes by ``ExactScope``. The ``Keyring`` refuses, with
+/// ``KeyManagementError/Code/storeFailure``, a look-up answered with another scope's keys.
 public protocol KeyStore: Sendable {
     /// Every master-key check in the store, oldest first.
     /// - Throws: ``KeyManagementError/Code/storeFailure``.
@@ -25,6 +30,18 @@ public protocol KeyStore: Sendable {
     /// Replaces the wrapping of an existing version (master-key rotation), only if it is
     /// still wrapped by `previousKEKID`. Returns whether it was replaced.
     func rewrapDataKey(_ key: WrappedDataKey, previousKEKID: String) async throws -> Bool
+    /// Replaces the wrapping of several existing versions (a page of a master-key rotation),
+    /// each only if it is still wrapped by its `previousKEKID`, **all in one transaction**:
+    /// either every replacement the conditions allow is kept, or (on an error) none is.
+    /// Returns how many were replaced (0…`rewraps.count`).
+    /// - Throws: ``KeyManagementError/Code/invalidArgument`` if the batch names a version twice
+    ///   (see ``DataKeyRewrap/checkBatch(_:)``), before anything is changed.
+    ///
+    /// The default calls ``rewrapDataKey(_:previousKEKID:)`` once per key, so a store written
+    /// before this method existed keeps working, atomically per key but not per batch, and with
+    /// one transaction (one commit) per key. A store that can should implement it with one
+    /// transaction; ``InMemoryKeyStore``, `SQLiteStore` and `PostgresStore` do.
+    func rewrapDataKeys(_ rewraps: [DataKeyRewrap]) async throws -> Int
     /// A page of data keys ordered by `(scope, version)`, strictly after `cursor`.
     func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey]
 
@@ -45,6 +62,48 @@ extension KeyStore {
     /// with keys older than the records being read.
     public func dataKeys(scope: String, reading version: UInt32) async throws -> [WrappedDataKey] {
         try await dataKeys(scope: scope)
+    }
+}
+
+extension KeyStore {
+    /// One conditional rewrap after another, each its own transaction (see the requirement).
+    public func rewrapDataKeys(_ rewraps: [DataKeyRewrap]) async throws -> Int {
+        try DataKeyRewrap.checkBatch(rewraps)
+        var replaced = 0
+        for r in rewraps where try await rewrapDataKey(r.key, previousKEKID: r.previousKEKID) { replaced += 1 }
+        return replaced
+    }
+}
+
+/// One data key of a batch rewrap: its new wrapping, and the master key that must still wrap
+/// the stored version for the new wrapping to replace it.
+public struct DataKeyRewrap: Sendable, Hashable {
+    /// The version with its new wrapping (`scope` and `version` name the stored row).
+    public var key: WrappedDataKey
+    /// Id of the master key the stored version must still be wrapped by.
+    public var previousKEKID: String
+
+    /// Creates a rewrap.
+    public init(_ key: WrappedDataKey, previousKEKID: String) {
+        self.key = key
+        self.previousKEKID = previousKEKID
+    }
+
+    /// Checks that a batch names each `(scope, version)` at most once (scopes compared by their
+    /// bytes). Two rewraps of one version in one transaction would depend on the order a store
+    /// applies them in (one SQL statement applies them in no defined order), so a batch that
+    /// names one twice is refused. Implementations of ``KeyStore/rewrapDataKeys(_:)`` call this
+    /// before changing anything.
+    /// - Throws: ``KeyManagementError/Code/invalidArgument`` naming the repeated version.
+    public static func checkBatch(_ rewraps: [DataKeyRewrap]) throws(KeyManagementError) {
+        guard rewraps.count > 1 else { return }
+        struct Position: Hashable { var scope: ExactScope; var version: UInt32 }
+        var seen = Set<Position>(minimumCapacity: rewraps.count)
+        for r in rewraps where !seen.insert(Position(scope: ExactScope(r.key.scope), version: r.key.version)).inserted {
+            throw KeyManagementError(.invalidArgument,
+                "a batch of rewraps names data key v\(r.key.version) of this scope twice; nothing was rewrapped",
+                scope: r.key.scope, keyVersion: r.key.version)
+        }
     }
 }
 

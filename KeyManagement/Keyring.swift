@@ -13,8 +13,11 @@ public final class Keyring: Sendable {
     private let logger: Logger
     private let state: Mutex<State>
 
-    private struct CacheKey: Hashable { var scope: String; var version: UInt32 }
+    /// Scopes are told apart by their exact UTF-8 bytes, as the stores do (see ``ExactScope``).
+    private struct CacheKey: Hashable { var scope: ExactScope; var version: UInt32 }
 
+    /// Every map of scopes is keyed by ``ExactScope``, never by `String`: canonically equivalent
+    /// spellings of a scope are different scopes with different keys.
     private struct State {
         var masterKeys: [String: MasterKey]
         var primaryID: String
@@ -22,16 +25,16 @@ public final class Keyring: Sendable {
         var tick: UInt64 = 0
         var cache: [CacheKey: (key: DataKey, used: UInt64)] = [:]
         /// Highest known version per scope, for writes.
-        var current: [String: UInt32] = [:]
-        var shredded: [String: Date] = [:]
+        var current: [ExactScope: UInt32] = [:]
+        var shredded: [ExactScope: Date] = [:]
         /// Keys minted for writes but not persisted yet: every write to the scope reuses the
         /// same one until it is persisted or invalidated, so one save of several aggregates of a
         /// new subject mints one key, not several.
-        var minted: [String: (key: DataKey, wrapped: WrappedDataKey)] = [:]
+        var minted: [ExactScope: (key: DataKey, wrapped: WrappedDataKey)] = [:]
 
         mutating func put(_ key: DataKey) {
             tick &+= 1
-            let ck = CacheKey(scope: key.scope, version: key.version)
+            let ck = CacheKey(scope: ExactScope(key.scope), version: key.version)
             if cache[ck] == nil, cache.count >= capacity { evictOldest() }
             cache[ck] = (key, tick)
         }
@@ -49,7 +52,7 @@ public final class Keyring: Sendable {
             }
         }
 
-        mutating func get(_ scope: String, _ version: UInt32) -> DataKey? {
+        mutating func get(_ scope: ExactScope, _ version: UInt32) -> DataKey? {
             let ck = CacheKey(scope: scope, version: version)
             guard let hit = cache[ck] else { return nil }
             tick &+= 1
@@ -57,7 +60,7 @@ public final class Keyring: Sendable {
             return hit.key
         }
 
-        mutating func evict(_ scope: String) {
+        mutating func evict(_ scope: ExactScope) {
             for ck in cache.keys where ck.scope == scope { cache.removeValue(forKey: ck) }
             current.removeValue(forKey: scope)
             minted.removeValue(forKey: scope)
@@ -141,26 +144,27 @@ public final class Keyring: Sendable {
     /// if the scope already has a key (then ``invalidate(scope:)`` and ask again without the hint)
     /// and with ``KeyManagementError/Code/shredded`` if the scope was shredded.
     public func writeKey(for scope: String, likelyNew: Bool = false) async throws -> WriteKey {
-        if let hit = cachedCurrent(scope) { return WriteKey(key: hit, pending: nil) }
-        if let m = state.withLock({ $0.minted[scope] }) { return WriteKey(key: m.key, pending: m.wrapped) }
+        let exact = ExactScope(scope)
+        if let hit = cachedCurrent(exact) { return WriteKey(key: hit, pending: nil) }
+        if let m = state.withLock({ $0.minted[exact] }) { return WriteKey(key: m.key, pending: m.wrapped) }
         try KeyScope.validate(scope)
         if likelyNew {
-            if let when = state.withLock({ $0.shredded[scope] }) {
+            if let when = state.withLock({ $0.shredded[exact] }) {
                 throw KeyManagementError(.shredded, "cannot write to a shredded scope", scope: scope, shreddedAt: when)
             }
             return try mintFirst(scope: scope)
         }
-        let stored = try await store.dataKeys(scope: scope)
+        let stored = try Keyring.only(scope, try await store.dataKeys(scope: scope))
         if let latest = stored.last {
             let key = try unwrap(latest)
             state.withLock { s in
                 s.put(key)
-                s.current[scope] = max(s.current[scope] ?? 0, key.version)
+                s.current[exact] = max(s.current[exact] ?? 0, key.version)
             }
             return WriteKey(key: key, pending: nil)
         }
         if let t = try await store.tombstone(scope: scope) {
-            state.withLock { $0.shredded[scope] = t.shreddedAt }
+            state.withLock { $0.shredded[exact] = t.shreddedAt }
             throw KeyManagementError(.shredded, "cannot write to a shredded scope", scope: scope, shreddedAt: t.shreddedAt)
         }
         return try mintFirst(scope: scope)
@@ -169,9 +173,10 @@ public final class Keyring: Sendable {
     /// Mints version 1 of `scope`'s key, pending until a store persists it.
     private func mintFirst(scope: String) throws -> WriteKey {
         let (key, wrapped) = try mint(scope: scope, version: 1)
+        let exact = ExactScope(scope)
         let chosen = state.withLock { s -> (key: DataKey, wrapped: WrappedDataKey) in
-            if let earlier = s.minted[scope] { return earlier }   // another task minted meanwhile
-            s.minted[scope] = (key, wrapped)
+            if let earlier = s.minted[exact] { return earlier }   // another task minted meanwhile
+            s.minted[exact] = (key, wrapped)
             return (key, wrapped)
         }
         return WriteKey(key: chosen.key, pending: chosen.wrapped)
@@ -180,10 +185,11 @@ public final class Keyring: Sendable {
     /// Records that minted keys were persisted, so later writes use them without a store read.
     public func didPersist(_ keys: [WrappedDataKey], material: [DataKey]) {
         state.withLock { s in
-            for k in material where keys.contains(where: { $0.scope == k.scope && $0.version == k.version }) {
+            for k in material where keys.contains(where: { ExactScope.same($0.scope, k.scope) && $0.version == k.version }) {
+                let scope = ExactScope(k.scope)
                 s.put(k)
-                s.current[k.scope] = max(s.current[k.scope] ?? 0, k.version)
-                if s.minted[k.scope]?.key.version == k.version { s.minted.removeValue(forKey: k.scope) }
+                s.current[scope] = max(s.current[scope] ?? 0, k.version)
+                if s.minted[scope]?.key.version == k.version { s.minted.removeValue(forKey: scope) }
             }
         }
     }
@@ -201,7 +207,7 @@ public final class Keyring: Sendable {
 
     /// Forgets everything cached for `scope` (after a conflict, or a change made by another process).
     public func invalidate(scope: String) {
-        state.withLock { $0.evict(scope) }
+        state.withLock { $0.evict(ExactScope(scope)) }
     }
 
     // MARK: Reading
@@ -211,15 +217,21 @@ public final class Keyring: Sendable {
     ///   ``KeyManagementError/Code/keyNotFound`` if no such version exists;
     ///   ``KeyManagementError/Code/keyUnavailable`` if its master key is not loaded.
     public func readKey(scope: String, version: UInt32) async throws -> DataKey {
-        if let hit = state.withLock({ $0.get(scope, version) }) { return hit }
+        let exact = ExactScope(scope)
+        if let hit = state.withLock({ $0.get(exact, version) }) { return hit }
         try KeyScope.validate(scope)
-        if let when = state.withLock({ $0.shredded[scope] }) {
+        if let when = state.withLock({ $0.shredded[exact] }) {
             throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: when)
         }
-        let stored = try await store.dataKeys(scope: scope, reading: version)
+        var stored = try await store.dataKeys(scope: scope, reading: version)
+        if stored.contains(where: { !ExactScope.same($0.scope, scope) }) {
+            // An answer from keys read ahead that mixed up canonically equivalent spellings (a
+            // cache keyed by `String`): ask the store's own look-up, which must be exact.
+            stored = try Keyring.only(scope, try await store.dataKeys(scope: scope))
+        }
         guard let record = stored.first(where: { $0.version == version }) else {
             if let t = try await store.tombstone(scope: scope) {
-                state.withLock { $0.shredded[scope] = t.shreddedAt }
+                state.withLock { $0.shredded[exact] = t.shreddedAt }
                 throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: t.shreddedAt)
             }
             throw KeyManagementError(.keyNotFound, "no such data key", scope: scope, keyVersion: version)
@@ -238,7 +250,7 @@ public final class Keyring: Sendable {
     ///   ``KeyManagementError/Code/limitExceeded`` if the scope is at version 2^32 − 1, the last there is.
     public func rotate(scope: String) async throws -> UInt32 {
         try KeyScope.validate(scope)
-        let stored = try await store.dataKeys(scope: scope)
+        let stored = try Keyring.only(scope, try await store.dataKeys(scope: scope))
         guard let latest = stored.last else {
             if let t = try await store.tombstone(scope: scope) {
                 throw KeyManagementError(.shredded, "cannot rotate a shredded scope", scope: scope, shreddedAt: t.shreddedAt)
@@ -254,7 +266,7 @@ public final class Keyring: Sendable {
         try await store.insertDataKey(wrapped)
         state.withLock { s in
             s.put(key)
-            s.current[scope] = key.version
+            s.current[ExactScope(scope)] = key.version
         }
         logger.debug("rotated data key", metadata: ["scope": "\(scope)", "version": "\(key.version)"])
         return key.version
@@ -271,14 +283,20 @@ public final class Keyring: Sendable {
     /// Rewraps every data key under `newKey` (no event is rewritten), then retires the other
     /// master keys' check records so they no longer open the store.
     ///
-    /// Safe to interrupt: each key is rewrapped atomically, and rerunning with the old and the
-    /// new key loaded finishes the job. Safe while this process writes: new keys are wrapped
-    /// by `newKey` from the start. Every master key that wraps a remaining key must be loaded.
+    /// Pages through the keys `pageSize` at a time and rewraps each page with one
+    /// ``KeyStore/rewrapDataKeys(_:)`` call: one transaction per page in the library's stores.
+    ///
+    /// Safe to interrupt: a page is rewrapped atomically (with a store that keeps the default
+    /// ``KeyStore/rewrapDataKeys(_:)``, each key is), so every key stays wrapped by the old or by
+    /// the new master key, and rerunning with the old and the new key loaded finishes the job.
+    /// Safe while this process writes: new keys are wrapped by `newKey` from the start. Every
+    /// master key that wraps a remaining key must be loaded.
     /// - Throws: ``KeyManagementError/Code/keyUnavailable`` if a key is wrapped by a master key
-    ///   that is not loaded (nothing is retired then); ``KeyManagementError/Code/invalidArgument``
-    ///   for a page size below 1 (nothing is changed then); ``KeyManagementError/Code/storeFailure``,
-    ///   naming the scope, if the store pages without making progress or still returns keys under
-    ///   an old master key after ``maxRotationPasses`` passes (nothing is retired then).
+    ///   that is not loaded (nothing is retired then, and nothing of that page is rewrapped);
+    ///   ``KeyManagementError/Code/invalidArgument`` for a page size below 1 (nothing is changed
+    ///   then); ``KeyManagementError/Code/storeFailure``, naming the scope, if the store pages
+    ///   without making progress, reports more rewraps than it was given, or still returns keys
+    ///   under an old master key after ``maxRotationPasses`` passes (nothing is retired then).
     @discardableResult
     public func rotateMasterKey(to newKey: MasterKey, pageSize: Int = 500,
                                 progress: (@Sendable (RotationProgress) -> Void)? = nil) async throws -> RotationProgress {
@@ -309,15 +327,25 @@ public final class Keyring: Sendable {
                 let next = DataKeyCursor(scope: last.scope, version: last.version)
                 try pageEnds.advance(from: cursor, to: next)
                 cursor = next
+                var batch: [DataKeyRewrap] = []
+                batch.reserveCapacity(page.count)
                 for record in page {
                     if record.kekID == newKey.id { seenCurrent += 1; continue }
                     let key = try unwrap(record)
-                    let rewrapped = try Keyring.wrap(key, with: newKey, createdAt: record.createdAt)
-                    if try await store.rewrapDataKey(rewrapped, previousKEKID: record.kekID) {
-                        changed += 1
-                        total.rewrapped += 1
-                        lastRewrapped = record
+                    batch.append(DataKeyRewrap(try Keyring.wrap(key, with: newKey, createdAt: record.createdAt),
+                                               previousKEKID: record.kekID))
+                }
+                if let lastOfBatch = batch.last?.key {
+                    let replaced = try await store.rewrapDataKeys(batch)
+                    guard replaced >= 0, replaced <= batch.count else {
+                        throw KeyManagementError(.storeFailure,
+                            "the key store reports \(replaced) data keys rewrapped for a page of \(batch.count) ending at "
+                                + "scope \(lastOfBatch.scope) v\(lastOfBatch.version) (no master key was retired)",
+                            scope: lastOfBatch.scope, keyVersion: lastOfBatch.version)
                     }
+                    changed += replaced
+                    total.rewrapped += replaced
+                    if replaced > 0 { lastRewrapped = lastOfBatch }
                 }
                 progress?(RotationProgress(rewrapped: total.rewrapped, alreadyCurrent: seenCurrent))
             }
@@ -349,8 +377,9 @@ public final class Keyring: Sendable {
         try KeyScope.validate(scope)
         let tombstone = try await store.shred(scope: scope, at: time)
         state.withLock { s in
-            s.evict(scope)
-            s.shredded[scope] = tombstone.shreddedAt
+            let exact = ExactScope(scope)
+            s.evict(exact)
+            s.shredded[exact] = tombstone.shreddedAt
         }
         logger.debug("shredded key scope", metadata: ["scope": "\(scope)", "versions": "\(tombstone.destroyedVersions.count)"])
         return tombstone
@@ -390,7 +419,31 @@ public final class Keyring: Sendable {
 
     // MARK: Internals
 
-    private func cachedCurrent(_ scope: String) -> DataKey? {
+    /// `records`, after checking that each is a key of `scope` byte for byte.
+    /// - Throws: ``KeyManagementError/Code/storeFailure`` naming `scope` if the store answered a
+    ///   look-up of `scope` with another scope's key (a store that compares scopes as `String`s
+    ///   mixes up canonically equivalent spellings): using it would seal one subject's records
+    ///   under another subject's key.
+    private static func only(_ scope: String, _ records: [WrappedDataKey]) throws(KeyManagementError) -> [WrappedDataKey] {
+        if let other = records.first(where: { !ExactScope.same($0.scope, scope) }) {
+            throw KeyManagementError(.storeFailure,
+                "the key store answered a look-up of scope \(visible(scope)) with data key v\(other.version) of scope "
+                    + "\(visible(other.scope)), whose UTF-8 bytes differ; a key store must compare scope ids byte by byte",
+                scope: scope, keyVersion: other.version)
+        }
+        return records
+    }
+
+    /// `scope` with every non-ASCII scalar written as `\u{…}`, so two spellings that look alike differ in a message.
+    private static func visible(_ scope: String) -> String {
+        var out = ""
+        for u in scope.unicodeScalars {
+            if u.isASCII { out.unicodeScalars.append(u) } else { out += "\\u{" + String(u.value, radix: 16, uppercase: true) + "}" }
+        }
+        return out
+    }
+
+    private func cachedCurrent(_ scope: ExactScope) -> DataKey? {
         state.withLock { s in
             guard let v = s.current[scope] else { return nil }
             return s.get(scope, v)

@@ -127,8 +127,9 @@ public final class Application: Sendable {
             for encode in encoders {
                 let batch = try await encode(attempt == 0)
                 events += batch.events
-                // Aggregates of one new subject share the key minted for the first of them.
-                for k in batch.newKeys where !keys.contains(where: { $0.key.scope == k.key.scope && $0.key.version == k.key.version }) {
+                // Aggregates of one new subject share the key minted for the first of them (scopes
+                // compared byte by byte: canonically equivalent spellings are different subjects).
+                for k in batch.newKeys where !keys.contains(where: { ExactScope.same($0.key.scope, k.key.scope) && $0.key.version == k.key.version }) {
                     keys.append(k)
                 }
             }
