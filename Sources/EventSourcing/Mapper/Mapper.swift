@@ -338,7 +338,16 @@ public final class Mapper: Sendable {
 
     /// Maps key-management errors onto the read outcomes of DESIGN.md.
     static func translate(_ error: any Error, stored: StoredEvent?, scope: String) -> EventSourcingError {
-        if let e = error as? EventSourcingError { return e }
+        if var e = error as? EventSourcingError {
+            // A store error raised while fetching the key (a corrupt database, say) still names the record.
+            if let stored, e.originatorID == nil {
+                e.originatorID = stored.originatorID
+                e.originatorVersion = stored.originatorVersion
+                e.topic = stored.topic
+            }
+            if e.keyScope == nil { e.keyScope = scope }
+            return e
+        }
         guard let k = error as? KeyManagementError else {
             return EventSourcingError(.recorderFailure, "key store failed: \(error)", originatorID: stored?.originatorID,
                                       originatorVersion: stored?.originatorVersion, topic: stored?.topic, keyScope: scope)
