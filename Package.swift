@@ -3,6 +3,8 @@ import PackageDescription
 
 let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
+    // Every module whose members a file uses is imported by that file and declared by its target.
+    .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
 let package = Package(
@@ -19,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
@@ -45,12 +48,14 @@ let package = Package(
         .target(name: "EventSourcingPostgres",
                 dependencies: ["EventSourcing", "KeyManagement",
                                .product(name: "PostgresNIO", package: "postgres-nio"),
+                               .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .executableTarget(name: "esctl",
                           dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log")],
                           swiftSettings: strict),
         // A child process for crash-consistency and multi-process tests (not a product).
         .executableTarget(name: "es-test-agent",
@@ -73,14 +78,16 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingPostgresTests",
                     dependencies: ["EventSourcing", "EventSourcingPostgres", "KeyManagement", "ESTestSupport",
-                                   .product(name: "PostgresNIO", package: "postgres-nio")],
+                                   .product(name: "PostgresNIO", package: "postgres-nio"),
+                                   .product(name: "NIOCore", package: "swift-nio")],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingSQLiteTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement", "ESTestSupport"],
                     resources: [.copy("Fixtures")],
                     swiftSettings: strict),
         .testTarget(name: "esctlTests",
-                    dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement"],
+                    dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
+                                   .product(name: "Logging", package: "swift-log")],
                     swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

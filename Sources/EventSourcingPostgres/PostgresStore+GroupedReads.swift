@@ -3,6 +3,7 @@ import Foundation
 import KeyManagement
 import NIOCore
 import PostgresNIO
+import Synchronization
 
 /// Reads of whole aggregates (what a repository get asks for), grouped like saves: a read that
 /// arrives while another group's query runs joins the next group, and a group is one query. The

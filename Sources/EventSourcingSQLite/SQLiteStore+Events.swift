@@ -1,6 +1,7 @@
 import EventSourcing
 import Foundation
 import KeyManagement
+import Logging
 
 extension SQLiteStore {
     public func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] {

@@ -1,6 +1,7 @@
 import EventSourcing
 import EventSourcingPostgres
 import Foundation
+import PostgresNIO
 import Testing
 
 /// URL parsing and redaction: no server needed, so these always run.

@@ -3,6 +3,7 @@ import EventSourcing
 import Foundation
 import KeyManagement
 import PostgresNIO
+import Synchronization
 import Testing
 
 extension PostgresTests {

@@ -1,5 +1,6 @@
 import Foundation
 import KeyManagement
+import Logging
 
 /// Proof of a crypto-shred, for the erasure request's file. Holds no personal data.
 public struct ErasureReceipt: Sendable, Hashable, Codable {

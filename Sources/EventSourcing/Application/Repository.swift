@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 
 /// Reconstructs aggregates from their snapshots and events.
 public struct Repository: Sendable {
