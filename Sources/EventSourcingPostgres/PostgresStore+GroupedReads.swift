@@ -27,7 +27,8 @@ extension PostgresStore {
 
     /// Wrapped keys read with events, waiting for the key ring's cache miss on them.
     struct PrefetchedKeys {
-        var byScope: [String: (keys: [WrappedDataKey], at: ContinuousClock.Instant)] = [:]
+        // Keyed by exact bytes: canonically equivalent spellings are different scopes.
+        var byScope: [ExactScope: (keys: [WrappedDataKey], at: ContinuousClock.Instant)] = [:]
         /// Bumped by every local change to a scope's keys; a read that started before a change
         /// keeps none of its keys (they may predate the change).
         var generation: UInt64 = 0
@@ -121,19 +122,19 @@ extension PostgresStore {
             collected = try await functionRead(ids: ids, gts: gts, ltes: ltes)
         }
         var out = [[StoredEvent]](repeating: [], count: group.count)
-        var keys: [String: [WrappedDataKey]] = [:]
-        var unreadable = Set<String>()
+        var keys: [ExactScope: [WrappedDataKey]] = [:]
+        var unreadable = Set<ExactScope>()
         for (i, v, topic, state, scope, created) in collected {
             if i == 0, let scope, let created {
                 // A version that is not a key version is not truncated: the scope's keys are not
                 // kept, and the key ring's look-up (dataKeys(scope:)) refuses the row, naming the
                 // scope. This read of events, grouped with others, does not fail for it.
                 guard let version = UInt32(exactly: v) else {
-                    unreadable.insert(scope)
+                    unreadable.insert(ExactScope(scope))
                     continue
                 }
                 // Here `topic` is the key's KEK id (the columns are shared).
-                keys[scope, default: []].append(WrappedDataKey(scope: scope, version: version, kekID: topic,
+                keys[ExactScope(scope), default: []].append(WrappedDataKey(scope: scope, version: version, kekID: topic,
                                                                wrapped: state.bytes, createdAt: Date(timeIntervalSince1970: created)))
             } else if i >= 1, i <= Int64(group.count) {
                 out[Int(i - 1)].append(StoredEvent(originatorID: group[Int(i - 1)].id, originatorVersion: Int(v),
@@ -179,7 +180,7 @@ extension PostgresStore {
     /// Keys read with the events being decoded, if fresh and holding `version`; else from the table.
     public func dataKeys(scope: String, reading version: UInt32) async throws -> [WrappedDataKey] {
         let hit = prefetchedKeys.withLock { p -> [WrappedDataKey]? in
-            guard let e = p.byScope.removeValue(forKey: scope) else { return nil }
+            guard let e = p.byScope.removeValue(forKey: ExactScope(scope)) else { return nil }
             guard ContinuousClock.now - e.at <= PostgresStore.prefetchLifetime,
                   e.keys.contains(where: { $0.version == version }) else { return nil }
             return e.keys
@@ -193,7 +194,7 @@ extension PostgresStore {
         guard !scopes.isEmpty else { return }
         prefetchedKeys.withLock { p in
             p.generation &+= 1
-            for s in scopes { p.byScope.removeValue(forKey: s) }
+            for s in scopes { p.byScope.removeValue(forKey: ExactScope(s)) }
         }
     }
 }

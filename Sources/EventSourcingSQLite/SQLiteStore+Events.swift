@@ -20,7 +20,7 @@ extension SQLiteStore {
             for key in newKeys { try SQLiteStore.insertDataKey(key, conn) }
             // A scope shredded by another process must not get new records under a key this
             // process still has cached.
-            var checked = Set<String>()
+            var checked = Set<ExactScope>()   // exact bytes: equivalent spellings are different scopes
             if !events.isEmpty { try SQLiteStore.checkNotificationIDsLeft(events.count, conn) }
             let insert = try conn.statement(
                 "INSERT INTO events (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
@@ -28,7 +28,7 @@ extension SQLiteStore {
             ids.reserveCapacity(events.count)
             for e in events {
                 let scope = e.keyScope
-                if let scope, checked.insert(scope).inserted, let t = try SQLiteStore.tombstone(scope, conn) {
+                if let scope, checked.insert(ExactScope(scope)).inserted, let t = try SQLiteStore.tombstone(scope, conn) {
                     throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, shreddedAt: t.shreddedAt)
                 }
                 let s = try conn.statement(

@@ -145,7 +145,7 @@ extension Application {
         while true {
             let page = try await recorder.selectNotifications(start: start, limit: 1000, stop: nil, topics: [])
             guard let last = page.last else { break }
-            count += page.reduce(0) { $0 + (StateHeader.peekKeyScope($1.state) == keyScope ? 1 : 0) }
+            count += page.reduce(0) { $0 + (StateHeader.peekKeyScope($1.state).map { ExactScope.same($0, keyScope) } == true ? 1 : 0) }
             start = try NotificationLog.next(after: last.id, from: start)
             if start == Int64.max { break }
         }

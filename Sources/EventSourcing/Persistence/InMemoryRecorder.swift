@@ -1,4 +1,5 @@
 import Foundation
+import KeyManagement
 import Synchronization
 
 /// An application recorder and snapshot store in process memory.
@@ -92,7 +93,7 @@ public final class InMemoryRecorder: ApplicationRecorder, SnapshotRecorder {
         state.withLock { s in
             var deleted = 0
             for (id, list) in s.snapshots {
-                let kept = list.filter { $0.keyScope != keyScope }
+                let kept = list.filter { $0.keyScope.map { !ExactScope.same($0, keyScope) } ?? true }
                 deleted += list.count - kept.count
                 s.snapshots[id] = kept.isEmpty ? nil : kept
             }

@@ -454,3 +454,30 @@ struct LoggingTests {
         #expect(logs.count(atLeast: .warning) == 0)
     }
 }
+
+@Suite("Canonically equivalent scope spellings stay apart in receipts and snapshots")
+struct ScopeSpellingReceiptTests {
+    @Test("Shredding \"José\" (é) counts and deletes only its own events and snapshots, not \"José\" (e + U+0301)",
+          arguments: RecorderFactory.all)
+    func receiptsByExactBytes(backend: RecorderFactory) async throws {
+        let composed = "Jos\u{E9}", decomposed = "Jose\u{301}"
+        #expect(composed == decomposed, "Swift compares them as equal; the stores must not")
+        try await backend.withFreshStore { store in
+            let keyring = try await Keyring.open(store: store.keyStore ?? InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
+            let app = Application(recorder: store.recorder, snapshots: store.snapshots, mapper: Mapper(keyring: keyring))
+            var a = try AggregateRoot<Customer>(.registered(personID: composed, name: "A", email: "a@example.com"))
+            var b = try AggregateRoot<Customer>(.registered(personID: decomposed, name: "B", email: "b@example.com"))
+            try await app.save(&a)
+            try await app.save(&b)
+            try await app.takeSnapshot(Customer.self, id: a.id)
+            try await app.takeSnapshot(Customer.self, id: b.id)
+            let receipt = try await app.shred(keyScope: composed)
+            #expect(Array(receipt.keyScope.utf8) == Array(composed.utf8))
+            #expect(receipt.eventsAffected == 1)
+            #expect(receipt.snapshotsDeleted == 1)
+            #expect(try await store.snapshots.selectSnapshot(originatorID: b.id, lte: nil) != nil)
+            #expect(try await app.repository.get(Customer.self, id: b.id).name == "B")
+            await expectESError(.shredded) { try await app.repository.get(Customer.self, id: a.id) }
+        }
+    }
+}
