@@ -78,8 +78,9 @@ extension SQLiteStore {
             return Statistics(events: try count("SELECT count(*) FROM events"),
                               aggregates: try count("SELECT count(DISTINCT originator_id) FROM events"),
                               snapshots: try count("SELECT count(*) FROM snapshots"),
-                              keyScopes: try count("SELECT count(DISTINCT scope) FROM data_keys"),
-                              dataKeys: try count("SELECT count(*) FROM data_keys"),
+                              // Rows a shred erased have the empty scope (SQLiteStore.eraseDataKeys).
+                              keyScopes: try count("SELECT count(DISTINCT scope) FROM data_keys WHERE scope > ''"),
+                              dataKeys: try count("SELECT count(*) FROM data_keys WHERE scope > ''"),
                               shreddedScopes: try count("SELECT count(*) FROM tombstones"),
                               bytesOnDisk: size(path) + size(path + "-wal"))
         }

@@ -194,24 +194,9 @@ extension SQLiteStore {
             try s.run()
             return conn.changes
         }
-        if n > 0 { await checkpointTruncate() }
+        // Deleted rows are zeroed (secure_delete); the checkpoint removes their old pages from the
+        // WAL, waiting at most configuration.scrubTimeout (SQLiteStore+Scrub.swift).
+        if n > 0 { await scrubAfterErasure() }
         return n
-    }
-
-    /// Moves the WAL into the database file and truncates the WAL to zero bytes, so rows
-    /// deleted with `secure_delete` leave no copy in the WAL. Retries while readers hold it.
-    public func checkpointTruncate() async {
-        for attempt in 0..<20 {
-            let done = (try? await writeOutsideTransaction { conn -> Bool in
-                let s = try conn.statement("PRAGMA wal_checkpoint(TRUNCATE)")
-                defer { s.reset() }
-                // Row: busy, log frames, checkpointed frames. busy = 0 means it completed.
-                return try s.step() && s.int(0) == 0
-            }) ?? false
-            if done { return }
-            try? await Task.sleep(for: .milliseconds(5 * (attempt + 1)))
-        }
-        logger.warning("WAL checkpoint after shred did not complete; it will on the next checkpoint",
-                       metadata: ["path": "\(path)"])
     }
 }

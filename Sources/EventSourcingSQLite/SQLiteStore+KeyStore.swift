@@ -1,6 +1,7 @@
 import EventSourcing
 import Foundation
 import KeyManagement
+import Logging
 
 extension SQLiteStore {
     public func masterKeyChecks() async throws -> [MasterKeyCheck] {
@@ -54,7 +55,9 @@ extension SQLiteStore {
     }
 
     public func dataKeys(scope: String) async throws -> [WrappedDataKey] {
-        try await read { conn in
+        // An empty scope is no scope (KeyScope.validate refuses it): the rows a shred erased.
+        guard !scope.isEmpty else { return [] }
+        return try await read { conn in
             let s = try conn.statement("SELECT scope, version, kek_id, wrapped, created_at FROM data_keys WHERE scope = ? ORDER BY version")
             defer { s.reset() }
             s.bind(1, scope)
@@ -82,8 +85,9 @@ extension SQLiteStore {
     }
 
     public func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey] {
+        // Rows erased by a shred have the empty scope, which sorts first: a page starts after it.
         let sql = "SELECT scope, version, kek_id, wrapped, created_at FROM data_keys"
-            + (cursor == nil ? "" : " WHERE (scope, version) > (?, ?)") + " ORDER BY scope, version LIMIT ?"
+            + (cursor == nil ? " WHERE scope > ''" : " WHERE (scope, version) > (?, ?) AND scope > ''") + " ORDER BY scope, version LIMIT ?"
         return try await read { conn in
             let s = try conn.statement(sql)
             defer { s.reset() }
@@ -123,7 +127,7 @@ extension SQLiteStore {
             }
             let q = try conn.statement("SELECT version FROM data_keys WHERE scope = ? ORDER BY version")
             q.bind(1, scope)
-            // Every row of the scope is deleted below, also one whose version is not a key version
+            // Every row of the scope is erased below, also one whose version is not a key version
             // (written outside the library); the tombstone lists the versions that are.
             var versions: [UInt32] = []
             var unreadable = 0
@@ -132,16 +136,10 @@ extension SQLiteStore {
             }
             q.reset()
             if unreadable > 0 {
-                self.logger.warning("shred: \(unreadable) data_keys row(s) of the scope had a version that is not a key version; deleted, not listed in the tombstone",
+                self.logger.warning("shred: \(unreadable) data_keys row(s) of the scope had a version that is not a key version; erased, not listed in the tombstone",
                                     metadata: ["scope": "\(scope)"])
             }
-            let d = try conn.statement("DELETE FROM data_keys WHERE scope = ?")
-            d.bind(1, scope)
-            try d.run()
-            // secure_delete zeroes the deleted cells, but B-tree rebalancing may have left older
-            // copies of a cell in the unused space of other pages. Rebuild the (small) key table
-            // and drop the old one, whose freed pages secure_delete zeroes entirely.
-            try conn.execute(SQLiteStore.rebuildDataKeys)
+            try SQLiteStore.eraseDataKeys(scope: scope, conn)
             let ins = try conn.statement("INSERT INTO tombstones (scope, shredded_at, destroyed_versions) VALUES (?, ?, ?)")
             ins.bind(1, scope)
             ins.bind(2, time.timeIntervalSince1970)
@@ -149,25 +147,43 @@ extension SQLiteStore {
             try ins.run()
             return Tombstone(scope: scope, shreddedAt: time, destroyedVersions: versions)
         }
-        await checkpointTruncate()
+        // The old pages that held the rows leave the database file and the WAL with a checkpoint
+        // (bounded: SQLiteStore+Scrub.swift).
+        await scrubAfterErasure()
         return t
     }
 
     // MARK: Rows
 
-    static let rebuildDataKeys = """
-        CREATE TABLE data_keys_rebuild (
-            scope TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            kek_id TEXT NOT NULL,
-            wrapped BLOB NOT NULL,
-            created_at REAL NOT NULL,
-            PRIMARY KEY (scope, version)
-        ) WITHOUT ROWID;
-        INSERT INTO data_keys_rebuild SELECT scope, version, kek_id, wrapped, created_at FROM data_keys;
-        DROP TABLE data_keys;
-        ALTER TABLE data_keys_rebuild RENAME TO data_keys;
-        """
+    /// Erases every `data_keys` row of `scope` in place, at a cost that does not grow with the
+    /// table, and so that no copy of the wrapped keys stays anywhere in the database file.
+    ///
+    /// Why no copy can survive: `data_keys` is a rowid table (schema 3). Nothing ever deletes one
+    /// of its rows, so no leaf page ever becomes underfull and SQLite never rebalances its leaves
+    /// (the rebalancing that copies cells into other pages' unused space, where secure_delete
+    /// cannot reach them). New keys get the next rowid and are appended at the right edge, where
+    /// SQLite splits with its "quick balance" (the new cell goes alone to a new page; no existing
+    /// cell moves). A rewrap changes `kek_id` and `wrapped` to values of the same sizes, which
+    /// SQLite overwrites in place. Its interior pages and its (scope, version) index hold rowids
+    /// and scopes, never key bytes. So each wrapped key has exactly one copy in the table,
+    /// inside its own cell.
+    ///
+    /// The erasure overwrites that copy in place with zeros, then shrinks the row to an empty
+    /// erased row (scope '', version = -rowid, kek_id '', wrapped X'', created_at 0): SQLite drops
+    /// the old cell, which secure_delete zeroes, and writes the small one on the same page (a
+    /// smaller row always fits, so nothing is rebalanced). Readers skip the empty scope. An
+    /// erased row costs about 30 bytes (table and index) and is never removed: removing it
+    /// could rebalance the leaves.
+    static func eraseDataKeys(scope: String, _ conn: SQLiteConnection) throws {
+        let zero = try conn.statement(
+            "UPDATE data_keys SET wrapped = zeroblob(length(wrapped)) WHERE scope = ? AND typeof(wrapped) = 'blob'")
+        zero.bind(1, scope)
+        try zero.run()
+        let erase = try conn.statement(
+            "UPDATE data_keys SET scope = '', version = -rowid, kek_id = '', wrapped = X'', created_at = 0 WHERE scope = ?")
+        erase.bind(1, scope)
+        try erase.run()
+    }
 
     static func insertDataKey(_ key: WrappedDataKey, _ conn: SQLiteConnection) throws {
         if let t = try tombstone(key.scope, conn) {

@@ -34,6 +34,12 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         /// them with ``EventSourcing/EventSourcingError/Code/plaintextRejected``, so an
         /// application opened without its keyring cannot write personal data in the clear.
         public var allowsPlaintextWrites: Bool
+        /// How long a shred (and the snapshot deletion after it) waits for the WAL checkpoint
+        /// that removes the old database pages holding the erased key, which a long read
+        /// transaction can hold up. When it runs out the shred returns anyway, with the residue
+        /// reported as pending (``scrubErasureResidue(timeout:)`` finishes it). 1 second by
+        /// default; negative values count as zero (one attempt, no wait).
+        public var scrubTimeout: Duration = .seconds(1)
         /// Creates settings.
         public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(5), readers: Int = 4,
                     allowsPlaintextWrites: Bool = false) {
@@ -45,7 +51,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     }
 
     /// The schema version this code writes.
-    public static let schemaVersion = 2
+    public static let schemaVersion = 3
 
     /// The database file.
     public let path: String
@@ -60,6 +66,8 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     /// For tests only (`@testable import`): called with each transaction statement of a group
     /// commit; an error it returns is thrown instead of running the statement.
     let faultInjection = Mutex<(@Sendable (String) -> EventSourcingError?)?>(nil)
+    /// What this process knows of copies the files may still hold of erased keys (SQLiteStore+Scrub.swift).
+    let scrubState = Mutex(ScrubState())
 
     /// Writes waiting for the writer (for tests, to know a group has formed).
     var queuedWrites: Int { pending.withLock { $0.queue.count } }
@@ -233,6 +241,24 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         // 2: unencrypted events, found without a scan (a partial index: encrypted rows never enter it).
         """
         CREATE INDEX IF NOT EXISTS events_plaintext ON events (notification_id) WHERE key_scope IS NULL;
+        """,
+        // 3: data keys in a rowid table, so a shred erases a key in place at a cost that does not
+        // grow with the store (see SQLiteStore+KeyStore.swift, `shred`). Copying the rows in
+        // order leaves no stale copy of any key in the new table; the old table's pages are
+        // freed, and secure_delete zeroes them.
+        """
+        ALTER TABLE data_keys RENAME TO data_keys_v2;
+        CREATE TABLE data_keys (
+            scope TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            kek_id TEXT NOT NULL,
+            wrapped BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (scope, version)
+        );
+        INSERT INTO data_keys (scope, version, kek_id, wrapped, created_at)
+            SELECT scope, version, kek_id, wrapped, created_at FROM data_keys_v2 ORDER BY scope, version;
+        DROP TABLE data_keys_v2;
         """,
     ]
 

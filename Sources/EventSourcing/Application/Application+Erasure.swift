@@ -18,17 +18,75 @@ public struct ErasureReceipt: Sendable, Hashable, Codable {
     /// application without a keyring, or before encryption was turned on): no shred can erase
     /// them. Nil when the recorder cannot count them cheaply.
     public var plaintextEventsInStore: Int?
+    /// Whether the store's own files may still hold a copy of the destroyed keys when the
+    /// receipt was made: a SQLite store whose write-ahead-log checkpoint was kept from completing
+    /// (by a long read transaction) within its bound. The keys are gone from every table; what
+    /// is pending is the removal of the old database pages that held them.
+    /// ``pendingResidue`` says what and how to finish it. False for stores that cannot tell
+    /// (PostgreSQL: see SECURITY.md §7.2).
+    public var residuePending: Bool
+    /// What is still pending when ``residuePending`` (no personal data, no key bytes): where
+    /// the copies may be and how to remove them (`SQLiteStore.scrubErasureResidue(timeout:)`,
+    /// `esctl scrub`). Nil otherwise.
+    public var pendingResidue: String?
 
     /// Creates a receipt.
     public init(keyScope: String, shreddedAt: Date, destroyedKeyVersions: [UInt32], eventsAffected: Int,
-                snapshotsDeleted: Int, plaintextEventsInStore: Int? = nil) {
+                snapshotsDeleted: Int, plaintextEventsInStore: Int? = nil,
+                residuePending: Bool = false, pendingResidue: String? = nil) {
         self.keyScope = keyScope
         self.shreddedAt = shreddedAt
         self.destroyedKeyVersions = destroyedKeyVersions
         self.eventsAffected = eventsAffected
         self.snapshotsDeleted = snapshotsDeleted
         self.plaintextEventsInStore = plaintextEventsInStore
+        self.residuePending = residuePending
+        self.pendingResidue = pendingResidue
     }
+
+    private enum CodingKeys: String, CodingKey {
+        case keyScope, shreddedAt, destroyedKeyVersions, eventsAffected, snapshotsDeleted, plaintextEventsInStore
+        case residuePending, pendingResidue
+    }
+
+    /// Decodes a receipt; one written before ``residuePending`` existed reads as not pending.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        keyScope = try c.decode(String.self, forKey: .keyScope)
+        shreddedAt = try c.decode(Date.self, forKey: .shreddedAt)
+        destroyedKeyVersions = try c.decode([UInt32].self, forKey: .destroyedKeyVersions)
+        eventsAffected = try c.decode(Int.self, forKey: .eventsAffected)
+        snapshotsDeleted = try c.decode(Int.self, forKey: .snapshotsDeleted)
+        plaintextEventsInStore = try c.decodeIfPresent(Int.self, forKey: .plaintextEventsInStore)
+        residuePending = try c.decodeIfPresent(Bool.self, forKey: .residuePending) ?? false
+        pendingResidue = try c.decodeIfPresent(String.self, forKey: .pendingResidue)
+    }
+}
+
+/// What a store's own files may still hold of erased data keys, after a shred.
+public struct ErasureResidueStatus: Sendable, Hashable, Codable {
+    /// Whether the files may still hold a copy of an erased key.
+    public var pending: Bool
+    /// What is pending and how to finish it, or what was checked (no personal data, no key bytes).
+    public var description: String
+
+    /// Creates a status.
+    public init(pending: Bool, description: String) {
+        self.pending = pending
+        self.description = description
+    }
+}
+
+/// A store whose files can keep copies of erased data keys for a while after a shred, until a
+/// later step completes (SQLite: the write-ahead-log checkpoint that a reader can hold up).
+public protocol ErasureResidueScrubbing: Sendable {
+    /// What this store knows, without waiting, about the copies its files may still hold of
+    /// keys it erased (in this process).
+    func erasureResidue() async -> ErasureResidueStatus
+    /// Removes those copies, waiting at most `timeout` for whatever holds them up, and says
+    /// what, if anything, is still pending. A blocked scrub is not an error.
+    /// - Throws: only when the store cannot be used (closed, unavailable).
+    func scrubErasureResidue(timeout: Duration) async throws -> ErasureResidueStatus
 }
 
 /// A recorder that can count a key scope's events without reading the whole log.
@@ -89,10 +147,29 @@ extension Application {
                            metadata: ["plaintext_events": "\(plaintext)"])
         }
         logger.notice("shredded key scope", metadata: ["scope": "\(target)", "events": "\(affected)"])
+        let residue = await erasureResidue(keyring.store)
+        if let residue {
+            logger.warning("copies of the erased key may remain in the store's files until a later step: \(residue)",
+                           metadata: ["scope": "\(target)"])
+        }
         return ErasureReceipt(keyScope: target, shreddedAt: tombstone.shreddedAt,
                               destroyedKeyVersions: tombstone.destroyedVersions,
                               eventsAffected: affected, snapshotsDeleted: snapshots,
-                              plaintextEventsInStore: plaintext)
+                              plaintextEventsInStore: plaintext,
+                              residuePending: residue != nil, pendingResidue: residue)
+    }
+
+    /// What the key store, and the snapshot store when it is another one, still hold of erased
+    /// keys (their own account, made without waiting); nil when nothing is pending.
+    private func erasureResidue(_ keyStore: any KeyStore) async -> String? {
+        var pending: [String] = []
+        // Usually one object (a SQLite store is key store and snapshot store): said once.
+        for candidate in [keyStore as Any, snapshotRecorder as Any] {
+            guard let scrubbing = candidate as? any ErasureResidueScrubbing else { continue }
+            let status = await scrubbing.erasureResidue()
+            if status.pending, !pending.contains(status.description) { pending.append(status.description) }
+        }
+        return pending.isEmpty ? nil : pending.joined(separator: "; ")
     }
 
     /// Crypto-shreds the key scope `root` is encrypted under (its data subject, else its id).
