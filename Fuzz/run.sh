@@ -21,8 +21,12 @@ seconds=${1:-60}
 jobs=${FUZZ_JOBS:-1}
 
 scratch=../.build-fuzz
-swift build -c debug --scratch-path "$scratch" -Xswiftc -sanitize=fuzzer,address 2>&1 \
-    | grep -v "Cannot export local symbol" | grep -E "error|warning: unre|Build" || true
+mkdir -p artifacts
+if ! swift build -c debug --scratch-path "$scratch" -Xswiftc -sanitize=fuzzer,address > artifacts/build.txt 2>&1; then
+    grep -E "error" artifacts/build.txt | head -20 || true
+    echo "build failed: see Fuzz/artifacts/build.txt"
+    exit 1
+fi
 bin=$(swift build -c debug --scratch-path "$scratch" --show-bin-path)
 
 # The Swift runtime's backtracer and AddressSanitizer both want a crashing process; let
