@@ -11,12 +11,23 @@ final class SQLiteConnection {
     let path: String
 
     /// Opens (creating when `create`) the database at `path`.
-    init(path: String, create: Bool, busyTimeoutMillis: Int32) throws(EventSourcingError) {
-        self.path = path
-        var handle: OpaquePointer?
+    convenience init(path: String, create: Bool, busyTimeoutMillis: Int32) throws(EventSourcingError) {
         var flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX
         if create { flags |= SQLITE_OPEN_CREATE }
-        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        try self.init(name: path, flags: flags, path: path, busyTimeoutMillis: busyTimeoutMillis)
+    }
+
+    /// Opens a read-only connection through a `file:` URI (`mode=ro`, `immutable=1`, …) that
+    /// reads the database at `path`; errors name `path`, never the URI.
+    convenience init(readOnlyURI uri: String, path: String, busyTimeoutMillis: Int32) throws(EventSourcingError) {
+        try self.init(name: uri, flags: SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX, path: path,
+                      busyTimeoutMillis: busyTimeoutMillis)
+    }
+
+    private init(name: String, flags: Int32, path: String, busyTimeoutMillis: Int32) throws(EventSourcingError) {
+        self.path = path
+        var handle: OpaquePointer?
+        let rc = sqlite3_open_v2(name, &handle, flags, nil)
         db = handle
         guard rc == SQLITE_OK else {
             let err = SQLiteConnection.error(rc, handle, context: "open \(path)")

@@ -65,9 +65,13 @@ extension SQLiteStore {
         public var bytesOnDisk: Int
     }
 
-    /// Counts of what the store holds.
+    /// Counts of what the store holds (all zero for a new, empty database opened read-only).
     public func statistics() async throws -> Statistics {
         let path = self.path
+        guard hasSchema else {
+            return Statistics(events: 0, aggregates: 0, snapshots: 0, keyScopes: 0, dataKeys: 0, shreddedScopes: 0,
+                              bytesOnDisk: (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0)
+        }
         return try await read { conn in
             func count(_ sql: String) throws -> Int {
                 let s = try conn.statement(sql)

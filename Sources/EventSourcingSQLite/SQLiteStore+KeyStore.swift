@@ -5,7 +5,9 @@ import Logging
 
 extension SQLiteStore {
     public func masterKeyChecks() async throws -> [MasterKeyCheck] {
-        try await read { conn in
+        // A read-only store over a new, empty database: no schema, so no checks yet.
+        guard hasSchema else { return [] }
+        return try await read { conn in
             let s = try conn.statement("SELECT kek_id, sealed, kdf, created_at FROM master_key_checks ORDER BY created_at, kek_id")
             defer { s.reset() }
             var out: [MasterKeyCheck] = []

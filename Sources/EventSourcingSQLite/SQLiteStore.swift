@@ -34,6 +34,14 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         /// them with ``EventSourcing/EventSourcingError/Code/plaintextRejected``, so an
         /// application opened without its keyring cannot write personal data in the clear.
         public var allowsPlaintextWrites: Bool
+        /// Open the store for reading only, without changing a byte of the database, its `-wal`
+        /// or its `-shm` file, and without creating any file beside it (also when a WAL left by a
+        /// crash, or copied with a backup, holds commits the database file lacks: they are read,
+        /// not checkpointed). The database must exist; it is neither created nor migrated (an
+        /// older schema is read as it is). Every write throws
+        /// ``EventSourcing/EventSourcingError/Code/databaseUnavailable``. For inspection tools and
+        /// for checks that must change nothing, such as a master-key check before a write.
+        public var readOnly: Bool
         /// How long a shred (and the snapshot deletion after it) waits for the WAL checkpoint
         /// that removes the old database pages holding the erased key, which a long read
         /// transaction can hold up. When it runs out the shred returns anyway, with the residue
@@ -42,11 +50,12 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         public var scrubTimeout: Duration = .seconds(1)
         /// Creates settings.
         public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(5), readers: Int = 4,
-                    allowsPlaintextWrites: Bool = false) {
+                    allowsPlaintextWrites: Bool = false, readOnly: Bool = false) {
             self.synchronous = synchronous
             self.busyTimeout = busyTimeout
             self.readers = max(1, readers)
             self.allowsPlaintextWrites = allowsPlaintextWrites
+            self.readOnly = readOnly
         }
     }
 
@@ -59,6 +68,10 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     public let configuration: Configuration
     let logger: Logger
     private let writer: ConnectionBox
+    /// How a read-only store reads (nil when opened for writing).
+    private let readOnlyAccess: ReadOnlyAccess?
+    /// False only for a read-only store over a new, empty database (no schema yet).
+    let hasSchema: Bool
     private let writerQueue: DispatchQueue
     private let readers = Mutex<[ConnectionBox]>([])
     private let pending = Mutex<PendingWrites>(PendingWrites())
@@ -82,11 +95,12 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         return Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000)
     }
 
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`; with ``Configuration/readOnly``, opens
+    /// an existing store for reading only.
     /// - Throws: ``EventSourcingError`` `.databaseCorrupt` for a file that is not a SQLite database
     ///   or is truncated, `.unsupportedSchema` for a newer schema or a database that is not an
-    ///   event store, `.databaseUnavailable` for a path that cannot be opened or written,
-    ///   `.databaseLocked`. The file is not changed when opening fails.
+    ///   event store, `.databaseUnavailable` for a path that cannot be opened or written (read
+    ///   only: that does not exist), `.databaseLocked`. The file is not changed when opening fails.
     public init(path: String, configuration: Configuration = Configuration(),
                 logger: Logger = Logger(label: "eventsourcing.sqlite")) throws {
         self.path = path
@@ -95,13 +109,33 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         try SQLiteFile.validate(path: path)
         let c = configuration.busyTimeout.components
         let busy = Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000)
-        let conn = try SQLiteConnection(path: path, create: true, busyTimeoutMillis: busy)
-        try SQLiteStore.prepare(conn, configuration: configuration)
-        writer = ConnectionBox(conn)
+        if configuration.readOnly {
+            let access = try ReadOnlyAccess(path: path)
+            do {
+                let conn = try SQLiteConnection(readOnlyURI: access.uri, path: path, busyTimeoutMillis: busy)
+                // Read, never migrated: an older schema is read as it is.
+                hasSchema = try SQLiteStore.storedSchemaVersion(conn) > 0
+                try access.checkUnchanged(path)
+                writer = ConnectionBox(conn)
+            } catch {
+                access.remove()
+                throw error
+            }
+            readOnlyAccess = access
+        } else {
+            let conn = try SQLiteConnection(path: path, create: true, busyTimeoutMillis: busy)
+            try SQLiteStore.prepare(conn, configuration: configuration)
+            writer = ConnectionBox(conn)
+            readOnlyAccess = nil
+            hasSchema = true
+        }
         writerQueue = DispatchQueue(label: "eventsourcing.sqlite.writer")
     }
 
-    deinit { closeConnections() }
+    deinit {
+        closeConnections()
+        readOnlyAccess?.remove()
+    }
 
     /// Closes every connection. Later calls fail.
     public func close() async {
@@ -115,6 +149,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
             try? await Task.sleep(for: .milliseconds(1))
         }
         closeConnections()
+        readOnlyAccess?.remove()
     }
 
     private func closeConnections() {
@@ -285,6 +320,9 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the store at \(path) is closed")
         }
+        guard readOnlyAccess == nil else {
+            throw EventSourcingError(.databaseUnavailable, "the store at \(path) is open read-only: nothing was written")
+        }
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
             let request = Request(body: body, continuation: c, outsideTransaction: outsideTransaction)
             let startDrain = pending.withLock { p -> Bool in
@@ -414,12 +452,24 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         }
         let box = try takeReader()
         defer { giveReader(box) }
-        return try body(box.connection)
+        guard let readOnlyAccess else { return try body(box.connection) }
+        guard hasSchema else {
+            throw EventSourcingError(.databaseUnavailable,
+                                     "\(path) holds no event store yet (a new, empty database), and a read-only store creates none")
+        }
+        try readOnlyAccess.checkUnchanged(path)
+        let result = try body(box.connection)
+        try readOnlyAccess.checkUnchanged(path)
+        return result
     }
 
     private func takeReader() throws -> ConnectionBox {
         if let b = readers.withLock({ $0.popLast() }) { return b }
-        let conn = try SQLiteConnection(path: path, create: false, busyTimeoutMillis: busyMillis)
+        let conn = if let readOnlyAccess {
+            try SQLiteConnection(readOnlyURI: readOnlyAccess.uri, path: path, busyTimeoutMillis: busyMillis)
+        } else {
+            try SQLiteConnection(path: path, create: false, busyTimeoutMillis: busyMillis)
+        }
         try conn.execute("PRAGMA query_only = ON")
         return ConnectionBox(conn)
     }

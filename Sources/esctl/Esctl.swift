@@ -38,7 +38,7 @@ struct Esctl: AsyncParsableCommand {
               64  usage error
               65  wrong master key: it does not open this store
               66  store not found, unreadable or corrupt
-              67  records fail to decrypt or cannot be read (verify, export)
+              67  records fail to decrypt, cannot be read or are plaintext (verify, export)
               68  key scope not found
               69  key scope already shredded
               70  store locked by another process

@@ -1,6 +1,7 @@
 import ArgumentParser
 import EventSourcing
 import Foundation
+import KeyManagement
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,7 +13,9 @@ struct Export: AsyncParsableCommand {
             Exits 67, naming the record, if any event of the scope cannot be read or decrypted:
             an export is never silently partial. With --output the file appears only when the
             export is complete (mode 0600); on standard output the events before the failing one
-            have been written, so check the exit code.
+            have been written, so check the exit code. Unencrypted (plaintext) events carry no key
+            scope and are not exported: a warning says how many the store holds, and how many of
+            them belong to the exported aggregates.
             """)
 
     enum Format: String, ExpressibleByArgument, CaseIterable { case jsonl, json }
@@ -53,7 +56,7 @@ struct Export: AsyncParsableCommand {
             if let output, !overwrite, FileManager.default.fileExists(atPath: output) {
                 throw CLIError(exitCode: Exit.usage, message: "\(output) already exists: choose a new file, or add --overwrite to replace it")
             }
-            try await StoreAccess(options: global).withSession { session in
+            try await StoreAccess(options: global).withSession(.readOnly) { session in
                 if let t = try await session.store.tombstone(scope: scope) {
                     throw CLIError(exitCode: Exit.scopeShredded,
                                    message: "key scope \(scope) was shredded at \(JSONOut.date(t.shreddedAt)): nothing can be exported")
@@ -63,9 +66,10 @@ struct Export: AsyncParsableCommand {
                 }
                 let sink = try ExportSink(output: output)
                 do {
-                    let done = try await export(session, to: sink, asDocument: asDocument)
+                    let (done, plaintext) = try await export(session, to: sink, asDocument: asDocument)
                     try sink.commit(to: output, overwrite: overwrite)
                     if let output { Terminal.info("exported \(done) events of key scope \(scope) to \(output) (mode 0600)") }
+                    if let warning = plaintext.warning { Terminal.error("warning: " + warning) }
                 } catch {
                     sink.discard()
                     throw error
@@ -74,7 +78,43 @@ struct Export: AsyncParsableCommand {
         }
     }
 
-    private func export(_ session: Session, to sink: ExportSink, asDocument: Bool) async throws -> Int {
+    /// Unencrypted events, which no export by key scope can include.
+    struct Plaintext {
+        /// In the whole store.
+        var inStore = 0
+        /// Of the aggregates the export covers (and of the aggregate whose id is the scope).
+        var ofExportedAggregates = 0
+
+        var warning: String? {
+            guard inStore > 0 else { return nil }
+            guard ofExportedAggregates == 0 else {
+                return "this export is not all of the subject's data: unencrypted (plaintext) events of the exported aggregates "
+                    + "are not in it (they are under no scope): \(ofExportedAggregates) (\(inStore) in the whole store)"
+            }
+            return "the store holds unencrypted (plaintext) events, which are under no scope and in no export: \(inStore); "
+                + "none belongs to an exported aggregate, but an aggregate of the subject that has only plaintext events cannot be found"
+        }
+
+        /// Counts them: the store's total (an indexed count), and, only when there are any,
+        /// those among the events of `aggregates` (paged; proportional to their events).
+        static func count(_ store: any AdminStore, aggregates: Set<UUID>) async throws -> Plaintext {
+            var p = Plaintext(inStore: try await store.countPlaintextEvents())
+            guard p.inStore > 0 else { return p }
+            for id in aggregates.sorted(by: { $0.uuidString < $1.uuidString }) {
+                var after: Int?
+                while true {
+                    let page = try await store.selectEvents(originatorID: id, gt: after, lte: nil, desc: false, limit: 500)
+                    guard let last = page.last else { break }
+                    p.ofExportedAggregates += page.reduce(0) { $0 + ($1.keyScope == nil ? 1 : 0) }
+                    guard last.originatorVersion > (after ?? Int.min) else { break }
+                    after = last.originatorVersion
+                }
+            }
+            return p
+        }
+    }
+
+    private func export(_ session: Session, to sink: ExportSink, asDocument: Bool) async throws -> (Int, Plaintext) {
         let total = try await session.store.countEvents(keyScope: scope)
         let progress = Progress("exporting", total: total)
         let pretty = JSONEncoder()
@@ -82,6 +122,9 @@ struct Export: AsyncParsableCommand {
         if asDocument { try sink.write("{\n  \"events\" : [") }
         var after: Int64 = 0
         var done = 0
+        // The aggregates exported, and the one whose id is the scope (an aggregate's own scope).
+        var aggregates = Set<UUID>()
+        if let id = UUID(uuidString: scope) { aggregates.insert(id) }
         do {
             while true {
                 let page: [StoredNotification]
@@ -96,6 +139,7 @@ struct Export: AsyncParsableCommand {
                 }
                 guard let last = page.last else { break }
                 for n in page {
+                    aggregates.insert(n.originatorID)
                     let record = try await Self.record(n, session: session, scope: scope)
                     let data = try pretty.encode(record)
                     if asDocument {
@@ -123,13 +167,17 @@ struct Export: AsyncParsableCommand {
                 be read (run 'esctl verify' to name the others)
                 """)
         }
+        let plaintext = try await Plaintext.count(session.store, aggregates: aggregates)
         if asDocument {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.withoutEscapingSlashes]
             let scopeText = String(decoding: try encoder.encode(scope), as: UTF8.self)
-            try sink.write((done == 0 ? "\n" : "\n") + "  ],\n  \"exported_at\" : \"\(JSONOut.date(Date()))\",\n  \"scope\" : \(scopeText)\n}\n")
+            try sink.write((done == 0 ? "\n" : "\n") + "  ],\n  \"exported_at\" : \"\(JSONOut.date(Date()))\",\n"
+                + "  \"plaintext_events_in_store\" : \(plaintext.inStore),\n"
+                + "  \"plaintext_events_of_exported_aggregates\" : \(plaintext.ofExportedAggregates),\n"
+                + "  \"scope\" : \(scopeText)\n}\n")
         }
-        return done
+        return (done, plaintext)
     }
 
     /// One event decrypted into its export record; a failure names the record (exit 67).
@@ -258,7 +306,8 @@ struct Stats: AsyncParsableCommand {
 
     func run() async throws {
         try await Esctl.guarded {
-            let store = try await StoreAccess(options: global).openStore()
+            // Only reads: a SQLite store is opened read-only and keeps every byte.
+            let store = try await StoreAccess(options: global).openStore(readOnly: true)
             let stats: StoreStatistics
             do { stats = try await store.statisticsJSON() } catch {
                 await store.close()

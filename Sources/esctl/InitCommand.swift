@@ -65,7 +65,7 @@ struct Init: AsyncParsableCommand {
             // 1. The store must not be initialised (read without changing it).
             var postgres: (any AdminStore)?
             if let sqlite {
-                if FileManager.default.fileExists(atPath: sqlite), !(try SQLiteStore.masterKeyChecks(readingOnly: sqlite)).isEmpty {
+                if FileManager.default.fileExists(atPath: sqlite), !(try await SQLiteStore.masterKeyChecks(readingOnly: sqlite)).isEmpty {
                     throw CLIError(exitCode: Exit.failure, message: "sqlite:\(sqlite) is already initialised")
                 }
             } else {

@@ -103,7 +103,7 @@ struct KeysList: AsyncParsableCommand {
 
     func run() async throws {
         try await Esctl.guarded {
-            try await StoreAccess(options: global).withSession { session in
+            try await StoreAccess(options: global).withSession(.readOnly) { session in
                 // Keys come in (scope, version) order: consecutive rows of a scope make one summary.
                 var summaries: [ScopeSummary] = []
                 var cursor: DataKeyCursor?
@@ -161,7 +161,7 @@ struct KeysShow: AsyncParsableCommand {
 
     func run() async throws {
         try await Esctl.guarded {
-            try await StoreAccess(options: global).withSession { session in
+            try await StoreAccess(options: global).withSession(.readOnly) { session in
                 let s = try await ScopeSummary.load(scope, from: session.store)
                 guard !s.versions.isEmpty || s.tombstone != nil else {
                     throw CLIError(exitCode: Exit.scopeNotFound, message: "no key scope '\(scope)'")
@@ -197,7 +197,17 @@ struct KeysRotate: AsyncParsableCommand {
 
     func run() async throws {
         try await Esctl.guarded {
-            try await StoreAccess(options: global).withSession { session in
+            // An unknown or shredded scope is refused before the store is opened for writing,
+            // with the errors the rotation itself would throw.
+            try await StoreAccess(options: global).withSession(.readWrite, beforeWriting: { session, _, _ in
+                try KeyScope.validate(scope)
+                let s = try await ScopeSummary.load(scope, from: session.store)
+                guard s.versions.isEmpty else { return }
+                if let t = s.tombstone {
+                    throw KeyManagementError(.shredded, "cannot rotate a shredded scope", scope: scope, shreddedAt: t.shreddedAt)
+                }
+                throw KeyManagementError(.keyNotFound, "the scope has no data key to rotate", scope: scope)
+            }) { session in
                 let version = try await session.keyring.rotate(scope: scope)
                 if json {
                     try JSONOut.print(JSON(scope: scope, version: Int(version), masterKeyID: session.keyring.primaryMasterKeyID))
@@ -247,15 +257,15 @@ struct KeysRotateMaster: AsyncParsableCommand {
         var chosen: MasterKey?
         // The store and the current key are checked first, and an unfinished rotation to
         // another key is refused, before any key file is written or the store is opened for writing.
-        try await access.withSession(beforeOpening: { key, checks in
+        try await access.withSession(.readWrite, beforeWriting: { _, key, checks in
             chosen = try newKey(current: key, checks: checks)
         }) { session in
             guard let newKey = chosen else { return }
             let old = session.keyring.primaryMasterKeyID
             let total = try await countKeys(session.store)
-            Terminal.info("rewrapping \(total) data keys from master key \(old) to \(newKey.id); Ctrl-C is safe: run the same command again to finish")
             let progress = Progress("rewrapping", total: total)
-            let interrupt = Self.onInterrupt(progress: progress, message: """
+            // Ctrl-C is caught before the line below says it is safe.
+            let interrupt = await Self.onInterrupt(progress: progress, message: """
                 interrupted: the rotation from master key \(old) to \(newKey.id) is unfinished; every data key still opens \
                 with one of the two keys. Run the same command again to finish it \
                 (esctl keys rotate-master --new-master-key-file \(newMasterKeyFile) with the old key)
@@ -264,6 +274,7 @@ struct KeysRotateMaster: AsyncParsableCommand {
                 interrupt.cancel()
                 signal(SIGINT, SIG_DFL)
             }
+            Terminal.info("rewrapping \(total) data keys from master key \(old) to \(newKey.id); Ctrl-C is safe: run the same command again to finish")
             let result: Keyring.RotationProgress
             do {
                 result = try await session.keyring.rotateMasterKey(to: newKey) { p in progress.update(p.rewrapped + p.alreadyCurrent) }
@@ -312,7 +323,8 @@ struct KeysRotateMaster: AsyncParsableCommand {
     /// While the rotation runs, Ctrl-C (SIGINT) ends the bar's line, says how to resume and
     /// exits 130. Each data key is rewrapped in its own transaction, so stopping at any point
     /// leaves every key under the old or the new master key.
-    private static func onInterrupt(progress: Progress, message: String) -> any DispatchSourceSignal {
+    /// Returns once the handler is registered: a Ctrl-C from then on is caught, not lost.
+    private static func onInterrupt(progress: Progress, message: String) async -> any DispatchSourceSignal {
         signal(SIGINT, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: DispatchQueue(label: "esctl.sigint"))
         source.setEventHandler {
@@ -320,18 +332,17 @@ struct KeysRotateMaster: AsyncParsableCommand {
             Terminal.error(message)
             _exit(Exit.interrupted)
         }
-        source.resume()
+        await withCheckedContinuation { (registered: CheckedContinuation<Void, Never>) in
+            source.setRegistrationHandler { registered.resume() }
+            source.resume()
+        }
         return source
     }
 
     /// Whether `newKey` is the store's only master key and wraps every data key.
     private func alreadyRotated(_ access: StoreAccess, to newKey: MasterKey) async throws -> Bool {
-        // Read-only first: only a store the new key opens is opened for writing.
-        if try access.sqlitePath() != nil {
-            guard let checks = try? await access.storedChecks(), checks.map(\.kekID) == [newKey.id],
-                  (try? await StoreAccess.verify([newKey], against: checks)) != nil else { return false }
-        }
-        let store = try await access.openStore()
+        // Only reads: a SQLite store is opened read-only.
+        let store = try await access.openStore(readOnly: true)
         do {
             var done = try await store.masterKeyChecks().map(\.kekID) == [newKey.id]
             if done { done = (try? await Keyring.open(store: store, masterKeys: [newKey])) != nil }
@@ -386,15 +397,18 @@ struct KeysShred: AsyncParsableCommand {
         var destroyedKeyVersions: [Int]
         var eventsAffected: Int
         var snapshotsDeleted: Int
+        var plaintextEventsInStore: Int?
         enum CodingKeys: String, CodingKey {
             case scope, shreddedAt = "shredded_at", destroyedKeyVersions = "destroyed_key_versions"
             case eventsAffected = "events_affected", snapshotsDeleted = "snapshots_deleted"
+            case plaintextEventsInStore = "plaintext_events_in_store"
         }
     }
 
     func run() async throws {
         try await Esctl.guarded {
-            try await StoreAccess(options: global).withSession { session in
+            // Every refusal (shredded, unknown, not confirmed) is made before the store is opened for writing.
+            try await StoreAccess(options: global).withSession(.readWrite, beforeWriting: { session, _, _ in
                 let summary = try await ScopeSummary.load(scope, from: session.store)
                 if let t = summary.tombstone {
                     throw CLIError(exitCode: Exit.scopeShredded, message: "key scope \(scope) was already shredded at \(JSONOut.date(t.shreddedAt))")
@@ -411,11 +425,17 @@ struct KeysShred: AsyncParsableCommand {
                     let answer = Terminal.readLine(prompt: "Type the scope to confirm: ", silent: false).map { String(decoding: $0, as: UTF8.self) }
                     guard answer == scope else { throw CLIError(exitCode: Exit.usage, message: "not confirmed; nothing was changed") }
                 }
+            }) { session in
                 let r = try await session.app.shred(keyScope: scope)
+                if let plaintext = r.plaintextEventsInStore, plaintext > 0 {
+                    Terminal.error("warning: the store holds unencrypted (plaintext) events, which no shred erases and this receipt "
+                        + "does not cover: \(plaintext) (see 'esctl verify')")
+                }
                 if json {
                     try JSONOut.print(Receipt(scope: r.keyScope, shreddedAt: JSONOut.date(r.shreddedAt),
                                               destroyedKeyVersions: r.destroyedKeyVersions.map(Int.init),
-                                              eventsAffected: r.eventsAffected, snapshotsDeleted: r.snapshotsDeleted))
+                                              eventsAffected: r.eventsAffected, snapshotsDeleted: r.snapshotsDeleted,
+                                              plaintextEventsInStore: r.plaintextEventsInStore))
                 } else {
                     print("erasure receipt")
                     print("  scope:                  \(r.keyScope)")
@@ -423,6 +443,9 @@ struct KeysShred: AsyncParsableCommand {
                     print("  key versions destroyed: \(r.destroyedKeyVersions.map(String.init).joined(separator: ", "))")
                     print("  events affected:        \(r.eventsAffected)")
                     print("  snapshots deleted:      \(r.snapshotsDeleted)")
+                    if let plaintext = r.plaintextEventsInStore {
+                        print("  plaintext events:       \(plaintext)" + (plaintext > 0 ? " (anywhere in the store; no shred erases them)" : ""))
+                    }
                 }
             }
         }

@@ -94,7 +94,9 @@ struct StoreAccess {
     }
 
     /// Opens the store; unless `create`, it must exist already (SQLite) or be initialised (PostgreSQL).
-    func openStore(create: Bool = false) async throws -> any AdminStore {
+    /// With `readOnly`, a SQLite store is opened read-only: no byte of its database, `-wal` or
+    /// `-shm` changes, also when a WAL left by a crash holds commits (PostgreSQL: no difference).
+    func openStore(create: Bool = false, readOnly: Bool = false) async throws -> any AdminStore {
         guard let path = try sqlitePath() else {
             var config = try PostgresConfiguration(url: storeURL)
             // Keep the password out of argv: PGPASSWORD fills it in when the URL has none.
@@ -111,7 +113,8 @@ struct StoreAccess {
         if !create, !FileManager.default.fileExists(atPath: path) {
             throw CLIError(exitCode: Exit.storeUnavailable, message: "no store at \(path) (create one with 'esctl init')")
         }
-        return try SQLiteStore(path: path, logger: Logger(label: "esctl.sqlite"))
+        return try SQLiteStore(path: path, configuration: SQLiteStore.Configuration(readOnly: readOnly && !create),
+                               logger: Logger(label: "esctl.sqlite"))
     }
 
     /// Whether any master-key source was given.
@@ -155,21 +158,22 @@ struct StoreAccess {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// The store's master-key checks, read without changing the store: for SQLite through a
-    /// read-only connection (opening it for writing would recover, checkpoint and delete a
-    /// WAL); for PostgreSQL through `store`.
+    /// The store's master-key checks, read without changing the store: `store` is opened
+    /// read-only (SQLite), or opened by `storedChecks` itself read-only and closed again.
     /// - Throws: exit 66 when the store has no check yet (not initialised).
     func storedChecks(_ store: (any AdminStore)? = nil) async throws -> [MasterKeyCheck] {
         let checks: [MasterKeyCheck]
         if let store {
             checks = try await store.masterKeyChecks()
-        } else if let path = try sqlitePath() {
-            guard FileManager.default.fileExists(atPath: path) else {
-                throw CLIError(exitCode: Exit.storeUnavailable, message: "no store at \(path) (create one with 'esctl init')")
-            }
-            checks = try SQLiteStore.masterKeyChecks(readingOnly: path)
         } else {
-            throw CLIError(exitCode: Exit.failure, message: "internal: no store to read the master-key checks from")
+            let opened = try await openStore(readOnly: true)
+            do {
+                checks = try await opened.masterKeyChecks()
+            } catch {
+                await opened.close()
+                throw error
+            }
+            await opened.close()
         }
         guard !checks.isEmpty else {
             let location = store?.location ?? storeURL
@@ -185,47 +189,66 @@ struct StoreAccess {
         _ = try await Keyring.open(store: probe, masterKeys: keys, logger: Logger(label: "esctl.keycheck"))
     }
 
-    /// Runs `body` with an open session and closes the store afterwards, also on failure.
-    /// `beforeOpening` sees the verified key and the store's checks before anything can be
-    /// written (for SQLite, before the store is opened for writing at all).
-    func withSession(extraKeys: [MasterKey] = [],
-                     beforeOpening: ((MasterKey, [MasterKeyCheck]) async throws -> Void)? = nil,
-                     _ body: (Session) async throws -> Void) async throws {
-        let s = try await session(extraKeys: extraKeys, beforeOpening: beforeOpening)
-        do {
-            try await body(s)
-        } catch {
-            await s.store.close()
-            throw error
-        }
-        await s.store.close()
+    /// What a command does to the store.
+    enum Access {
+        /// Reads only: `keys list`, `keys show`, `verify`, `export`.
+        case readOnly
+        /// Writes: `keys rotate`, `keys shred`, `keys rotate-master`.
+        case readWrite
     }
 
-    /// Opens the store and its keyring with the master key; the store must be initialised.
+    /// Runs `body` with an open session and closes the store afterwards, also on failure.
     ///
-    /// A SQLite store is opened for writing only after the key was checked against the
-    /// store's check records through a read-only connection, so a refused key (wrong, retired,
-    /// malformed, missing) leaves every byte of the database, its `-wal` and `-shm` as they were.
-    func session(extraKeys: [MasterKey] = [],
-                 beforeOpening: ((MasterKey, [MasterKeyCheck]) async throws -> Void)? = nil) async throws -> Session {
-        var opened: (any AdminStore)?
-        if try sqlitePath() == nil { opened = try await openStore() }
+    /// The master key is checked, and `beforeWriting` runs, on a session over the store opened
+    /// read-only: for SQLite, no byte of the database, its `-wal` or `-shm` changes, even when a
+    /// WAL left by a crash holds commits the database file lacks (opening it for writing would
+    /// checkpoint them into the database and delete the WAL). Only for `.readWrite`, and only
+    /// once `beforeWriting` has returned, is a SQLite store opened for writing, for `body`. So
+    /// a read-only command never changes the files, and neither does any refusal that can be
+    /// made before writing: a wrong, retired, malformed or missing master key, an unknown or
+    /// shredded scope, a missing confirmation. (PostgreSQL: one connection pool throughout.)
+    /// - Parameter beforeWriting: sees the read-only session, the verified key and the store's
+    ///   checks; throws to refuse. Only for `.readWrite`.
+    func withSession(_ access: Access, extraKeys: [MasterKey] = [],
+                     beforeWriting: ((Session, MasterKey, [MasterKeyCheck]) async throws -> Void)? = nil,
+                     _ body: (Session) async throws -> Void) async throws {
+        let postgres = try sqlitePath() == nil
+        let reading = try await openStore(readOnly: true)
+        var writing: (any AdminStore)?
         do {
-            let checks = try await storedChecks(opened)
+            let checks = try await storedChecks(reading)
             let key = try masterKey(kdf: checks.last(where: { $0.kdf != nil })?.kdf)
-            try await Self.verify([key] + extraKeys, against: checks)
-            if let beforeOpening { try await beforeOpening(key, checks) }
-            let store: any AdminStore
-            if let opened { store = opened } else { store = try await openStore() }
-            opened = store
-            let keyring = try await Keyring.open(store: store, masterKeys: [key] + extraKeys,
-                                                 logger: Logger(label: "esctl.keyring"))
-            let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring),
-                                  logger: Logger(label: "esctl.app"))
-            return Session(store: store, keyring: keyring, app: app)
+            let keys = [key] + extraKeys
+            try await Self.verify(keys, against: checks)
+            let session = try await Self.session(on: reading, keys: keys)
+            switch access {
+            case .readOnly:
+                try await body(session)
+            case .readWrite:
+                if let beforeWriting { try await beforeWriting(session, key, checks) }
+                if postgres {
+                    try await body(session)
+                } else {
+                    await reading.close()
+                    let store = try await openStore()
+                    writing = store
+                    try await body(try await Self.session(on: store, keys: keys))
+                }
+            }
         } catch {
-            await opened?.close()
+            await reading.close()
+            await writing?.close()
             throw error
         }
+        await reading.close()
+        await writing?.close()
+    }
+
+    /// A session over `store`, opened with `keys` (already verified against its checks).
+    private static func session(on store: any AdminStore, keys: [MasterKey]) async throws -> Session {
+        let keyring = try await Keyring.open(store: store, masterKeys: keys, logger: Logger(label: "esctl.keyring"))
+        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring),
+                              logger: Logger(label: "esctl.app"))
+        return Session(store: store, keyring: keyring, app: app)
     }
 }

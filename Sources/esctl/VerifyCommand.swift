@@ -47,7 +47,19 @@ struct VerificationReport {
     struct Counts: Encodable {
         var ok = 0
         var shredded = 0
+        /// Readable, but not encrypted: no shred can erase them.
+        var plaintext = 0
         var failing = 0
+
+        var line: String { "\(ok) ok, \(shredded) shredded, \(plaintext) plaintext, \(failing) failing" }
+
+        mutating func count(_ outcome: Outcome) {
+            switch outcome {
+            case .ok: ok += 1
+            case .shredded: shredded += 1
+            case .plaintext: plaintext += 1
+            }
+        }
     }
 
     var events = Counts()
@@ -56,6 +68,8 @@ struct VerificationReport {
 
     var eventsOK: Int { events.ok }
     var eventsShredded: Int { events.shredded }
+    /// Unencrypted records, events and snapshots.
+    var plaintext: Int { events.plaintext + snapshots.plaintext }
 
     struct JSON: Encodable {
         var events: Counts
@@ -72,6 +86,7 @@ struct VerificationReport {
     /// store reports it, and the run carries on after it.
     static func run(_ session: Session, progress: Progress?) async throws -> VerificationReport {
         var report = VerificationReport()
+        let reader = Reader(session)
         var start: Int64 = 1
         var seen = 0
         while true {
@@ -84,7 +99,7 @@ struct VerificationReport {
                 let before = bad > start
                     ? try await session.store.selectNotifications(start: start, limit: Int(clamping: bad - start), stop: bad - 1, topics: [])
                     : []
-                await report.check(before, session)
+                await report.check(before, reader)
                 report.failures.append(Failure(kind: "event", notificationID: bad, originatorID: e.originatorID,
                                                originatorVersion: e.originatorVersion, topic: e.topic, keyScope: e.keyScope,
                                                code: e.code.description, message: e.message))
@@ -96,7 +111,7 @@ struct VerificationReport {
                 continue
             }
             guard let last = page.last else { break }
-            await report.check(page, session)
+            await report.check(page, reader)
             seen += page.count
             progress?.update(seen)
             guard last.id < Int64.max else { break }
@@ -119,10 +134,7 @@ struct VerificationReport {
             guard let last = page.last else { break }
             for s in page {
                 do {
-                    try checkJSON(try await session.app.mapper.open(s, snapshot: true))
-                    report.snapshots.ok += 1
-                } catch let e as EventSourcingError where e.code == .shredded {
-                    report.snapshots.shredded += 1
+                    report.snapshots.count(try await reader.check(s, snapshot: true, notificationID: nil))
                 } catch {
                     report.failures.append(failure("snapshot", s, nil, error))
                     report.snapshots.failing += 1
@@ -134,14 +146,10 @@ struct VerificationReport {
         return report
     }
 
-    private mutating func check(_ page: [StoredNotification], _ session: Session) async {
+    private mutating func check(_ page: [StoredNotification], _ reader: Reader) async {
         for n in page {
             do {
-                let json = try await session.app.mapper.open(n.storedEvent, snapshot: false, notificationID: n.id)
-                try Self.checkJSON(json)
-                events.ok += 1
-            } catch let e as EventSourcingError where e.code == .shredded {
-                events.shredded += 1
+                events.count(try await reader.check(n.storedEvent, snapshot: false, notificationID: n.id))
             } catch {
                 failures.append(Self.failure("event", n.storedEvent, n.id, error))
                 events.failing += 1
@@ -149,7 +157,36 @@ struct VerificationReport {
         }
     }
 
-    private static func checkJSON(_ bytes: [UInt8]) throws {
+    /// What a readable record is.
+    enum Outcome { case ok, shredded, plaintext }
+
+    /// Opens records: encrypted ones with the session's mapper, which refuses unencrypted ones;
+    /// those are opened by a mapper that reads them, so a readable plaintext record is counted
+    /// as plaintext, and one that does not open is a failure like any other.
+    struct Reader {
+        let mapper: Mapper
+        let plaintextMapper: Mapper
+
+        init(_ session: Session) {
+            mapper = session.app.mapper
+            plaintextMapper = Mapper(keyring: session.keyring, options: Mapper.Options(plaintextReads: .allowed))
+        }
+
+        /// - Throws: why the record cannot be read (never `.shredded` or `.plaintextRejected`).
+        func check(_ record: StoredEvent, snapshot: Bool, notificationID: Int64?) async throws -> Outcome {
+            do {
+                try VerificationReport.checkJSON(try await mapper.open(record, snapshot: snapshot, notificationID: notificationID))
+                return .ok
+            } catch let e as EventSourcingError where e.code == .shredded {
+                return .shredded
+            } catch let e as EventSourcingError where e.code == .plaintextRejected {
+                try VerificationReport.checkJSON(try await plaintextMapper.open(record, snapshot: snapshot, notificationID: notificationID))
+                return .plaintext
+            }
+        }
+    }
+
+    static func checkJSON(_ bytes: [UInt8]) throws {
         guard (try? JSONSerialization.jsonObject(with: Data(bytes))) is [String: Any] else {
             throw EventSourcingError(.decodingFailed, "payload is not a JSON object")
         }
@@ -165,8 +202,12 @@ struct VerificationReport {
 
 struct Verify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Decrypt every event and snapshot; count ok / shredded / failing and name each failing record.",
-        discussion: "Exits 67 if any record fails (tampered, corrupt, unreadable, or its key is missing).")
+        abstract: "Decrypt every event and snapshot; count ok / shredded / plaintext / failing and name each failing record.",
+        discussion: """
+            Exits 67 if any record fails (tampered, corrupt, unreadable, or its key is missing), or
+            is not encrypted (plaintext: no shred can erase it). Changes nothing: a SQLite store is
+            opened read-only.
+            """)
 
     @OptionGroup(title: "Global options") var global: GlobalOptions
     @Flag(help: "Print JSON.") var json = false
@@ -174,17 +215,20 @@ struct Verify: AsyncParsableCommand {
     func run() async throws {
         try await Esctl.guarded {
             var failed = false
-            try await StoreAccess(options: global).withSession { session in
+            try await StoreAccess(options: global).withSession(.readOnly) { session in
                 let total = try await session.store.maxNotificationID() ?? 0
                 let report = try await VerificationReport.run(session, progress: Progress("verifying", total: Int(total)))
                 if json {
                     try JSONOut.print(report.json)
                 } else {
-                    print("events:    \(report.events.ok) ok, \(report.events.shredded) shredded, \(report.events.failing) failing")
-                    print("snapshots: \(report.snapshots.ok) ok, \(report.snapshots.shredded) shredded, \(report.snapshots.failing) failing")
+                    print("events:    " + report.events.line)
+                    print("snapshots: " + report.snapshots.line)
                     for f in report.failures { print(f.line) }
                 }
-                failed = !report.failures.isEmpty
+                if report.plaintext > 0 {
+                    Terminal.error("unencrypted (plaintext) records, which no shred can erase: \(report.plaintext) (see Docs/Operations.md §8)")
+                }
+                failed = !report.failures.isEmpty || report.plaintext > 0
             }
             if failed { throw ExitCode(Exit.verificationFailed) }
         }

@@ -214,8 +214,8 @@ struct CommandTests {
         let (ws, s, _) = try await Self.seeded()
         let text = try await ws.esctl(ws.with() + ["verify"])
         #expect(text.status == 0, "\(text.summary)")
-        #expect(text.stdout.contains("events:    \(s.totalEvents) ok, 0 shredded, 0 failing"), "\(text.stdout)")
-        #expect(text.stdout.contains("snapshots: \(s.snapshots) ok, 0 shredded, 0 failing"), "\(text.stdout)")
+        #expect(text.stdout.contains("events:    \(s.totalEvents) ok, 0 shredded, 0 plaintext, 0 failing"), "\(text.stdout)")
+        #expect(text.stdout.contains("snapshots: \(s.snapshots) ok, 0 shredded, 0 plaintext, 0 failing"), "\(text.stdout)")
         #expect(!text.stdout.contains("FAIL"))
 
         let r = try await ws.esctl(ws.with() + ["verify", "--json"])

@@ -218,22 +218,29 @@ struct MasterKeyTests {
         var kills = 0
         var attempt = 0
         var log: [String] = []
-        // Random delays over the whole run. Until one kill lands mid-way, later delays are
-        // drawn between the latest too-early one (nothing rewrapped) and the earliest too-late one.
-        var tooEarly = 0.0
-        var tooLate = duration * 1.5
-        // Later runs are often faster than the (cold) calibration run: draw delays from the
-        // first 60% of it, so most attempts are killed rather than finishing first.
+        // Most runs are killed after a random delay over the first 60% of the calibration run
+        // (later runs are often faster than the cold calibration run, so most are killed rather
+        // than finishing first). A rotation commits a page of keys at a time, so the moments at
+        // which some keys are under the old master key and some under the new one are a small
+        // part of a run, which a delay lands in only by luck on a loaded machine: every fourth
+        // run, starting with the first, is instead killed by a watcher the moment it sees the
+        // store in that state.
         while attempt < 20 && (kills < 4 || midway < 1) {
             attempt += 1
             let path = try fresh(attempt)
-            let delay = midway == 0 && attempt > 2 && tooLate - tooEarly > 0.002
-                ? Double.random(in: tooEarly...tooLate)
-                : duration * Double.random(in: 0.02...0.6)
-            let running = try ws.start(command(path))
-            try await Task.sleep(for: .nanoseconds(Int(delay * 1_000_000_000)))
-            running.kill9()
-            let killed = await ws.finish(running, args: ["keys", "rotate-master"])
+            let watched = attempt % 4 == 1
+            let delay = duration * Double.random(in: 0.02...0.6)
+            var watcher = "-"
+            let killed: CLI.Result
+            if watched {
+                (killed, watcher) = try await ws.runSignalledMidway(command(path), store: path, newKeyID: new.id, total: scopes,
+                                                                     signal: SIGKILL)
+            } else {
+                let running = try ws.start(command(path))
+                try await Task.sleep(for: .nanoseconds(Int(delay * 1_000_000_000)))
+                running.kill9()
+                killed = await ws.finish(running, args: ["keys", "rotate-master"])
+            }
             if !killed.signalled {
                 #expect(killed.status == 0, "rotate-master ended on its own but failed: \(killed.summary)")
             } else {
@@ -252,9 +259,12 @@ struct MasterKeyTests {
                 #expect(seen.checks.contains(new.id), "keys under the new master key but it has no check")
             }
             if killed.signalled, seen.underOld > 0, seen.underNew > 0 { midway += 1 }
-            if seen.underNew == 0 { tooEarly = max(tooEarly, delay) }
-            if seen.underOld == 0 { tooLate = min(tooLate, delay) }
-            log.append(String(format: "#%d %.3fs %@ old=%d new=%d checks=%d", attempt, delay,
+            if watched {
+                #expect(watcher.hasPrefix("signalled") && killed.signalled && seen.underOld > 0 && seen.underNew > 0,
+                        "the watcher did not kill the rotation mid-way: \(watcher) (attempt \(attempt))")
+            }
+            log.append(String(format: "#%d %@ %@ old=%d new=%d checks=%d", attempt,
+                              watched ? "watched" : String(format: "%.3fs", delay),
                               killed.signalled ? "killed" : "finished", seen.underOld, seen.underNew, seen.checks.count))
 
             // Rerunning the same command finishes the job.

@@ -177,9 +177,10 @@ enum Scenario {
     /// A store locked by another process while `keys rotate` waits for it (about 5 s).
     static func locked(_ ws: Workspace) async throws -> CLI.Result {
         let s = try await seeded(ws)
-        let holder = try CLI.start(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-u", "-c", Py.holdLock, ws.storePath, "20"],
+        // Held far longer than esctl waits (5 s), however loaded the machine; ended as soon as esctl returns.
+        let holder = try CLI.start(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-u", "-c", Py.holdLock, ws.storePath, "120"],
                                    env: CLI.cleanEnvironment(home: ws.dir.path), cwd: ws.dir, scratch: ws.dir)
-        let deadline = Date().addingTimeInterval(20)
+        let deadline = Date().addingTimeInterval(60)
         while Date() < deadline, holder.process.isRunning,
               (try? String(contentsOf: holder.outURL, encoding: .utf8))?.contains("locked") != true {
             try await Task.sleep(for: .milliseconds(20))
@@ -190,22 +191,17 @@ enum Scenario {
         return r
     }
 
-    /// Ctrl-C during a rotation of many keys.
+    /// Ctrl-C during a rotation of many keys, once some of them are rewrapped.
     static func interrupted(_ ws: Workspace) async throws -> CLI.Result {
         try await ws.initStore()
-        // Enough keys that the rewrapping outlasts the 200 ms before the interrupt.
         try await Stores.seedMany(ws.storePath, key: try MasterKey(contentsOfFile: ws.keyPath), count: 5000)
-        try MasterKey.generate().writeKeyFile(to: ws.path("new.key"))
+        let new = try MasterKey.generate()
+        try new.writeKeyFile(to: ws.path("new.key"))
         ws.learnKeyFiles()
-        let running = try ws.start(ws.with() + ["keys", "rotate-master", "--new-master-key-file", ws.path("new.key")])
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline, running.process.isRunning,
-              (try? String(contentsOf: running.errURL, encoding: .utf8))?.contains("rewrapping") != true {
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        try await Task.sleep(for: .milliseconds(200))
-        _ = Glibc.kill(running.pid, SIGINT)
-        return await ws.finish(running, args: ["keys", "rotate-master"])
+        let (r, watcher) = try await ws.runSignalledMidway(ws.with() + ["keys", "rotate-master", "--new-master-key-file", ws.path("new.key")],
+                                                          store: ws.storePath, newKeyID: new.id, total: 5000, signal: SIGINT)
+        #expect(watcher.hasPrefix("signalled"), "the rotation was not interrupted mid-way: \(watcher)")
+        return r
     }
 
     /// PostgreSQL: a URL for the test server with `change` applied (credentials, database, TLS).
@@ -314,7 +310,27 @@ enum Scenario {
             try await unreadableRow(ws, s)
             return try await ws.esctl(ws.with() + ["export", s.subject])
         },
+        Entry(phrase: "which no shred can erase", needs: .nothing) { ws in
+            let s = try await seeded(ws)
+            try await Stores.seedPlaintext(ws.storePath, seeded: s)
+            return try await ws.esctl(ws.with() + ["verify"])
+        },
         // §13.6
+        Entry(phrase: "this export is not all of the subject's data", needs: .nothing) { ws in
+            let s = try await seeded(ws)
+            try await Stores.seedPlaintext(ws.storePath, seeded: s)
+            return try await ws.esctl(ws.with() + ["export", s.subject])
+        },
+        Entry(phrase: "which are under no scope and in no export", needs: .nothing) { ws in
+            let s = try await seeded(ws)
+            try await Stores.seedPlaintext(ws.storePath, seeded: s)
+            return try await ws.esctl(ws.with() + ["export", s.bobScope])
+        },
+        Entry(phrase: "this receipt does not cover", needs: .nothing) { ws in
+            let s = try await seeded(ws)
+            try await Stores.seedPlaintext(ws.storePath, seeded: s)
+            return try await ws.esctl(ws.with() + ["keys", "shred", s.subject, "--yes"])
+        },
         Entry(phrase: "no master key: pass", needs: .nothing) { ws in
             _ = try await seeded(ws)
             return try await ws.esctl(["--store", ws.storeURL, "keys", "list"])

@@ -175,6 +175,36 @@ struct RefusedUnchangedTests {
         case writerOpen
     }
 
+    /// The store of `ws` with a WAL that holds a commit (and `sql`, if given) no checkpoint has
+    /// copied into the database: a copy of its files, or the store itself while a holder
+    /// process keeps its connection open (returned, to be ended by the caller).
+    static func liveWAL(_ ws: Workspace, _ variant: Variant, sql: String? = nil,
+                        sourceLocation: SourceLocation = #_sourceLocation) async throws -> (target: String, holder: CLI.Running?) {
+        var holder: CLI.Running?
+        let target: String
+        let extra = sql.map { [$0] } ?? []
+        switch variant {
+        case .copiedWithShm, .copiedWithoutShm:
+            try FileManager.default.createDirectory(atPath: ws.path("copy"), withIntermediateDirectories: true)
+            target = ws.path("copy/store.sqlite")
+            let out = try await Py.run(Py.liveWAL, [ws.storePath, variant == .copiedWithShm ? "copy" : "copy-wal", target] + extra, in: ws)
+            try #require(out == "copied", sourceLocation: sourceLocation)
+        case .writerOpen:
+            target = ws.storePath
+            let h = try CLI.start(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-u", "-c", Py.liveWAL, ws.storePath, "hold", "300"] + extra,
+                                  env: CLI.cleanEnvironment(home: ws.dir.path), cwd: ws.dir, scratch: ws.dir)
+            holder = h
+            // A deadline only for a holder that never gets ready (it fails the test below).
+            let deadline = Date().addingTimeInterval(120)
+            while Date() < deadline, (try? String(contentsOf: h.outURL, encoding: .utf8))?.contains("ready") != true, h.process.isRunning {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        try #require((ws.bytes(target + "-wal")?.count ?? 0) > 0, "the WAL holds no commit", sourceLocation: sourceLocation)
+        #expect(FileManager.default.fileExists(atPath: target + "-shm") == (variant != .copiedWithoutShm), sourceLocation: sourceLocation)
+        return (target, holder)
+    }
+
     @Test("Wrong, retired, malformed and missing master keys: every refused command leaves the database, -wal and -shm byte-identical",
           .timeLimit(.minutes(5)), arguments: Variant.allCases)
     func refusedCommandsChangeNothing(_ variant: Variant) async throws {
@@ -191,28 +221,8 @@ struct RefusedUnchangedTests {
                                            attributes: [.posixPermissions: 0o600])
         ws.learnKeyFiles()
 
-        // A WAL with a commit in it.
-        var holder: CLI.Running?
-        let target: String
-        switch variant {
-        case .copiedWithShm, .copiedWithoutShm:
-            try FileManager.default.createDirectory(atPath: ws.path("copy"), withIntermediateDirectories: true)
-            target = ws.path("copy/store.sqlite")
-            let out = try await Py.run(Py.liveWAL, [ws.storePath, variant == .copiedWithShm ? "copy" : "copy-wal", target], in: ws)
-            try #require(out == "copied")
-        case .writerOpen:
-            target = ws.storePath
-            let h = try CLI.start(URL(fileURLWithPath: "/usr/bin/env"), ["python3", "-u", "-c", Py.liveWAL, ws.storePath, "hold", "300"],
-                                  env: CLI.cleanEnvironment(home: ws.dir.path), cwd: ws.dir, scratch: ws.dir)
-            holder = h
-            let deadline = Date().addingTimeInterval(20)
-            while Date() < deadline, (try? String(contentsOf: h.outURL, encoding: .utf8))?.contains("ready") != true, h.process.isRunning {
-                try await Task.sleep(for: .milliseconds(20))
-            }
-        }
+        let (target, holder) = try await Self.liveWAL(ws, variant)
         defer { if let h = holder, h.process.isRunning { h.kill9() } }
-        try #require((ws.bytes(target + "-wal")?.count ?? 0) > 0, "the WAL holds no commit")
-        #expect(FileManager.default.fileExists(atPath: target + "-shm") == (variant != .copiedWithoutShm))
 
         let before = StoreSnapshot(target)
         let keys: [(String, String, Int32)] = [
@@ -249,5 +259,56 @@ struct RefusedUnchangedTests {
         #expect(verify.status == 0, "\(verify.summary)")
         let marker = try await Py.run(Py.query, [target, "SELECT count(*) FROM es_meta WHERE key = 'esctl_test_marker'"], in: ws)
         #expect(marker == "1", "the commit in the WAL was lost")
+    }
+
+    @Test("With the right key: read-only commands, and refusals made before writing (unknown or shredded scope, no --yes), leave the database, -wal and -shm byte-identical, and read the commits only in the WAL",
+          .timeLimit(.minutes(5)), arguments: Variant.allCases)
+    func readOnlyCommandsAndEarlyRefusalsChangeNothing(_ variant: Variant) async throws {
+        let (ws, s, _) = try await CommandTests.seeded("readOnly" + variant.rawValue)
+        let shredded = try await ws.esctl(ws.with() + ["keys", "shred", s.bobScope, "--yes"])
+        try #require(shredded.status == 0, "\(shredded.summary)")
+        // A tombstone that only the WAL holds: the reads below must see it.
+        let (target, holder) = try await Self.liveWAL(ws, variant, sql: "INSERT INTO tombstones VALUES ('wal-only-scope', 1764000000, '1')")
+        defer { if let h = holder, h.process.isRunning { h.kill9() } }
+
+        let before = StoreSnapshot(target)
+        let key = ["--store", "sqlite:" + target, "--master-key-file", ws.keyPath]
+        let runs: [([String], Int32)] = [
+            (["keys", "list"], CLI.Code.ok), (["keys", "list", "--json"], CLI.Code.ok),
+            (["keys", "show", s.subject], CLI.Code.ok), (["keys", "show", s.subject, "--json"], CLI.Code.ok),
+            (["verify"], CLI.Code.ok), (["verify", "--json"], CLI.Code.ok),
+            (["export", s.subject], CLI.Code.ok), (["export", s.subject, "--json"], CLI.Code.ok),
+            (["stats"], CLI.Code.ok), (["stats", "--json"], CLI.Code.ok),
+            (["keys", "show", "no-such-scope"], CLI.Code.scopeNotFound), (["keys", "rotate", "no-such-scope"], CLI.Code.scopeNotFound),
+            (["keys", "shred", "no-such-scope", "--yes"], CLI.Code.scopeNotFound), (["export", "no-such-scope"], CLI.Code.scopeNotFound),
+            (["keys", "shred", s.subject], CLI.Code.usage),  // no --yes, and no terminal to ask on
+            (["keys", "shred", s.bobScope, "--yes"], CLI.Code.scopeShredded), (["keys", "rotate", s.bobScope], CLI.Code.scopeShredded),
+            (["export", s.bobScope], CLI.Code.scopeShredded),
+            (["keys", "rotate-master", "--new-master-key-file", ws.keyPath], CLI.Code.usage),  // the current key
+        ]
+        var outputs: [String: CLI.Result] = [:]
+        for (command, code) in runs {
+            let r = try await ws.esctl((command.first == "stats" ? ["--store", "sqlite:" + target] : key) + command)
+            #expect(r.status == code, "esctl \(command.joined(separator: " ")): \(r.summary)")
+            let after = StoreSnapshot(target)
+            #expect(after == before, "esctl \(command.joined(separator: " ")): \(after.difference(from: before))")
+            outputs[command.joined(separator: " ")] = r
+        }
+        #expect(outputs["keys list"]?.stdout.contains("wal-only-scope  shredded") == true, "\(outputs["keys list"]?.stdout ?? "")")
+        let stats = try parseJSONObject(try #require(outputs["stats --json"]))
+        #expect(stats["shredded_scopes"] as? Int == 2 && stats["events"] as? Int == s.totalEvents, "\(stats)")
+        #expect(outputs["export \(s.subject)"]?.stdout.split(separator: "\n").count == s.subjectEvents)
+        #expect(outputs["verify"]?.stdout.contains("events:    \(s.totalEvents - 2) ok, 2 shredded, 0 plaintext, 0 failing") == true,
+                "\(outputs["verify"]?.stdout ?? "")")
+
+        // A command that writes still works, and opening for writing is what checkpoints the WAL.
+        if let h = holder {
+            h.kill9()
+            _ = await h.wait()
+        }
+        let rotate = try await ws.esctl(key + ["keys", "rotate", s.subject])
+        #expect(rotate.status == 0, "\(rotate.summary)")
+        let tombstone = try await Py.run(Py.query, [target, "SELECT count(*) FROM tombstones WHERE scope = 'wal-only-scope'"], in: ws)
+        #expect(tombstone == "1", "the commit in the WAL was lost")
     }
 }

@@ -142,6 +142,34 @@ enum Stores {
         await store.close()
     }
 
+    /// Adds unencrypted records next to the encrypted ones of a seeded store, as an application
+    /// without its keyring would write them (through a store opened with `allowsPlaintextWrites`):
+    /// an account of its own (2 events, and a snapshot of it), and version 4 of the subject's
+    /// first account. So the store then holds 3 plaintext events (1 of them of an aggregate the
+    /// subject's export covers) and 1 plaintext snapshot.
+    /// - Returns: the id of the plaintext account.
+    @discardableResult
+    static func seedPlaintext(_ path: String, seeded s: Seeded) async throws -> UUID {
+        let store = try SQLiteStore(path: path, configuration: .init(allowsPlaintextWrites: true), logger: quiet)
+        do {
+            let app = Application(recorder: store, snapshots: store, mapper: Mapper(), logger: quiet)
+            var carol = try AggregateRoot<Account>(.opened(owner: "", name: "Carol Clear"))
+            try carol.record(.renamed(name: "Carol Plain"))
+            try await app.save(&carol)
+            try await app.takeSnapshot(Account.self, id: carol.id)
+            let event = DomainEvent<Account.Event>(originatorID: s.aliceAccounts[0], originatorVersion: 4, timestamp: Date(),
+                                                   event: .renamed(name: "Ada in the clear"))
+            let batch = try await Mapper().encode([event], of: Account.self, keyScope: s.subject)
+            try #require(batch.events.allSatisfy { $0.keyScope == nil }, "the records are not plaintext")
+            _ = try await store.insertEvents(batch.events)
+            await store.close()
+            return carol.id
+        } catch {
+            await store.close()
+            throw error
+        }
+    }
+
     /// Adds one Note with unlabeled payloads (scope `subject-notes`), with `key`.
     static func seedNotes(_ path: String, key: MasterKey) async throws {
         let (store, _, app) = try await open(path, keys: [key])
@@ -201,12 +229,15 @@ enum Py {
     /// Opens argv[1] with automatic checkpoints off, commits a write (so its WAL holds a
     /// commit no checkpoint has copied), then: argv[2] "copy" copies the database, its -wal and
     /// -shm to the path argv[3] (and "copy-wal" the database and -wal only) and exits; "hold"
-    /// says "ready" and keeps the connection open for argv[3] seconds.
+    /// says "ready" and keeps the connection open for argv[3] seconds. An argv[4], if given, is
+    /// SQL committed in the WAL too.
     static let liveWAL = """
         import shutil, sqlite3, sys, time
         db = sqlite3.connect(sys.argv[1], isolation_level=None)
         db.execute("PRAGMA wal_autocheckpoint = 0")
         db.execute("INSERT OR REPLACE INTO es_meta (key, value) VALUES ('esctl_test_marker', 1)")
+        if len(sys.argv) > 4:
+            db.executescript(sys.argv[4])
         if sys.argv[2] in ("copy", "copy-wal"):
             suffixes = ["", "-wal", "-shm"] if sys.argv[2] == "copy" else ["", "-wal"]
             for suffix in suffixes:
@@ -236,10 +267,76 @@ enum Py {
         db.close()
         """
 
+    /// Watches the store argv[1]: says "ready" once it reads it, then, as soon as some but not
+    /// all of its argv[3] data keys are wrapped by master key argv[2], sends signal argv[4] to
+    /// the process whose id is in the file argv[5] and prints "signalled N"; prints "gone" if
+    /// that process ended first, "timeout" after argv[6] seconds.
+    static let signalWhenMidway = """
+        import os, sqlite3, sys, time
+        db, new_id, total, signo, pidfile, limit = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
+        conn = sqlite3.connect(db, timeout=1)
+        count = lambda: conn.execute("SELECT count(*) FROM data_keys WHERE kek_id = ?", (new_id,)).fetchone()[0]
+        count()
+        print("ready", flush=True)
+        def read_pid():
+            text = open(pidfile).read().strip() if os.path.exists(pidfile) else ""
+            return int(text) if text.isdigit() else None
+        deadline = time.time() + limit
+        pid = None
+        while time.time() < deadline:
+            pid = pid or read_pid()
+            try:
+                n = count()
+            except sqlite3.Error:
+                n = -1
+            if 0 < n < total:
+                while pid is None and time.time() < deadline:
+                    pid = read_pid()
+                os.kill(pid, signo)
+                print("signalled", n, flush=True)
+                sys.exit(0)
+            if pid is not None:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    print("gone", n, flush=True)
+                    sys.exit(0)
+            time.sleep(0.0005)
+        print("timeout", flush=True)
+        """
+
     static func run(_ script: String, _ args: [String], in ws: Workspace,
                     sourceLocation: SourceLocation = #_sourceLocation) async throws -> String {
         let r = try await CLI.python(script, args, scratch: ws.dir)
         try #require(r.status == 0, "python3 failed: \(r.summary)", sourceLocation: sourceLocation)
         return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+extension Workspace {
+    /// Runs esctl with `args` (a master-key rotation of the store at `path`) and sends it
+    /// `signal` the moment the store holds some, not all, of its `total` data keys under master
+    /// key `newKeyID`: a watcher process polls the store from before esctl starts, so the moment
+    /// does not depend on how fast the rotation is or how loaded the machine is.
+    /// - Returns: esctl's result, and the watcher's last line (`signalled N` when it signalled).
+    func runSignalledMidway(_ args: [String], store path: String, newKeyID: String, total: Int, signal: Int32,
+                            sourceLocation: SourceLocation = #_sourceLocation) async throws -> (CLI.Result, String) {
+        let pidFile = self.path(".pid-\(UUID().uuidString.prefix(8))")
+        let watcher = try CLI.start(URL(fileURLWithPath: "/usr/bin/env"),
+                                    ["python3", "-u", "-c", Py.signalWhenMidway, path, newKeyID, "\(total)", "\(signal)", pidFile, "120"],
+                                    env: CLI.cleanEnvironment(home: dir.path), cwd: dir, scratch: dir)
+        // A deadline only for a watcher that never gets ready (its last line then says so).
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline, watcher.process.isRunning,
+              (try? String(contentsOf: watcher.outURL, encoding: .utf8))?.contains("ready") != true {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let running = try start(args)
+        try "\(running.pid)".write(toFile: pidFile, atomically: true, encoding: .utf8)
+        let watched = await watcher.wait()
+        let result = await finish(running, args: args, sourceLocation: sourceLocation)
+        try? FileManager.default.removeItem(atPath: pidFile)
+        let last = watched.stdout.split(separator: "\n").last.map(String.init) ?? ""
+        return (result, last + (watched.stderr.isEmpty ? "" : "; stderr: " + watched.stderr.prefix(300)))
     }
 }
