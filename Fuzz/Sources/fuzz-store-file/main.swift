@@ -35,6 +35,9 @@ let configuration = SQLiteStore.Configuration(synchronous: .normal, busyTimeout:
 }
 
 let path = (Fuzz.scratchDirectory as NSString).appendingPathComponent("store.sqlite")
+/// `FUZZ_ALLOW_REFUSED_OPEN_WRITES=1` skips the unchanged-file check, to keep fuzzing past the
+/// open finding in Fuzz/findings/ until it is fixed.
+let checkRefusedOpen = ProcessInfo.processInfo.environment["FUZZ_ALLOW_REFUSED_OPEN_WRITES"] != "1"
 
 /// Fails unless `error` is one of the library's typed errors.
 func typed(_ error: any Error, _ what: String) {
@@ -57,7 +60,9 @@ public func test(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let store: SQLiteStore
     do { store = try SQLiteStore(path: path, configuration: configuration) } catch {
         typed(error, "SQLiteStore(path:)")
-        guard FileManager.default.contents(atPath: path) == input else { Fuzz.fail("a refused open changed the file") }
+        guard !checkRefusedOpen || FileManager.default.contents(atPath: path) == input else {
+            Fuzz.fail("a refused open changed the file")
+        }
         return 0
     }
     let outcome = Fuzz.run { () async -> Void in
