@@ -21,8 +21,8 @@ struct ScrubState: Sendable {
 }
 
 extension SQLiteStore: ErasureResidueScrubbing {
-    /// The `-wal` file's size in bytes, 0 when there is none.
-    var walBytes: Int {
+    /// The size of the store's `-wal` file in bytes, 0 when there is none.
+    public var walBytes: Int {
         (try? FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int) ?? 0
     }
 
@@ -44,7 +44,7 @@ extension SQLiteStore: ErasureResidueScrubbing {
 
     /// Completes the WAL checkpoint that removes the old database pages holding erased keys:
     /// copies the WAL into the database file and truncates the WAL to zero bytes. Waits at most
-    /// `timeout` for read transactions (in any process) that hold it up, trying again every 100
+    /// `timeout` for read transactions (or writes, in any process) that hold it up, trying again every 100
     /// ms or less, and lets queued writes through between attempts.
     ///
     /// When it completes, no copy of a key erased by a shred is left in the database file, its
@@ -64,7 +64,7 @@ extension SQLiteStore: ErasureResidueScrubbing {
     public func checkpointTruncate() async -> Bool {
         do {
             if try await checkpointTruncate(within: configuration.scrubTimeout) { return true }
-            logger.warning("WAL checkpoint did not complete: a read transaction held it up; it will on a later checkpoint",
+            logger.warning("WAL checkpoint did not complete: a read transaction (or a write) held it up; it will on a later checkpoint",
                            metadata: ["path": "\(path)", "waited": "\(Self.seconds(configuration.scrubTimeout))"])
         } catch {
             logger.warning("WAL checkpoint failed", metadata: ["path": "\(path)", "error": "\(error)"])
@@ -79,14 +79,15 @@ extension SQLiteStore: ErasureResidueScrubbing {
         let limit = configuration.scrubTimeout
         // The same reader that held up the shred's checkpoint a moment ago holds up this one:
         // one attempt, no second wait.
-        let wait = scrubState.withLock { s -> Duration in
-            if let last = s.lastBlocked, now - last < Self.bounded(limit) * 2 + .milliseconds(100) { return .zero }
-            return limit
+        let again = scrubState.withLock { s -> Bool in
+            guard let last = s.lastBlocked else { return false }
+            return now - last < Self.bounded(limit) * 2 + .milliseconds(100)
         }
         do {
-            let completed = try await checkpointTruncate(within: wait)
+            let completed = try await checkpointTruncate(within: again ? .zero : limit)
             let status = record(completed: completed, waited: limit)
-            if status.pending {
+            // Said once per reader: a second step that did not wait again has nothing new to say.
+            if status.pending, !again {
                 logger.warning("erased key pages still in the database file or its WAL: \(status.description)",
                                metadata: ["path": "\(path)"])
             }
@@ -113,7 +114,7 @@ extension SQLiteStore: ErasureResidueScrubbing {
             return ErasureResidueStatus(pending: false, description: Self.cleanDescription(path))
         }
         let reason = "the database file \(path) and its -wal (\(walBytes) bytes) may still hold the old pages with an erased key: "
-            + "a read transaction (in this or another process) kept the WAL checkpoint from completing within "
+            + "a read transaction (or a write) in this or another process kept the WAL checkpoint from completing within "
             + "\(Self.seconds(waited)); once it has ended, run SQLiteStore.scrubErasureResidue(timeout:) or `esctl scrub` "
             + "(closing the last connection to the store also completes it)"
         scrubState.withLock {

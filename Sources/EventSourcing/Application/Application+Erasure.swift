@@ -148,8 +148,8 @@ extension Application {
         }
         logger.notice("shredded key scope", metadata: ["scope": "\(target)", "events": "\(affected)"])
         let residue = await erasureResidue(keyring.store)
-        if let residue {
-            logger.warning("copies of the erased key may remain in the store's files until a later step: \(residue)",
+        if residue != nil {
+            logger.warning("the receipt says residue is pending: the store's files may still hold copies of the erased key until a later step (its pendingResidue says which)",
                            metadata: ["scope": "\(target)"])
         }
         return ErasureReceipt(keyScope: target, shreddedAt: tombstone.shreddedAt,
