@@ -181,11 +181,38 @@ extension SQLiteStore {
             "UPDATE data_keys SET wrapped = zeroblob(length(wrapped)) WHERE scope = ? AND typeof(wrapped) = 'blob'")
         zero.bind(1, scope)
         try zero.run()
-        let erase = try conn.statement(
-            "UPDATE data_keys SET scope = '', version = -rowid, kek_id = '', wrapped = X'', created_at = 0 WHERE scope = ?")
+        let sql = "UPDATE data_keys SET scope = '', version = -rowid, kek_id = '', wrapped = X'', created_at = 0 WHERE scope = ?"
+        let erase: Statement
+        do {
+            erase = try conn.statement(sql)
+        } catch where error.message.contains("no such column: rowid") {
+            // The key table is back in its schema-2 layout (WITHOUT ROWID): an older version of
+            // the library, still running against this store after it was migrated, rebuilt it in
+            // its own shred. Convert it again, in this transaction (its stale copies go with the
+            // old table's pages), then erase.
+            try conn.execute(rowidDataKeys)
+            erase = try conn.statement(sql)
+        }
         erase.bind(1, scope)
         try erase.run()
     }
+
+    /// Schema 3's migration: `data_keys` as a rowid table, its rows copied in order (a new table
+    /// built by appends holds no stale copy of any key; the old one's freed pages are zeroed).
+    static let rowidDataKeys = """
+        ALTER TABLE data_keys RENAME TO data_keys_v2;
+        CREATE TABLE data_keys (
+            scope TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            kek_id TEXT NOT NULL,
+            wrapped BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (scope, version)
+        );
+        INSERT INTO data_keys (scope, version, kek_id, wrapped, created_at)
+            SELECT scope, version, kek_id, wrapped, created_at FROM data_keys_v2 ORDER BY scope, version;
+        DROP TABLE data_keys_v2;
+        """
 
     static func insertDataKey(_ key: WrappedDataKey, _ conn: SQLiteConnection) throws {
         if let t = try tombstone(key.scope, conn) {

@@ -278,23 +278,10 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         CREATE INDEX IF NOT EXISTS events_plaintext ON events (notification_id) WHERE key_scope IS NULL;
         """,
         // 3: data keys in a rowid table, so a shred erases a key in place at a cost that does not
-        // grow with the store (see SQLiteStore+KeyStore.swift, `shred`). Copying the rows in
-        // order leaves no stale copy of any key in the new table; the old table's pages are
-        // freed, and secure_delete zeroes them.
-        """
-        ALTER TABLE data_keys RENAME TO data_keys_v2;
-        CREATE TABLE data_keys (
-            scope TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            kek_id TEXT NOT NULL,
-            wrapped BLOB NOT NULL,
-            created_at REAL NOT NULL,
-            PRIMARY KEY (scope, version)
-        );
-        INSERT INTO data_keys (scope, version, kek_id, wrapped, created_at)
-            SELECT scope, version, kek_id, wrapped, created_at FROM data_keys_v2 ORDER BY scope, version;
-        DROP TABLE data_keys_v2;
-        """,
+        // grow with the store (SQLiteStore+KeyStore.swift: `eraseDataKeys`, `rowidDataKeys`).
+        // Copying the rows in order leaves no stale copy of any key in the new table; the old
+        // table's pages are freed, and secure_delete zeroes them.
+        rowidDataKeys,
     ]
 
     // MARK: Writer

@@ -336,6 +336,41 @@ struct ShredAtScaleTests {
 
     // MARK: Stores written before schema 3
 
+    @Test("A key table rebuilt in the schema-2 layout (by an older library still running against the migrated store) is converted back by the next shred, which leaves no copy")
+    func shredAfterAnOlderProcessRebuiltTheTable() async throws {
+        let dir = try TempDir("shred-mixed")
+        let db = dir.path("events.sqlite")
+        let store = try SQLiteStore(path: db)
+        var wrapped: [String: [UInt8]] = [:]
+        for i in 0..<300 {
+            let scope = "subject-\(i)"
+            let w = randomWrapped()
+            try await store.insertDataKey(WrappedDataKey(scope: scope, version: 1, kekID: "0123456789abcdef", wrapped: w,
+                                                         createdAt: Date(timeIntervalSince1970: 1_700_000_000.5 + Double(i))))
+            wrapped[scope] = w
+        }
+        // What a schema-2 shred did after deleting the scope's rows.
+        try tamper(db, """
+            CREATE TABLE data_keys_rebuild (scope TEXT NOT NULL, version INTEGER NOT NULL, kek_id TEXT NOT NULL,
+                wrapped BLOB NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (scope, version)) WITHOUT ROWID;
+            INSERT INTO data_keys_rebuild SELECT scope, version, kek_id, wrapped, created_at FROM data_keys;
+            DROP TABLE data_keys;
+            ALTER TABLE data_keys_rebuild RENAME TO data_keys;
+            """)
+        #expect(try scalar(db, "SELECT sql FROM sqlite_master WHERE name = 'data_keys'").contains("WITHOUT ROWID"))
+        let t = try await store.shred(scope: "subject-150", at: Date())
+        #expect(t.destroyedVersions == [1])
+        #expect(!(try scalar(db, "SELECT sql FROM sqlite_master WHERE name = 'data_keys'").contains("WITHOUT ROWID")))
+        #expect(try await store.dataKeys(scope: "subject-151").map(\.wrapped) == [try #require(wrapped["subject-151"])])
+        #expect(try await store.statistics().dataKeys == 299)
+        #expect(await store.checkpointTruncate())
+        await store.close()
+        let gone = NeedleSet(keyNeedles(try #require(wrapped["subject-150"])))
+        for (suffix, bytes) in databaseFiles(db) {
+            #expect(gone.found(in: bytes).isEmpty, "events.sqlite\(suffix) still holds the erased key")
+        }
+    }
+
     @Test("A schema-1 store is migrated to the rowid key table with every key intact and exactly once, and a shred of it leaves no copy")
     func migrationKeepsKeysAndScrubs() async throws {
         let dir = try TempDir("shred-migrate")
