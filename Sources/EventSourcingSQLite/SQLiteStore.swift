@@ -59,6 +59,15 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         }
     }
 
+    /// A duration's whole milliseconds for SQLite's busy timeout, clamped to 0…Int32.max (a huge
+    /// or negative `busyTimeout` must not trap).
+    static func milliseconds(_ c: (seconds: Int64, attoseconds: Int64)) -> Int32 {
+        let (ms, overflow) = c.seconds.multipliedReportingOverflow(by: 1000)
+        guard !overflow else { return c.seconds < 0 ? 0 : Int32.max }
+        let total = ms.addingReportingOverflow(c.attoseconds / 1_000_000_000_000_000)
+        return total.overflow ? Int32.max : Int32(clamping: max(0, total.partialValue))
+    }
+
     /// The schema version this code writes.
     public static let schemaVersion = 3
 
@@ -92,7 +101,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
 
     private var busyMillis: Int32 {
         let c = configuration.busyTimeout.components
-        return Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000)
+        return SQLiteStore.milliseconds(c)
     }
 
     /// Opens (creating if needed) the store at `path`; with ``Configuration/readOnly``, opens
@@ -108,7 +117,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         self.logger = logger
         try SQLiteFile.validate(path: path)
         let c = configuration.busyTimeout.components
-        let busy = Int32(clamping: c.seconds * 1000 + c.attoseconds / 1_000_000_000_000_000)
+        let busy = SQLiteStore.milliseconds(c)
         if configuration.readOnly {
             let access = try ReadOnlyAccess(path: path)
             do {

@@ -398,10 +398,13 @@ struct KeysShred: AsyncParsableCommand {
         var eventsAffected: Int
         var snapshotsDeleted: Int
         var plaintextEventsInStore: Int?
+        var residuePending: Bool
+        var pendingResidue: String?
         enum CodingKeys: String, CodingKey {
             case scope, shreddedAt = "shredded_at", destroyedKeyVersions = "destroyed_key_versions"
             case eventsAffected = "events_affected", snapshotsDeleted = "snapshots_deleted"
             case plaintextEventsInStore = "plaintext_events_in_store"
+            case residuePending = "residue_pending", pendingResidue = "pending_residue"
         }
     }
 
@@ -435,7 +438,8 @@ struct KeysShred: AsyncParsableCommand {
                     try JSONOut.print(Receipt(scope: r.keyScope, shreddedAt: JSONOut.date(r.shreddedAt),
                                               destroyedKeyVersions: r.destroyedKeyVersions.map(Int.init),
                                               eventsAffected: r.eventsAffected, snapshotsDeleted: r.snapshotsDeleted,
-                                              plaintextEventsInStore: r.plaintextEventsInStore))
+                                              plaintextEventsInStore: r.plaintextEventsInStore,
+                                              residuePending: r.residuePending, pendingResidue: r.pendingResidue))
                 } else {
                     print("erasure receipt")
                     print("  scope:                  \(r.keyScope)")
@@ -446,6 +450,7 @@ struct KeysShred: AsyncParsableCommand {
                     if let plaintext = r.plaintextEventsInStore {
                         print("  plaintext events:       \(plaintext)" + (plaintext > 0 ? " (anywhere in the store; no shred erases them)" : ""))
                     }
+                    print("  residue pending:        \(r.residuePending ? "yes: " + (r.pendingResidue ?? "run 'esctl scrub'") : "no")")
                 }
             }
         }

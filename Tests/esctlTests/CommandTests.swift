@@ -178,6 +178,7 @@ struct CommandTests {
         #expect(j["destroyed_key_versions"] as? [Int] == [1])
         #expect(j["events_affected"] as? Int == 2)
         #expect(j["snapshots_deleted"] as? Int == 1)
+        #expect(j["residue_pending"] as? Bool == false, "no reader held the checkpoint")
         let stats = try parseJSONObject(try await ws.esctl(["--store", ws.storeURL, "stats", "--json"]))
         #expect(stats["snapshots"] as? Int == 0)
         #expect(stats["shredded_scopes"] as? Int == 1)
