@@ -336,7 +336,7 @@ public final class Mapper: Sendable {
                            topic: stored.topic, notificationID: notificationID, keyScope: StateHeader.peekKeyScope(stored.state))
     }
 
-    /// Maps key-management errors onto the read outcomes of DESIGN.md.
+    /// Maps key-management errors onto the read outcomes listed in Docs/Concepts.md.
     static func translate(_ error: any Error, stored: StoredEvent?, scope: String) -> EventSourcingError {
         if var e = error as? EventSourcingError {
             // A store error raised while fetching the key (a corrupt database, say) still names the record.
