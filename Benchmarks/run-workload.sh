@@ -18,9 +18,8 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 shared=$(cd ../.. && pwd)/shared/bench
 [ -d "$shared" ] || shared=$(cd .. && pwd)/../shared/bench
 work=$(mktemp -d /tmp/es-bench.XXXXXX)
-if [ -f "$workload" ]; then
-    workload="$workload"
-else
+workload="$shared/workload-10k-aggregates.jsonl.gz"
+if [ ! -f "$workload" ]; then
     log "!!! ../shared/bench not found: generating an equivalent workload; the peer is SKIPPED !!!"
     workload="$work/workload-generated.jsonl.gz"
     python3 generate-workload.py "$workload" 10000
