@@ -8,7 +8,7 @@ import Testing
 import Glibc
 #endif
 
-/// What Docs/Operations.md documents: the exit-code table (§11) and every error example of
+/// What the runbook (the Operations article, Sources/EventSourcing/EventSourcing.docc/Operations.md) documents: the exit-code table (§11) and every error example of
 /// §13 (code-block lines starting `esctl: ` and the first column of its tables).
 enum Runbook {
     struct ExitRow: Sendable {
@@ -23,7 +23,7 @@ enum Runbook {
         var testDescription: String { "§\(section) [\(exit.map(String.init) ?? "?")] \(message.prefix(70))" }
     }
 
-    static var path: URL { CLI.packageRoot.appendingPathComponent("Docs/Operations.md") }
+    static var path: URL { CLI.packageRoot.appendingPathComponent("Sources/EventSourcing/EventSourcing.docc/Operations.md") }
     static var text: String { (try? String(contentsOf: path, encoding: .utf8)) ?? "" }
 
     /// The lines of the part of the runbook from the heading that starts with `heading` to the next heading of the same level.
@@ -484,7 +484,7 @@ enum Scenario {
 /// Thrown by a scenario that cannot run in a test.
 struct ScenarioUnavailable: Error {}
 
-/// F: the runbook (Docs/Operations.md) and the tool cannot drift apart: its exit-code table
+/// F: the runbook (the Operations article of the EventSourcing catalog) and the tool cannot drift apart: its exit-code table
 /// and every error example of its troubleshooting section are run against the binary.
 @Suite("Docs/Operations.md matches esctl")
 struct RunbookTests {
