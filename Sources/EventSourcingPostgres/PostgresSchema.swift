@@ -1,3 +1,8 @@
+import EventSourcing
+import Logging
+import PostgresNIO
+import Synchronization
+
 /// The DDL and the save function. `s` is a validated plain identifier (see PostgresConfiguration).
 enum PostgresSchema {
     static func version1(_ s: String) -> [String] {
@@ -208,5 +213,51 @@ enum PostgresSchema {
         END
         $fn$
         """
+    }
+}
+
+extension PostgresStore {
+    func migrate() async throws {
+        let s = schema
+        try await timed {
+            try await self.client.withTransaction(logger: self.logger) { conn in
+                try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\("eventsourcing-schema:" + self.configuration.schema)))",
+                                     logger: self.logger)
+                try await conn.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: s)", logger: self.logger)
+                try await conn.query(
+                    "CREATE TABLE IF NOT EXISTS \(unescaped: s).es_meta (key text PRIMARY KEY, value bigint NOT NULL)",
+                    logger: self.logger)
+                var stored: Int64?
+                for try await v in try await conn.query(
+                    "SELECT value FROM \(unescaped: s).es_meta WHERE key = 'schema_version'", logger: self.logger).decode(Int64.self) {
+                    stored = v
+                }
+                // Only this function writes the version, after the tables, in one transaction.
+                if let stored, stored < 1 {
+                    throw EventSourcingError(.databaseCorrupt,
+                        "schema \(s) has schema_version \(stored), not a schema version (1 or more)")
+                }
+                let found = stored.map { Int(clamping: $0) } ?? 0
+                if found > PostgresStore.schemaVersion {
+                    throw EventSourcingError(.unsupportedSchema,
+                        "schema \(s) has version \(found); this library reads up to \(PostgresStore.schemaVersion). Upgrade the library.")
+                }
+                if found < 1 {
+                    for statement in PostgresSchema.version1(s) {
+                        try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
+                    }
+                }
+                // Unencrypted events, counted without a scan (encrypted rows never enter the index).
+                try await conn.query(
+                    "CREATE INDEX IF NOT EXISTS events_plaintext ON \(unescaped: s).events (notification_id) WHERE key_scope IS NULL",
+                    logger: self.logger)
+                // The functions are replaced on every start, so a fix to them needs no migration.
+                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.insertSavesFunction(s)), logger: self.logger)
+                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.readAggregatesFunction(s)), logger: self.logger)
+                try await conn.query(
+                    "INSERT INTO \(unescaped: s).es_meta (key, value) VALUES ('schema_version', \(Int64(PostgresStore.schemaVersion))) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    logger: self.logger)
+            }
+        }
     }
 }

@@ -1,0 +1,71 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+import NIOCore
+import PostgresNIO
+
+extension PostgresStore {
+    public func countPlaintextEvents() async throws -> Int {
+        let s = schema
+        return try await run { client in
+            var n: Int64 = 0
+            for try await v in try await client.query("SELECT count(*) FROM \(unescaped: s).events WHERE key_scope IS NULL",
+                                                      logger: self.logger).decode(Int64.self) { n = v }
+            return Int(n)
+        }
+    }
+
+    public func countEvents(keyScope: String) async throws -> Int {
+        let s = schema
+        return try await run { client in
+            var n: Int64 = 0
+            for try await v in try await client.query("SELECT count(*) FROM \(unescaped: s).events WHERE key_scope = \(keyScope)",
+                                                      logger: self.logger).decode(Int64.self) { n = v }
+            return Int(n)
+        }
+    }
+
+    /// Notifications whose header names `keyScope`, ascending, after notification `after`.
+    public func selectNotifications(keyScope: String, after: Int64, limit: Int) async throws -> [StoredNotification] {
+        let s = schema
+        let lim = Int64(limit)
+        return try await run { client in
+            try await PostgresStore.notifications(try await client.query("""
+                SELECT notification_id, originator_id, originator_version, topic, state FROM \(unescaped: s).events
+                WHERE key_scope = \(keyScope) AND notification_id > \(after) ORDER BY notification_id LIMIT \(lim)
+                """, logger: self.logger))
+        }
+    }
+
+    /// Counts of what the store holds (sizes from `pg_total_relation_size`).
+    public func statistics() async throws -> [String: Int] {
+        let s = schema
+        return try await run { client in
+            var out: [String: Int] = [:]
+            for try await (e, a, sn, sc, dk, sh, b) in try await client.query("""
+                SELECT (SELECT count(*) FROM \(unescaped: s).events),
+                       (SELECT count(DISTINCT originator_id) FROM \(unescaped: s).events),
+                       (SELECT count(*) FROM \(unescaped: s).snapshots),
+                       (SELECT count(DISTINCT scope) FROM \(unescaped: s).data_keys),
+                       (SELECT count(*) FROM \(unescaped: s).data_keys),
+                       (SELECT count(*) FROM \(unescaped: s).tombstones),
+                       (pg_total_relation_size('\(unescaped: s).events'::regclass) + pg_total_relation_size('\(unescaped: s).snapshots'::regclass))::bigint
+                """, logger: self.logger).decode((Int64, Int64, Int64, Int64, Int64, Int64, Int64).self) {
+                out = ["events": Int(e), "aggregates": Int(a), "snapshots": Int(sn), "key_scopes": Int(sc),
+                       "data_keys": Int(dk), "shredded_scopes": Int(sh), "bytes_on_disk": Int(b)]
+            }
+            return out
+        }
+    }
+
+    /// Drops the store's schema and everything in it, then closes the store. Irreversible:
+    /// meant for tests and for tearing down throwaway stores.
+    public func destroy() async throws {
+        let s = schema
+        _ = try await run { client in
+            try await client.query("DROP SCHEMA IF EXISTS \(unescaped: s) CASCADE", logger: self.logger)
+            return 0
+        }
+        await close()
+    }
+}
