@@ -197,23 +197,6 @@ extension SQLiteStore {
         try erase.run()
     }
 
-    /// Schema 3's migration: `data_keys` as a rowid table, its rows copied in order (a new table
-    /// built by appends holds no stale copy of any key; the old one's freed pages are zeroed).
-    static let rowidDataKeys = """
-        ALTER TABLE data_keys RENAME TO data_keys_v2;
-        CREATE TABLE data_keys (
-            scope TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            kek_id TEXT NOT NULL,
-            wrapped BLOB NOT NULL,
-            created_at REAL NOT NULL,
-            PRIMARY KEY (scope, version)
-        );
-        INSERT INTO data_keys (scope, version, kek_id, wrapped, created_at)
-            SELECT scope, version, kek_id, wrapped, created_at FROM data_keys_v2 ORDER BY scope, version;
-        DROP TABLE data_keys_v2;
-        """
-
     static func insertDataKey(_ key: WrappedDataKey, _ conn: SQLiteConnection) throws {
         if let t = try tombstone(key.scope, conn) {
             throw KeyManagementError(.shredded, "the scope was shredded", scope: key.scope, shreddedAt: t.shreddedAt)
