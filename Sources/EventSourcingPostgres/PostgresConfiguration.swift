@@ -38,7 +38,7 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
     public var keepAliveInterval: Duration?
     /// For migrations only: accept unencrypted events and snapshots although the store has a
     /// master key. Off by default: such a store refuses them with
-    /// ``EventSourcing/EventSourcingError/Code/plaintextRejected``, so an application opened
+    /// `EventSourcingError.Code.plaintextRejected`, so an application opened
     /// without its keyring cannot write personal data in the clear.
     public var allowsPlaintextWrites: Bool = false
 
@@ -63,7 +63,7 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
 
     /// Parses `postgres://user:password@host:port/database?sslmode=disable&schema=name&pool_size=10`
     /// (also `connect_timeout` and `keepalive_interval`, in seconds).
-    /// - Throws: ``EventSourcingError`` `.invalidArgument` (the message never contains the password).
+    /// - Throws: `EventSourcingError` `.invalidArgument` (the message never contains the password).
     public init(url: String) throws {
         guard let c = URLComponents(string: url), c.scheme == "postgres" || c.scheme == "postgresql" else {
             throw EventSourcingError(.invalidArgument, "not a postgres:// URL")
@@ -109,7 +109,7 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
 
     /// The schema name goes into SQL, so it must be a plain identifier (letters, digits,
     /// underscores; at most 63), whether it comes from a URL or is set in code.
-    /// - Throws: ``EventSourcingError`` `.invalidArgument`.
+    /// - Throws: `EventSourcingError` `.invalidArgument`.
     static func validateSchema(_ name: String) throws {
         guard name.range(of: "^[A-Za-z_][A-Za-z0-9_]{0,62}$", options: .regularExpression) != nil else {
             throw EventSourcingError(.invalidArgument, "schema name must be a plain SQL identifier")
@@ -117,7 +117,7 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
     }
 
     /// From `ES_POSTGRES_URL`, else libpq's `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`.
-    /// - Throws: ``EventSourcingError`` `.invalidArgument` when neither is set.
+    /// - Throws: `EventSourcingError` `.invalidArgument` when neither is set.
     public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> PostgresConfiguration {
         if let url = env["ES_POSTGRES_URL"], !url.isEmpty { return try PostgresConfiguration(url: url) }
         guard let user = env["PGUSER"] else {

@@ -13,11 +13,11 @@ extension SQLiteStore {
     /// close checkpoints the WAL into the database and deletes it. A command that then refuses
     /// the key would have changed the files anyway.
     /// - Returns: an empty array for a new, empty database (no schema yet).
-    /// - Throws: ``EventSourcing/EventSourcingError`` `.databaseUnavailable` if the file is
+    /// - Throws: `EventSourcingError` `.databaseUnavailable` if the file is
     ///   missing or unreadable, `.databaseCorrupt` for a file that is not a SQLite database or is
     ///   truncated, `.unsupportedSchema` for a newer schema or a database that is not an event
     ///   store, `.databaseLocked` if another process holds it for longer than `busyTimeout`;
-    ///   ``KeyManagement/KeyManagementError/Code/storeFailure`` for a check row that does not
+    ///   `KeyManagementError.Code.storeFailure` for a check row that does not
     ///   hold what the library writes.
     public static func masterKeyChecks(readingOnly path: String, busyTimeout: Duration = .seconds(5)) async throws -> [MasterKeyCheck] {
         let store = try SQLiteStore(path: path, configuration: Configuration(busyTimeout: busyTimeout, readOnly: true),

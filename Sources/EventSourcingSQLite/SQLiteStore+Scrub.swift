@@ -50,7 +50,7 @@ extension SQLiteStore: ErasureResidueScrubbing {
     /// When it completes, no copy of a key erased by a shred is left in the database file, its
     /// `-wal` or its `-shm` (SECURITY.md §7.1 says why, and what the filesystem may still keep).
     /// - Returns: `pending == false` when the checkpoint completed; otherwise what is pending.
-    /// - Throws: ``EventSourcing/EventSourcingError`` `.databaseUnavailable` for a closed or
+    /// - Throws: `EventSourcingError` `.databaseUnavailable` for a closed or
     ///   read-only store; the SQLite error of a checkpoint that failed (an I/O error).
     public func scrubErasureResidue(timeout: Duration) async throws -> ErasureResidueStatus {
         let completed = try await checkpointTruncate(within: timeout)

@@ -31,7 +31,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         public var readers: Int
         /// For migrations only: accept unencrypted events and snapshots although the store has
         /// a master key (an encrypted application uses it). Off by default: such a store refuses
-        /// them with ``EventSourcing/EventSourcingError/Code/plaintextRejected``, so an
+        /// them with `EventSourcingError.Code.plaintextRejected`, so an
         /// application opened without its keyring cannot write personal data in the clear.
         public var allowsPlaintextWrites: Bool
         /// Open the store for reading only, without changing a byte of the database, its `-wal`
@@ -39,7 +39,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         /// crash, or copied with a backup, holds commits the database file lacks: they are read,
         /// not checkpointed). The database must exist; it is neither created nor migrated (an
         /// older schema is read as it is). Every write throws
-        /// ``EventSourcing/EventSourcingError/Code/databaseUnavailable``. For inspection tools and
+        /// `EventSourcingError.Code.databaseUnavailable`. For inspection tools and
         /// for checks that must change nothing, such as a master-key check before a write.
         public var readOnly: Bool
         /// How long a shred (and the snapshot deletion after it) waits for the WAL checkpoint
@@ -106,7 +106,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
 
     /// Opens (creating if needed) the store at `path`; with ``Configuration/readOnly``, opens
     /// an existing store for reading only.
-    /// - Throws: ``EventSourcingError`` `.databaseCorrupt` for a file that is not a SQLite database
+    /// - Throws: `EventSourcingError` `.databaseCorrupt` for a file that is not a SQLite database
     ///   or is truncated, `.unsupportedSchema` for a newer schema or a database that is not an
     ///   event store, `.databaseUnavailable` for a path that cannot be opened or written (read
     ///   only: that does not exist), `.databaseLocked`. The file is not changed when opening fails.

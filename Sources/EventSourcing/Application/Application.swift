@@ -17,7 +17,7 @@ public struct Recording: Sendable, Hashable {
 /// An event-sourced application: saves aggregates, gets them back, snapshots them, exposes
 /// the notification log, and erases key scopes.
 ///
-/// Encryption is a property of the ``Mapper``: give it a ``Keyring`` and every record is
+/// Encryption is a property of the ``Mapper``: give it a `Keyring` and every record is
 /// compressed and encrypted; nothing in the application or the aggregates changes.
 public final class Application: Sendable {
     /// Where events (and the notification log) are stored.
