@@ -115,8 +115,10 @@ extension Application {
     /// A UUID-shaped scope is looked up in the spelling it is stored under, so
     /// `shred(keyScope: id.uuidString)` (uppercase) erases the lowercase scope the aggregate
     /// writes under.
-    /// - Parameter ifAbsent: what to do when the scope has never had a key: refuse (the default)
-    ///   or tombstone it ahead of time.
+    /// - Parameters:
+    ///   - keyScope: the key scope to erase: a data subject's id, or an aggregate's id.
+    ///   - ifAbsent: what to do when the scope has never had a key: refuse (the default)
+    ///     or tombstone it ahead of time.
     /// - Throws: ``EventSourcingError`` `.keyScopeNotFound` (nothing changed), `.shredded` if
     ///   already shredded, `.invalidArgument` without a keyring (nothing is encrypted, so nothing
     ///   can be shredded).

@@ -37,6 +37,8 @@ public final class Application: Sendable {
     ///   - snapshots: the snapshot store; needed for ``takeSnapshot(_:id:version:)`` and intervals.
     ///   - mapper: the pipeline; `Mapper()` stores plaintext JSON (zlib-compressed).
     ///   - snapshotIntervals: automatic snapshotting, e.g. `["Dog": 100]`.
+    ///   - logger: where the application logs shreds, failed automatic snapshots and retries (never key
+    ///     bytes or payloads).
     public init(recorder: any ApplicationRecorder, snapshots: (any SnapshotRecorder)? = nil, mapper: Mapper = Mapper(),
                 snapshotIntervals: [String: Int] = [:], logger: Logger = Logger(label: "eventsourcing.application")) {
         self.recorder = recorder
