@@ -72,7 +72,7 @@ public final class Keyring: Sendable {
         /// The key to encrypt with.
         public let key: DataKey
         /// Set when the key was minted for this write and is not stored yet. Persist it in the
-        /// same transaction as the events (or before them), then call ``Keyring/didPersist(_:)``.
+        /// same transaction as the events (or before them), then call `didPersist(_:material:)`.
         public let pending: WrappedDataKey?
     }
 
