@@ -9,6 +9,7 @@
 #   CI=true              a missing PostgreSQL is a failure, never a skip
 #   ES_POSTGRES_URL      use this server instead of starting one
 #   ES_SKIP_POSTGRES=1   (not with CI) run without PostgreSQL; the PostgreSQL tests say so loudly
+#   ES_SKIP_DOCS=1       (not with CI) skip generating the documentation (scripts/docs.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,5 +86,13 @@ fi
 
 log "building (debug, with tests)"
 swift build --build-tests
+# The DocC documentation of every library module, warnings as errors: a broken symbol or
+# article link fails the run. After the build, so the plugin finds the modules built.
+if [ -n "${ES_SKIP_DOCS:-}" ] && [ "${CI:-}" != "true" ]; then
+    log "!!! ES_SKIP_DOCS is set: the documentation is NOT checked !!!"
+else
+    log "generating the documentation (scripts/docs.sh)"
+    scripts/docs.sh
+fi
 log "running tests"
 swift test --skip-build "$@"
