@@ -47,7 +47,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     let prefetchedKeys = Mutex(PrefetchedKeys())
 
     /// Connects, and creates or migrates the schema.
-    /// - Throws: ``EventSourcingError`` `.databaseUnavailable` (cannot connect or authenticate),
+    /// - Throws: `EventSourcingError` `.databaseUnavailable` (cannot connect or authenticate),
     ///   `.unsupportedSchema` (written by a newer version), `.invalidArgument`.
     public init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "eventsourcing.postgres")) async throws {
         // Also when set in code, not only from a URL: the name is written into SQL (quoted, below).
