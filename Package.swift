@@ -38,16 +38,19 @@ let package = Package(
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
 
+        // Internal concurrency primitives (no product): the bounded resource pool and the batching queue.
+        .target(name: "ESConcurrency", swiftSettings: strict),
+
         // The security kernel: AEAD, key material, master and data keys, key stores.
         .target(name: "KeyManagement",
-                dependencies: ["COpenSSL", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["COpenSSL", "ESConcurrency", .product(name: "Logging", package: "swift-log")],
                 path: "KeyManagement",
                 swiftSettings: strict),
         .target(name: "EventSourcing",
-                dependencies: ["KeyManagement", "CZlib", .product(name: "Logging", package: "swift-log")],
+                dependencies: ["KeyManagement", "ESConcurrency", "CZlib", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .target(name: "EventSourcingSQLite",
-                dependencies: ["EventSourcing", "KeyManagement", "CSQLite",
+                dependencies: ["EventSourcing", "KeyManagement", "ESConcurrency", "CSQLite",
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .target(name: "EventSourcingPostgres",
@@ -73,6 +76,7 @@ let package = Package(
         .target(name: "ESTestSupport", dependencies: ["EventSourcing", "EventSourcingPostgres"], path: "Tests/TestSupport",
                 swiftSettings: strict),
 
+        .testTarget(name: "ESConcurrencyTests", dependencies: ["ESConcurrency"], swiftSettings: strict),
         .testTarget(name: "KeyManagementTests",
                     dependencies: ["KeyManagement"],
                     resources: [.copy("Fixtures")],

@@ -1,0 +1,85 @@
+import ESConcurrency
+import Synchronization
+import Testing
+
+final class Flag: Sendable {
+    let value = Atomic(false)
+}
+
+@Suite struct BatchingQueueTests {
+    @Test func firstRequestDrainsAndLaterOnesJoinTheNextBatch() {
+        let q = BatchingQueue<Int>(maxWaiting: 10)
+        #expect(q.enqueue(1) == .startDraining)
+        #expect(q.enqueue(2) == .queued)
+        #expect(q.nextBatch() == [1, 2])
+        // While that batch is in flight, requests accumulate for the next one.
+        #expect(q.enqueue(3) == .queued)
+        #expect(q.enqueue(4) == .queued)
+        #expect(q.isDraining)
+        #expect(q.nextBatch() == [3, 4])
+        #expect(q.nextBatch() == [])
+        #expect(!q.isDraining)
+        #expect(q.enqueue(5) == .startDraining)
+    }
+
+    @Test func batchLimitTakesTheOldestFirst() {
+        let q = BatchingQueue<Int>(maxWaiting: 10)
+        for i in 0..<5 { _ = q.enqueue(i) }
+        #expect(q.nextBatch(limit: 2) == [0, 1])
+        #expect(q.nextBatch(limit: 2) == [2, 3])
+        #expect(q.nextBatch(limit: 2) == [4])
+        #expect(q.nextBatch(limit: 2) == [])
+    }
+
+    @Test func waitingRequestsAreBounded() {
+        let q = BatchingQueue<Int>(maxWaiting: 2)
+        #expect(q.enqueue(1) == .startDraining)
+        #expect(q.enqueue(2) == .queued)
+        #expect(q.enqueue(3) == .full)
+        #expect(q.waitingCount == 2)
+        // The batch in flight does not count against the bound.
+        #expect(q.nextBatch() == [1, 2])
+        #expect(q.enqueue(3) == .queued)
+        #expect(q.enqueue(4) == .queued)
+        #expect(q.enqueue(5) == .full)
+    }
+
+    @Test func removeWaitingTakesOnlyQueuedRequests() {
+        let q = BatchingQueue<Int>(maxWaiting: 10)
+        _ = q.enqueue(1)
+        #expect(q.nextBatch() == [1])
+        _ = q.enqueue(2)
+        _ = q.enqueue(3)
+        #expect(q.removeWaiting { $0 == 1 || $0 == 3 } == [3])
+        #expect(q.nextBatch() == [2])
+    }
+
+    @Test func closeWaitsForTheBatchInFlightAndRefusesLaterRequests() async {
+        let q = BatchingQueue<Int>(maxWaiting: 10)
+        #expect(q.enqueue(1) == .startDraining)
+        let closed = Flag()
+        let closer = Task {
+            await q.close()
+            closed.value.store(true, ordering: .sequentiallyConsistent)
+        }
+        // close() refuses new requests at once, but returns only when the drainer is done.
+        var before = 0   // requests queued before close() ran are still served
+        while q.enqueue(99) != .closed {
+            before += 1
+            await Task.yield()
+        }
+        #expect(q.nextBatch() == [1] + Array(repeating: 99, count: before))
+        let closedEarly = closed.value.load(ordering: .sequentiallyConsistent)
+        #expect(!closedEarly)
+        #expect(q.nextBatch() == [])
+        await closer.value
+        let closedLate = closed.value.load(ordering: .sequentiallyConsistent)
+        #expect(closedLate)
+    }
+
+    @Test func closeOfAnIdleQueueReturnsAtOnce() async {
+        let q = BatchingQueue<Int>(maxWaiting: 10)
+        await q.close()
+        #expect(q.enqueue(1) == .closed)
+    }
+}
