@@ -1,114 +1,119 @@
 import EventSourcing
+import NIOCore
 import PostgresNIO
 import Synchronization
 
-/// Operation deadlines for one store, checked by a single background task a few times a second.
+/// Operation deadlines for one store, each a timer on the event loop of the store's connections
+/// (`EventLoop.scheduleTask(in:)`), cancelled when its operation finishes first.
 ///
 /// Every query runs under a deadline so nothing waits forever on a dead server (the pool would
-/// wait for a connection for as long as it takes). One sleeping timer per query — what this
-/// replaced — cost a task, a timer registration and a thread wake-up per query; registering a
-/// deadline here is a dictionary insert under a lock. Deadlines fire up to ``granularity`` late.
+/// wait for a connection for as long as it takes). Deadlines are registered from the store's
+/// tasks, which run on that event loop: scheduling and cancelling a timer there is a heap
+/// insert and removal on the loop's own thread, with no wake-up of another thread. A deadline
+/// fires when its time comes (within the loop's timer resolution), not at the next poll.
 final class Deadlines: Sendable {
-    /// How often expired deadlines are looked for.
-    static let granularity: Duration = .milliseconds(100)
-
-    private struct Entry {
-        var deadline: ContinuousClock.Instant
-        var expire: @Sendable () -> Void
+    /// A registered deadline; ``Deadlines/remove(_:)`` cancels its timer.
+    struct Token: Sendable {
+        fileprivate let scheduled: Scheduled<Void>
     }
 
-    private struct State {
-        var next: UInt64 = 0
-        var entries: [UInt64: Entry] = [:]
-        var stopped = false
+    let loop: any EventLoop
+    private let stopped = Atomic<Bool>(false)
+
+    init(loop: any EventLoop) {
+        self.loop = loop
     }
 
-    private let state = Mutex(State())
-
-    /// Registers `expire` to run once `after` has passed, unless ``remove(_:)`` comes first.
-    /// Returns nil (and registers nothing) once the checker has stopped.
-    func add(after: Duration, expire: @escaping @Sendable () -> Void) -> UInt64? {
-        let deadline = ContinuousClock.now + after
-        return state.withLock { s -> UInt64? in
-            guard !s.stopped else { return nil }
-            s.next &+= 1
-            s.entries[s.next] = Entry(deadline: deadline, expire: expire)
-            return s.next
-        }
+    /// Registers `expire` to run on the event loop once `after` has passed, unless
+    /// ``remove(_:)`` comes first. Returns nil (and registers nothing) once stopped.
+    func add(after: Duration, expire: @escaping @Sendable () -> Void) -> Token? {
+        guard !stopped.load(ordering: .relaxed) else { return nil }
+        let c = after.components
+        // Saturating: a huge timeout is "never" rather than a trap.
+        let (whole, o1) = c.seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        let (ns, o2) = whole.addingReportingOverflow(c.attoseconds / 1_000_000_000)
+        let delay: TimeAmount = o1 || o2 ? .nanoseconds(.max) : .nanoseconds(max(0, ns))
+        return Token(scheduled: loop.scheduleTask(in: delay) { [self] in
+            if !stopped.load(ordering: .relaxed) { expire() }
+        })
     }
 
-    func remove(_ token: UInt64?) {
-        guard let token else { return }
-        _ = state.withLock { $0.entries.removeValue(forKey: token) }
+    /// Cancels the timer of `token` (nothing happens if it has fired).
+    func remove(_ token: Token?) {
+        token?.scheduled.cancel()
     }
 
-    /// Runs expired entries (outside the lock). Returns false once stopped.
-    func fireExpired(now: ContinuousClock.Instant = .now) -> Bool {
-        let (expired, running) = state.withLock { s -> ([@Sendable () -> Void], Bool) in
-            guard !s.entries.isEmpty else { return ([], !s.stopped) }
-            var out: [@Sendable () -> Void] = []
-            for (k, e) in s.entries where e.deadline <= now {
-                out.append(e.expire)
-                s.entries.removeValue(forKey: k)
-            }
-            return (out, !s.stopped)
-        }
-        for e in expired { e() }
-        return running
-    }
-
-    /// Stops the checker. Operations still running end with the closed pool's error instead.
+    /// Stops: later deadlines are not registered, and timers still pending do nothing when they
+    /// fire. Operations still running end with the closed pool's error instead.
     func stop() {
-        state.withLock { s in
-            s.stopped = true
-            s.entries.removeAll()
-        }
-    }
-
-    /// The checking loop; runs until ``stop()`` or cancellation.
-    static func check(_ deadlines: Deadlines) async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: granularity)
-            if !deadlines.fireExpired() { return }
-        }
+        stopped.store(true, ordering: .relaxed)
     }
 }
 
 extension PostgresStore {
-    /// Runs `body`, failing with `.databaseUnavailable` after the operation timeout instead of hanging.
+    /// Runs `body`, failing with `.databaseUnavailable` after the operation timeout instead of
+    /// hanging. A cancelled caller cancels `body`'s task (see ``run(_:)``, which then closes the
+    /// connection so the server stops the query) and gets `CancellationError`, unless the work
+    /// finished first.
     func timed<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
         }
         let timeout = configuration.operationTimeout
         let waiters = Waiters<T>()
-        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
-            waiters.set([c])
-            let handle = CancelHandle()
-            // The work runs in a task of its own so the timeout can cancel it (which also gives
-            // up a wait for a pool connection) and answer the caller at once.
-            let token = deadlines.add(after: timeout) {
-                guard waiters.fail(EventSourcingError(.databaseUnavailable,
-                    "PostgreSQL did not answer within \(timeout); the operation's outcome is unknown")) else { return }
-                handle.cancel()
+        let handle = CancelHandle()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+                waiters.set([c])
+                // The work runs in a task of its own, on the connections' event loop, so the
+                // timeout can cancel it (which also gives up a wait for a pool connection) and
+                // answer the caller at once; its timer is set and cancelled on that loop.
+                handle.set(Task(executorPreference: executor) {
+                    let token = self.deadlines.add(after: timeout) {
+                        guard waiters.fail(EventSourcingError(.databaseUnavailable,
+                            "PostgreSQL did not answer within \(timeout); the operation's outcome is unknown")) else { return }
+                        handle.cancel()
+                    }
+                    let result: Result<T, any Error>
+                    do { result = .success(try await body()) } catch {
+                        // Cancelled by the caller (the deadline has answered it already otherwise).
+                        result = .failure(Task.isCancelled ? CancellationError() : error)
+                    }
+                    self.deadlines.remove(token)
+                    waiters.resume { _ in result }
+                })
             }
-            handle.set(Task(executorPreference: executor) {
-                let result: Result<T, any Error>
-                do { result = .success(try await body()) } catch { result = .failure(error) }
-                self.deadlines.remove(token)
-                waiters.resume { _ in result }
-            })
+        } onCancel: {
+            handle.cancel()
         }
     }
 
     /// Runs a query through the pool with the operation timeout and typed errors. The timeout
     /// matters most while the server is down: the pool would otherwise wait for a connection
     /// for as long as it takes (statement_timeout only bounds statements that reached it).
-    func run<T: Sendable>(_ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws -> T {
+    func run<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         do {
-            return try await timed { try await body(self.client) }
+            return try await timed { try await self.withCancellableConnection(body) }
         } catch {
             throw PostgresStore.translate(error, configuration: configuration)
+        }
+    }
+
+    /// Leases a connection for `body`. If the task is cancelled while `body` runs, the
+    /// connection is closed: postgres-nio (1.33) does not stop a running query when its task is
+    /// cancelled, and the server ends a query whose client has gone (at once when the backend
+    /// is writing to it; while it computes or waits, within `client_connection_check_interval`,
+    /// which this store's own connections set, see ``clientConfiguration(for:)``). The
+    /// transaction is rolled back, so a cancelled write writes nothing. The pool opens a new
+    /// connection in its place.
+    func withCancellableConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await client.withConnection { connection in
+            try await withTaskCancellationHandler {
+                try await body(connection)
+            } onCancel: {
+                let closing: EventLoopFuture<Void> = connection.close()
+                _ = closing
+            }
         }
     }
 
@@ -118,7 +123,7 @@ extension PostgresStore {
     /// Only a deadline that fails the group does anything: one that fires just after the group
     /// finished leaves the task (by then on its next group) alone.
     func groupDeadline<T: Sendable>(oldest: ContinuousClock.Instant?, _ waiters: Waiters<T>, _ handle: CancelHandle,
-                                    outcome: String, replace: @escaping @Sendable () -> Void) -> UInt64? {
+                                    outcome: String, replace: @escaping @Sendable () -> Void) -> Deadlines.Token? {
         let timeout = configuration.operationTimeout
         return deadlines.add(after: (oldest ?? .now) + timeout - .now) {
             guard waiters.fail(EventSourcingError(.databaseUnavailable,

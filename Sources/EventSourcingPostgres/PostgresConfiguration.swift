@@ -10,7 +10,8 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
         case disable
         /// TLS when the server offers it.
         case prefer
-        /// TLS or fail (the certificate chain is verified against the system trust roots).
+        /// TLS or fail (the certificate chain and host name are verified, against
+        /// ``PostgresConfiguration/tlsSettings``: the system trust roots by default).
         case require
     }
 
@@ -22,6 +23,9 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
     /// The schema holding the store's tables (created if missing).
     public var schema: String
     public var tls: TLSMode
+    /// Trust roots, client certificate and verification for TLS (``TLSSettings/systemDefault``
+    /// unless set): a private CA and client certificates pass through to the connections.
+    public var tlsSettings: TLSSettings = .systemDefault
     /// Connections in the pool.
     public var poolSize: Int
     /// How long to wait for a new connection.
@@ -62,7 +66,9 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
     }
 
     /// Parses `postgres://user:password@host:port/database?sslmode=disable&schema=name&pool_size=10`
-    /// (also `connect_timeout` and `keepalive_interval`, in seconds).
+    /// (also `connect_timeout` and `keepalive_interval`, in seconds, and libpq's `sslrootcert`,
+    /// `sslcert` and `sslkey` PEM file paths; `sslmode=verify-ca` checks the chain but not the
+    /// host name).
     /// - Throws: `EventSourcingError` `.invalidArgument` (the message never contains the password).
     public init(url: String) throws {
         guard let c = URLComponents(string: url), c.scheme == "postgres" || c.scheme == "postgresql" else {
@@ -74,14 +80,27 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
         let db = c.path.hasPrefix("/") ? String(c.path.dropFirst()) : c.path
         self.init(host: c.host ?? "127.0.0.1", port: c.port ?? 5432, username: user.removingPercentEncoding ?? user,
                   password: c.password.map { $0.removingPercentEncoding ?? $0 }, database: db.isEmpty ? user : db)
+        var files = TLSFiles()
         for item in c.queryItems ?? [] {
             switch item.name {
             case "sslmode":
                 switch item.value ?? "" {
                 case "disable", "allow": tls = .disable
                 case "prefer": tls = .prefer
-                case "require", "verify-ca", "verify-full": tls = .require
+                case "require", "verify-full": tls = .require
+                case "verify-ca":
+                    tls = .require
+                    files.verifiesHostname = false
                 default: throw EventSourcingError(.invalidArgument, "unknown sslmode '\(item.value ?? "")'")
+                }
+            case "sslrootcert", "sslcert", "sslkey":
+                guard let path = item.value, !path.isEmpty else {
+                    throw EventSourcingError(.invalidArgument, "\(item.name) must be a file path")
+                }
+                switch item.name {
+                case "sslrootcert": files.caFile = path
+                case "sslcert": files.certificateFile = path
+                default: files.privateKeyFile = path
                 }
             case "schema":
                 schema = item.value ?? schema
@@ -104,6 +123,7 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
                 throw EventSourcingError(.invalidArgument, "unknown PostgreSQL URL parameter '\(item.name)'")
             }
         }
+        if files != TLSFiles() { tlsSettings = .files(files) }
         try PostgresConfiguration.validateSchema(schema)
     }
 

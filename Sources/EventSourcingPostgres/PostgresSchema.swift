@@ -219,8 +219,8 @@ enum PostgresSchema {
 extension PostgresStore {
     func migrate() async throws {
         let s = schema
-        try await timed {
-            try await self.client.withTransaction(logger: self.logger) { conn in
+        _ = try await run { connection in
+            try await connection.withTransaction(logger: self.logger) { conn in
                 try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\("eventsourcing-schema:" + self.configuration.schema)))",
                                      logger: self.logger)
                 try await conn.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: s)", logger: self.logger)

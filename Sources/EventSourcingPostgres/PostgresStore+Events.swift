@@ -24,19 +24,27 @@ extension PostgresStore {
         if let e = events.first(where: { $0.keyScope == nil }) { try await refusePlaintext(e, snapshot: false) }
         forgetPrefetchedKeys(newKeys.map(\.scope))
         let enqueued = ContinuousClock.now
-        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<[Int64], any Error>) in
-            let (start, gathered) = pending.withLock { p -> (Bool, CheckedContinuation<Void, Never>?) in
-                p.queue.append(PendingSave(events: events, keys: newKeys, continuation: c, enqueued: enqueued))
-                if let g = p.gathering, p.queue.count >= g.count {
-                    p.gathering = nil
-                    return (false, g.continuation)
+        let flag = CancelFlag()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<[Int64], any Error>) in
+                let (start, gathered, cancelled) = pending.withLock { p -> (Bool, CheckedContinuation<Void, Never>?, Bool) in
+                    // Cancelled before it was queued: never queued.
+                    if flag.isSet { return (false, nil, true) }
+                    p.queue.append(PendingSave(events: events, keys: newKeys, continuation: c, enqueued: enqueued, flag: flag))
+                    if let g = p.gathering, p.queue.count >= g.count {
+                        p.gathering = nil
+                        return (false, g.continuation, false)
+                    }
+                    if p.draining { return (false, nil, false) }
+                    p.draining = true
+                    return (true, nil, false)
                 }
-                if p.draining { return (false, nil) }
-                p.draining = true
-                return (true, nil)
+                if cancelled { return c.resume(throwing: CancellationError()) }
+                gathered?.resume()
+                if start { startDraining() }
             }
-            gathered?.resume()
-            if start { startDraining() }
+        } onCancel: {
+            cancelSave(flag)
         }
     }
 
@@ -91,13 +99,16 @@ extension PostgresStore {
         let lockMillis = Int64(configuration.lockTimeout.components.seconds * 1000
                                + configuration.lockTimeout.components.attoseconds / 1_000_000_000_000_000)
         do {
-            let rows = try await client.query("""
+            let query: PostgresQuery = """
                 SELECT save_index, status, detail, first_id FROM \(unescaped: s).insert_saves(
                     \(lockMillis), \(evCounts), \(ids), \(versions), \(topics), \(states), \(scopes),
                     \(keyCounts), \(kScopes), \(kVersions), \(kKeks), \(kWrapped), \(kCreated))
-                """, logger: logger)
+                """
+            let logger = self.logger
             // Collected, then decoded synchronously (no suspension per row).
-            let results = try await rows.collect().map { try $0.decode((Int32, String, String?, Int64?).self) }
+            let results = try await withCancellableConnection { connection in
+                try await connection.query(query, logger: logger).collect().map { try $0.decode((Int32, String, String?, Int64?).self) }
+            }
             guard results.count == batch.count else {
                 throw EventSourcingError(.recorderFailure, "the save function returned \(results.count) results for \(batch.count) saves")
             }
@@ -120,7 +131,9 @@ extension PostgresStore {
                 }
             }
         } catch {
-            waiters.fail(PostgresStore.translate(error, configuration: configuration))
+            // Every caller of the group was cancelled (see cancelSave): the connection was
+            // closed, so the server rolled the statement back.
+            waiters.fail(Task.isCancelled ? CancellationError() : PostgresStore.translate(error, configuration: configuration))
         }
     }
 

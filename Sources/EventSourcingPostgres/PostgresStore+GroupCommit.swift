@@ -14,6 +14,9 @@ extension PostgresStore {
         var drainer: UInt64 = 0
         /// The group commit waiting for this many queued saves (see ``gather(_:)``).
         var gathering: (count: Int, continuation: CheckedContinuation<Void, Never>)?
+        /// The groups being committed (one, or more while a timed-out one is still stuck).
+        var flights: [UInt64: Flight] = [:]
+        var nextFlight: UInt64 = 0
     }
 
     /// How long a group commit waits for the writers of the previous group to queue again.
@@ -24,6 +27,37 @@ extension PostgresStore {
         var keys: [WrappedDataKey]
         var continuation: CheckedContinuation<[Int64], any Error>
         var enqueued: ContinuousClock.Instant
+        /// Set when the caller's task is cancelled.
+        var flag: CancelFlag
+    }
+
+    /// A save's caller was cancelled. A save still queued is withdrawn (it throws
+    /// `CancellationError` and nothing of it is sent). A save already sent in a group cannot be
+    /// withdrawn alone: once every caller of that group has been cancelled, the group's query is
+    /// stopped (its task cancelled, which closes the connection, so the server rolls the
+    /// statement back) and they throw `CancellationError`; until then it runs on for the
+    /// others, and each caller gets its save's outcome (a save that committed says so).
+    func cancelSave(_ flag: CancelFlag) {
+        flag.set()
+        enum Action { case none, withdraw(CheckedContinuation<[Int64], any Error>), stop(Flight) }
+        let action = pending.withLock { p -> Action in
+            if let i = p.queue.firstIndex(where: { $0.flag === flag }) {
+                return .withdraw(p.queue.remove(at: i).continuation)
+            }
+            for (key, var f) in p.flights where f.members.contains(where: { $0 === flag }) {
+                f.live -= 1
+                p.flights[key] = f
+                return f.live == 0 ? .stop(f) : .none
+            }
+            return .none
+        }
+        switch action {
+        case .none: break
+        case .withdraw(let c): c.resume(throwing: CancellationError())
+        case .stop(let f):
+            replaceDrainer(f.drainer)
+            f.handle.cancel()
+        }
     }
 
     /// Waits until `count` saves are queued, or ``gatherWindow`` has passed. After a group of
@@ -59,8 +93,9 @@ extension PostgresStore {
         handle.set(Task(executorPreference: executor) { await self.drain(id, handle) })
     }
 
-    /// Called when a group of committer `id` timed out: a new committer takes over, unless one already did.
-    private func replaceDrainer(_ id: UInt64) {
+    /// Called when a group of committer `id` timed out or was cancelled: a new committer takes
+    /// over, unless one already did.
+    func replaceDrainer(_ id: UInt64) {
         if pending.withLock({ $0.drainer == id }) { startDraining() }
     }
 
@@ -68,7 +103,7 @@ extension PostgresStore {
         var lastGroup = 0
         while true {
             if lastGroup > 1 { await gather(lastGroup) }
-            let taken = pending.withLock { p -> [PendingSave]? in
+            let taken = pending.withLock { p -> ([PendingSave], UInt64)? in
                 guard p.drainer == id else { return nil }   // replaced: the new committer goes on
                 // At most ~5,000 events per round trip; the rest wait for the next one.
                 var n = 0
@@ -79,16 +114,40 @@ extension PostgresStore {
                 }
                 let b = Array(p.queue.prefix(k))
                 p.queue.removeFirst(k)
-                if b.isEmpty { p.draining = false }
-                return b
+                if b.isEmpty {
+                    p.draining = false
+                    return (b, 0)
+                }
+                p.nextFlight &+= 1
+                p.flights[p.nextFlight] = Flight(members: b.map(\.flag), live: b.count, handle: handle, drainer: id)
+                return (b, p.nextFlight)
             }
-            guard let batch = taken, !batch.isEmpty else { return }
+            guard let (batch, flight) = taken, !batch.isEmpty else { return }
             let waiters = Waiters(batch.map(\.continuation))
             let token = groupDeadline(oldest: batch.map(\.enqueued).min(), waiters, handle,
                                       outcome: "the save's outcome is unknown") { [weak self] in self?.replaceDrainer(id) }
             await commit(batch, waiters)
             deadlines.remove(token)
+            _ = pending.withLock { $0.flights.removeValue(forKey: flight) }
             lastGroup = batch.count
         }
     }
+}
+
+/// A group of saves or reads in flight, for stopping it once all its callers are cancelled.
+struct Flight: Sendable {
+    let members: [CancelFlag]
+    /// Members not cancelled yet.
+    var live: Int
+    /// The task running the group.
+    let handle: CancelHandle
+    /// The committer or reader that runs it.
+    let drainer: UInt64
+}
+
+/// Set once when a caller's task is cancelled.
+final class CancelFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
 }

@@ -15,6 +15,9 @@ extension PostgresStore {
         var draining = false
         /// The current reader task; one replaced after its deadline stops at its next step.
         var drainer: UInt64 = 0
+        /// The groups being read (one, or more while a timed-out one is still stuck).
+        var flights: [UInt64: Flight] = [:]
+        var nextFlight: UInt64 = 0
     }
 
     struct PendingRead: Sendable {
@@ -23,6 +26,8 @@ extension PostgresStore {
         var lte: Int64
         var continuation: CheckedContinuation<[StoredEvent], any Error>?
         var enqueued = ContinuousClock.now
+        /// Set when the caller's task is cancelled.
+        var flag = CancelFlag()
     }
 
     /// Wrapped keys read with events, waiting for the key ring's cache miss on them.
@@ -46,16 +51,49 @@ extension PostgresStore {
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
         }
-        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<[StoredEvent], any Error>) in
-            var r = read
-            r.continuation = c
-            let start = pendingReads.withLock { p -> Bool in
-                p.queue.append(r)
-                if p.draining { return false }
-                p.draining = true
-                return true
+        let flag = read.flag
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<[StoredEvent], any Error>) in
+                var r = read
+                r.continuation = c
+                let start = pendingReads.withLock { p -> Bool? in
+                    if flag.isSet { return nil }   // cancelled before it was queued
+                    p.queue.append(r)
+                    if p.draining { return false }
+                    p.draining = true
+                    return true
+                }
+                guard let start else { return c.resume(throwing: CancellationError()) }
+                if start { startReading() }
             }
-            if start { startReading() }
+        } onCancel: {
+            cancelRead(flag)
+        }
+    }
+
+    /// A read's caller was cancelled: a queued read is withdrawn; a group in flight is stopped
+    /// (its connection closed) once all its callers are cancelled, as for saves (see
+    /// ``cancelSave(_:)``). A cancelled read throws `CancellationError`.
+    private func cancelRead(_ flag: CancelFlag) {
+        flag.set()
+        enum Action { case none, withdraw(CheckedContinuation<[StoredEvent], any Error>?), stop(Flight) }
+        let action = pendingReads.withLock { p -> Action in
+            if let i = p.queue.firstIndex(where: { $0.flag === flag }) {
+                return .withdraw(p.queue.remove(at: i).continuation)
+            }
+            for (key, var f) in p.flights where f.members.contains(where: { $0 === flag }) {
+                f.live -= 1
+                p.flights[key] = f
+                return f.live == 0 ? .stop(f) : .none
+            }
+            return .none
+        }
+        switch action {
+        case .none: break
+        case .withdraw(let c): c?.resume(throwing: CancellationError())
+        case .stop(let f):
+            replaceReader(f.drainer)
+            f.handle.cancel()
         }
     }
 
@@ -74,15 +112,20 @@ extension PostgresStore {
 
     private func drainReads(_ id: UInt64, _ handle: CancelHandle) async {
         while true {
-            let taken = pendingReads.withLock { p -> [PendingRead]? in
-                guard p.drainer == id else { return nil }   // replaced after a timeout
+            let taken = pendingReads.withLock { p -> ([PendingRead], UInt64)? in
+                guard p.drainer == id else { return nil }   // replaced after a timeout or cancellation
                 let n = min(p.queue.count, PostgresStore.readGroupLimit)
                 let g = Array(p.queue.prefix(n))
                 p.queue.removeFirst(n)
-                if g.isEmpty { p.draining = false }
-                return g
+                if g.isEmpty {
+                    p.draining = false
+                    return (g, 0)
+                }
+                p.nextFlight &+= 1
+                p.flights[p.nextFlight] = Flight(members: g.map(\.flag), live: g.count, handle: handle, drainer: id)
+                return (g, p.nextFlight)
             }
-            guard let group = taken, !group.isEmpty else { return }
+            guard let (group, flight) = taken, !group.isEmpty else { return }
             let waiters = Waiters(group.compactMap(\.continuation))
             let token = groupDeadline(oldest: group.map(\.enqueued).min(), waiters, handle,
                                       outcome: "the read failed") { [weak self] in self?.replaceReader(id) }
@@ -90,9 +133,11 @@ extension PostgresStore {
                 let events = try await selectGroup(group)
                 waiters.resume { .success(events[$0]) }
             } catch {
-                waiters.fail(PostgresStore.translate(error, configuration: configuration))
+                // Every caller of the group was cancelled (see cancelRead).
+                waiters.fail(Task.isCancelled ? CancellationError() : PostgresStore.translate(error, configuration: configuration))
             }
             deadlines.remove(token)
+            _ = pendingReads.withLock { $0.flights.removeValue(forKey: flight) }
         }
     }
 
@@ -155,13 +200,16 @@ extension PostgresStore {
     }
 
     private func functionRead(ids: [UUID], gts: [Int64], ltes: [Int64]) async throws -> [ReadAggregateStatement.Row] {
-        let rows = try await client.query(
-            "SELECT * FROM \(unescaped: schema).read_aggregates(\(ids), \(gts), \(ltes))", logger: logger)
-        return try await rows.collect().map { try $0.decode(ReadAggregateStatement.Row.self) }
+        let query: PostgresQuery = "SELECT * FROM \(unescaped: schema).read_aggregates(\(ids), \(gts), \(ltes))"
+        let logger = self.logger
+        return try await withCancellableConnection { connection in
+            try await connection.query(query, logger: logger).collect().map { try $0.decode(ReadAggregateStatement.Row.self) }
+        }
     }
 
     private func preparedRead(_ statement: ReadAggregateStatement) async throws -> [ReadAggregateStatement.Row] {
-        try await client.withConnection { connection in
+        let logger = self.logger
+        return try await withCancellableConnection { connection in
             do {
                 var rows: [ReadAggregateStatement.Row] = []
                 for try await row in try await connection.execute(statement, logger: logger) { rows.append(row) }

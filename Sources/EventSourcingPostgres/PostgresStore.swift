@@ -23,9 +23,12 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     let client: PostgresClient
     let logger: Logger
     let schema: String
-    private let runTask: Task<Void, Never>
-    private let deadlineTask: Task<Void, Never>
-    let deadlines = Deadlines()
+    /// The task running a client this store made itself (the URL / configuration initialiser);
+    /// nil for a client the application injected and runs.
+    private let runTask: Task<Void, Never>?
+    /// Whether the client is the application's (``init(client:configuration:logger:)``).
+    public var usesInjectedClient: Bool { runTask == nil }
+    let deadlines: Deadlines
     /// Runs the store's tasks on the event loop of its connections.
     let executor: EventLoopExecutor
 
@@ -46,30 +49,86 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     /// Data keys read together with events, for the key ring's next cache miss (see ``dataKeys(scope:reading:)``).
     let prefetchedKeys = Mutex(PrefetchedKeys())
 
-    /// Connects, and creates or migrates the schema.
-    /// - Throws: `EventSourcingError` `.databaseUnavailable` (cannot connect or authenticate),
-    ///   `.unsupportedSchema` (written by a newer version), `.invalidArgument`.
-    public init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "eventsourcing.postgres")) async throws {
-        // Also when set in code, not only from a URL: the name is written into SQL (quoted, below).
+    /// Connects with a client of its own (run by the store, closed by ``close()``), and creates
+    /// or migrates the schema.
+    /// - Throws: `EventSourcingError` `.databaseUnavailable` (cannot connect or authenticate,
+    ///   TLS refused), `.unsupportedSchema` (written by a newer version), `.invalidArgument`
+    ///   (a bad schema name, an unreadable TLS file).
+    public convenience init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "eventsourcing.postgres")) async throws {
+        // Also when set in code, not only from a URL: the name is written into SQL (quoted).
         try PostgresConfiguration.validateSchema(configuration.schema)
+        let config = try PostgresStore.clientConfiguration(for: configuration)
+        // One direct connection first: a wrong password, an unknown database, a refused
+        // certificate or nothing listening fails here at once, where the pool would keep
+        // retrying in the background.
+        try await PostgresStore.probe(config, configuration: configuration, logger: logger)
+        // Every connection of this store on one event loop, and the store's own tasks (group
+        // commits, grouped reads, timed queries, deadlines) run on it too: a reply then resumes
+        // the task waiting for it on the thread that read it, instead of waking another thread.
+        let loop = PostgresClient.defaultEventLoopGroup.next()
+        let client = PostgresClient(configuration: config, eventLoopGroup: loop)
+        let runTask = Task { await client.run() }
+        try await self.init(client: client, runTask: runTask, loop: loop, configuration: configuration, logger: logger)
+    }
+
+    /// A store over the application's own `PostgresClient`, which the application runs
+    /// (`client.run()` in its task group or service group, as postgres-nio documents) and
+    /// shuts down: ``close()`` leaves the client alone. Creates or migrates the schema.
+    ///
+    /// Of `configuration`, the client's connection settings (host, user, TLS, pool size,
+    /// keep-alive, connect timeout) are ignored: the client has its own. The schema, timeouts
+    /// and ``PostgresConfiguration/allowsPlaintextWrites`` apply. Build the client with
+    /// ``clientConfiguration(for:)`` to give its connections the store's session settings
+    /// (`search_path` for the prepared read, `statement_timeout`, and
+    /// `client_connection_check_interval`, with which the server stops a cancelled query at
+    /// once); without them every operation is still bounded by the operation timeout.
+    /// - Throws: as ``init(configuration:logger:)``; `.databaseUnavailable` after the operation
+    ///   timeout when the client is not running.
+    public convenience init(client: PostgresClient, configuration: PostgresConfiguration,
+                            logger: Logger = Logger(label: "eventsourcing.postgres")) async throws {
+        try PostgresConfiguration.validateSchema(configuration.schema)
+        try await self.init(client: client, runTask: nil, loop: PostgresClient.defaultEventLoopGroup.next(),
+                            configuration: configuration, logger: logger)
+    }
+
+    private init(client: PostgresClient, runTask: Task<Void, Never>?, loop: any EventLoop,
+                 configuration: PostgresConfiguration, logger: Logger) async throws {
         self.configuration = configuration
         self.logger = logger
         // Always quoted, so names that are SQL keywords ("user", "select") work too.
         self.schema = "\"" + configuration.schema + "\""
-        var config: PostgresClient.Configuration
-        switch configuration.tls {
-        case .disable:
-            config = .init(host: configuration.host, port: configuration.port, username: configuration.username,
-                           password: configuration.password, database: configuration.database, tls: .disable)
-        case .prefer:
-            config = .init(host: configuration.host, port: configuration.port, username: configuration.username,
-                           password: configuration.password, database: configuration.database,
-                           tls: .prefer(.makeClientConfiguration()))
-        case .require:
-            config = .init(host: configuration.host, port: configuration.port, username: configuration.username,
-                           password: configuration.password, database: configuration.database,
-                           tls: .require(.makeClientConfiguration()))
+        self.executor = EventLoopExecutor(loop)
+        self.deadlines = Deadlines(loop: loop)
+        self.client = client
+        self.runTask = runTask
+        do {
+            try await migrate()
+            try await checkSearchPath()
+        } catch {
+            runTask?.cancel()
+            deadlines.stop()
+            var e = PostgresStore.translate(error, configuration: configuration)
+            if runTask == nil, var typed = e as? EventSourcingError, typed.code == .databaseUnavailable,
+               typed.message.contains("did not answer within") {
+                typed.message += " (is the PostgresClient running? call client.run() in a task or service group)"
+                e = typed
+            }
+            throw e
         }
+    }
+
+    /// The postgres-nio client configuration for `configuration`: its host, credentials, TLS
+    /// (``PostgresConfiguration/tls`` with ``PostgresConfiguration/tlsSettings``), pool size,
+    /// keep-alive and connect timeout, and the session settings this store's queries expect
+    /// (`search_path` = the store's schema, `statement_timeout` = the operation timeout,
+    /// `client_connection_check_interval`). For an application that runs its own client
+    /// (``init(client:configuration:logger:)``): adjust what it needs, then make the client.
+    /// - Throws: `EventSourcingError` `.invalidArgument` (a bad schema name, an unreadable TLS file).
+    public static func clientConfiguration(for configuration: PostgresConfiguration) throws -> PostgresClient.Configuration {
+        try PostgresConfiguration.validateSchema(configuration.schema)
+        var config = PostgresClient.Configuration(host: configuration.host, port: configuration.port,
+                                                  username: configuration.username, password: configuration.password,
+                                                  database: configuration.database, tls: try configuration.clientTLS())
         config.options.maximumConnections = configuration.poolSize
         // One connection stays open (it needs no idle timer), and idle connections are pinged only
         // on request: the pool sets and cancels those timers on every query otherwise.
@@ -84,29 +143,12 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
             // temporary schema, named last, is searched last). Every statement names the
             // schema, except the prepared ones (PostgresStatements.swift): their SQL is fixed
             // at compile time and finds the tables here.
-            ("search_path", self.schema + ", pg_temp"),
+            ("search_path", "\"" + configuration.schema + "\", pg_temp"),
+            // A query whose connection the store closed (its task was cancelled) stops within
+            // this while it computes or waits for a lock, not only when it next writes.
+            ("client_connection_check_interval", "100"),
         ]
-        // One direct connection first: a wrong password, an unknown database or nothing
-        // listening fails here at once, where the pool would keep retrying in the background.
-        try await PostgresStore.probe(config, configuration: configuration, logger: logger)
-        // Every connection of this store on one event loop, and the store's own tasks (group
-        // commits, grouped reads, timed queries) run on it too: a reply then resumes the task
-        // waiting for it on the thread that read it, instead of waking another thread.
-        let loop = PostgresClient.defaultEventLoopGroup.next()
-        self.executor = EventLoopExecutor(loop)
-        let client = PostgresClient(configuration: config, eventLoopGroup: loop)
-        self.client = client
-        runTask = Task { await client.run() }
-        deadlineTask = Task { [deadlines] in await Deadlines.check(deadlines) }
-        do {
-            try await migrate()
-            try await checkSearchPath()
-        } catch {
-            runTask.cancel()
-            deadlines.stop()
-            deadlineTask.cancel()
-            throw PostgresStore.translate(error, configuration: configuration)
-        }
+        return config
     }
 
     /// A connection pooler may drop the startup settings. Then `search_path` is the server's
@@ -123,14 +165,18 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         }
         guard current != configuration.schema else { return }
         preparedReads.store(false, ordering: .releasing)
+        if usesInjectedClient {
+            logger.notice("the PostgresClient's connections do not search this store's schema first (search_path starts with \(current ?? "no schema")): reads of single aggregates use the server function (make the client with PostgresStore.clientConfiguration(for:) for the faster prepared read)",
+                          metadata: ["schema": "\(configuration.schema)"])
+            return
+        }
         logger.warning("PostgreSQL did not take this store's connection settings (search_path starts with \(current ?? "no schema"), not the store's schema; a connection pooler?): reads of single aggregates use the server function, and statement_timeout may not apply",
                        metadata: ["schema": "\(configuration.schema)"])
     }
 
     deinit {
-        runTask.cancel()
+        runTask?.cancel()
         deadlines.stop()
-        deadlineTask.cancel()
     }
 
     private static func probe(_ config: PostgresClient.Configuration, configuration: PostgresConfiguration,
@@ -139,11 +185,13 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         do {
             switch configuration.tls {
             case .disable: tls = .disable
-            case .prefer: tls = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
-            case .require: tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+            case .prefer: tls = .prefer(try NIOSSLContext(configuration: try configuration.makeTLSConfiguration()))
+            case .require: tls = .require(try NIOSSLContext(configuration: try configuration.makeTLSConfiguration()))
             }
+        } catch let e as EventSourcingError {
+            throw e
         } catch {
-            throw EventSourcingError(.databaseUnavailable, "cannot set up TLS: \(error)")
+            throw EventSourcingError(.invalidArgument, "cannot set up TLS: \(error)")
         }
         var c = PostgresConnection.Configuration(host: configuration.host, port: configuration.port,
                                                  username: configuration.username, password: configuration.password,
@@ -162,13 +210,15 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         }
     }
 
-    /// Closes the connection pool. Later calls fail.
+    /// Closes the store: later calls fail. A client the store made itself is shut down (its
+    /// connections closed); an injected client is the application's and stays running.
     public func close() async {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        runTask.cancel()
-        _ = await runTask.value
+        if let runTask {
+            runTask.cancel()
+            _ = await runTask.value
+        }
         deadlines.stop()
-        deadlineTask.cancel()
     }
 }
 

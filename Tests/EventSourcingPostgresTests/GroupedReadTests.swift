@@ -145,8 +145,17 @@ extension PostgresTests {
         @Test("a read whose preparation failed (blocked by a lock past the timeout) does not break the reads after it")
         func failedPreparationRecovers() async throws {
             // One connection, so the read after the failure runs where the preparation failed.
-            let config = try freshConfiguration { $0.operationTimeout = .seconds(2); $0.poolSize = 1 }
-            try await withStore(config) { store in
+            let config = try freshConfiguration { $0.operationTimeout = .seconds(10); $0.poolSize = 1 }
+            // The server's statement timeout (1 s) ends the blocked preparation well before the
+            // store's own deadline (10 s), which would close the connection instead.
+            var clientConfig = try PostgresStore.clientConfiguration(for: config)
+            clientConfig.options.additionalStartupParameters = clientConfig.options.additionalStartupParameters.map {
+                $0.0 == "statement_timeout" ? ($0.0, "1000") : $0
+            }
+            let client = PostgresClient(configuration: clientConfig)
+            let runner = Task { await client.run() }
+            defer { runner.cancel() }
+            try await withStore(client, config) { store in
                 let id = UUID()
                 let events = (1...3).map { StoredEvent(originatorID: id, originatorVersion: $0, topic: "T", state: [0xEE, UInt8($0)]) }
                 _ = try await store.insertEvents(events)

@@ -43,6 +43,22 @@ func withStore<T>(_ configuration: PostgresConfiguration, _ body: (PostgresStore
     return result
 }
 
+/// Opens a store over `client` (which the caller runs) on `configuration`, runs `body`, and
+/// destroys the store's schema afterwards, also when `body` throws.
+func withStore<T>(_ client: PostgresClient, _ configuration: PostgresConfiguration,
+                  _ body: (PostgresStore) async throws -> T) async throws -> T {
+    let store = try await PostgresStore(client: client, configuration: configuration)
+    let result: T
+    do {
+        result = try await body(store)
+    } catch {
+        await destroy(store)
+        throw error
+    }
+    await destroy(store)
+    return result
+}
+
 /// Drops the store's schema (through a separate client if the store can no longer do it).
 func destroy(_ store: PostgresStore) async {
     do {

@@ -44,7 +44,10 @@ final class PrivateCluster: Sendable {
     }
 
     /// Creates and starts a cluster on a free loopback port (password authentication over TCP).
-    static func start() async throws -> PrivateCluster {
+    /// With `tls`, the server has `ssl=on` with a certificate from ``TestCertificates`` made in
+    /// the cluster's directory, and accepts user `estest` only over TLS with a client
+    /// certificate the same CA signed for that name (`clientcert=verify-full`).
+    static func start(tls: Bool = false) async throws -> PrivateCluster {
         guard let ctl else {
             throw ChildProcessError(description: "CI=true but ES_POSTGRES_CTL is not set: the server-restart test cannot run")
         }
@@ -66,8 +69,22 @@ final class PrivateCluster: Sendable {
             try await cluster.asServerUser(bin + "/initdb", ["-D", cluster.data, "-U", "estest", "--pwfile=" + pwfile,
                                                              "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"])
             try? FileManager.default.removeItem(atPath: pwfile)
+            var options = "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -c fsync=on"
+            if tls {
+                let certs = try await TestCertificates.make(in: dir + "/tls")
+                options += " -c ssl=on -c ssl_cert_file=\(certs.serverCertificate) -c ssl_key_file=\(certs.serverKey)"
+                    + " -c ssl_ca_file=\(certs.caCertificate)"
+                // First match wins: estest only over TLS with its certificate, nothing in the clear.
+                let hba = cluster.data + "/pg_hba.conf"
+                let rest = try String(contentsOfFile: hba, encoding: .utf8)
+                try Data(("hostssl all estest 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n"
+                          + "hostnossl all all 127.0.0.1/32 reject\n" + rest).utf8).write(to: URL(fileURLWithPath: hba))
+                if getuid() == 0, let runAs {
+                    _ = try await ChildProcess.run("chown", ["-R", runAs, dir], stderrPath: "/dev/null")
+                }
+            }
             try await cluster.asServerUser(ctl, ["-D", cluster.data, "-l", cluster.log, "-w", "-t", "60",
-                                                 "-o", "-p \(port) -k \(dir) -c listen_addresses=127.0.0.1 -c fsync=on", "start"])
+                                                 "-o", options, "start"])
         } catch {
             await cluster.stop()
             throw error
@@ -119,8 +136,8 @@ final class PrivateCluster: Sendable {
 
     /// Starts a cluster, runs `body` with it, and stops and deletes it afterwards, also when
     /// `body` throws.
-    static func with(_ body: (PrivateCluster) async throws -> Void) async throws {
-        let cluster = try await start()
+    static func with(tls: Bool = false, _ body: (PrivateCluster) async throws -> Void) async throws {
+        let cluster = try await start(tls: tls)
         do {
             try await body(cluster)
         } catch {
@@ -150,5 +167,44 @@ final class PrivateCluster: Sendable {
             return try await ChildProcess.run("runuser", ["-u", runAs, "--", executable] + arguments, stderrPath: stderrPath)
         }
         return try await ChildProcess.run(executable, arguments, stderrPath: stderrPath)
+    }
+}
+
+/// A private CA, a server certificate for 127.0.0.1 and a client certificate for user `estest`
+/// signed by it, and a second CA that signed nothing of these: PEM files made with `openssl`
+/// in a directory of the test's own (EC P-256 keys, valid two days).
+struct TestCertificates: Sendable {
+    let directory: String
+    var caCertificate: String { directory + "/ca.crt" }
+    var serverCertificate: String { directory + "/server.crt" }
+    var serverKey: String { directory + "/server.key" }
+    var clientCertificate: String { directory + "/client.crt" }
+    var clientKey: String { directory + "/client.key" }
+    var otherCACertificate: String { directory + "/other-ca.crt" }
+
+    static func make(in directory: String) async throws -> TestCertificates {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let certs = TestCertificates(directory: directory)
+        func openssl(_ arguments: [String]) async throws {
+            _ = try await ChildProcess.run("openssl", arguments, stderrPath: directory + "/openssl.stderr")
+        }
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for ca in ["ca", "other-ca"] {
+            try await openssl(["req", "-x509"] + ec + ["-keyout", directory + "/\(ca).key", "-out", directory + "/\(ca).crt",
+                               "-days", "2", "-subj", "/CN=es test \(ca)",
+                               "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        }
+        for (name, subject, ext) in [("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+                                     ("client", "/CN=estest", "extendedKeyUsage=clientAuth\n")] {
+            try await openssl(["req"] + ec + ["-keyout", directory + "/\(name).key", "-out", directory + "/\(name).csr",
+                               "-subj", subject])
+            try Data(ext.utf8).write(to: URL(fileURLWithPath: directory + "/\(name).ext"))
+            try await openssl(["x509", "-req", "-in", directory + "/\(name).csr", "-CA", certs.caCertificate,
+                               "-CAkey", directory + "/ca.key", "-CAcreateserial", "-days", "2",
+                               "-extfile", directory + "/\(name).ext", "-out", directory + "/\(name).crt"])
+        }
+        // The server refuses a key file others can read.
+        _ = chmod(certs.serverKey, 0o600)
+        return certs
     }
 }
