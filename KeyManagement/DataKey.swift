@@ -9,6 +9,14 @@ public struct DataKey: Sendable, CustomStringConvertible {
     /// The key bytes.
     public let material: KeyMaterial
 
+    /// Creates a data key (for a ``KeyStore``-independent key source, such as a KMS-backed
+    /// record cipher). The material is shared, not copied.
+    public init(scope: String, version: UInt32, material: KeyMaterial) {
+        self.scope = scope
+        self.version = version
+        self.material = material
+    }
+
     public var description: String { "DataKey(scope: \(scope), version: \(version))" }
 }
 

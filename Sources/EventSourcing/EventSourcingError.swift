@@ -4,7 +4,7 @@ import Foundation
 ///
 /// A struct with an extensible ``Code``. Every error names the record (originator id and
 /// version, notification id, topic) or key scope it is about, never the plaintext.
-public struct EventSourcingError: Error, Sendable, CustomStringConvertible {
+public struct EventSourcingError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What went wrong.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         fileprivate let raw: String
@@ -50,6 +50,9 @@ public struct EventSourcingError: Error, Sendable, CustomStringConvertible {
         /// The stored record belongs to another aggregate type than the one asked for (its topic
         /// names another type).
         public static let aggregateTypeMismatch = Code("aggregateTypeMismatch")
+        /// Too many operations are already waiting for the store (its bound on waiting reads or
+        /// writes was reached): nothing of this one ran. Retry later, or raise the bound.
+        public static let storeOverloaded = Code("storeOverloaded")
 
         public var description: String { raw }
     }

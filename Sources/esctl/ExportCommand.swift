@@ -105,7 +105,7 @@ struct Export: AsyncParsableCommand {
                 while true {
                     let page = try await store.selectEvents(originatorID: id, gt: after, lte: nil, desc: false, limit: 500)
                     guard let last = page.last else { break }
-                    p.ofExportedAggregates += page.reduce(0) { $0 + ($1.keyScope == nil ? 1 : 0) }
+                    p.ofExportedAggregates += page.reduce(0) { $0 + (StateHeader.peekKeyScope($1.state) == nil ? 1 : 0) }
                     guard last.originatorVersion > (after ?? Int.min) else { break }
                     after = last.originatorVersion
                 }

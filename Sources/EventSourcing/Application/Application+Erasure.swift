@@ -188,7 +188,7 @@ extension Application {
         guard let latest = try await recorder.selectEvents(originatorID: id, gt: nil, lte: nil, desc: true, limit: 1).first else {
             throw EventSourcingError(.aggregateNotFound, "no such aggregate", originatorID: id)
         }
-        guard let scope = latest.keyScope else {
+        guard let scope = RecordFormat.keyScope(of: latest.state) else {
             throw EventSourcingError(.invalidArgument, "the aggregate's records are not encrypted: there is no key to shred",
                                      originatorID: id, originatorVersion: latest.originatorVersion)
         }
@@ -224,7 +224,7 @@ extension Application {
         while true {
             let page = try await recorder.selectNotifications(start: start, limit: 1000, stop: nil, topics: [])
             guard let last = page.last else { break }
-            count += page.reduce(0) { $0 + (StateHeader.peekKeyScope($1.state).map { ExactScope.same($0, keyScope) } == true ? 1 : 0) }
+            count += page.reduce(0) { $0 + (RecordFormat.keyScope(of: $1.state).map { ExactScope.same($0, keyScope) } == true ? 1 : 0) }
             start = try NotificationLog.next(after: last.id, from: start)
             if start == Int64.max { break }
         }

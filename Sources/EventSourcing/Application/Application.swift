@@ -107,62 +107,19 @@ public final class Application: Sendable {
         return recordings
     }
 
-    /// Encodes one aggregate's pending events; the argument is false on a retry after `keyExists`.
-    private typealias Encoder = @Sendable (_ optimistic: Bool) async throws -> Mapper.EncodedBatch
-
-    private func encoder<A: Aggregate>(for root: AggregateRoot<A>) -> Encoder {
+    private func encoder<A: Aggregate>(for root: AggregateRoot<A>) -> EventWriter.Encoder {
         let mapper = self.mapper
         // A new aggregate keyed by its own (random) id has a new scope: its first key is minted
         // without asking the store, which refuses it atomically if the scope had one after all.
-        let newScope = root.state.dataSubject == nil && !root.pendingEvents.isEmpty
-            && root.version == root.pendingEvents.count
+        let newScope = !root.pendingEvents.isEmpty && root.version == root.pendingEvents.count
+            && root.keyScope == AggregateRoot<A>.ownScope(root.id)
         return { optimistic in
             try await mapper.encode(root.pendingEvents, of: A.self, keyScope: root.keyScope, newScope: optimistic && newScope)
         }
     }
 
-    private func commit(_ encoders: [Encoder]) async throws -> [Recording] {
-        var attempt = 0
-        while true {
-            var events: [StoredEvent] = []
-            var keys: [Keyring.WriteKey] = []
-            for encode in encoders {
-                let batch = try await encode(attempt == 0)
-                events += batch.events
-                // Aggregates of one new subject share the key minted for the first of them (scopes
-                // compared byte by byte: canonically equivalent spellings are different subjects).
-                for k in batch.newKeys where !keys.contains(where: { ExactScope.same($0.key.scope, k.key.scope) && $0.key.version == k.key.version }) {
-                    keys.append(k)
-                }
-            }
-            guard !events.isEmpty else { return [] }
-            do {
-                let ids = try await insert(events, keys: keys)
-                return zip(events, ids).map {
-                    Recording(originatorID: $0.originatorID, originatorVersion: $0.originatorVersion,
-                              topic: $0.topic, notificationID: $1)
-                }
-            } catch let e as KeyManagementError where e.code == .keyExists && attempt < 3 {
-                // Another writer created one of these scopes' first key: re-encode under its key.
-                for k in keys { mapper.keyring?.invalidate(scope: k.key.scope) }
-                attempt += 1
-            } catch let e as KeyManagementError {
-                throw Mapper.translate(e, stored: nil, scope: e.scope ?? keys.first?.key.scope ?? "")
-            }
-        }
-    }
-
-    private func insert(_ events: [StoredEvent], keys: [Keyring.WriteKey]) async throws -> [Int64] {
-        guard !keys.isEmpty, let keyring = mapper.keyring else { return try await recorder.insertEvents(events) }
-        let wrapped = keys.compactMap(\.pending)
-        if let combined = recorder as? any KeyCommittingRecorder,
-           (combined.keyStore as AnyObject) === (keyring.store as AnyObject) {
-            let ids = try await combined.insertEvents(events, newKeys: wrapped)
-            keyring.didPersist(wrapped, material: keys.map(\.key))
-            return ids
-        }
-        try await keyring.persist(keys)
-        return try await recorder.insertEvents(events)
+    private func commit(_ encoders: [EventWriter.Encoder]) async throws -> [Recording] {
+        try await EventWriter(mapper: mapper, recorder: recorder).commit(encoders)
     }
 
     // MARK: Snapshots
@@ -179,9 +136,7 @@ public final class Application: Sendable {
     }
 
     private func store<A: Aggregate>(snapshotOf root: AggregateRoot<A>, in snapshots: any SnapshotRecorder) async throws {
-        let (stored, newKey) = try await mapper.encodeSnapshot(root)
-        if let newKey, let keyring = mapper.keyring { try await keyring.persist([newKey]) }
-        try await snapshots.insertSnapshot(stored)
+        try await EventWriter(mapper: mapper, recorder: recorder).store(snapshotOf: root, in: snapshots)
     }
 
     private func autoSnapshot<A: Aggregate>(_ root: AggregateRoot<A>, savedFrom oldVersion: Int) async {

@@ -42,6 +42,8 @@ public protocol Aggregate: Codable, Sendable {
     /// The data subject whose key encrypts this aggregate's events, or nil for the aggregate's
     /// own id. Give all of one person's aggregates the same subject so one shred erases them all.
     /// It is stored in plaintext in every record header: use an opaque id, never PII.
+    /// Read once, after the creation event: ``AggregateRoot/keyScope`` keeps that scope for
+    /// the aggregate's whole life, whatever later events do to this property.
     var dataSubject: String? { get }
 
     /// The topic suffix for `event`; by default its enum case name as Codable writes it (never

@@ -16,6 +16,11 @@ public struct AggregateRoot<A: Aggregate>: Sendable {
     public private(set) var state: A
     /// Events recorded since the last save, oldest first.
     public private(set) var pendingEvents: [DomainEvent<A.Event>]
+    /// The key scope that encrypts this aggregate's records: its data subject as of its
+    /// creation event, else its id. Captured when the creation event is applied (or taken from
+    /// the snapshot the root is restored from) and never changed after: a later event that
+    /// changes ``Aggregate/dataSubject`` cannot move the aggregate's records to another scope.
+    public private(set) var keyScope: String
 
     /// Starts a new aggregate with its creation event.
     /// - Throws: whatever `apply` throws for the event.
@@ -26,6 +31,7 @@ public struct AggregateRoot<A: Aggregate>: Sendable {
         self.modifiedOn = time
         self.state = A()
         self.pendingEvents = []
+        self.keyScope = Self.ownScope(id)
         try record(creation, at: time)
     }
 
@@ -37,23 +43,26 @@ public struct AggregateRoot<A: Aggregate>: Sendable {
         self.modifiedOn = createdOn
         self.state = A()
         self.pendingEvents = []
+        self.keyScope = Self.ownScope(id)
     }
 
-    /// A root restored from a snapshot.
-    init(id: UUID, version: Int, createdOn: Date, modifiedOn: Date, state: A) {
+    /// A root restored from a snapshot sealed under `keyScope` (nil for an unencrypted
+    /// snapshot: the scope is then the state's data subject, else the id).
+    init(id: UUID, version: Int, createdOn: Date, modifiedOn: Date, state: A, keyScope: String? = nil) {
         self.id = id
         self.version = version
         self.createdOn = createdOn
         self.modifiedOn = modifiedOn
         self.state = state
         self.pendingEvents = []
+        self.keyScope = keyScope ?? state.dataSubject ?? Self.ownScope(id)
     }
+
+    /// The scope of an aggregate without a data subject: its id in lowercase text form.
+    static func ownScope(_ id: UUID) -> String { id.uuidString.lowercased() }
 
     /// Reads state: `root.name` is `root.state.name`.
     public subscript<T>(dynamicMember keyPath: KeyPath<A, T>) -> T { state[keyPath: keyPath] }
-
-    /// The key scope that encrypts this aggregate's records: its data subject, else its id.
-    public var keyScope: String { state.dataSubject ?? id.uuidString.lowercased() }
 
     /// Records a new event: applies it to the state and queues it for the next save.
     /// - Throws: ``EventSourcingError/Code/invalidEvent`` if the aggregate is at the highest
@@ -85,7 +94,10 @@ public struct AggregateRoot<A: Aggregate>: Sendable {
         var next = state
         try next.apply(e.event)
         state = next
-        if version == 0 { createdOn = e.timestamp }
+        if version == 0 {
+            createdOn = e.timestamp
+            keyScope = next.dataSubject ?? Self.ownScope(id)
+        }
         version = e.originatorVersion
         modifiedOn = e.timestamp
     }

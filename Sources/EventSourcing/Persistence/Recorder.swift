@@ -48,6 +48,19 @@ public protocol KeyCommittingRecorder: ApplicationRecorder {
 
     /// The key store that shares this recorder's transactions.
     var keyStore: any KeyStore { get }
+
+    /// Whether keys inserted into `keyStore` can be stored in the same transaction as events
+    /// through ``insertEvents(_:newKeys:)``. When false, the application persists a save's new
+    /// keys through `keyStore` first and then inserts the events: a failure between the two
+    /// leaves a key without records, never records without their key. The default is true only
+    /// when `keyStore` is the very object ``keyStore`` returns.
+    func sharesTransactions(with keyStore: any KeyStore) -> Bool
+}
+
+extension KeyCommittingRecorder {
+    public func sharesTransactions(with keyStore: any KeyStore) -> Bool {
+        (keyStore as AnyObject) === (self.keyStore as AnyObject)
+    }
 }
 
 extension AggregateRecorder {

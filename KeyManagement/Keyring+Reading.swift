@@ -1,0 +1,37 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Reading: any version of a scope's key, through the cache.
+extension Keyring {
+    // MARK: Reading
+
+    /// The data key `version` of `scope`.
+    /// - Throws: ``KeyManagementError/Code/shredded`` (with the time) if the scope was shredded;
+    ///   ``KeyManagementError/Code/keyNotFound`` if no such version exists;
+    ///   ``KeyManagementError/Code/keyUnavailable`` if its master key is not loaded.
+    public func readKey(scope: String, version: UInt32) async throws -> DataKey {
+        let exact = ExactScope(scope)
+        if let hit = state.withLock({ $0.get(exact, version) }) { return hit }
+        try KeyScope.validate(scope)
+        if let when = state.withLock({ $0.shredded[exact] }) {
+            throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: when)
+        }
+        var stored = try await store.dataKeys(scope: scope, reading: version)
+        if stored.contains(where: { !ExactScope.same($0.scope, scope) }) {
+            // An answer from keys read ahead that mixed up canonically equivalent spellings (a
+            // cache keyed by `String`): ask the store's own look-up, which must be exact.
+            stored = try Keyring.only(scope, try await store.dataKeys(scope: scope))
+        }
+        guard let record = stored.first(where: { $0.version == version }) else {
+            if let t = try await store.tombstone(scope: scope) {
+                state.withLock { $0.shredded[exact] = t.shreddedAt }
+                throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: t.shreddedAt)
+            }
+            throw KeyManagementError(.keyNotFound, "no such data key", scope: scope, keyVersion: version)
+        }
+        let key = try unwrap(record)
+        state.withLock { $0.put(key) }
+        return key
+    }
+}

@@ -1,0 +1,81 @@
+import Foundation
+import KeyManagement
+
+/// The write path, top to bottom: encode each aggregate's pending events through the mapper
+/// (which asks the cipher for each scope's key and stamps the scope on the records), keep one
+/// minted key per scope, store the minted keys with the events or before them, and retry when
+/// another writer created a scope's first key meanwhile.
+///
+/// The one owner of new data keys on the write path: the application asks it to commit and
+/// nothing else touches minted keys.
+struct EventWriter: Sendable {
+    let mapper: Mapper
+    let recorder: any ApplicationRecorder
+
+    /// Encodes one aggregate's pending events; the argument is false on a retry after `keyExists`.
+    typealias Encoder = @Sendable (_ optimistic: Bool) async throws -> Mapper.EncodedBatch
+
+    /// How many times a save is encoded again after ``KeyManagementError/Code/keyExists``.
+    static let keyExistsRetries = 3
+
+    /// Encodes and stores the events of `encoders` atomically.
+    /// - Returns: one ``Recording`` per event, in order.
+    func commit(_ encoders: [Encoder]) async throws -> [Recording] {
+        var attempt = 0
+        while true {
+            var events: [StoredEvent] = []
+            var keys: [SealingKey] = []
+            for encode in encoders {
+                let batch = try await encode(attempt == 0)
+                events += batch.events
+                Self.addMinted(batch.newKeys, to: &keys)
+            }
+            guard !events.isEmpty else { return [] }
+            do {
+                let ids = try await insert(events, keys: keys)
+                return zip(events, ids).map {
+                    Recording(originatorID: $0.originatorID, originatorVersion: $0.originatorVersion,
+                              topic: $0.topic, notificationID: $1)
+                }
+            } catch let e as KeyManagementError where e.code == .keyExists && attempt < Self.keyExistsRetries {
+                // Another writer created one of these scopes' first key: re-encode under its key.
+                for k in keys { mapper.cipher?.invalidate(scope: k.key.scope) }
+                attempt += 1
+            } catch let e as KeyManagementError {
+                throw Mapper.translate(e, stored: nil, scope: e.scope ?? keys.first?.key.scope ?? "")
+            }
+        }
+    }
+
+    /// Stores a snapshot, persisting a key minted for it first (snapshot stores never share the
+    /// key store's transactions).
+    func store<A: Aggregate>(snapshotOf root: AggregateRoot<A>, in snapshots: any SnapshotRecorder) async throws {
+        let (stored, minted) = try await mapper.encodeSnapshot(root)
+        if let minted, let cipher = mapper.cipher { try await cipher.persist([minted]) }
+        try await snapshots.insertSnapshot(stored)
+    }
+
+    /// Adds minted keys not yet in `keys`: aggregates of one new subject share the key minted for
+    /// the first of them. Scopes are compared byte by byte (canonically equivalent spellings are
+    /// different subjects, with different keys).
+    static func addMinted(_ minted: [SealingKey], to keys: inout [SealingKey]) {
+        for k in minted where !keys.contains(where: { ExactScope.same($0.key.scope, k.key.scope) && $0.key.version == k.key.version }) {
+            keys.append(k)
+        }
+    }
+
+    /// Inserts `events`, with `keys` in the same transaction when the recorder shares the
+    /// cipher's key store's transactions, else after persisting `keys` on their own (a failure
+    /// between the two leaves a key without records, never records without their key).
+    private func insert(_ events: [StoredEvent], keys: [SealingKey]) async throws -> [Int64] {
+        guard !keys.isEmpty, let cipher = mapper.cipher else { return try await recorder.insertEvents(events) }
+        if let keyStore = cipher.keyStore, let combined = recorder as? any KeyCommittingRecorder,
+           combined.sharesTransactions(with: keyStore) {
+            let ids = try await combined.insertEvents(events, newKeys: keys.compactMap(\.minted))
+            cipher.didPersist(keys)
+            return ids
+        }
+        try await cipher.persist(keys)
+        return try await recorder.insertEvents(events)
+    }
+}

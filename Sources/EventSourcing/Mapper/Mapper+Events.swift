@@ -1,0 +1,143 @@
+import Foundation
+import KeyManagement
+
+extension Mapper {
+    // MARK: Events
+
+    /// Encodes events of one aggregate under `keyScope`'s current data key, stamping the scope
+    /// on each record (``StoredEvent/keyScope``).
+    /// - Parameter newScope: the scope was only just created (see ``RecordCipher/sealingKey(for:likelyNew:)``).
+    /// - Throws: ``EventSourcingError`` with `.shredded` for a shredded scope, `.keyUnavailable`.
+    package func encode<A: Aggregate>(_ events: [DomainEvent<A.Event>], of type: A.Type, keyScope: String,
+                                      newScope: Bool = false) async throws -> EncodedBatch {
+        let writeKey = events.isEmpty ? nil : try await sealingKey(for: keyScope, likelyNew: newScope)
+        var out: [StoredEvent] = []
+        out.reserveCapacity(events.count)
+        for e in events {
+            let topic = A.topic(of: e.event)
+            guard topic.utf8.count > A.typeName.utf8.count + 1 else {
+                throw EventSourcingError(.invalidArgument,
+                    "no topic can be derived for \(A.typeName)'s event type \(A.Event.self): default topics are enum case "
+                    + "names as Codable writes them; declare \(A.self).topicName(of:)",
+                    originatorID: e.originatorID, originatorVersion: e.originatorVersion)
+            }
+            guard topic.utf8.count <= StateHeader.maxTopicLength else {
+                throw EventSourcingError(.invalidArgument, "topic is longer than \(StateHeader.maxTopicLength) bytes",
+                                         originatorID: e.originatorID, originatorVersion: e.originatorVersion)
+            }
+            let json: [UInt8]
+            do {
+                json = try serialise(EventEnvelope<A>(v: A.eventSchemaVersion, t: e.timestamp.timeIntervalSince1970, e: e.event))
+            } catch {
+                throw EventSourcingError(.invalidArgument, "event could not be encoded: \(Self.describe(error))",
+                                         originatorID: e.originatorID, originatorVersion: e.originatorVersion, topic: topic)
+            }
+            let state = try seal(json, key: writeKey?.key, snapshot: false, originatorID: e.originatorID,
+                                 originatorVersion: e.originatorVersion, topic: topic)
+            out.append(StoredEvent(originatorID: e.originatorID, originatorVersion: e.originatorVersion, topic: topic,
+                                   state: state, keyScope: writeKey?.key.scope))
+        }
+        let pending = writeKey.flatMap { $0.minted == nil ? nil : [$0] } ?? []
+        return EncodedBatch(events: out, newKeys: pending)
+    }
+
+    /// Decodes a stored event of aggregate type `A`.
+    /// - Throws: ``EventSourcingError`` with `.integrityFailure` (tampered or corrupt, names the
+    ///   record), `.shredded`, `.keyUnavailable`, `.decodingFailed` (names the topic), `.plaintextRejected`.
+    public func decode<A: Aggregate>(_ stored: StoredEvent, as type: A.Type, notificationID: Int64? = nil) async throws -> DomainEvent<A.Event> {
+        try Self.checkTopic(stored, of: A.self, snapshot: false, notificationID: notificationID)
+        let payload = try await openPayload(stored, snapshot: false, notificationID: notificationID)
+        return try Self.decodeEvent(payload, as: type, stored: stored, notificationID: notificationID)
+    }
+
+    /// Decrypts and decompresses a stored record, returning its payload as JSON (converted
+    /// from the compact encoding if need be), for tools such as exports and verification.
+    /// - Throws: as ``decode(_:as:notificationID:)``; `.decodingFailed` if a compact payload is malformed.
+    public func open(_ stored: StoredEvent, snapshot: Bool, notificationID: Int64? = nil) async throws -> [UInt8] {
+        let payload = try await openPayload(stored, snapshot: snapshot, notificationID: notificationID)
+        guard payload.encoding == .compact else { return payload.bytes }
+        do {
+            // Transcoded directly, without a tree: memory is the payload plus the JSON text.
+            return try CompactJSON.text(from: payload.bytes)
+        } catch {
+            throw record(.decodingFailed, "compact payload is malformed: \(Self.describe(error))", stored, notificationID)
+        }
+    }
+
+    /// Decrypts and decompresses a stored record, returning its payload in its own encoding.
+    /// - Throws: as ``decode(_:as:notificationID:)``, except `.decodingFailed`.
+    public func openPayload(_ stored: StoredEvent, snapshot: Bool, notificationID: Int64? = nil) async throws -> Payload {
+        let state = stored.state
+        let header: StateHeader
+        let bodyOffset: Int
+        switch StateHeader.parse(state) {
+        case .success(let (h, o)): (header, bodyOffset) = (h, o)
+        case .failure(let f):
+            throw record(.integrityFailure, "stored state has an invalid header (\(f))", stored, notificationID)
+        }
+        guard header.flags.contains(.snapshot) == snapshot else {
+            throw record(.integrityFailure, snapshot ? "record is an event, not a snapshot" : "record is a snapshot, not an event",
+                         stored, notificationID)
+        }
+        var body: [UInt8]
+        if header.flags.contains(.encrypted) {
+            guard let cipher, let scope = header.keyScope else {
+                throw record(.keyUnavailable, "record is encrypted but the mapper has no keyring", stored, notificationID)
+            }
+            let key: DataKey
+            do { key = try await cipher.openingKey(scope: scope, version: header.keyVersion) } catch {
+                var e = Self.translate(error, stored: stored, scope: scope)
+                e.notificationID = notificationID
+                throw e
+            }
+            let opened: [UInt8]?
+            do {
+                opened = try RecordFormat.open(state, header: header, bodyOffset: bodyOffset, key: key,
+                                               at: .init(snapshot: snapshot, originatorID: stored.originatorID,
+                                                         originatorVersion: stored.originatorVersion, topic: stored.topic))
+            } catch {
+                throw record(.integrityFailure, "record could not be decrypted (\(error.code))", stored, notificationID)
+            }
+            guard let opened else {
+                throw record(.integrityFailure, "authentication tag does not match: record tampered, corrupt or moved",
+                             stored, notificationID)
+            }
+            body = opened
+        } else {
+            guard cipher == nil || options.plaintextReads == .allowed else {
+                throw record(.plaintextRejected,
+                             "record is not encrypted; a mapper with a keyring refuses plaintext unless plaintextReads is .allowed (for a migration)",
+                             stored, notificationID)
+            }
+            body = Array(state[bodyOffset...])
+        }
+        if header.flags.contains(.compressed) {
+            let compressor = options.compressor ?? ZlibCompressor()
+            do { body = try compressor.decompress(body) } catch {
+                throw record(.integrityFailure, "compressed payload is corrupt", stored, notificationID)
+            }
+        }
+        return Payload(bytes: body, encoding: header.flags.contains(.compact) ? .compact : .json)
+    }
+
+    static func decodeEvent<A: Aggregate>(_ payload: Payload, as type: A.Type, stored: StoredEvent,
+                                         notificationID: Int64?) throws -> DomainEvent<A.Event> {
+        do {
+            let env = try deserialise(StoredEventEnvelope<A>.self, payload)
+            let event = try env.e.value(currentVersion: A.eventSchemaVersion, encoding: payload.encoding, step: A.upcastEvent)
+            return DomainEvent(originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
+                               timestamp: Date(timeIntervalSince1970: env.t), event: event)
+        } catch let e as EventSourcingError {
+            var e = e
+            e.originatorID = stored.originatorID
+            e.originatorVersion = stored.originatorVersion
+            e.topic = stored.topic
+            e.notificationID = notificationID
+            throw e
+        } catch {
+            throw EventSourcingError(.decodingFailed, "payload does not decode as \(A.typeName) event: \(Self.describe(error))",
+                                     originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
+                                     topic: stored.topic, notificationID: notificationID)
+        }
+    }
+}
