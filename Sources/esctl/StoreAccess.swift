@@ -2,6 +2,7 @@ import ArgumentParser
 import EventSourcing
 import EventSourcingPostgres
 import EventSourcingSQLite
+import EventSourcingStores
 import Foundation
 import KeyManagement
 import Logging
@@ -68,21 +69,12 @@ struct StoreAccess {
 
     var storeURL: String { options.store ?? environment["ESCTL_STORE"] ?? "sqlite:./eventstore.sqlite" }
 
+    /// The store URL, parsed by the library (the same parser and errors as ``EncryptedStore``).
+    /// - Throws: ``EventSourcingError`` `.invalidArgument` (exit 64) for what is not a store URL.
+    func location() throws -> StoreURL { try StoreURL(parsing: storeURL) }
+
     /// The SQLite path of a `sqlite:` URL, nil for PostgreSQL.
-    func sqlitePath() throws -> String? {
-        let url = storeURL
-        if url.hasPrefix("sqlite://") { return String(url.dropFirst("sqlite://".count)) }
-        if url.hasPrefix("sqlite:") { return String(url.dropFirst("sqlite:".count)) }
-        if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") { return nil }
-        let usage = "a store URL is sqlite:PATH or postgres://USER@HOST:PORT/DB"
-        // A bare path (no scheme): the likely intent is a SQLite file.
-        if let colon = url.firstIndex(of: ":"), !url[..<colon].contains("/"), !url[..<colon].contains(".") {
-            let scheme = url[..<colon]
-            let hint = scheme.lowercased().hasPrefix("sqlite") ? "; did you mean sqlite:" + url[url.index(after: colon)...].drop { $0 == "/" } + "?" : ""
-            throw CLIError(exitCode: Exit.usage, message: "unknown store URL scheme '\(scheme):' (\(usage))\(hint)")
-        }
-        throw CLIError(exitCode: Exit.usage, message: "'\(url)' is not a store URL: did you mean sqlite:\(url)? (\(usage))")
-    }
+    func sqlitePath() throws -> String? { try location().sqlitePath }
 
     /// The key file `init` writes when given no key option: `master.key` beside a SQLite
     /// store, or in the working directory for PostgreSQL.
@@ -97,24 +89,36 @@ struct StoreAccess {
     /// With `readOnly`, a SQLite store is opened read-only: no byte of its database, `-wal` or
     /// `-shm` changes, also when a WAL left by a crash holds commits (PostgreSQL: no difference).
     func openStore(create: Bool = false, readOnly: Bool = false) async throws -> any AdminStore {
-        guard let path = try sqlitePath() else {
-            var config = try PostgresConfiguration(url: storeURL)
+        switch try location() {
+        case .postgres(var config):
             // Keep the password out of argv: PGPASSWORD fills it in when the URL has none.
             if config.password == nil { config.password = environment["PGPASSWORD"] }
             do {
-                return try await PostgresStore(configuration: config, logger: Logger(label: "esctl.postgres"))
+                return try await Self.adminStore(EncryptedStore.Backend.open(.postgres(config), options: Self.options))
             } catch let e as EventSourcingError where e.code == .databaseUnavailable && e.message.contains("connection lost") {
                 // At open nothing was in flight: the connection was refused or never made.
                 throw EventSourcingError(.databaseUnavailable,
                     "PostgreSQL at \(config.host):\(config.port): cannot connect (connection refused, or nothing reachable there); nothing was changed")
             }
+        case .sqlite(let path):
+            if !create, !FileManager.default.fileExists(atPath: path) {
+                throw CLIError(exitCode: Exit.storeUnavailable, message: "no store at \(path) (create one with 'esctl init')")
+            }
+            var options = Self.options
+            options.sqlite = SQLiteStore.Configuration(readOnly: readOnly && !create)
+            return try await Self.adminStore(EncryptedStore.Backend.open(.sqlite(path: path), options: options))
         }
-        guard !path.isEmpty else { throw CLIError(exitCode: Exit.usage, message: "empty store path") }
-        if !create, !FileManager.default.fileExists(atPath: path) {
-            throw CLIError(exitCode: Exit.storeUnavailable, message: "no store at \(path) (create one with 'esctl init')")
+    }
+
+    /// How esctl opens stores with the library's factory: encrypted, plaintext refused, logs
+    /// under `esctl.*`.
+    static let options = EncryptedStore.Options(loggerLabel: "esctl")
+
+    private static func adminStore(_ backend: EncryptedStore.Backend) -> any AdminStore {
+        switch backend {
+        case .sqlite(let store): store
+        case .postgres(let store): store
         }
-        return try SQLiteStore(path: path, configuration: SQLiteStore.Configuration(readOnly: readOnly && !create),
-                               logger: Logger(label: "esctl.sqlite"))
     }
 
     /// Whether any master-key source was given.
@@ -246,9 +250,13 @@ struct StoreAccess {
 
     /// A session over `store`, opened with `keys` (already verified against its checks).
     private static func session(on store: any AdminStore, keys: [MasterKey]) async throws -> Session {
-        let keyring = try await Keyring.open(store: store, masterKeys: keys, logger: Logger(label: "esctl.keyring"))
-        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring),
-                              logger: Logger(label: "esctl.app"))
-        return Session(store: store, keyring: keyring, app: app)
+        let backend: EncryptedStore.Backend
+        switch store {
+        case let s as SQLiteStore: backend = .sqlite(s)
+        case let s as PostgresStore: backend = .postgres(s)
+        default: throw EventSourcingError(.invalidArgument, "esctl opened a store of an unknown kind")
+        }
+        let opened = try await EncryptedStore.open(backend: backend, masterKeys: keys, options: options)
+        return Session(store: store, keyring: opened.keyring, app: opened.application)
     }
 }

@@ -1,0 +1,14 @@
+import ServiceLifecycle
+
+/// In a swift-service-lifecycle `ServiceGroup`, the store stays open until the group shuts
+/// down gracefully (or is cancelled), then closes.
+extension SQLiteStore: Service {
+    /// Waits for graceful shutdown or cancellation, without polling, then closes the store.
+    /// Returns normally either way; later calls fail with
+    /// `EventSourcingError.Code.databaseUnavailable`.
+    public func run() async throws {
+        // Throws CancellationError on cancellation: the store is closed just the same.
+        try? await gracefulShutdown()
+        await close()
+    }
+}
