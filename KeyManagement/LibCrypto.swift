@@ -1,4 +1,5 @@
 import COpenSSL
+import ESConcurrency
 import Synchronization
 
 /// The one place in KeyManagement that calls OpenSSL's libcrypto.
@@ -257,21 +258,17 @@ final class CipherContext: @unchecked Sendable {
     deinit { EVP_CIPHER_CTX_free(pointer) }
 }
 
-/// Reuses cipher contexts across records instead of allocating one per record.
-final class CipherContextPool: Sendable {
-    static let shared = CipherContextPool()
-    private let free = Mutex<[CipherContext]>([])
-    private let limit = 64
-
-    func take() throws(KeyManagementError) -> CipherContext {
-        if let ctx = free.withLock({ $0.popLast() }) { return ctx }
-        return try CipherContext()
-    }
-
-    func give(_ ctx: CipherContext) {
-        // Keys are set per call, and EVP_*Init_ex with a new key replaces the schedule;
-        // reset anyway so no key schedule lingers in an idle context.
-        EVP_CIPHER_CTX_reset(ctx.pointer)
-        free.withLock { if $0.count < limit { $0.append(ctx) } }
-    }
+/// Reuses cipher contexts across records instead of allocating one per record: up to 64 are
+/// kept. A context is borrowed for one synchronous seal or open, so ``ResourcePool/take()``
+/// never waits; past 64 borrowed at once, the extra ones are freed when given back.
+enum CipherContextPool {
+    static let shared = ResourcePool<CipherContext, KeyManagementError>(
+        capacity: 64,
+        make: { () throws(KeyManagementError) -> CipherContext in try CipherContext() },
+        reset: { ctx in
+            // Keys are set per call, and EVP_*Init_ex with a new key replaces the schedule;
+            // reset anyway so no key schedule lingers in an idle context.
+            EVP_CIPHER_CTX_reset(ctx.pointer)
+            return true
+        })
 }

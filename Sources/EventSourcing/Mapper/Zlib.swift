@@ -1,10 +1,13 @@
 import CZlib
+import ESConcurrency
 import Synchronization
 
 /// The one place in EventSourcing that calls the system zlib.
 ///
 /// Streams are created once and reused with `deflateReset`/`inflateReset`; a small pool
-/// lets concurrent tasks compress at the same time without sharing a stream.
+/// (``ResourcePool``, 16 streams kept per kind) lets concurrent tasks compress at the same time
+/// without sharing a stream. A stream is borrowed for one synchronous call, so taking one never
+/// waits; the extra streams of a burst are freed when given back.
 enum Zlib {
     struct Failure: Error { var message: String }
 
@@ -145,40 +148,28 @@ final class InflateStream: @unchecked Sendable {
     }
 }
 
-final class DeflatePool: Sendable {
+/// The deflate streams, one pool per (level, fixed codes) setting.
+enum DeflatePool {
     private struct Settings: Hashable { var level: Int32; var fixedCodes: Bool }
-    private static let pools = Mutex<[Settings: DeflatePool]>([:])
-    private let settings: Settings
-    private let free = Mutex<[DeflateStream]>([])
+    private static let pools = Mutex<[Settings: ResourcePool<DeflateStream, Zlib.Failure>]>([:])
 
-    private init(_ settings: Settings) { self.settings = settings }
-
-    static func pool(level: Int32, fixedCodes: Bool) -> DeflatePool {
+    static func pool(level: Int32, fixedCodes: Bool) -> ResourcePool<DeflateStream, Zlib.Failure> {
         let settings = Settings(level: level, fixedCodes: fixedCodes)
         return pools.withLock { p in
             if let existing = p[settings] { return existing }
-            let made = DeflatePool(settings)
+            let made = ResourcePool<DeflateStream, Zlib.Failure>(
+                capacity: 16,
+                make: { () throws(Zlib.Failure) -> DeflateStream in
+                    try DeflateStream(level: settings.level, fixedCodes: settings.fixedCodes)
+                })
             p[settings] = made
             return made
         }
     }
-
-    func take() throws(Zlib.Failure) -> DeflateStream {
-        if let s = free.withLock({ $0.popLast() }) { return s }
-        return try DeflateStream(level: settings.level, fixedCodes: settings.fixedCodes)
-    }
-
-    func give(_ s: DeflateStream) { free.withLock { if $0.count < 16 { $0.append(s) } } }
 }
 
-final class InflatePool: Sendable {
-    static let shared = InflatePool()
-    private let free = Mutex<[InflateStream]>([])
-
-    func take() throws(Zlib.Failure) -> InflateStream {
-        if let s = free.withLock({ $0.popLast() }) { return s }
-        return try InflateStream()
-    }
-
-    func give(_ s: InflateStream) { free.withLock { if $0.count < 16 { $0.append(s) } } }
+/// The inflate streams.
+enum InflatePool {
+    static let shared = ResourcePool<InflateStream, Zlib.Failure>(
+        capacity: 16, make: { () throws(Zlib.Failure) -> InflateStream in try InflateStream() })
 }
