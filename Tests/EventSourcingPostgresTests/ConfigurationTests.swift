@@ -62,26 +62,22 @@ struct ConfigurationParsingTests {
               "application_name=x", "password=other", "SCHEMA=app",
           ])
     func badParametersRejected(_ query: String) throws {
-        do {
-            let c = try PostgresConfiguration(url: "postgres://u:\(Self.encodedPassword)@h:5432/d?\(query)")
-            Issue.record("accepted ?\(query): \(c)")
-        } catch let e as EventSourcingError {
-            #expect(e.code == .invalidArgument, "?\(query): \(e)")
-            #expect(!e.description.contains(Self.password) && !e.description.contains(Self.encodedPassword), "?\(query): \(e)")
+        let e = #expect(throws: EventSourcingError.self, "?\(query)") {
+            try PostgresConfiguration(url: "postgres://u:\(Self.encodedPassword)@h:5432/d?\(query)")
         }
+        #expect(e?.code == .invalidArgument, "?\(query): \(String(describing: e))")
+        #expect(e.map { !$0.description.contains(Self.password) && !$0.description.contains(Self.encodedPassword) } == true,
+                "?\(query): \(String(describing: e))")
     }
 
     @Test("Not a postgres URL, or no user name: .invalidArgument without the password",
           arguments: ["mysql://u:\(encodedPassword)@h/d", "http://u:\(encodedPassword)@h/d", "postgres://h/d",
                       "postgres://:\(encodedPassword)@h/d", "not a url at all \(encodedPassword)"])
     func notAPostgresURL(_ url: String) throws {
-        do {
-            let c = try PostgresConfiguration(url: url)
-            Issue.record("accepted \(url): \(c)")
-        } catch let e as EventSourcingError {
-            #expect(e.code == .invalidArgument)
-            #expect(!e.description.contains(Self.password) && !e.description.contains(Self.encodedPassword), "\(e)")
-        }
+        let e = #expect(throws: EventSourcingError.self, "\(url)") { try PostgresConfiguration(url: url) }
+        #expect(e?.code == .invalidArgument)
+        #expect(e.map { !$0.description.contains(Self.password) && !$0.description.contains(Self.encodedPassword) } == true,
+                "\(String(describing: e))")
     }
 
     @Test("The largest plain identifier (63 characters) and mixed case are accepted as schema names")
@@ -127,7 +123,8 @@ extension PostgresTests {
                 Issue.record("\(what): opening the store hung for \(elapsed) (connect timeout \(config.connectTimeout), operation timeout \(config.operationTimeout))")
                 return nil
             }
-            let error = await expectESError(.databaseUnavailable, what) { try outcome.get() }
+            let error = #expect(throws: EventSourcingError.self, "\(what)") { try outcome.get() }
+            #expect(error?.code == .databaseUnavailable, "\(what)")
             #expect(elapsed < bound, "\(what) took \(elapsed) to fail (bound \(bound))")
             if let error {
                 for secret in [config.password, real].compactMap({ $0 }) {

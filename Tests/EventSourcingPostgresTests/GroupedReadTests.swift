@@ -166,9 +166,10 @@ extension PostgresTests {
                         try await connection.query("BEGIN", logger: quietLogger)
                         try await connection.query("LOCK TABLE \"\(unescaped: config.schema)\".events IN ACCESS EXCLUSIVE MODE",
                                                    logger: quietLogger)
-                        await expectESError(.databaseUnavailable) {
+                        let databaseUnavailable = await #expect(throws: EventSourcingError.self) {
                             _ = try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil)
                         }
+                        #expect(databaseUnavailable?.code == .databaseUnavailable)
                         // Hold the lock until the server has refused the preparation (however slow this machine).
                         let waited = ContinuousClock.now
                         while store.preparedReadFallbacks.load(ordering: .relaxed) == 0, ContinuousClock.now - waited < .seconds(30) {
@@ -202,7 +203,8 @@ extension PostgresTests {
                 // …but after the shred the store answers from the table: no key.
                 #expect(try await store.dataKeys(scope: scope, reading: 1).isEmpty)
                 let fresh = try await EncryptedApp.open(store, masterKey: masterKey)
-                await expectESError(.shredded) { _ = try await fresh.app.repository.get(Ledger.self, id: root.id) }
+                let shredded = await #expect(throws: EventSourcingError.self) { _ = try await fresh.app.repository.get(Ledger.self, id: root.id) }
+                #expect(shredded?.code == .shredded)
             }
         }
 

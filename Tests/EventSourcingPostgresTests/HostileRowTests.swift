@@ -10,19 +10,6 @@ private func rawEvent(_ id: UUID, _ version: Int, topic: String = "Ledger.Entry"
     StoredEvent(originatorID: id, originatorVersion: version, topic: topic, state: [0x01, 0x02, 0x03])
 }
 
-/// The KeyManagementError `body` throws; records an issue if it throws something else or nothing.
-private func keyManagementError(_ body: () async throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) async -> KeyManagementError? {
-    do {
-        try await body()
-        Issue.record("expected a KeyManagementError, nothing was thrown", sourceLocation: sourceLocation)
-    } catch let e as KeyManagementError {
-        return e
-    } catch {
-        Issue.record("expected a KeyManagementError, got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
-    }
-    return nil
-}
-
 extension PostgresTests {
     /// Rows and schema changes the library never makes, put in through a client of the test's
     /// own: typed errors naming the row, the scope or the constraint; SQLSTATEs in `storeCode`.
@@ -37,10 +24,11 @@ extension PostgresTests {
                 try await withRawClient(config) { client in
                     _ = try await client.query("UPDATE \(unescaped: s).es_meta SET value = \(value) WHERE key = 'schema_version'")
                     let before = try await client.strings("SELECT key || '=' || value FROM \(unescaped: s).es_meta")
-                    await expectESError(.databaseCorrupt) {
+                    let databaseCorrupt = await #expect(throws: EventSourcingError.self) {
                         let reopened = try await PostgresStore(configuration: config)
                         await reopened.close()
                     }
+                    #expect(databaseCorrupt?.code == .databaseCorrupt)
                     #expect(try await client.strings("SELECT key || '=' || value FROM \(unescaped: s).es_meta") == before)
                     #expect(try await client.scalar("SELECT count(*) FROM \(unescaped: s).events") == 1)
                 }
@@ -62,7 +50,7 @@ extension PostgresTests {
                     _ = try await client.query("UPDATE \(unescaped: s).data_keys SET version = \(forged) WHERE scope = 'subject-b'")
                     _ = try await client.query("UPDATE \(unescaped: s).events SET key_scope = 'subject-b'")
                 }
-                let byScope = await keyManagementError { _ = try await store.dataKeys(scope: "subject-b") }
+                let byScope = await #expect(throws: KeyManagementError.self) { _ = try await store.dataKeys(scope: "subject-b") }
                 #expect(byScope?.code == .storeFailure && byScope?.scope == "subject-b", "\(String(describing: byScope))")
 
                 var cursor: DataKeyCursor?
@@ -89,7 +77,7 @@ extension PostgresTests {
                 // The grouped read of the events still answers; the scope's keys are not kept
                 // from it, so the key ring's look-up refuses the row instead of using a truncated version.
                 #expect(try await store.selectEvents(originatorID: id).count == 1)
-                let reading = await keyManagementError { _ = try await store.dataKeys(scope: "subject-b", reading: 1) }
+                let reading = await #expect(throws: KeyManagementError.self) { _ = try await store.dataKeys(scope: "subject-b", reading: 1) }
                 #expect(reading?.code == .storeFailure && reading?.scope == "subject-b", "\(String(describing: reading))")
             }
         }
@@ -105,11 +93,11 @@ extension PostgresTests {
                     _ = try await client.query("UPDATE \(unescaped: s).tombstones SET destroyed_versions = '1,x'")
                     _ = try await client.query("UPDATE \(unescaped: s).master_key_checks SET kdf = '{\"not\": \"kdf\"}'")
                 }
-                let listed = await keyManagementError { _ = try await store.tombstones() }
+                let listed = await #expect(throws: KeyManagementError.self) { _ = try await store.tombstones() }
                 #expect(listed?.code == .storeFailure && listed?.scope == "subject-1", "\(String(describing: listed))")
-                let one = await keyManagementError { _ = try await store.tombstone(scope: "subject-1") }
+                let one = await #expect(throws: KeyManagementError.self) { _ = try await store.tombstone(scope: "subject-1") }
                 #expect(one?.code == .storeFailure && one?.scope == "subject-1", "\(String(describing: one))")
-                let checks = await keyManagementError { _ = try await store.masterKeyChecks() }
+                let checks = await #expect(throws: KeyManagementError.self) { _ = try await store.masterKeyChecks() }
                 #expect(checks?.code == .storeFailure && checks?.message.contains("k1") == true, "\(String(describing: checks))")
             }
         }
@@ -124,10 +112,12 @@ extension PostgresTests {
                 try await withRawClient(config) { client in
                     _ = try await client.query("UPDATE \(unescaped: s).events SET notification_id = 9223372036854775806")
                 }
-                let two = await expectESError(.databaseCorrupt) { try await store.insertEvents([rawEvent(id, 2), rawEvent(id, 3)]) }
+                let two = await #expect(throws: EventSourcingError.self) { try await store.insertEvents([rawEvent(id, 2), rawEvent(id, 3)]) }
+                #expect(two?.code == .databaseCorrupt)
                 #expect(two?.storeCode == "ES004")
                 #expect(try await store.insertEvents([rawEvent(id, 2)]) == [Int64.max])
-                let after = await expectESError(.databaseCorrupt) { try await store.insertEvents([rawEvent(id, 3)]) }
+                let after = await #expect(throws: EventSourcingError.self) { try await store.insertEvents([rawEvent(id, 3)]) }
+                #expect(after?.code == .databaseCorrupt)
                 #expect(after?.storeCode == "ES004")
                 #expect(try await store.selectEvents(originatorID: id).map(\.originatorVersion) == [1, 2])
             }
@@ -144,10 +134,12 @@ extension PostgresTests {
                     _ = try await client.query("ALTER TABLE \(unescaped: s).events ALTER COLUMN topic DROP NOT NULL")
                     _ = try await client.query("UPDATE \(unescaped: s).events SET topic = NULL WHERE notification_id = \(ids[1])")
                 }
-                let log = await expectESError(.databaseCorrupt) { try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: []) }
+                let log = await #expect(throws: EventSourcingError.self) { try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: []) }
+                #expect(log?.code == .databaseCorrupt)
                 #expect(log?.notificationID == ids[1] && log?.originatorID == id && log?.originatorVersion == 2, "\(String(describing: log))")
                 #expect(log?.message.contains("topic") == true)
-                let events = await expectESError(.databaseCorrupt) { try await store.selectEvents(originatorID: id) }
+                let events = await #expect(throws: EventSourcingError.self) { try await store.selectEvents(originatorID: id) }
+                #expect(events?.code == .databaseCorrupt)
                 #expect(events?.message.contains("NULL") == true, "\(String(describing: events))")
             }
         }
@@ -182,7 +174,8 @@ extension PostgresTests {
             try await withStore(try freshConfiguration()) { store in
                 let id = fixedAggregateID(seed: 344, index: 1)
                 _ = try await store.insertEvents([rawEvent(id, 1)])
-                let e = await expectESError(.concurrencyConflict) { try await store.insertEvents([rawEvent(id, 2), rawEvent(id, 1)]) }
+                let e = await #expect(throws: EventSourcingError.self) { try await store.insertEvents([rawEvent(id, 2), rawEvent(id, 1)]) }
+                #expect(e?.code == .concurrencyConflict)
                 #expect(e?.originatorID == id && e?.originatorVersion == 1 && e?.storeCode == "23505", "\(String(describing: e))")
                 #expect(try await store.selectEvents(originatorID: id).count == 1)
             }
@@ -208,7 +201,8 @@ extension PostgresTests {
                 // Both in one call of the save function when they share a group; alone otherwise.
                 let bad = Task { try await store.insertEvents(failing) }
                 let good = Task { try await store.insertEvents(fine) }
-                let e = await expectESError(.constraintViolation) { try await bad.value }
+                let e = await #expect(throws: EventSourcingError.self) { try await bad.value }
+                #expect(e?.code == .constraintViolation)
                 #expect(e?.storeCode == sqlState && e?.originatorID == b, "\(String(describing: e))")
                 #expect(e?.message.contains(constraint) == true, "\(String(describing: e))")
                 #expect(try await good.value.count == 1)
@@ -221,7 +215,7 @@ extension PostgresTests {
             try await withStore(try freshConfiguration()) { store in
                 let key = WrappedDataKey(scope: "subject-1", version: 1, kekID: "k", wrapped: [1], createdAt: Date())
                 try await store.insertDataKey(key)
-                let e = await keyManagementError { try await store.insertDataKey(key) }
+                let e = await #expect(throws: KeyManagementError.self) { try await store.insertDataKey(key) }
                 #expect(e?.code == .keyExists && e?.scope == "subject-1")
             }
         }
@@ -235,9 +229,10 @@ extension PostgresTests {
                 try await withRawClient(config) { client in
                     try await client.withTransaction(logger: quietLogger) { conn in
                         try await conn.query("LOCK TABLE \(unescaped: s).events IN EXCLUSIVE MODE", logger: quietLogger)
-                        let e = await expectESError(.databaseLocked) {
+                        let e = await #expect(throws: EventSourcingError.self) {
                             try await store.insertEvents([rawEvent(fixedAggregateID(seed: 346, index: 2), 1)])
                         }
+                        #expect(e?.code == .databaseLocked)
                         #expect(e?.storeCode == "55P03", "\(String(describing: e))")
                     }
                 }

@@ -52,10 +52,11 @@ extension PostgresTests {
                     #expect(before.meta.contains("schema_version=99"))
                     #expect(before.events.count == 3)
 
-                    let error = await expectESError(.unsupportedSchema) {
+                    let error = await #expect(throws: EventSourcingError.self) {
                         let newer = try await PostgresStore(configuration: config)
                         await newer.close()
                     }
+                    #expect(error?.code == .unsupportedSchema)
                     #expect(error?.description.contains("99") == true, "the error should name the version found: \(String(describing: error))")
                     let after = try await fingerprint(client, s)
                     #expect(after == before, "opening the newer schema changed it")
@@ -141,10 +142,11 @@ extension PostgresTests {
         func badSchemaSetInCode(_ name: String) async throws {
             var config = try PostgresTestServer.configuration()
             config.schema = name
-            await expectESError(.invalidArgument, "schema \(name)") {
+            let refused = await #expect(throws: EventSourcingError.self, "schema \(name)") {
                 let store = try await PostgresStore(configuration: config)
                 try? await store.destroy()
             }
+            #expect(refused?.code == .invalidArgument, "schema \(name)")
             let created = try await withRawClient(config) { client in
                 try await client.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = \(name.replacingOccurrences(of: "\"", with: ""))")
             }

@@ -17,7 +17,7 @@ struct ConstraintErrorTests {
         let (store, _) = try openStore(dir)
         let id = fixedAggregateID(seed: 330, index: 1)
         _ = try await store.insertEvents([rawEvent(id, 1)])
-        let e = await eventSourcingError { _ = try await store.insertEvents([rawEvent(id, 2), rawEvent(id, 1, topic: "Ledger.Again")]) }
+        let e = await #expect(throws: EventSourcingError.self) { _ = try await store.insertEvents([rawEvent(id, 2), rawEvent(id, 1, topic: "Ledger.Again")]) }
         #expect(e?.code == .concurrencyConflict && e?.originatorID == id && e?.originatorVersion == 1 && e?.topic == "Ledger.Again",
                 "\(String(describing: e))")
         #expect(e?.storeCode == "SQLITE_CONSTRAINT_UNIQUE (2067)")
@@ -32,7 +32,7 @@ struct ConstraintErrorTests {
         try tamper(db, "CREATE UNIQUE INDEX one_per_topic ON events (topic)")
         let a = fixedAggregateID(seed: 331, index: 1), b = fixedAggregateID(seed: 331, index: 2)
         _ = try await store.insertEvents([rawEvent(a, 1, topic: "Ledger.Opened")])
-        let e = await eventSourcingError { _ = try await store.insertEvents([rawEvent(b, 1, topic: "Ledger.Opened")]) }
+        let e = await #expect(throws: EventSourcingError.self) { _ = try await store.insertEvents([rawEvent(b, 1, topic: "Ledger.Opened")]) }
         #expect(e?.code == .constraintViolation && e?.originatorID == b && e?.originatorVersion == 1, "\(String(describing: e))")
         #expect(e?.storeCode == "SQLITE_CONSTRAINT_UNIQUE (2067)")
         #expect(e?.message.contains("events.topic") == true)
@@ -53,7 +53,7 @@ struct ConstraintErrorTests {
         try await store.insertDataKey(WrappedDataKey(scope: "taken", version: 1, kekID: "k", wrapped: [1], createdAt: Date()))
         try tamper(db, "CREATE TRIGGER hostile AFTER INSERT ON events WHEN NEW.topic = 'Ledger.Hostile' BEGIN \(triggerBody); END")
         let id = fixedAggregateID(seed: 332, index: 1)
-        let e = await eventSourcingError { _ = try await store.insertEvents([rawEvent(id, 1), rawEvent(id, 2, topic: "Ledger.Hostile")]) }
+        let e = await #expect(throws: EventSourcingError.self) { _ = try await store.insertEvents([rawEvent(id, 1), rawEvent(id, 2, topic: "Ledger.Hostile")]) }
         #expect(e?.code == .constraintViolation && e?.originatorID == id && e?.originatorVersion == 2 && e?.topic == "Ledger.Hostile",
                 "\(String(describing: e))")
         #expect(e?.storeCode == storeCode)
@@ -67,10 +67,10 @@ struct ConstraintErrorTests {
         let (store, _) = try openStore(dir)
         let key = WrappedDataKey(scope: "subject-1", version: 1, kekID: "k", wrapped: [1], createdAt: Date())
         try await store.insertDataKey(key)
-        let alone = await keyManagementError { try await store.insertDataKey(key) }
+        let alone = await #expect(throws: KeyManagementError.self) { try await store.insertDataKey(key) }
         #expect(alone?.code == .keyExists && alone?.scope == "subject-1" && alone?.keyVersion == 1)
         let id = fixedAggregateID(seed: 333, index: 1)
-        let withEvents = await keyManagementError { _ = try await store.insertEvents([rawEvent(id, 1)], newKeys: [key]) }
+        let withEvents = await #expect(throws: KeyManagementError.self) { _ = try await store.insertEvents([rawEvent(id, 1)], newKeys: [key]) }
         #expect(withEvents?.code == .keyExists && withEvents?.scope == "subject-1")
         #expect(try await store.selectEvents(originatorID: id).isEmpty)
         await store.close()
@@ -83,7 +83,7 @@ struct ConstraintErrorTests {
         let store = try SQLiteStore(path: db, configuration: .init(busyTimeout: .milliseconds(50)))
         let holder = try SQLiteConnection(path: db, create: false, busyTimeoutMillis: 0)
         try holder.execute("BEGIN IMMEDIATE")
-        let e = await eventSourcingError { _ = try await store.insertEvents([rawEvent(fixedAggregateID(seed: 334, index: 1), 1)]) }
+        let e = await #expect(throws: EventSourcingError.self) { _ = try await store.insertEvents([rawEvent(fixedAggregateID(seed: 334, index: 1), 1)]) }
         #expect(e?.code == .databaseLocked && e?.storeCode == "SQLITE_BUSY (5)", "\(String(describing: e))")
         try holder.execute("ROLLBACK")
         holder.close()

@@ -143,7 +143,7 @@ struct GroupCommitFaultTests {
         let fault = StatementFault("ROLLBACK")
         fault.install(on: store)
 
-        let conflict = await eventSourcingError { _ = try await store.insertEvents([rawEvent(partial, 1), rawEvent(existing, 1)]) }
+        let conflict = await #expect(throws: EventSourcingError.self) { _ = try await store.insertEvents([rawEvent(partial, 1), rawEvent(existing, 1)]) }
         #expect(conflict?.code == .concurrencyConflict)
         #expect(fault.unused == 0)
         // The next save rolls the abandoned transaction back first, then commits alone.

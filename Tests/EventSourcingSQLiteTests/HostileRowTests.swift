@@ -25,19 +25,6 @@ func rawEvent(_ id: UUID, _ version: Int, topic: String = "Ledger.Entry") -> Sto
     StoredEvent(originatorID: id, originatorVersion: version, topic: topic, state: [0x01, 0x02, 0x03])
 }
 
-/// The error `body` throws, as a KeyManagementError; records an issue if it throws something else or nothing.
-func keyManagementError(_ body: () async throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) async -> KeyManagementError? {
-    do {
-        try await body()
-        Issue.record("expected a KeyManagementError, nothing was thrown", sourceLocation: sourceLocation)
-    } catch let e as KeyManagementError {
-        return e
-    } catch {
-        Issue.record("expected a KeyManagementError, got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
-    }
-    return nil
-}
-
 @Suite("SQLite: rows written outside the library are refused with typed errors naming them")
 struct HostileRowTests {
     // MARK: schema_version
@@ -76,7 +63,7 @@ struct HostileRowTests {
     private func expectOpenRefused(_ path: String, _ code: EventSourcingError.Code,
                                    sourceLocation: SourceLocation = #_sourceLocation) async throws {
         let before = databaseFiles(path).map { ($0.suffix, $0.bytes, fileExists(path + $0.suffix)) }
-        let error = await eventSourcingError({ _ = try SQLiteStore(path: path) }, sourceLocation: sourceLocation)
+        let error = #expect(throws: EventSourcingError.self, sourceLocation: sourceLocation) { _ = try SQLiteStore(path: path) }
         #expect(error?.code == code, "\(String(describing: error))", sourceLocation: sourceLocation)
         for (suffix, bytes, existed) in before {
             #expect(fileExists(path + suffix) == existed && fileBytes(path + suffix) == bytes,
@@ -101,7 +88,7 @@ struct HostileRowTests {
         let forgedScope = roots[1].keyScope
         try tamper(db, "UPDATE data_keys SET version = \(forged) WHERE scope = '\(forgedScope)'")
 
-        let byScope = await keyManagementError { _ = try await s.store.dataKeys(scope: forgedScope) }
+        let byScope = await #expect(throws: KeyManagementError.self) { _ = try await s.store.dataKeys(scope: forgedScope) }
         #expect(byScope?.code == .storeFailure && byScope?.scope == forgedScope, "\(String(describing: byScope))")
         #expect(byScope?.description.contains("refused") == true)
 
@@ -140,26 +127,26 @@ struct HostileRowTests {
         _ = try await s.store.shred(scope: "shredded-scope", at: Date())
 
         try tamper(db, "UPDATE data_keys SET wrapped = 'not a blob' WHERE scope = '\(scope)'")
-        let wrapped = await keyManagementError { _ = try await s.store.dataKeys(scope: scope) }
+        let wrapped = await #expect(throws: KeyManagementError.self) { _ = try await s.store.dataKeys(scope: scope) }
         #expect(wrapped?.code == .storeFailure && wrapped?.scope == scope && wrapped?.keyVersion == 1, "\(String(describing: wrapped))")
         #expect(wrapped?.message.contains("TEXT of 10 bytes") == true)
 
         try tamper(db, "UPDATE data_keys SET wrapped = X'00', kek_id = X'6b656b' WHERE scope = '\(scope)'")
-        let kek = await keyManagementError { _ = try await s.store.dataKeys(after: nil, limit: 10) }
+        let kek = await #expect(throws: KeyManagementError.self) { _ = try await s.store.dataKeys(after: nil, limit: 10) }
         #expect(kek?.code == .storeFailure && kek?.scope == scope && kek?.message.contains("kek_id") == true, "\(String(describing: kek))")
 
         try tamper(db, "UPDATE tombstones SET destroyed_versions = '1,x'")
-        let listed = await keyManagementError { _ = try await s.store.tombstones() }
+        let listed = await #expect(throws: KeyManagementError.self) { _ = try await s.store.tombstones() }
         #expect(listed?.code == .storeFailure && listed?.scope == "shredded-scope", "\(String(describing: listed))")
         try tamper(db, "UPDATE tombstones SET destroyed_versions = '', shredded_at = 'yesterday'")
-        let one = await keyManagementError { _ = try await s.store.tombstone(scope: "shredded-scope") }
+        let one = await #expect(throws: KeyManagementError.self) { _ = try await s.store.tombstone(scope: "shredded-scope") }
         #expect(one?.code == .storeFailure && one?.scope == "shredded-scope", "\(String(describing: one))")
 
         try tamper(db, "UPDATE master_key_checks SET kdf = '{\"not\": \"kdf\"}'")
-        let kdf = await keyManagementError { _ = try await s.store.masterKeyChecks() }
+        let kdf = await #expect(throws: KeyManagementError.self) { _ = try await s.store.masterKeyChecks() }
         #expect(kdf?.code == .storeFailure && kdf?.message.contains("kdf") == true, "\(String(describing: kdf))")
         try tamper(db, "UPDATE master_key_checks SET kdf = NULL, created_at = X'00'")
-        let checks = await keyManagementError { _ = try await s.store.masterKeyChecks() }
+        let checks = await #expect(throws: KeyManagementError.self) { _ = try await s.store.masterKeyChecks() }
         #expect(checks?.code == .storeFailure && checks?.message.contains("created_at") == true, "\(String(describing: checks))")
         await s.store.close()
     }
@@ -199,14 +186,14 @@ struct HostileRowTests {
         let ids = try await store.insertEvents([rawEvent(id, 1), rawEvent(id, 2)])
         try tamper(db, "UPDATE events SET originator_version = 'two' WHERE notification_id = \(ids[1])")
 
-        let events = await eventSourcingError { _ = try await store.selectEvents(originatorID: id) }
+        let events = await #expect(throws: EventSourcingError.self) { _ = try await store.selectEvents(originatorID: id) }
         #expect(events?.code == .databaseCorrupt && events?.originatorID == id && events?.notificationID == ids[1],
                 "\(String(describing: events))")
         #expect(events?.message.contains("originator_version") == true && events?.message.contains("TEXT of 3 bytes") == true)
-        let log = await eventSourcingError { _ = try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: []) }
+        let log = await #expect(throws: EventSourcingError.self) { _ = try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: []) }
         #expect(log?.code == .databaseCorrupt && log?.notificationID == ids[1] && log?.originatorID == id, "\(String(describing: log))")
         let app = Application(recorder: store, snapshots: store, mapper: Mapper())
-        let get = await eventSourcingError { _ = try await app.repository.get(Ledger.self, id: id) }
+        let get = await #expect(throws: EventSourcingError.self) { _ = try await app.repository.get(Ledger.self, id: id) }
         #expect(get?.code == .databaseCorrupt && get?.notificationID == ids[1], "\(String(describing: get))")
         await store.close()
     }
@@ -229,7 +216,7 @@ struct HostileRowTests {
         let ids = try await store.insertEvents([rawEvent(id, 1), rawEvent(id, 2), rawEvent(id, 3)])
         try tamper(db, "UPDATE events SET \(assignment) WHERE notification_id = \(ids[1])")
         for read in ["events", "log"] {
-            let e = await eventSourcingError {
+            let e = await #expect(throws: EventSourcingError.self) {
                 if read == "events" { _ = try await store.selectEvents(originatorID: id) }
                 else { _ = try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: []) }
             }
@@ -252,10 +239,10 @@ struct HostileRowTests {
             UPDATE events SET key_scope = 'subject-1';
             UPDATE events SET originator_id = X'0102030405' WHERE notification_id = \(ids[0]);
             """)
-        let byScope = await eventSourcingError { _ = try await store.selectNotifications(keyScope: "subject-1", after: 0, limit: 10) }
+        let byScope = await #expect(throws: EventSourcingError.self) { _ = try await store.selectNotifications(keyScope: "subject-1", after: 0, limit: 10) }
         #expect(byScope?.code == .databaseCorrupt && byScope?.notificationID == ids[0], "\(String(describing: byScope))")
         #expect(byScope?.message.contains("BLOB of 5 bytes") == true)
-        let log = await eventSourcingError { _ = try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: []) }
+        let log = await #expect(throws: EventSourcingError.self) { _ = try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: []) }
         #expect(log?.code == .databaseCorrupt && log?.notificationID == ids[0], "\(String(describing: log))")
         await store.close()
     }
@@ -273,7 +260,7 @@ struct HostileRowTests {
         #expect(stopped?.code == .databaseCorrupt && stopped?.originatorID == ids[1], "\(String(describing: stopped))")
         #expect(stopped?.message.contains("originator_version") == true)
         #expect(pages.map(\.originatorID) == [ids[0]])
-        let one = await eventSourcingError { _ = try await store.selectSnapshot(originatorID: ids[1], lte: nil) }
+        let one = await #expect(throws: EventSourcingError.self) { _ = try await store.selectSnapshot(originatorID: ids[1], lte: nil) }
         #expect(one?.code == .databaseCorrupt && one?.originatorID == ids[1], "\(String(describing: one))")
         await store.close()
     }
@@ -307,7 +294,7 @@ struct HostileRowTests {
             DROP TABLE snapshots;
             ALTER TABLE loose RENAME TO snapshots;
             """)
-        let e = await eventSourcingError { _ = try await store.selectSnapshot(originatorID: id, lte: nil) }
+        let e = await #expect(throws: EventSourcingError.self) { _ = try await store.selectSnapshot(originatorID: id, lte: nil) }
         #expect(e?.code == .databaseCorrupt && e?.originatorID == id && e?.originatorVersion == 2, "\(String(describing: e))")
         #expect(e?.message.contains("topic") == true && e?.message.contains("NULL") == true)
         await store.close()
@@ -355,12 +342,12 @@ struct HostileRowTests {
         let forged = try await app.repository.get(Ledger.self, id: id)
         #expect(forged.version == Int.max)
         var recorded = forged
-        let record = await eventSourcingError { try recorded.record(.entry(save: 2, item: 1, of: 1)) }
+        let record = #expect(throws: EventSourcingError.self) { try recorded.record(.entry(save: 2, item: 1, of: 1)) }
         #expect(record?.code == .invalidEvent && record?.originatorID == id, "\(String(describing: record))")
         #expect(recorded.pendingEvents.isEmpty && recorded.version == Int.max)
         var applied = forged
         let next = DomainEvent(originatorID: id, originatorVersion: Int.min, timestamp: Date(), event: Ledger.Event.entry(save: 2, item: 1, of: 1))
-        let apply = await eventSourcingError { try applied.apply(next) }
+        let apply = #expect(throws: EventSourcingError.self) { try applied.apply(next) }
         #expect(apply?.code == .invalidEvent && apply?.originatorID == id, "\(String(describing: apply))")
         await store.close()
     }
@@ -374,10 +361,10 @@ struct HostileRowTests {
         _ = try await store.insertEvents([rawEvent(id, 1)])
         try tamper(db, "UPDATE events SET notification_id = 9223372036854775806")
         // One more fits exactly; two do not.
-        let two = await eventSourcingError { _ = try await store.insertEvents([rawEvent(id, 2), rawEvent(id, 3)]) }
+        let two = await #expect(throws: EventSourcingError.self) { _ = try await store.insertEvents([rawEvent(id, 2), rawEvent(id, 3)]) }
         #expect(two?.code == .databaseCorrupt && two?.notificationID == Int64.max - 1, "\(String(describing: two))")
         #expect(try await store.insertEvents([rawEvent(id, 2)]) == [Int64.max])
-        let after = await eventSourcingError { _ = try await store.insertEvents([rawEvent(id, 3)]) }
+        let after = await #expect(throws: EventSourcingError.self) { _ = try await store.insertEvents([rawEvent(id, 3)]) }
         #expect(after?.code == .databaseCorrupt && after?.notificationID == Int64.max, "\(String(describing: after))")
         #expect(try await store.selectEvents(originatorID: id).map(\.originatorVersion) == [1, 2])
         await store.close()

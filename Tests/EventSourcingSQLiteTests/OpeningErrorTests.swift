@@ -16,7 +16,7 @@ struct OpeningErrorTests {
     private func expectOpenFails(_ path: String, with code: EventSourcingError.Code,
                                  sourceLocation: SourceLocation = #_sourceLocation) async throws {
         let before = databaseFiles(path).map { ($0.suffix, $0.bytes, fileExists(path + $0.suffix)) }
-        let error = await eventSourcingError({ _ = try SQLiteStore(path: path) }, sourceLocation: sourceLocation)
+        let error = #expect(throws: EventSourcingError.self, sourceLocation: sourceLocation) { _ = try SQLiteStore(path: path) }
         #expect(error?.code == code, "opening \(path): \(String(describing: error))", sourceLocation: sourceLocation)
         #expect(error?.message.isEmpty == false, sourceLocation: sourceLocation)
         for (suffix, bytes, existed) in before {

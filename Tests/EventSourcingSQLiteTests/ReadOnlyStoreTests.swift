@@ -106,10 +106,7 @@ struct ReadOnlyStoreTests {
             ("master-key check", { try await store.insertMasterKeyCheck(MasterKeyCheck(kekID: "x", sealed: [1], kdf: nil, createdAt: Date())) }),
         ]
         for (name, attempt) in attempts {
-            do {
-                try await attempt()
-                Issue.record("\(name) on a read-only store did not throw")
-            } catch {
+            if let error = await #expect(throws: (any Error).self, "\(name) on a read-only store", performing: { try await attempt() }) {
                 let code = (error as? EventSourcingError)?.code.description ?? (error as? KeyManagementError)?.code.description
                 let message = (error as? EventSourcingError)?.message ?? "\(error)"
                 #expect(code == "databaseUnavailable" || message.contains("open read-only"), "\(name): \(error)")
@@ -123,12 +120,8 @@ struct ReadOnlyStoreTests {
     func missingDatabase() throws {
         let dir = try TempDir("readonly")
         let path = dir.path("absent.sqlite")
-        #expect(throws: EventSourcingError.self) { _ = try Self.readOnly(path) }
-        do { _ = try Self.readOnly(path) } catch let e as EventSourcingError {
-            #expect(e.code == .databaseUnavailable && e.message.contains(path), "\(e)")
-        } catch {
-            Issue.record("\(error)")
-        }
+        let e = #expect(throws: EventSourcingError.self) { _ = try Self.readOnly(path) }
+        #expect(e?.code == .databaseUnavailable && e?.message.contains(path) == true, "\(String(describing: e))")
         #expect(Self.directory(path).isEmpty, "\(Self.directory(path).keys.sorted())")
     }
 
@@ -140,7 +133,7 @@ struct ReadOnlyStoreTests {
         let store = try Self.readOnly(path)
         #expect(try await store.masterKeyChecks().isEmpty)
         #expect(try await store.statistics().events == 0)
-        let e = await eventSourcingError { _ = try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: []) }
+        let e = await #expect(throws: EventSourcingError.self) { _ = try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: []) }
         #expect(e?.code == .databaseUnavailable && e?.message.contains("no event store") == true, "\(String(describing: e))")
         #expect(try await SQLiteStore.masterKeyChecks(readingOnly: path).isEmpty)
         await store.close()
@@ -181,7 +174,7 @@ struct ReadOnlyStoreTests {
         var more = try ledgerSave(nil, save: 2, count: 3)
         try await other.app.save(&more)
         await other.store.close()
-        let e = await eventSourcingError { _ = try await store.statistics() }
+        let e = await #expect(throws: EventSourcingError.self) { _ = try await store.statistics() }
         #expect(e?.code == .databaseLocked && e?.message.contains("read it again") == true, "\(String(describing: e))")
         await store.close()
         // Opened again, it reads the new state.

@@ -74,7 +74,7 @@ struct ShredOnDiskTests {
         #expect(tomb.destroyedVersions == [1, 2])
         #expect(try await s.store.dataKeys(scope: scope).isEmpty)
         #expect(try await s.store.selectSnapshot(originatorID: target, lte: nil) == nil)
-        let e = await eventSourcingError { _ = try await s.app.repository.get(Customer.self, id: target) }
+        let e = await #expect(throws: EventSourcingError.self) { _ = try await s.app.repository.get(Customer.self, id: target) }
         #expect(e?.code == .shredded)
         #expect(try await s.app.repository.get(Customer.self, id: ids[10]).email == "p10@example.org")
         await s.store.close()

@@ -148,36 +148,6 @@ func isContiguous(_ ids: [Int64]) -> Bool {
     zip(ids, ids.dropFirst()).allSatisfy { $1 == $0 + 1 }
 }
 
-/// Expects `body` to throw an ``EventSourcingError`` with one of `codes`; returns the error.
-@discardableResult
-func expectESError<T>(_ codes: Set<EventSourcingError.Code>, _ comment: String = "",
-                      sourceLocation: SourceLocation = #_sourceLocation,
-                      _ body: () async throws -> T) async -> EventSourcingError? {
-    do {
-        _ = try await body()
-        Issue.record("expected EventSourcingError \(codes.map(\.description).sorted()), nothing was thrown. \(comment)",
-                     sourceLocation: sourceLocation)
-        return nil
-    } catch let e as EventSourcingError {
-        #expect(codes.contains(e.code), "expected \(codes.map(\.description).sorted()), got \(e). \(comment)",
-                sourceLocation: sourceLocation)
-        return e
-    } catch {
-        Issue.record("expected EventSourcingError \(codes.map(\.description).sorted()), got \(type(of: error)): \(error). \(comment)",
-                     sourceLocation: sourceLocation)
-        return nil
-    }
-}
-
-/// Expects `body` to throw an ``EventSourcingError`` with `code`; returns the error.
-@discardableResult
-func expectESError<T>(_ code: EventSourcingError.Code, _ comment: String = "",
-                      sourceLocation: SourceLocation = #_sourceLocation,
-                      _ body: () async throws -> T) async -> EventSourcingError? {
-    await expectESError([code], comment, sourceLocation: sourceLocation, body)
-}
-
-
 /// Races `body` against a deadline: throws if it has not finished after `limit`.
 func withDeadline<T: Sendable>(_ limit: Duration, _ what: String,
                                _ body: @escaping @Sendable () async throws -> T) async throws -> T {

@@ -71,20 +71,6 @@ func readWholeLog(_ app: Application, page: Int = 500) async throws -> [LogItem]
     }
 }
 
-/// The error thrown by `body` as an ``EventSourcingError``; records an issue if it throws
-/// something else or nothing.
-func eventSourcingError(_ body: () async throws -> Void, sourceLocation: SourceLocation = #_sourceLocation) async -> EventSourcingError? {
-    do {
-        try await body()
-        Issue.record("expected an EventSourcingError, nothing was thrown", sourceLocation: sourceLocation)
-    } catch let e as EventSourcingError {
-        return e
-    } catch {
-        Issue.record("expected an EventSourcingError, got \(type(of: error)): \(error)", sourceLocation: sourceLocation)
-    }
-    return nil
-}
-
 // MARK: Helpers outside the test process
 
 extension TestEnvironment {

@@ -66,7 +66,8 @@ struct ApplicationTests {
             try stale.record(.addedTrick("roll"))
             var c = try Self.registeredDog("C", tricks: ["paw"])
             spy.reset()
-            let e = await expectESError(.concurrencyConflict) { try await app.save(&c, &stale) }
+            let e = await #expect(throws: EventSourcingError.self) { try await app.save(&c, &stale) }
+            #expect(e?.code == .concurrencyConflict)
             #expect(e?.originatorID == a.id)
             #expect(e?.originatorVersion == 3)
             #expect(spy.inserts.count == 1, "both aggregates went to the recorder in one call")
@@ -140,9 +141,11 @@ struct ApplicationTests {
             #expect(try await t.app.repository.get(Dog.self, id: dog.id, version: 99).version == 3)
 
             let unknown = UUID()
-            let e = await expectESError(.aggregateNotFound) { try await t.app.repository.get(Dog.self, id: unknown) }
+            let e = await #expect(throws: EventSourcingError.self) { try await t.app.repository.get(Dog.self, id: unknown) }
+            #expect(e?.code == .aggregateNotFound)
             #expect(e?.originatorID == unknown)
-            await expectESError(.invalidArgument) { try await t.app.repository.get(Dog.self, id: dog.id, version: 0) }
+            let invalidArgument = await #expect(throws: EventSourcingError.self) { try await t.app.repository.get(Dog.self, id: dog.id, version: 0) }
+            #expect(invalidArgument?.code == .invalidArgument)
 
             #expect(try await t.app.repository.contains(dog.id))
             #expect(try await t.app.repository.contains(unknown) == false)
@@ -167,7 +170,8 @@ struct ApplicationTests {
             try first.record(.addedTrick("sit"))
             try second.record(.addedTrick("beg"))
             try await t.app.save(&first)
-            let e = await expectESError(.concurrencyConflict) { try await t.app.save(&second) }
+            let e = await #expect(throws: EventSourcingError.self) { try await t.app.save(&second) }
+            #expect(e?.code == .concurrencyConflict)
             #expect(e?.originatorID == dog.id)
             #expect(e?.originatorVersion == 2)
             #expect(e?.isConcurrencyConflict == true)
@@ -212,7 +216,7 @@ struct ApplicationTests {
             try await t.app.save(&dog)
 
             var attempts = 0
-            let e = await expectESError(.concurrencyConflict) {
+            let e = await #expect(throws: EventSourcingError.self) {
                 try await t.app.retryingOnConflict(maxAttempts: 3) {
                     attempts += 1
                     var s = stale
@@ -220,16 +224,18 @@ struct ApplicationTests {
                     try await t.app.save(&s)
                 }
             }
+            #expect(e?.code == .concurrencyConflict)
             #expect(attempts == 3)
             #expect(e?.originatorVersion == 2)
 
             attempts = 0
-            await expectESError(.aggregateNotFound) {
+            let aggregateNotFound = await #expect(throws: EventSourcingError.self) {
                 try await t.app.retryingOnConflict(maxAttempts: 3) {
                     attempts += 1
                     return try await t.app.repository.get(Dog.self, id: UUID())
                 }
             }
+            #expect(aggregateNotFound?.code == .aggregateNotFound)
             #expect(attempts == 1)
             #expect(try await t.app.repository.get(Dog.self, id: dog.id).tricks == ["sit"])
         }
@@ -291,8 +297,10 @@ struct ApplicationTests {
 
             // Without a snapshot recorder, takeSnapshot is refused.
             let bare = Application(recorder: t.store.recorder, mapper: t.app.mapper)
-            await expectESError(.invalidArgument) { try await bare.takeSnapshot(Dog.self, id: dog.id) }
-            await expectESError(.aggregateNotFound) { try await app.takeSnapshot(Dog.self, id: UUID()) }
+            let invalidArgument = await #expect(throws: EventSourcingError.self) { try await bare.takeSnapshot(Dog.self, id: dog.id) }
+            #expect(invalidArgument?.code == .invalidArgument)
+            let aggregateNotFound = await #expect(throws: EventSourcingError.self) { try await app.takeSnapshot(Dog.self, id: UUID()) }
+            #expect(aggregateNotFound?.code == .aggregateNotFound)
         }
     }
 
@@ -366,8 +374,10 @@ struct ApplicationTests {
             #expect(try await log.select(start: 1, limit: 10, stop: 3).map(\.id) == [1, 2, 3])
             #expect(try await log.select(start: 1, limit: 10, topics: ["Dog.addedTrick"]).map(\.id) == [2, 4])
             #expect(try await log.select(start: 5, limit: 10).isEmpty)
-            await expectESError(.invalidArgument) { try await log.select(start: 0, limit: 10) }
-            await expectESError(.invalidArgument) { try await log.select(start: 1, limit: 0) }
+            let invalidArgument = await #expect(throws: EventSourcingError.self) { try await log.select(start: 0, limit: 10) }
+            #expect(invalidArgument?.code == .invalidArgument)
+            let invalidArgument2 = await #expect(throws: EventSourcingError.self) { try await log.select(start: 1, limit: 0) }
+            #expect(invalidArgument2?.code == .invalidArgument)
 
             let items = try await log.read(start: 1, limit: 10)
             #expect(items.map(\.notification.id) == [1, 2, 3, 4])
@@ -383,7 +393,8 @@ struct ApplicationTests {
             #expect(page.map(\.notification.id) == [3])
             #expect(try page.first?.event(as: Dog.self).event == .registered(name: "B"))
             // Reading an item as the wrong aggregate type is refused, naming the topic.
-            let e = await expectESError(.aggregateTypeMismatch) { try page.first?.event(as: Customer.self) }
+            let e = #expect(throws: EventSourcingError.self) { try page.first?.event(as: Customer.self) }
+            #expect(e?.code == .aggregateTypeMismatch)
             #expect(e?.topic == "Dog.registered")
         }
     }
@@ -436,13 +447,15 @@ struct ApplicationTests {
             var fresh = try AggregateRoot<DogV2>(.registered(name: "Rex", breed: "collie"))
             try fresh.record(.addedTrick("sit"))
             try await t.app.save(&fresh)
-            let e = await expectESError(.decodingFailed) { try await t.app.repository.get(Dog.self, id: fresh.id) }
+            let e = await #expect(throws: EventSourcingError.self) { try await t.app.repository.get(Dog.self, id: fresh.id) }
+            #expect(e?.code == .decodingFailed)
             #expect(e?.topic == "Dog.registered")
             #expect(e?.originatorID == fresh.id)
             #expect(e?.originatorVersion == 1)
 
             let stored = try await t.store.recorder.selectEvents(originatorID: fresh.id)
-            let e2 = await expectESError(.decodingFailed) { try await t.app.mapper.decode(stored[1], as: Dog.self) }
+            let e2 = await #expect(throws: EventSourcingError.self) { try await t.app.mapper.decode(stored[1], as: Dog.self) }
+            #expect(e2?.code == .decodingFailed)
             #expect(e2?.topic == "Dog.addedTrick")
             #expect(e2?.originatorVersion == 2)
         }

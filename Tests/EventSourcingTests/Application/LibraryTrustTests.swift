@@ -42,15 +42,17 @@ struct PlaintextRefusalTests {
 
             let plain = Application(recorder: store.recorder, snapshots: store.snapshots)
             var fido = try AggregateRoot<Dog>(.registered(name: "Fido"))
-            let e = await expectESError(.plaintextRejected) { try await plain.save(&fido) }
+            let e = await #expect(throws: EventSourcingError.self) { try await plain.save(&fido) }
+            #expect(e?.code == .plaintextRejected)
             #expect(e?.originatorID == fido.id && e?.originatorVersion == 1 && e?.topic == "Dog.registered")
             #expect(!"\(e.map { "\($0)" } ?? "")".contains("Fido"), "the error must not carry the plaintext")
             #expect(try await store.recorder.selectNotifications(start: 1, limit: 10, stop: nil, topics: []).count == 1,
                     "nothing was written")
-            await expectESError(.plaintextRejected) {
+            let plaintextRejected = await #expect(throws: EventSourcingError.self) {
                 try await store.snapshots.insertSnapshot(StoredEvent(originatorID: rex.id, originatorVersion: 1,
                                                                      topic: Dog.snapshotTopic, state: [0xE5, 0x53, 1, 4]))
             }
+            #expect(plaintextRejected?.code == .plaintextRejected)
             #expect(try await store.snapshots.selectSnapshot(originatorID: rex.id, lte: nil) == nil)
         }
     }
@@ -78,7 +80,8 @@ struct PlaintextRefusalTests {
         try await encrypted.save(&new)
 
         // By default an encrypting application refuses the unencrypted record.
-        let e = await expectESError(.plaintextRejected) { try await encrypted.repository.get(Dog.self, id: old.id) }
+        let e = await #expect(throws: EventSourcingError.self) { try await encrypted.repository.get(Dog.self, id: old.id) }
+        #expect(e?.code == .plaintextRejected)
         #expect(e?.originatorID == old.id)
         let lenient = Application(recorder: migrating, mapper: Mapper(keyring: keyring, options: .init(plaintextReads: .allowed)))
         #expect(try await lenient.repository.get(Dog.self, id: old.id).name == "Old Shep")
@@ -91,7 +94,8 @@ struct PlaintextRefusalTests {
         // Reopened without the opt-in, the store refuses plaintext again.
         let strict = try SQLiteStore(path: path)
         var more = try AggregateRoot<Dog>(.registered(name: "Beethoven"))
-        await expectESError(.plaintextRejected) { try await Application(recorder: strict).save(&more) }
+        let plaintextRejected = await #expect(throws: EventSourcingError.self) { try await Application(recorder: strict).save(&more) }
+        #expect(plaintextRejected?.code == .plaintextRejected)
         await strict.close()
     }
 }
@@ -110,7 +114,8 @@ struct AbsentScopeShredTests {
         let (app, keys) = try await Self.app()
         var dog = try AggregateRoot<Dog>(.registered(name: "Rex"))
         try await app.save(&dog)
-        let e = await expectESError(.keyScopeNotFound) { try await app.shred(keyScope: "no-such-subject") }
+        let e = await #expect(throws: EventSourcingError.self) { try await app.shred(keyScope: "no-such-subject") }
+        #expect(e?.code == .keyScopeNotFound)
         #expect(e?.keyScope == "no-such-subject")
         #expect(try await keys.tombstones().isEmpty, "no tombstone for the typo")
         #expect(try await app.repository.get(Dog.self, id: dog.id).name == "Rex")
@@ -125,7 +130,8 @@ struct AbsentScopeShredTests {
         #expect(receipt.keyScope == dog.id.uuidString.lowercased())
         #expect(receipt.eventsAffected == 1)
         #expect(try await keys.tombstones().map(\.scope) == [dog.id.uuidString.lowercased()])
-        await expectESError(.shredded) { try await app.repository.get(Dog.self, id: dog.id) }
+        let shredded = await #expect(throws: EventSourcingError.self) { try await app.repository.get(Dog.self, id: dog.id) }
+        #expect(shredded?.code == .shredded)
     }
 
     @Test("A subject stored in uppercase is found from its lowercase spelling too")
@@ -136,7 +142,8 @@ struct AbsentScopeShredTests {
         try await app.save(&c)
         let receipt = try await app.shred(keyScope: subject.lowercased())
         #expect(receipt.keyScope == subject)
-        await expectESError(.shredded) { try await app.repository.get(Customer.self, id: c.id) }
+        let shredded = await #expect(throws: EventSourcingError.self) { try await app.repository.get(Customer.self, id: c.id) }
+        #expect(shredded?.code == .shredded)
     }
 
     @Test("Tombstoning ahead of time is explicit, and then no record can be written under the scope")
@@ -146,7 +153,8 @@ struct AbsentScopeShredTests {
         #expect(receipt.destroyedKeyVersions.isEmpty && receipt.eventsAffected == 0)
         #expect(try await keys.tombstone(scope: "subject-to-be") != nil)
         var c = try AggregateRoot<Customer>(.registered(personID: "subject-to-be", name: "Bo", email: "bo@example.com"))
-        await expectESError(.shredded) { try await app.save(&c) }
+        let shredded = await #expect(throws: EventSourcingError.self) { try await app.save(&c) }
+        #expect(shredded?.code == .shredded)
     }
 
     @Test("shred(root) and shred(aggregateID:) use the aggregate's real scope (its data subject)")
@@ -157,8 +165,10 @@ struct AbsentScopeShredTests {
         try await app.save(&a, &b)
         #expect(try await app.shred(a).keyScope == "person-1")
         #expect(try await app.shred(aggregateID: b.id).keyScope == "person-2")
-        await expectESError(.aggregateNotFound) { try await app.shred(aggregateID: UUID()) }
-        await expectESError(.shredded) { try await app.repository.get(Customer.self, id: b.id) }
+        let aggregateNotFound = await #expect(throws: EventSourcingError.self) { try await app.shred(aggregateID: UUID()) }
+        #expect(aggregateNotFound?.code == .aggregateNotFound)
+        let shredded = await #expect(throws: EventSourcingError.self) { try await app.repository.get(Customer.self, id: b.id) }
+        #expect(shredded?.code == .shredded)
     }
 }
 
@@ -169,12 +179,14 @@ struct WrongTypeTests {
         try await factory.withFreshApp(snapshotIntervals: ["Dog": 2]) { t in
             var dog = try AggregateRoot<Dog>(.registered(name: "Rex"))
             try await t.app.save(&dog)
-            let e = await expectESError(.aggregateTypeMismatch) { try await t.app.repository.get(Cat.self, id: dog.id) }
+            let e = await #expect(throws: EventSourcingError.self) { try await t.app.repository.get(Cat.self, id: dog.id) }
+            #expect(e?.code == .aggregateTypeMismatch)
             #expect(e?.originatorID == dog.id && e?.topic == "Dog.registered")
             // Also when a snapshot is read first.
             try dog.record(.addedTrick("sit"))
             try await t.app.save(&dog)
-            let s = await expectESError(.aggregateTypeMismatch) { try await t.app.repository.get(Cat.self, id: dog.id) }
+            let s = await #expect(throws: EventSourcingError.self) { try await t.app.repository.get(Cat.self, id: dog.id) }
+            #expect(s?.code == .aggregateTypeMismatch)
             #expect(s?.topic == Dog.snapshotTopic)
             #expect(try await t.app.repository.get(Dog.self, id: dog.id).tricks == ["sit"])
             // The log's typed accessor checks the topic too.
@@ -270,7 +282,8 @@ struct TopicTests {
         let r = InMemoryRecorder()
         let app = Application(recorder: r)
         var m = try AggregateRoot<Meter>(.init(reading: 3, unit: "kWh"))
-        let e = await expectESError(.invalidArgument) { try await app.save(&m) }
+        let e = await #expect(throws: EventSourcingError.self) { try await app.save(&m) }
+        #expect(e?.code == .invalidArgument)
         #expect(e?.message.contains("topicName(of:)") == true)
         #expect(try await r.maxNotificationID() == nil)
         var d = try AggregateRoot<DeclaredMeter>(.init(reading: 3, unit: "kWh"))
@@ -477,7 +490,8 @@ struct ScopeSpellingReceiptTests {
             #expect(receipt.snapshotsDeleted == 1)
             #expect(try await store.snapshots.selectSnapshot(originatorID: b.id, lte: nil) != nil)
             #expect(try await app.repository.get(Customer.self, id: b.id).name == "B")
-            await expectESError(.shredded) { try await app.repository.get(Customer.self, id: a.id) }
+            let shredded = await #expect(throws: EventSourcingError.self) { try await app.repository.get(Customer.self, id: a.id) }
+            #expect(shredded?.code == .shredded)
         }
     }
 }

@@ -31,33 +31,41 @@ final class CountingCipher: RecordCipher {
     }
 }
 
+/// The calls made to a recorder and a key store, in the order they were made.
+final class CallLog: Sendable {
+    private let entries = Mutex<[String]>([])
+    func add(_ entry: String) { entries.withLock { $0.append(entry) } }
+    var all: [String] { entries.withLock { $0 } }
+}
+
 /// An application recorder that can store keys with its events, and says whether it shares
 /// transactions with a key store as it is told to; it logs the order of what it is asked.
 final class LoggingKeyCommittingRecorder: KeyCommittingRecorder {
     let inner = InMemoryRecorder()
-    let store: InMemoryKeyStore
+    let store: any KeyStore
     let shares: Bool
-    let log = Mutex<[String]>([])
+    let log: CallLog
     /// How many plain `insertEvents` calls fail (a crash between persisting keys and events).
     let failingInserts = Mutex(0)
 
-    init(store: InMemoryKeyStore, shares: Bool) {
+    init(store: any KeyStore, shares: Bool, log: CallLog = CallLog()) {
         self.store = store
         self.shares = shares
+        self.log = log
     }
 
     var keyStore: any KeyStore { store }
 
-    func sharesTransactions(with keyStore: any KeyStore) -> Bool { shares && (keyStore as? InMemoryKeyStore) === store }
+    func sharesTransactions(with keyStore: any KeyStore) -> Bool { shares && (keyStore as AnyObject) === (store as AnyObject) }
 
     func insertEvents(_ events: [StoredEvent], newKeys: [WrappedDataKey]) async throws -> [Int64] {
-        log.withLock { $0.append("events+keys:\(newKeys.count)") }
+        log.add("events+keys:\(newKeys.count)")
         for k in newKeys { try await store.insertDataKey(k) }
         return try await inner.insertEvents(events)
     }
 
     func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] {
-        log.withLock { $0.append("events") }
+        log.add("events")
         let fail = failingInserts.withLock { n -> Bool in
             guard n > 0 else { return false }
             n -= 1
@@ -81,13 +89,13 @@ final class LoggingKeyCommittingRecorder: KeyCommittingRecorder {
 /// A key store that logs when a data key is inserted into it, into the recorder's log.
 final class LoggingKeyStore: KeyStore {
     let inner: InMemoryKeyStore
-    let log: Mutex<[String]>
-    init(_ inner: InMemoryKeyStore) {
+    let log: CallLog
+    init(_ inner: InMemoryKeyStore, log: CallLog) {
         self.inner = inner
-        log = Mutex([])
+        self.log = log
     }
     func insertDataKey(_ key: WrappedDataKey) async throws {
-        log.withLock { $0.append("key") }
+        log.add("key")
         try await inner.insertDataKey(key)
     }
     func dataKeys(scope: String) async throws -> [WrappedDataKey] { try await inner.dataKeys(scope: scope) }
@@ -197,18 +205,18 @@ struct WritePathTests {
     @Test("A recorder that does not share the key store's transactions gets the keys stored first, on their own")
     func keysFirstWhenNotShared() async throws {
         let keys = InMemoryKeyStore()
-        let logged = LoggingKeyStore(keys)
+        let log = CallLog()
+        let logged = LoggingKeyStore(keys, log: log)
         // The recorder's own key store is the very object the keyring uses, yet it says it
         // cannot store keys in its transactions: the application must take its word.
-        let recorder = LoggingKeyCommittingRecorder(store: keys, shares: false)
+        let recorder = LoggingKeyCommittingRecorder(store: logged, shares: false, log: log)
         let keyring = try await Keyring.open(store: logged, masterKeys: [MasterKey.generate()])
         let app = Application(recorder: recorder, mapper: Mapper(keyring: keyring))
         #expect(!recorder.sharesTransactions(with: logged))
 
         var dog = try AggregateRoot<Dog>(.registered(name: "Fido"))
         try await app.save(&dog)
-        let order = logged.log.withLock { $0 } + recorder.log.withLock { $0 }
-        #expect(order == ["key", "events"], "the key is persisted on its own, before the events")
+        #expect(log.all == ["key", "events"], "the key is persisted on its own, before the events")
         #expect(try await keys.dataKeys(scope: dog.keyScope).count == 1)
         #expect(try await app.repository.get(Dog.self, id: dog.id).name == "Fido")
     }
@@ -223,12 +231,12 @@ struct WritePathTests {
         var a = try AggregateRoot<Customer>(.registered(personID: "p-9", name: "A", email: "a@x"))
         var b = try AggregateRoot<Customer>(.registered(personID: "p-9", name: "B", email: "b@x"))
         try await app.save(&a, &b)
-        #expect(recorder.log.withLock { $0 } == ["events+keys:1"])
+        #expect(recorder.log.all == ["events+keys:1"])
         #expect(try await keys.dataKeys(scope: "p-9").count == 1)
         // The key is known now: the next save stores no key.
         try a.record(.changedEmail("c@x"))
         try await app.save(&a)
-        #expect(recorder.log.withLock { $0 } == ["events+keys:1", "events"])
+        #expect(recorder.log.all == ["events+keys:1", "events"])
     }
 
     @Test("A failure after the keys were stored and before the events loses nothing: the retry uses the stored key")

@@ -177,7 +177,8 @@ struct EncryptionTests {
             // A forged event: another aggregate's coordinates with Fido's ciphertext.
             let forgedID = UUID()
             _ = try await t.store.recorder.insertEvents([StoredEvent(originatorID: forgedID, originatorVersion: 1,
-                                                                     topic: "Dog.registered", state: original.state)])
+                                                                     topic: "Dog.registered", state: original.state,
+                                                                     keyScope: StateHeader.peekKeyScope(original.state))])
             var later = try AggregateRoot<Dog>(.registered(name: "Later"))
             try await t.app.save(&later)
 
@@ -192,9 +193,11 @@ struct EncryptionTests {
             #expect(f.code == .integrityFailure)
             #expect(f.originatorID == forgedID)
             #expect(f.notificationID == 2)
-            let e = await expectESError(.integrityFailure) { try items[1].event(as: Dog.self) }
+            let e = #expect(throws: EventSourcingError.self) { try items[1].event(as: Dog.self) }
+            #expect(e?.code == .integrityFailure)
             #expect(e?.notificationID == 2)
-            await expectESError(.integrityFailure) { try await t.app.repository.get(Dog.self, id: forgedID) }
+            let integrityFailure = await #expect(throws: EventSourcingError.self) { try await t.app.repository.get(Dog.self, id: forgedID) }
+            #expect(integrityFailure?.code == .integrityFailure)
         }
     }
 
@@ -207,12 +210,14 @@ struct EncryptionTests {
             for length in [0, 1, 3, 4, 10, stored.state.count - 17, stored.state.count - 16, stored.state.count - 1] {
                 var cut = stored
                 cut.state = Array(stored.state.prefix(length))
-                let e = await expectESError(.integrityFailure, "length \(length)") { try await t.app.mapper.decode(cut, as: Dog.self) }
+                let e = await #expect(throws: EventSourcingError.self, "length \(length)") { try await t.app.mapper.decode(cut, as: Dog.self) }
+                #expect(e?.code == .integrityFailure, "length \(length)")
                 #expect(e?.originatorID == dog.id)
             }
             var longer = stored
             longer.state.append(0)
-            await expectESError(.integrityFailure) { try await t.app.mapper.decode(longer, as: Dog.self) }
+            let integrityFailure = await #expect(throws: EventSourcingError.self) { try await t.app.mapper.decode(longer, as: Dog.self) }
+            #expect(integrityFailure?.code == .integrityFailure)
         }
     }
 
@@ -239,7 +244,8 @@ struct EncryptionTests {
             func expectMoved<A: Aggregate>(_ into: StoredEvent, state: [UInt8], as type: A.Type, _ what: String) async {
                 var moved = into
                 moved.state = state
-                let e = await expectESError(.integrityFailure, "\(what)") { try await t.app.mapper.decode(moved, as: type) }
+                let e = await #expect(throws: EventSourcingError.self, "\(what)") { try await t.app.mapper.decode(moved, as: type) }
+                #expect(e?.code == .integrityFailure, "\(what)")
                 #expect(e?.originatorID == into.originatorID, "\(what)")
                 #expect(e?.originatorVersion == into.originatorVersion, "\(what)")
             }
@@ -250,14 +256,16 @@ struct EncryptionTests {
             await expectMoved(ec2[0], state: ec1[0].state, as: Customer.self, "c1 into c2 (same key)")
             var relabelled = ea[1]
             relabelled.topic = "Dog.registered"
-            await expectESError(.integrityFailure, "topic changed") { try await t.app.mapper.decode(relabelled, as: Dog.self) }
+            let integrityFailure = await #expect(throws: EventSourcingError.self, "topic changed") { try await t.app.mapper.decode(relabelled, as: Dog.self) }
+            #expect(integrityFailure?.code == .integrityFailure, "topic changed")
 
             // A snapshot record passed off as an event is refused too.
             try await t.app.takeSnapshot(Dog.self, id: a.id)
             let snap = try #require(try await t.store.snapshots.selectSnapshot(originatorID: a.id, lte: nil))
             var asEvent = snap
             asEvent.topic = "Dog.addedTrick"
-            await expectESError(.integrityFailure) { try await t.app.mapper.decode(asEvent, as: Dog.self) }
+            let integrityFailure2 = await #expect(throws: EventSourcingError.self) { try await t.app.mapper.decode(asEvent, as: Dog.self) }
+            #expect(integrityFailure2?.code == .integrityFailure)
             // The originals still read.
             #expect(try await t.app.repository.get(Dog.self, id: a.id).tricks == ["one", "two"])
             #expect(try await t.app.repository.get(Customer.self, id: c2.id).name == "C2")
@@ -294,7 +302,8 @@ struct EncryptionTests {
             #expect(receipt.snapshotsDeleted == 2)
 
             for c in [c1, c2] {
-                let e = await expectESError(.shredded) { try await t.app.repository.get(Customer.self, id: c.id) }
+                let e = await #expect(throws: EventSourcingError.self) { try await t.app.repository.get(Customer.self, id: c.id) }
+                #expect(e?.code == .shredded)
                 #expect(e?.keyScope == subject)
                 #expect(e?.originatorID == c.id)
                 #expect(e?.shreddedAt == receipt.shreddedAt)
@@ -303,10 +312,12 @@ struct EncryptionTests {
             }
             // Writing to the shredded scope never mints a new key.
             try c2.record(.changedEmail("again"))
-            let w = await expectESError(.shredded) { try await t.app.save(&c2) }
+            let w = await #expect(throws: EventSourcingError.self) { try await t.app.save(&c2) }
+            #expect(w?.code == .shredded)
             #expect(w?.keyScope == subject)
             var newcomer = try AggregateRoot<Customer>(.registered(personID: subject, name: "new", email: "n"))
-            await expectESError(.shredded) { try await t.app.save(&newcomer) }
+            let shredded = await #expect(throws: EventSourcingError.self) { try await t.app.save(&newcomer) }
+            #expect(shredded?.code == .shredded)
             #expect(try await t.app.repository.contains(newcomer.id) == false)
             #expect(try await t.keyring?.store.dataKeys(scope: subject).isEmpty == true)
             // Not even through a fresh keyring (empty cache) over the same key store.
@@ -314,8 +325,10 @@ struct EncryptionTests {
             let freshApp = Application(recorder: t.store.recorder, snapshots: t.store.snapshots,
                                        mapper: Mapper(keyring: freshKeyring))
             var late = try AggregateRoot<Customer>(.registered(personID: subject, name: "late", email: "l"))
-            await expectESError(.shredded) { try await freshApp.save(&late) }
-            let fresh = await expectESError(.shredded) { try await freshApp.repository.get(Customer.self, id: c1.id) }
+            let shredded2 = await #expect(throws: EventSourcingError.self) { try await freshApp.save(&late) }
+            #expect(shredded2?.code == .shredded)
+            let fresh = await #expect(throws: EventSourcingError.self) { try await freshApp.repository.get(Customer.self, id: c1.id) }
+            #expect(fresh?.code == .shredded)
             #expect(fresh?.keyScope == subject)
             #expect(try await t.keyring?.store.dataKeys(scope: subject).isEmpty == true)
 
@@ -328,7 +341,8 @@ struct EncryptionTests {
             try await t.app.save(&c3more)
 
             // Shredding twice is refused.
-            let again = await expectESError(.shredded) { try await t.app.shred(keyScope: subject) }
+            let again = await #expect(throws: EventSourcingError.self) { try await t.app.shred(keyScope: subject) }
+            #expect(again?.code == .shredded)
             #expect(again?.keyScope == subject)
         }
     }
@@ -351,7 +365,8 @@ struct EncryptionTests {
             #expect(receipt.destroyedKeyVersions == [1])
             #expect(try await t.app.countEvents(keyScope: bystander.keyScope) == 1)
             #expect(try await t.store.snapshots.selectSnapshot(originatorID: bystander.id, lte: nil) != nil)
-            let e = await expectESError(.shredded) { try await t.app.repository.get(Dog.self, id: dog.id, version: 2) }
+            let e = await #expect(throws: EventSourcingError.self) { try await t.app.repository.get(Dog.self, id: dog.id, version: 2) }
+            #expect(e?.code == .shredded)
             #expect(e?.keyScope == dog.keyScope)
         }
     }
@@ -375,7 +390,8 @@ struct EncryptionTests {
                     #expect(scope == "gone")
                     #expect(at == receipt.shreddedAt)
                 }
-                let e = await expectESError(.shredded) { try item.event(as: Customer.self) }
+                let e = #expect(throws: EventSourcingError.self) { try item.event(as: Customer.self) }
+                #expect(e?.code == .shredded)
                 #expect(e?.originatorID == gone.id)
                 #expect(e?.notificationID == item.notification.id)
             }
@@ -390,7 +406,8 @@ struct EncryptionTests {
     @Test("shredding needs a keyring", arguments: RecorderFactory.all)
     func shredWithoutKeyring(_ factory: RecorderFactory) async throws {
         try await AppFactory(recorder: factory, encrypted: false).withFreshApp { t async throws in
-            await expectESError(.invalidArgument) { try await t.app.shred(keyScope: "anyone") }
+            let invalidArgument = await #expect(throws: EventSourcingError.self) { try await t.app.shred(keyScope: "anyone") }
+            #expect(invalidArgument?.code == .invalidArgument)
         }
     }
 
@@ -548,7 +565,8 @@ struct EncryptionTests {
             let id = UUID()
             _ = try await t.app.shred(keyScope: id.uuidString.lowercased(), ifAbsent: .tombstone)
             var dog = try AggregateRoot<Dog>(id: id, .registered(name: "Rex"))
-            await expectESError(.shredded) { try await t.app.save(&dog) }
+            let shredded = await #expect(throws: EventSourcingError.self) { try await t.app.save(&dog) }
+            #expect(shredded?.code == .shredded)
             #expect(try await t.store.recorder.maxNotificationID() == nil)
             #expect(dog.pendingEvents.count == 1)
         }
@@ -558,13 +576,15 @@ struct EncryptionTests {
           arguments: RecorderFactory.all)
     func preemptiveShred(_ factory: RecorderFactory) async throws {
         try await Self.encrypted(factory).withFreshApp { t async throws in
-            await expectESError(.keyScopeNotFound) { try await t.app.shred(keyScope: "never-written") }
+            let keyScopeNotFound = await #expect(throws: EventSourcingError.self) { try await t.app.shred(keyScope: "never-written") }
+            #expect(keyScopeNotFound?.code == .keyScopeNotFound)
             let receipt = try await t.app.shred(keyScope: "never-written", ifAbsent: .tombstone)
             #expect(receipt.eventsAffected == 0)
             #expect(receipt.snapshotsDeleted == 0)
             #expect(receipt.destroyedKeyVersions.isEmpty)
             var c = try AggregateRoot<Customer>(.registered(personID: "never-written", name: "n", email: "e"))
-            await expectESError(.shredded) { try await t.app.save(&c) }
+            let shredded = await #expect(throws: EventSourcingError.self) { try await t.app.save(&c) }
+            #expect(shredded?.code == .shredded)
             #expect(try await t.store.recorder.maxNotificationID() == nil)
         }
     }
@@ -575,7 +595,8 @@ struct EncryptionTests {
         try await Self.encrypted(factory).withFreshApp { t async throws in
             for bad in [String(repeating: "x", count: 256), "tab\there", "nul\u{0}"] {
                 var c = try AggregateRoot<Customer>(.registered(personID: bad, name: "n", email: "e"))
-                await expectESError(.invalidArgument, "scope \(bad.debugDescription)") { try await t.app.save(&c) }
+                let invalidArgument = await #expect(throws: EventSourcingError.self, "scope \(bad.debugDescription)") { try await t.app.save(&c) }
+                #expect(invalidArgument?.code == .invalidArgument, "scope \(bad.debugDescription)")
                 #expect(c.pendingEvents.count == 1)
             }
             #expect(try await t.store.recorder.maxNotificationID() == nil)
@@ -621,16 +642,19 @@ struct EncryptionTests {
             #expect(try await secure.repository.get(Dog.self, id: fresh.id).name == "New")
 
             // The mapper without a keyring cannot read the encrypted record.
-            let e = await expectESError(.keyUnavailable) { try await plain.repository.get(Dog.self, id: dog.id) }
+            let e = await #expect(throws: EventSourcingError.self) { try await plain.repository.get(Dog.self, id: dog.id) }
+            #expect(e?.code == .keyUnavailable)
             #expect(e?.originatorVersion == 3)
 
             // By default (plaintext reads rejected), the plaintext records are refused; encrypted ones read.
             let strict = Application(recorder: store.recorder, snapshots: store.snapshots, mapper: Mapper(keyring: keyring))
-            let r = await expectESError(.plaintextRejected) { try await strict.repository.get(Dog.self, id: dog.id) }
+            let r = await #expect(throws: EventSourcingError.self) { try await strict.repository.get(Dog.self, id: dog.id) }
+            #expect(r?.code == .plaintextRejected)
             #expect(r?.originatorID == dog.id)
             #expect(r?.originatorVersion == 1)
             #expect(try await strict.repository.get(Dog.self, id: fresh.id).name == "New")
-            await expectESError(.plaintextRejected) { try await strict.mapper.decode(before[1], as: Dog.self) }
+            let plaintextRejected = await #expect(throws: EventSourcingError.self) { try await strict.mapper.decode(before[1], as: Dog.self) }
+            #expect(plaintextRejected?.code == .plaintextRejected)
             let items = try await strict.notificationLog.read(start: 1, limit: 10)
             #expect(items.count == 4)
             if case .failed(let f) = items[0].outcome { #expect(f.code == .plaintextRejected) } else {
@@ -664,12 +688,14 @@ struct EncryptionTests {
             try current.record(.addedTrick("x"))
             try await app.save(&current)
             try stale.record(.addedTrick("y"))
-            await expectESError(.concurrencyConflict) { try await app.save(&stale) }
+            let concurrencyConflict = await #expect(throws: EventSourcingError.self) { try await app.save(&stale) }
+            #expect(concurrencyConflict?.code == .concurrencyConflict)
 
             let receipt = try await app.shred(keyScope: "subject-0001")
             #expect(receipt.eventsAffected == 2)
             #expect(receipt.snapshotsDeleted == 0)
-            await expectESError(.shredded) { try await app.repository.get(Customer.self, id: customer.id) }
+            let shredded = await #expect(throws: EventSourcingError.self) { try await app.repository.get(Customer.self, id: customer.id) }
+            #expect(shredded?.code == .shredded)
             #expect(try await app.repository.get(Customer.self, id: other.id).name == "Bob")
             let items = try await app.notificationLog.read(start: 1, limit: 10)
             #expect(items.map(\.isShredded) == [true, true, false, false, false, false])

@@ -91,14 +91,16 @@ struct UUIDScopeFormTests {
             return
         }
         #expect(header.keyScope == f.scope)
-        await expectESError(.integrityFailure) { try await f.mapper.decode(shortAsLong, as: Dog.self) }
+        let integrityFailure = await #expect(throws: EventSourcingError.self) { try await f.mapper.decode(shortAsLong, as: Dog.self) }
+        #expect(integrityFailure?.code == .integrityFailure)
 
         // The long record's ciphertext and tag under a 16-byte header with the same nonce.
         let l = f.long.state
         var longAsShort = f.long
         longAsShort.state = [l[0], l[1], l[2], l[3] | 0x08] + Array(s[4..<20]) + Array(l[41...])
         #expect(StateHeader.peekKeyScope(longAsShort.state) == f.scope)
-        await expectESError(.integrityFailure) { try await f.mapper.decode(longAsShort, as: Dog.self) }
+        let integrityFailure2 = await #expect(throws: EventSourcingError.self) { try await f.mapper.decode(longAsShort, as: Dog.self) }
+        #expect(integrityFailure2?.code == .integrityFailure)
     }
 
     @Test("One shred makes records of both forms unreadable")
@@ -106,7 +108,8 @@ struct UUIDScopeFormTests {
         let f = try await Self.fixture()
         _ = try await f.keyring.shred(scope: f.scope)
         for record in [f.short, f.long] {
-            let error = await expectESError(.shredded) { try await f.mapper.decode(record, as: Dog.self) }
+            let error = await #expect(throws: EventSourcingError.self) { try await f.mapper.decode(record, as: Dog.self) }
+            #expect(error?.code == .shredded)
             #expect(error?.keyScope == f.scope)
         }
     }

@@ -33,27 +33,6 @@ extension AppFactory {
     }
 }
 
-/// Expects `body` to throw an ``EventSourcingError`` with `code`; returns the error for further checks.
-@discardableResult
-func expectESError<T>(_ code: EventSourcingError.Code, _ comment: Comment? = nil,
-                      sourceLocation: SourceLocation = #_sourceLocation,
-                      _ body: () async throws -> T) async -> EventSourcingError? {
-    do {
-        _ = try await body()
-        Issue.record("expected EventSourcingError.\(code), nothing was thrown. \(comment.map { "\($0)" } ?? "")",
-                     sourceLocation: sourceLocation)
-        return nil
-    } catch let e as EventSourcingError {
-        #expect(e.code == code, "expected \(code), got \(e). \(comment.map { "\($0)" } ?? "")",
-                sourceLocation: sourceLocation)
-        return e
-    } catch {
-        Issue.record("expected EventSourcingError.\(code), got \(type(of: error)): \(error). \(comment.map { "\($0)" } ?? "")",
-                     sourceLocation: sourceLocation)
-        return nil
-    }
-}
-
 /// Whether `needle` occurs as a contiguous run inside `haystack`.
 func bytes(_ haystack: [UInt8], contain needle: [UInt8]) -> Bool {
     guard !needle.isEmpty else { return true }

@@ -1,0 +1,130 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+
+/// One behaviour of a conformance suite that a recorder or key store did not show.
+///
+/// Names the suite and the behaviour, what was expected and what was seen. It never holds key
+/// bytes: the suites store only their own made-up wrapped keys, and describe them by scope,
+/// version, master-key id and length.
+public struct ConformanceFailure: Error, Sendable, CustomStringConvertible {
+    /// The suite, e.g. `"RecorderConformance"`.
+    public var suite: String
+    /// The behaviour's name, the `rawValue` of the suite's `Behaviour`.
+    public var behaviour: String
+    /// What the suite expected.
+    public var expected: String
+    /// What it saw instead.
+    public var observed: String
+    /// Where in the suite the check failed.
+    public var file: String
+    /// The line of that check.
+    public var line: Int
+
+    /// Creates a failure.
+    public init(suite: String, behaviour: String, expected: String, observed: String,
+                file: String = #fileID, line: Int = #line) {
+        self.suite = suite
+        self.behaviour = behaviour
+        self.expected = expected
+        self.observed = observed
+        self.file = file
+        self.line = line
+    }
+
+    public var description: String {
+        "\(suite).\(behaviour): expected \(expected); observed \(observed) (\(file):\(line))"
+    }
+}
+
+/// Every failed behaviour of one `run()`, in the order the suite checks them.
+public struct ConformanceFailures: Error, Sendable, CustomStringConvertible {
+    /// The failures, at least one.
+    public var failures: [ConformanceFailure]
+
+    /// Creates the error.
+    public init(_ failures: [ConformanceFailure]) { self.failures = failures }
+
+    /// The names of the behaviours that failed.
+    public var behaviours: [String] { failures.map(\.behaviour) }
+
+    public var description: String {
+        "\(failures.count) conformance failure(s):\n" + failures.map { "  - \($0)" }.joined(separator: "\n")
+    }
+}
+
+/// The checks a behaviour makes; each failed check throws a ``ConformanceFailure``.
+struct Checker: Sendable {
+    let suite: String
+    let behaviour: String
+
+    func fail(expected: String, observed: String, file: String = #fileID, line: Int = #line) -> ConformanceFailure {
+        ConformanceFailure(suite: suite, behaviour: behaviour, expected: expected, observed: observed, file: file, line: line)
+    }
+
+    /// Throws unless `observed == expected`.
+    func equal<T: Equatable>(_ observed: T, _ expected: T, _ what: String,
+                             describe: (T) -> String = { "\($0)" },
+                             file: String = #fileID, line: Int = #line) throws(ConformanceFailure) {
+        guard observed != expected else { return }
+        throw fail(expected: "\(what) = \(describe(expected))", observed: describe(observed), file: file, line: line)
+    }
+
+    /// Throws unless `condition` holds.
+    func require(_ condition: Bool, _ expected: String, observed: @autoclosure () -> String = "it did not",
+                 file: String = #fileID, line: Int = #line) throws(ConformanceFailure) {
+        guard !condition else { return }
+        throw fail(expected: expected, observed: observed(), file: file, line: line)
+    }
+
+    /// Runs `body`, which must throw an ``EventSourcingError`` with `code`; returns that error.
+    func eventSourcingError<T>(_ code: EventSourcingError.Code, _ operation: String,
+                               file: String = #fileID, line: Int = #line,
+                               _ body: () async throws -> T) async throws -> EventSourcingError {
+        do {
+            _ = try await body()
+        } catch let e as EventSourcingError {
+            guard e.code == code else {
+                throw fail(expected: "\(operation) throws EventSourcingError(\(code))", observed: "EventSourcingError(\(e.code)): \(e.message)",
+                           file: file, line: line)
+            }
+            return e
+        } catch {
+            throw fail(expected: "\(operation) throws EventSourcingError(\(code))", observed: "\(type(of: error)): \(error)",
+                       file: file, line: line)
+        }
+        throw fail(expected: "\(operation) throws EventSourcingError(\(code))", observed: "it returned normally", file: file, line: line)
+    }
+
+    /// Runs `body`, which must throw a ``KeyManagementError`` with `code`; returns that error.
+    func keyManagementError<T>(_ code: KeyManagementError.Code, _ operation: String,
+                               file: String = #fileID, line: Int = #line,
+                               _ body: () async throws -> T) async throws -> KeyManagementError {
+        do {
+            _ = try await body()
+        } catch let e as KeyManagementError {
+            guard e.code == code else {
+                throw fail(expected: "\(operation) throws KeyManagementError(\(code))", observed: "KeyManagementError(\(e.code)): \(e.message)",
+                           file: file, line: line)
+            }
+            return e
+        } catch {
+            throw fail(expected: "\(operation) throws KeyManagementError(\(code))", observed: "\(type(of: error)): \(error)",
+                       file: file, line: line)
+        }
+        throw fail(expected: "\(operation) throws KeyManagementError(\(code))", observed: "it returned normally", file: file, line: line)
+    }
+}
+
+/// Runs one behaviour: a failed check is rethrown as it is; any other error (the store threw
+/// where it should not have) becomes a ``ConformanceFailure`` of that behaviour.
+func runBehaviour(suite: String, behaviour: String, _ body: (Checker) async throws -> Void) async throws(ConformanceFailure) {
+    let checker = Checker(suite: suite, behaviour: behaviour)
+    do {
+        try await body(checker)
+    } catch let f as ConformanceFailure {
+        throw f
+    } catch {
+        throw checker.fail(expected: "no error", observed: "\(type(of: error)): \(error)")
+    }
+}
