@@ -5,6 +5,17 @@ import Synchronization
 
 /// The DDL and the save function. `s` is a validated plain identifier (see PostgresConfiguration).
 enum PostgresSchema {
+    /// The schema-version table, made before anything else (it says which migrations ran).
+    static func metaTable(_ s: String) -> String {
+        "CREATE TABLE IF NOT EXISTS \(s).es_meta (key text PRIMARY KEY, value bigint NOT NULL)"
+    }
+
+    /// Unencrypted events, counted without a scan (encrypted rows never enter the index).
+    /// Added after version 1 was first released, so made if missing on every start.
+    static func plaintextIndex(_ s: String) -> String {
+        "CREATE INDEX IF NOT EXISTS events_plaintext ON \(s).events (notification_id) WHERE key_scope IS NULL"
+    }
+
     static func version1(_ s: String) -> [String] {
         [
             """
@@ -185,6 +196,28 @@ enum PostgresSchema {
         """
     }
 
+    /// The read of whole aggregates, written once for the server function (a group of gets)
+    /// and the prepared statement (one get; ``ReadAggregateStatement``): `requests` yields rows
+    /// `(id, gt, lte, n)`; the result is each request's events with `gt < version <= lte` as
+    /// `(n, version, topic, state, NULL, NULL)`, then the data keys of the scopes those events
+    /// are sealed with as `(0, version, kek_id, wrapped, scope, created_at)`, ordered by the
+    /// first two columns. `prefix` is `schema.` or empty (tables found through `search_path`).
+    static func readAggregatesQuery(requests: String, prefix: String) -> String {
+        """
+        WITH r AS (\(requests)),
+            ev AS (SELECT r.n, e.originator_version, e.topic, e.state, e.key_scope FROM r
+                   JOIN \(prefix)events e
+                   ON e.originator_id = r.id AND e.originator_version > r.gt AND e.originator_version <= r.lte)
+            SELECT ev.n, ev.originator_version, ev.topic, ev.state, NULL::text, NULL::double precision FROM ev
+            UNION ALL
+            SELECT 0::bigint, k.version, k.kek_id, k.wrapped, k.scope, k.created_at FROM \(prefix)data_keys k
+            -- Looked up through the primary key: the cost follows the scopes read, never the
+            -- size of the table (an IN (subquery) here was planned as a scan of every key).
+            WHERE k.scope = ANY (ARRAY(SELECT DISTINCT ev.key_scope FROM ev WHERE ev.key_scope IS NOT NULL))
+            ORDER BY 1, 2
+        """
+    }
+
     /// Reads whole aggregates for a group of gets in one call: row `i` (1-based) of the request
     /// arrays gets its events with `gt < version <= lte`, in version order; rows with `i = 0` are
     /// the data keys of the scopes those events are sealed with (`topic` holds the KEK id).
@@ -199,17 +232,7 @@ enum PostgresSchema {
         AS $fn$
         BEGIN
             RETURN QUERY
-            WITH r AS (SELECT * FROM unnest(ids, gts, ltes) WITH ORDINALITY AS u(id, gt, lte, n)),
-            ev AS (SELECT r.n, e.originator_version, e.topic, e.state, e.key_scope FROM r
-                   JOIN \(s).events e
-                   ON e.originator_id = r.id AND e.originator_version > r.gt AND e.originator_version <= r.lte)
-            SELECT ev.n, ev.originator_version, ev.topic, ev.state, NULL::text, NULL::double precision FROM ev
-            UNION ALL
-            SELECT 0::bigint, k.version, k.kek_id, k.wrapped, k.scope, k.created_at FROM \(s).data_keys k
-            -- Looked up through the primary key: the cost follows the scopes read, never the
-            -- size of the table (an IN (subquery) here was planned as a scan of every key).
-            WHERE k.scope = ANY (ARRAY(SELECT DISTINCT ev.key_scope FROM ev WHERE ev.key_scope IS NOT NULL))
-            ORDER BY 1, 2;
+            \(readAggregatesQuery(requests: "SELECT * FROM unnest(ids, gts, ltes) WITH ORDINALITY AS u(id, gt, lte, n)", prefix: s + "."));
         END
         $fn$
         """
@@ -224,9 +247,7 @@ extension PostgresStore {
                 try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\("eventsourcing-schema:" + self.configuration.schema)))",
                                      logger: self.logger)
                 try await conn.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: s)", logger: self.logger)
-                try await conn.query(
-                    "CREATE TABLE IF NOT EXISTS \(unescaped: s).es_meta (key text PRIMARY KEY, value bigint NOT NULL)",
-                    logger: self.logger)
+                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.metaTable(s)), logger: self.logger)
                 var stored: Int64?
                 for try await v in try await conn.query(
                     "SELECT value FROM \(unescaped: s).es_meta WHERE key = 'schema_version'", logger: self.logger).decode(Int64.self) {
@@ -247,10 +268,7 @@ extension PostgresStore {
                         try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
                     }
                 }
-                // Unencrypted events, counted without a scan (encrypted rows never enter the index).
-                try await conn.query(
-                    "CREATE INDEX IF NOT EXISTS events_plaintext ON \(unescaped: s).events (notification_id) WHERE key_scope IS NULL",
-                    logger: self.logger)
+                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.plaintextIndex(s)), logger: self.logger)
                 // The functions are replaced on every start, so a fix to them needs no migration.
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.insertSavesFunction(s)), logger: self.logger)
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.readAggregatesFunction(s)), logger: self.logger)

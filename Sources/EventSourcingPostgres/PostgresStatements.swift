@@ -11,15 +11,8 @@ import PostgresNIO
 /// One aggregate's events with `gt < version <= lte`, in version order, and the data keys of the
 /// scopes they are sealed with: the row shape of `read_aggregates` (PostgresSchema), for a group of one.
 struct ReadAggregateStatement: PostgresPreparedStatement {
-    static let sql = """
-        WITH ev AS (SELECT originator_version, topic, state, key_scope FROM events
-                    WHERE originator_id = $1 AND originator_version > $2 AND originator_version <= $3)
-        SELECT 1::bigint, ev.originator_version, ev.topic, ev.state, NULL::text, NULL::double precision FROM ev
-        UNION ALL
-        SELECT 0::bigint, k.version, k.kek_id, k.wrapped, k.scope, k.created_at FROM data_keys k
-        WHERE k.scope = ANY (ARRAY(SELECT DISTINCT ev.key_scope FROM ev WHERE ev.key_scope IS NOT NULL))
-        ORDER BY 1, 2
-        """
+    static let sql = PostgresSchema.readAggregatesQuery(
+        requests: "SELECT $1::uuid AS id, $2::bigint AS gt, $3::bigint AS lte, 1::bigint AS n", prefix: "")
     /// (1 for an event, 0 for a key; version; topic or KEK id; state or wrapped key; key scope; created at)
     typealias Row = (Int64, Int64, String, ByteBuffer, String?, Double?)
 
