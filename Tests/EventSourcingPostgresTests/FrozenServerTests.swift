@@ -1,4 +1,5 @@
 import ESTestSupport
+import ESTestTags
 import EventSourcing
 import EventSourcingPostgres
 import Foundation
@@ -7,7 +8,7 @@ import Synchronization
 import Testing
 
 extension PostgresTests {
-    @Suite("The server stops answering")
+    @Suite("The server stops answering", .tags(.slow))
     struct FrozenServerTests {
         static let operationTimeout: Duration = .seconds(2)
         static let slack: Duration = .seconds(2)

@@ -1,4 +1,5 @@
 import ESTestSupport
+import ESTestTags
 import EventSourcing
 import EventSourcingPostgres
 import Foundation
@@ -6,7 +7,7 @@ import KeyManagement
 import Testing
 
 extension PostgresTests {
-    @Suite("Two OS processes writing one PostgreSQL schema")
+    @Suite("Two OS processes writing one PostgreSQL schema", .tags(.multiProcess))
     struct MultiProcessTests {
         /// One acknowledged save of a writer process.
         struct Ack {

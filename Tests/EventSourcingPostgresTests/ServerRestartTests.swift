@@ -1,4 +1,5 @@
 import ESTestSupport
+import ESTestTags
 import EventSourcing
 import EventSourcingPostgres
 import Foundation
@@ -7,7 +8,7 @@ import Synchronization
 import Testing
 
 extension PostgresTests {
-    @Suite("The server restarts mid-run")
+    @Suite("The server restarts mid-run", .tags(.slow))
     struct ServerRestartTests {
         static let writers = 3
         static let operationTimeout: Duration = .seconds(10)

@@ -1,4 +1,5 @@
 import ESTestSupport
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -10,7 +11,7 @@ import Glibc
 import Darwin
 #endif
 
-@Suite("SQLite store survives being killed")
+@Suite("SQLite store survives being killed", .tags(.slow, .multiProcess))
 struct CrashConsistencyTests {
     static let aggregates = 7
     static let kills = 16

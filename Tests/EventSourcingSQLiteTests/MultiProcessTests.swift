@@ -1,11 +1,12 @@
 import ESTestSupport
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
 import Testing
 
-@Suite("SQLite store shared by two processes")
+@Suite("SQLite store shared by two processes", .tags(.multiProcess))
 struct MultiProcessTests {
     /// One writer process's output: per save, the aggregate, its first version and the ids.
     struct Save {

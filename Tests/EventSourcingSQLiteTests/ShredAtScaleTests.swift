@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 @testable import EventSourcingSQLite
 import Foundation
@@ -75,7 +76,7 @@ func scalar(_ path: String, _ sql: String) throws -> String {
     return s.isNull(0) ? "NULL" : s.text(0)
 }
 
-@Suite("Shredding at scale: the cost does not grow with the store, no copy of an erased key survives, the WAL wait is bounded")
+@Suite("Shredding at scale: the cost does not grow with the store, no copy of an erased key survives, the WAL wait is bounded", .tags(.slow))
 struct ShredAtScaleTests {
     // MARK: No copy of any key, after thousands of inserts, rotations, rewraps and shreds
 

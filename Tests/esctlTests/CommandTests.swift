@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -5,7 +6,7 @@ import KeyManagement
 import Testing
 
 /// Every command's happy path, run as the built binary.
-@Suite("esctl commands")
+@Suite("esctl commands", .tags(.multiProcess))
 struct CommandTests {
     /// An initialised, seeded workspace.
     static func seeded(_ name: String = #function) async throws -> (Workspace, Seeded, MasterKey) {

@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -6,7 +7,7 @@ import Testing
 
 /// E: the everyday commands: help, JSON everywhere, suggestions, readable sizes, init's key
 /// options, export to a file, readable payloads, verify naming scopes, keys list on many scopes.
-@Suite("esctl everyday commands")
+@Suite("esctl everyday commands", .tags(.multiProcess))
 struct EverydayCommandTests {
     static let subcommands: [[String]] = [["init"], ["keys", "list"], ["keys", "show"], ["keys", "rotate"], ["keys", "rotate-master"],
                                            ["keys", "shred"], ["verify"], ["export"], ["stats"]]

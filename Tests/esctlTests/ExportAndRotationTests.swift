@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -9,7 +10,7 @@ import Glibc
 
 /// C: a subject-access export is never silently partial; verify names an unreadable row and
 /// checks the rest.
-@Suite("esctl export is complete or fails")
+@Suite("esctl export is complete or fails", .tags(.multiProcess))
 struct ExportCompletenessTests {
     /// A seeded store in which one event of the subject has an originator id of 5 bytes.
     static func withUnreadableRow(_ name: String = #function) async throws -> (Workspace, Seeded, Int64) {
@@ -60,7 +61,7 @@ struct ExportCompletenessTests {
 }
 
 /// Values a row written outside the library can hold: no command traps on them.
-@Suite("esctl survives extreme values in the store")
+@Suite("esctl survives extreme values in the store", .tags(.multiProcess))
 struct ExtremeValueTests {
     @Test("verify and export with an event at the largest notification id (and an unreadable one) finish without a trap")
     func largestNotificationID() async throws {
@@ -97,7 +98,7 @@ struct ExtremeValueTests {
 
 /// D: rotate-master creates a key file only when told to, refuses to start a second rotation
 /// while one is unfinished, and says how to resume when interrupted; its progress bar behaves.
-@Suite("esctl rotate-master is safe to rerun and to interrupt")
+@Suite("esctl rotate-master is safe to rerun and to interrupt", .tags(.multiProcess))
 struct RotateMasterSafetyTests {
     /// A store halfway through a rotation from `old` to `new`: the new key's check record is
     /// there, the subject's data key is wrapped by the new key, Bob's still by the old one.

@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -26,7 +27,7 @@ struct StoreFiles: Equatable {
 
 /// Wrong keys, unknown scopes, missing, foreign, corrupt and locked stores: one line on
 /// stderr, the documented exit code, and the store unchanged.
-@Suite("esctl failures")
+@Suite("esctl failures", .tags(.multiProcess))
 struct FailureTests {
     static func expectOneLine(_ r: CLI.Result, _ code: Int32, sourceLocation: SourceLocation = #_sourceLocation) {
         #expect(r.status == code, "expected exit \(code): \(r.summary)", sourceLocation: sourceLocation)

@@ -1,9 +1,10 @@
+import ESTestTags
 import Foundation
 import KeyManagement
 import Testing
 
 /// The test harness itself: the binary is found, and a key in any output is caught.
-@Suite("esctl test harness")
+@Suite("esctl test harness", .tags(.multiProcess))
 struct HarnessTests {
     @Test("The built esctl binary is found beside the test runner (a missing binary fails, never skips)")
     func binaryIsFound() async throws {

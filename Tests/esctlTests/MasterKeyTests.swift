@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -5,7 +6,7 @@ import KeyManagement
 import Testing
 
 /// Master-key sources, and rotating the master key (also when interrupted).
-@Suite("esctl master keys")
+@Suite("esctl master keys", .tags(.multiProcess))
 struct MasterKeyTests {
     @Test("The master key works from ESCTL_MASTER_KEY (base64), from --master-key-stdin and from a raw key file")
     func keySources() async throws {

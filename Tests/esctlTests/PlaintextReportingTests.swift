@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -7,7 +8,7 @@ import Testing
 /// Unencrypted (plaintext) records, written by an application without its keyring through a
 /// store opened for a migration, are reported: `verify` counts them in a column of their own
 /// and fails (67); `keys shred` and `export` say the store holds them.
-@Suite("esctl reports plaintext records")
+@Suite("esctl reports plaintext records", .tags(.multiProcess))
 struct PlaintextReportingTests {
     /// A seeded store with 3 plaintext events (one of the subject's first account) and 1 plaintext snapshot.
     static func withPlaintext(_ name: String = #function) async throws -> (Workspace, Seeded) {

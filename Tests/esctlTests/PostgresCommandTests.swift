@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingPostgres
 import Foundation
@@ -15,7 +16,7 @@ enum PostgresServer {
     }()
 }
 
-@Suite("esctl on PostgreSQL", .enabled(if: PostgresServer.enabled))
+@Suite("esctl on PostgreSQL", .enabled(if: PostgresServer.enabled), .tags(.postgres, .multiProcess))
 struct PostgresCommandTests {
     @Test("Every esctl command works against a postgres:// store, with the password kept out of argv")
     func everyCommand() async throws {

@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingPostgres
 import EventSourcingSQLite
@@ -486,7 +487,7 @@ struct ScenarioUnavailable: Error {}
 
 /// F: the runbook (the Operations article of the EventSourcing catalog) and the tool cannot drift apart: its exit-code table
 /// and every error example of its troubleshooting section are run against the binary.
-@Suite("Docs/Operations.md matches esctl")
+@Suite("Docs/Operations.md matches esctl", .tags(.multiProcess))
 struct RunbookTests {
     @Test("The runbook's exit-code table lists the codes `esctl --help` lists, with the same meanings, and each has a scenario")
     func exitCodeTable() async throws {
@@ -556,7 +557,7 @@ struct RunbookTests {
 }
 
 /// The runbook's PostgreSQL messages, against the server scripts/test.sh starts.
-@Suite("Docs/Operations.md matches esctl on PostgreSQL", .enabled(if: PostgresServer.enabled))
+@Suite("Docs/Operations.md matches esctl on PostgreSQL", .enabled(if: PostgresServer.enabled), .tags(.postgres, .multiProcess))
 struct RunbookPostgresTests {
     @Test("Each documented PostgreSQL error example is what esctl prints, with the documented exit code",
           arguments: Runbook.examples.filter { Scenario.entry(for: $0).map { if case .postgresServer = $0.needs { true } else { false } } ?? false })

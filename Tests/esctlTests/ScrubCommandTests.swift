@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -39,7 +40,7 @@ private func anyOnDisk(_ ws: Workspace, _ needles: [[UInt8]]) -> Bool {
     }
 }
 
-@Suite("esctl scrub finishes a shred that a long read transaction held up")
+@Suite("esctl scrub finishes a shred that a long read transaction held up", .tags(.multiProcess))
 struct ScrubCommandTests {
     @Test("Behind a reader, keys shred returns promptly and warns that residue is pending; scrub exits 70 while the reader stays, then 0 and the key bytes are gone",
           .timeLimit(.minutes(5)))

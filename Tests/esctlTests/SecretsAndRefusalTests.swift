@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
 import Foundation
@@ -23,7 +24,7 @@ enum KeyForm: String, CaseIterable, Sendable {
 
 /// A: a key given on the command line by mistake is never written back, `--master-key` gets
 /// a useful answer, and `init` refuses weak passphrases and leaves nothing behind.
-@Suite("esctl keeps keys off the terminal")
+@Suite("esctl keeps keys off the terminal", .tags(.multiProcess))
 struct SecretTests {
     @Test("A key given where a key file's path belongs is refused (64), called a key, and never echoed",
           arguments: KeyForm.allCases)
@@ -164,7 +165,7 @@ struct StoreSnapshot: Equatable {
 
 /// B: a refused command (wrong, retired, malformed or missing master key) changes no byte of
 /// the database, its -wal or its -shm, also when a WAL holds commits no checkpoint has copied.
-@Suite("esctl: a refused command changes no byte")
+@Suite("esctl: a refused command changes no byte", .tags(.multiProcess))
 struct RefusedUnchangedTests {
     enum Variant: String, CaseIterable, Sendable {
         /// The three files copied while the store was open (a backup taken from a live store).

@@ -1,3 +1,4 @@
+import ESTestTags
 import EventSourcing
 import EventSourcingTestKit
 import Foundation
@@ -25,7 +26,7 @@ extension RecorderFactory {
 
 /// The test kit's conformance suites (`EventSourcingTestKit`) run against every backend: each
 /// behaviour a test case per recorder or key store.
-@Suite("Recorder conformance")
+@Suite("Recorder conformance", .tags(.conformance))
 struct RecorderConformanceTests {
     @Test("Every recorder shows the recorder behaviours",
           arguments: RecorderFactory.all, RecorderConformance.Behaviour.allCases)
