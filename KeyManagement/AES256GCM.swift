@@ -39,9 +39,10 @@ public enum AES256GCM {
 
     /// Encrypts `plaintext` under the concatenation of `aadParts` and returns
     /// `prefix || ciphertext || tag` in a single buffer.
+    /// The record format's and the key wrapping's variant, inside this package.
     /// - Throws: as ``seal(_:key:nonce:aad:)``.
-    public static func seal(_ plaintext: [UInt8], key: KeyMaterial, nonce: [UInt8],
-                            aadParts: [[UInt8]], prefix: [UInt8]) throws(KeyManagementError) -> [UInt8] {
+    package static func seal(_ plaintext: [UInt8], key: KeyMaterial, nonce: [UInt8],
+                             aadParts: [[UInt8]], prefix: [UInt8]) throws(KeyManagementError) -> [UInt8] {
         try key.withUnsafeBytes { (k) throws(KeyManagementError) in
             try LibCrypto.aes256GCMSeal(key: k, nonce: nonce, aadParts: aadParts, plaintext: plaintext, prefix: prefix)
         }
@@ -51,8 +52,9 @@ public enum AES256GCM {
     /// under the concatenation of `aadParts`. Returns `nil` if the tag does not verify.
     /// - Throws: ``KeyManagementError/Code/invalidNonce``, ``KeyManagementError/Code/invalidKeyMaterial``,
     ///   ``KeyManagementError/Code/limitExceeded`` as ``open(_:key:nonce:aad:)``.
-    public static func open(_ sealed: [UInt8], from offset: Int, key: KeyMaterial, nonce: [UInt8],
-                            aadParts: [[UInt8]]) throws(KeyManagementError) -> [UInt8]? {
+    /// The record format's and the key wrapping's variant, inside this package.
+    package static func open(_ sealed: [UInt8], from offset: Int, key: KeyMaterial, nonce: [UInt8],
+                             aadParts: [[UInt8]]) throws(KeyManagementError) -> [UInt8]? {
         try key.withUnsafeBytes { (k) throws(KeyManagementError) in
             try LibCrypto.aes256GCMOpen(key: k, nonce: nonce, aadParts: aadParts, sealed: sealed, offset: offset)
         }

@@ -78,7 +78,7 @@ public enum Records {
         let header = StateHeader(flags: f, keyScope: key.scope, keyVersion: key.version, nonce: nonce).bytes
         let aad = associatedData(header: header, snapshot: f.contains(.snapshot), originatorID: Fuzz.originatorID,
                                  originatorVersion: originatorVersion, topic: topic)
-        return try AES256GCM.seal(body, key: key.material, nonce: nonce, aadParts: [aad], prefix: header)
+        return header + (try AES256GCM.seal(body, key: key.material, nonce: nonce, aad: aad))
     }
 
     /// Plaintext records of every sample event and a snapshot, in both encodings, compressed
@@ -91,9 +91,13 @@ public enum Records {
                 let at = Date(timeIntervalSince1970: 1_700_000_000)
                 var root = try AggregateRoot<FuzzAggregate>(id: Fuzz.originatorID, FuzzAggregate.samples[0], at: at)
                 for e in FuzzAggregate.samples.dropFirst() { try root.record(e, at: at) }
-                let batch = try await mapper.encode(root.pendingEvents, of: FuzzAggregate.self, keyScope: scope)
-                out += batch.events
-                out.append(try await mapper.encodeSnapshot(root).0)
+                // Written through an application, as a program would (the mapper's encoders are package API).
+                let recorder = InMemoryRecorder()
+                let app = Application(recorder: recorder, snapshots: recorder, mapper: mapper)
+                try await app.save(&root)
+                try await app.takeSnapshot(FuzzAggregate.self, id: root.id)
+                out += try await recorder.selectEvents(originatorID: root.id)
+                if let snapshot = try await recorder.selectSnapshot(originatorID: root.id, lte: nil) { out.append(snapshot) }
             }
         }
         return out
