@@ -12,6 +12,12 @@ extension Keyring {
     ///   if the scope has no key yet, ``KeyManagementError/Code/keyExists`` on a concurrent rotation,
     ///   ``KeyManagementError/Code/limitExceeded`` if the scope is at version 2^32 − 1, the last there is.
     public func rotate(scope: String) async throws -> UInt32 {
+        try await instruments.run(Observability.SpanName.rotate, counting: instruments.dataKeyRotations) {
+            try await rotateDataKey(scope: scope)
+        }
+    }
+
+    private func rotateDataKey(scope: String) async throws -> UInt32 {
         try KeyScope.validate(scope)
         let stored = try Keyring.only(scope, try await store.dataKeys(scope: scope))
         guard let latest = stored.last else {
@@ -63,6 +69,13 @@ extension Keyring {
     @discardableResult
     public func rotateMasterKey(to newKey: MasterKey, pageSize: Int = 500,
                                 progress: (@Sendable (RotationProgress) -> Void)? = nil) async throws -> RotationProgress {
+        try await instruments.run(Observability.SpanName.rotateMasterKey, counting: instruments.masterKeyRotations) {
+            try await rewrapAll(under: newKey, pageSize: pageSize, progress: progress)
+        }
+    }
+
+    private func rewrapAll(under newKey: MasterKey, pageSize: Int,
+                           progress: (@Sendable (RotationProgress) -> Void)?) async throws -> RotationProgress {
         guard pageSize >= 1 else {
             throw KeyManagementError(.invalidArgument, "the page size must be at least 1, got \(pageSize)")
         }
@@ -137,6 +150,12 @@ extension Keyring {
     /// atomically, and drops it from the cache. Records encrypted under it can never be read again.
     /// - Throws: ``KeyManagementError/Code/shredded`` if it was already shredded.
     public func shred(scope: String, at time: Date = Date()) async throws -> Tombstone {
+        try await instruments.run(Observability.SpanName.shred, counting: instruments.shreds) {
+            try await shredScope(scope, at: time)
+        }
+    }
+
+    private func shredScope(_ scope: String, at time: Date) async throws -> Tombstone {
         try KeyScope.validate(scope)
         let tombstone = try await store.shred(scope: scope, at: time)
         state.withLock { s in

@@ -12,7 +12,11 @@ extension Keyring {
     ///   ``KeyManagementError/Code/keyUnavailable`` if its master key is not loaded.
     public func readKey(scope: String, version: UInt32) async throws -> DataKey {
         let exact = ExactScope(scope)
-        if let hit = state.withLock({ $0.get(exact, version) }) { return hit }
+        if let hit = state.withLock({ $0.get(exact, version) }) {
+            instruments.cacheHit()
+            return hit
+        }
+        instruments.cacheMiss()
         try KeyScope.validate(scope)
         if let when = state.withLock({ $0.shredded[exact] }) {
             throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: when)

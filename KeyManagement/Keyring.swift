@@ -12,6 +12,8 @@ public final class Keyring: Sendable {
     public let store: any KeyStore
     let logger: Logger
     let state: Mutex<State>
+    /// Metrics and tracer, bound at creation (see ``Observability``).
+    let instruments = KeyringInstruments()
 
     /// Scopes are told apart by their exact UTF-8 bytes, as the stores do (see ``ExactScope``).
     struct CacheKey: Hashable { var scope: ExactScope; var version: UInt32 }

@@ -30,6 +30,8 @@ public final class Application: Sendable {
     /// whenever a save carries the aggregate's version past a multiple of the interval.
     public let snapshotIntervals: [String: Int]
     let logger: Logger
+    /// Metrics and tracer, bound at creation (see `Observability`).
+    let instruments = ApplicationInstruments()
 
     /// Creates an application.
     /// - Parameters:
@@ -119,7 +121,7 @@ public final class Application: Sendable {
     }
 
     private func commit(_ encoders: [EventWriter.Encoder]) async throws -> [Recording] {
-        try await EventWriter(mapper: mapper, recorder: recorder).commit(encoders)
+        try await instruments.save { try await EventWriter(mapper: mapper, recorder: recorder).commit(encoders) }
     }
 
     // MARK: Snapshots

@@ -36,6 +36,10 @@ public struct NotificationLog: Sendable {
     /// Like ``select(start:limit:stop:topics:)``, with every item decrypted. A shredded or
     /// unreadable item does not fail the page: its ``LogItem/outcome`` says what happened.
     public func read(start: Int64, limit: Int, stop: Int64? = nil, topics: [String] = []) async throws -> [LogItem] {
+        try await app.instruments.readLog { try await readPage(start: start, limit: limit, stop: stop, topics: topics) }
+    }
+
+    private func readPage(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [LogItem] {
         let page = try await select(start: start, limit: limit, stop: stop, topics: topics)
         var items: [LogItem] = []
         items.reserveCapacity(page.count)
@@ -46,6 +50,7 @@ public struct NotificationLog: Sendable {
             } catch let e as EventSourcingError where e.code == .shredded {
                 items.append(LogItem(notification: n, outcome: .shredded(keyScope: e.keyScope ?? "", at: e.shreddedAt)))
             } catch let e as EventSourcingError {
+                app.instruments.readFailed(e)
                 items.append(LogItem(notification: n, outcome: .failed(e)))
             }
         }

@@ -10,6 +10,10 @@ public struct Repository: Sendable {
     /// - Throws: ``EventSourcingError`` `.aggregateNotFound`; `.shredded` when its key scope
     ///   was erased; `.integrityFailure` naming a tampered record; `.decodingFailed`; `.keyUnavailable`.
     public func get<A: Aggregate>(_ type: A.Type = A.self, id: UUID, version: Int? = nil) async throws -> AggregateRoot<A> {
+        try await app.instruments.get(A.typeName) { try await load(A.self, id: id, version: version) }
+    }
+
+    private func load<A: Aggregate>(_ type: A.Type, id: UUID, version: Int?) async throws -> AggregateRoot<A> {
         if let version, version < 1 {
             throw EventSourcingError(.invalidArgument, "version must be at least 1", originatorID: id, originatorVersion: version)
         }
