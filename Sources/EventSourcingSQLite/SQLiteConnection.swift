@@ -70,6 +70,13 @@ final class SQLiteConnection {
         return Statement(handle: s, connection: self)
     }
 
+    /// Makes the statement running on this connection (on another thread) stop with
+    /// `SQLITE_INTERRUPT`; a no-op when none runs. The only method safe to call from a thread
+    /// other than the one using the connection, and only while the connection is open.
+    func interrupt() {
+        if let db { sqlite3_interrupt(db) }
+    }
+
     /// Rows changed by the last statement.
     var changes: Int { Int(sqlite3_changes(db)) }
 

@@ -1,3 +1,5 @@
+import Dispatch
+import ESConcurrency
 import EventSourcing
 import Foundation
 import Synchronization
@@ -5,42 +7,133 @@ import Synchronization
 extension SQLiteStore {
     // MARK: Readers
 
-    /// Runs `body` on a pooled reader connection, on the caller's thread: reads are short,
-    /// and a thread hand-over would cost more than the query.
+    /// Runs `body` on a pooled reader connection, on that reader's own thread (never on a
+    /// cooperative thread: a long scan there would starve other tasks).
+    ///
+    /// At most ``Configuration/readers`` connections are open; a read that finds them all busy
+    /// waits (without a thread) for one to come back, and at most
+    /// ``Configuration/maxWaitingReads`` reads wait: past that it fails with
+    /// `.storeOverloaded`. A cancelled read stops (`sqlite3_interrupt`, or it never starts) and
+    /// throws `CancellationError`.
     func read<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the store at \(path) is closed")
         }
-        let box = try takeReader()
-        defer { giveReader(box) }
-        guard let readOnlyAccess else { return try body(box.connection) }
+        try Task.checkCancellation()
+        let reader: ReaderConnection
+        do {
+            reader = try await readerPool.acquire()
+        } catch let error as ResourcePoolError {
+            switch error {
+            case .closed:
+                throw EventSourcingError(.databaseUnavailable, "the store at \(path) is closed")
+            case .overloaded(let capacity, let waiters):
+                throw EventSourcingError(.storeOverloaded,
+                    "the read was refused: all \(capacity) reader connections of the store at \(path) are busy and \(waiters) reads already wait for one (Configuration.maxWaitingReads)")
+            }
+        }
+        defer { readerPool.give(reader) }
+        let id = reader.nextID()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+                reader.queue.async {
+                    guard reader.begin(id) else { return c.resume(throwing: CancellationError()) }
+                    let result = Result { try self.readHere(reader.connection, body) }
+                    // An error caused by the interrupt is the cancellation; a result is kept.
+                    let cancelled = reader.end(id)
+                    if cancelled, case .failure = result { return c.resume(throwing: CancellationError()) }
+                    c.resume(with: result)
+                }
+            }
+        } onCancel: {
+            reader.cancel(id)
+        }
+    }
+
+    /// Reads waiting for a reader connection (for tests).
+    var waitingReads: Int { readerPool.waiterCount }
+
+    /// Runs `body` on `conn` on the current thread (a reader's), with a read-only store's checks.
+    private func readHere<T>(_ conn: SQLiteConnection, _ body: (SQLiteConnection) throws -> T) throws -> T {
+        guard let readOnlyAccess else { return try body(conn) }
         guard hasSchema else {
             throw EventSourcingError(.databaseUnavailable,
                                      "\(path) holds no event store yet (a new, empty database), and a read-only store creates none")
         }
         try readOnlyAccess.checkUnchanged(path)
-        let result = try body(box.connection)
+        let result = try body(conn)
         try readOnlyAccess.checkUnchanged(path)
         return result
     }
 
-    private func takeReader() throws -> ConnectionBox {
-        if let b = readers.withLock({ $0.popLast() }) { return b }
-        let conn = if let readOnlyAccess {
-            try SQLiteConnection(readOnlyURI: readOnlyAccess.uri, path: path, busyTimeoutMillis: busyMillis)
-        } else {
-            try SQLiteConnection(path: path, create: false, busyTimeoutMillis: busyMillis)
+    /// The pool of reader connections, bounded by ``Configuration/readers``.
+    static func makeReaderPool(path: String, configuration: Configuration, readOnlyURI: String?,
+                               busyMillis: Int32, opened: @escaping @Sendable () -> Void) -> ReaderPool {
+        ReaderPool(capacity: configuration.readers, maxWaiters: configuration.maxWaitingReads,
+                   make: { () throws(EventSourcingError) -> ReaderConnection in
+                       let conn = if let readOnlyURI {
+                           try SQLiteConnection(readOnlyURI: readOnlyURI, path: path, busyTimeoutMillis: busyMillis)
+                       } else {
+                           try SQLiteConnection(path: path, create: false, busyTimeoutMillis: busyMillis)
+                       }
+                       try conn.execute("PRAGMA query_only = ON")
+                       opened()
+                       return ReaderConnection(conn)
+                   },
+                   drop: { $0.close() })
+    }
+}
+
+typealias ReaderPool = ResourcePool<ReaderConnection, EventSourcingError>
+
+/// A reader connection and the serial queue (its thread) its reads run on.
+final class ReaderConnection: @unchecked Sendable {
+    // @unchecked: `connection` is used only on `queue` (one read at a time, the pool lends the
+    // reader to one read at a time), except `interrupt()`, which `state`'s lock keeps to the
+    // time a read of the cancelling task runs; `close()` only once the pool dropped it.
+    let connection: SQLiteConnection
+    let queue = DispatchQueue(label: "eventsourcing.sqlite.reader")
+    private struct State {
+        var lastID: UInt64 = 0
+        var running: UInt64?
+        var cancelled: UInt64?
+    }
+    private let state = Mutex(State())
+
+    init(_ connection: SQLiteConnection) { self.connection = connection }
+
+    /// An id for the next read of this reader.
+    func nextID() -> UInt64 {
+        state.withLock { s in
+            s.lastID &+= 1
+            return s.lastID
         }
-        try conn.execute("PRAGMA query_only = ON")
-        return ConnectionBox(conn)
     }
 
-    private func giveReader(_ b: ConnectionBox) {
-        let kept = readers.withLock { r -> Bool in
-            guard r.count < configuration.readers, !closed.load(ordering: .acquiring) else { return false }
-            r.append(b)
+    /// On the queue, before read `id` runs: false if it was cancelled already (it must not run).
+    func begin(_ id: UInt64) -> Bool {
+        state.withLock { s in
+            guard s.cancelled != id else { return false }
+            s.running = id
             return true
         }
-        if !kept { b.connection.close() }
     }
+
+    /// On the queue, after read `id` ran: whether it was cancelled meanwhile.
+    func end(_ id: UInt64) -> Bool {
+        state.withLock { s in
+            s.running = nil
+            return s.cancelled == id
+        }
+    }
+
+    /// Cancels read `id`: stops it if it runs, keeps it from starting if it has not.
+    func cancel(_ id: UInt64) {
+        state.withLock { s in
+            s.cancelled = id
+            if s.running == id { connection.interrupt() }
+        }
+    }
+
+    func close() { connection.close() }
 }

@@ -1,4 +1,5 @@
 import Dispatch
+import ESConcurrency
 import EventSourcing
 import Foundation
 import KeyManagement
@@ -10,7 +11,10 @@ import Synchronization
 ///
 /// One writer connection on its own thread takes every write; saves that arrive while a
 /// commit is in flight are coalesced into the next transaction (group commit, one fsync),
-/// each in its own savepoint so each fails alone. Reads use a pool of reader connections.
+/// each in its own savepoint so each fails alone. Reads use a bounded pool of reader
+/// connections, each with its own thread: no SQLite call runs on a cooperative thread.
+/// Waiting reads and writes are bounded, and a cancelled read or save stops and throws
+/// `CancellationError`.
 /// A scope's first data key is written in the same transaction as its first events.
 public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommittingRecorder, KeyStore, KeyScopeCounting {
     /// How hard each commit waits for the disk.
@@ -27,8 +31,16 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         public var synchronous: Synchronous
         /// How long to wait for another process's lock before failing with `.databaseLocked`.
         public var busyTimeout: Duration
-        /// Reader connections kept open.
+        /// The most reader connections open at once (at least 1); a read that finds them all busy
+        /// waits for one.
         public var readers: Int
+        /// The most reads that wait for a reader connection at once; past that a read fails with
+        /// `EventSourcingError.Code.storeOverloaded`. 10,000 by default.
+        public var maxWaitingReads: Int = 10_000
+        /// The most saves (and other writes) that wait for the group commit in flight; past that
+        /// a save fails with `EventSourcingError.Code.storeOverloaded` and writes
+        /// nothing. 10,000 by default.
+        public var maxWaitingWrites: Int = 10_000
         /// For migrations only: accept unencrypted events and snapshots although the store has
         /// a master key (an encrypted application uses it). Off by default: such a store refuses
         /// them with `EventSourcingError.Code.plaintextRejected`, so an
@@ -82,9 +94,12 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     /// False only for a read-only store over a new, empty database (no schema yet).
     let hasSchema: Bool
     let writerQueue: DispatchQueue
-    let readers = Mutex<[ConnectionBox]>([])
-    let pending = Mutex<PendingWrites>(PendingWrites())
+    /// Writes waiting for the writer thread; it takes them all as the next group.
+    let writes: BatchingQueue<any WriteRequest>
+    let readerPool: ReaderPool
     let closed = Atomic<Bool>(false)
+    /// For tests: reader connections opened so far.
+    let readerConnectionsOpened: Counter
     /// For tests only (`@testable import`): called with each transaction statement of a group
     /// commit; an error it returns is thrown instead of running the statement.
     let faultInjection = Mutex<(@Sendable (String) -> EventSourcingError?)?>(nil)
@@ -92,17 +107,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     let scrubState = Mutex(ScrubState())
 
     /// Writes waiting for the writer (for tests, to know a group has formed).
-    var queuedWrites: Int { pending.withLock { $0.queue.count } }
-
-    struct PendingWrites {
-        var queue: [any WriteRequest] = []
-        var draining = false
-    }
-
-    var busyMillis: Int32 {
-        let c = configuration.busyTimeout.components
-        return SQLiteStore.milliseconds(c)
-    }
+    var queuedWrites: Int { writes.waitingCount }
 
     /// Opens (creating if needed) the store at `path`; with ``Configuration/readOnly``, opens
     /// an existing store for reading only.
@@ -118,6 +123,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         try SQLiteFile.validate(path: path)
         let c = configuration.busyTimeout.components
         let busy = SQLiteStore.milliseconds(c)
+        let readOnlyURI: String?
         if configuration.readOnly {
             let access = try ReadOnlyAccess(path: path)
             do {
@@ -131,14 +137,21 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
                 throw error
             }
             readOnlyAccess = access
+            readOnlyURI = access.uri
         } else {
             let conn = try SQLiteConnection(path: path, create: true, busyTimeoutMillis: busy)
             try SQLiteStore.prepare(conn, configuration: configuration)
             writer = ConnectionBox(conn)
             readOnlyAccess = nil
+            readOnlyURI = nil
             hasSchema = true
         }
         writerQueue = DispatchQueue(label: "eventsourcing.sqlite.writer")
+        writes = BatchingQueue(maxWaiting: configuration.maxWaitingWrites)
+        let opened = Counter()
+        readerConnectionsOpened = opened
+        readerPool = SQLiteStore.makeReaderPool(path: path, configuration: configuration, readOnlyURI: readOnlyURI,
+                                                busyMillis: busy, opened: { opened.increment() })
     }
 
     deinit {
@@ -149,32 +162,32 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     /// Closes every connection. Later calls fail.
     public func close() async {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        // Wait until no writer is committing, and keep the writer slot for good.
-        while !pending.withLock({ p -> Bool in
-            if p.draining { return false }
-            p.draining = true
-            return true
-        }) {
-            try? await Task.sleep(for: .milliseconds(1))
-        }
+        // Refuse later writes, and wait (suspended, not polling) until the group in flight and
+        // the writes queued before this call have committed.
+        await writes.close()
         closeConnections()
         readOnlyAccess?.remove()
     }
 
     private func closeConnections() {
         writer.connection.close()
-        readers.withLock { r in
-            for b in r { b.connection.close() }
-            r.removeAll()
-        }
+        // Free readers close now; readers in use close when their read gives them back.
+        readerPool.close()
     }
 
 }
 
-/// A connection handed between threads by the store.
+/// A count shared between threads (for tests).
+final class Counter: Sendable {
+    private let value = Atomic(0)
+    func increment() { value.add(1, ordering: .relaxed) }
+    var count: Int { value.load(ordering: .relaxed) }
+}
+
+/// The writer connection, handed to the writer queue.
 final class ConnectionBox: @unchecked Sendable {
-    // @unchecked: a reader box is used by exactly one reader thread between takeReader() and
-    // giveReader() (the pool's Mutex orders hand-overs); the writer box only on the serial writer queue.
+    // @unchecked: the writer box is used only on the serial writer queue (and closed once no
+    // write is in flight).
     let connection: SQLiteConnection
     init(_ connection: SQLiteConnection) { self.connection = connection }
 }
