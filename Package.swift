@@ -61,7 +61,7 @@ let package = Package(
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: strict),
         .target(name: "EventSourcingPostgres",
-                dependencies: ["EventSourcing", "KeyManagement",
+                dependencies: ["EventSourcing", "KeyManagement", "ESConcurrency",
                                .product(name: "PostgresNIO", package: "postgres-nio"),
                                .product(name: "NIOCore", package: "swift-nio"),
                                .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -1,3 +1,4 @@
+import ESConcurrency
 import EventSourcing
 import Foundation
 import KeyManagement
@@ -10,15 +11,27 @@ import Synchronization
 /// same query returns the data keys of the scopes those events are sealed with, so a key ring
 /// with a cold cache needs no second round trip (see ``PostgresStore/dataKeys(scope:reading:)``).
 extension PostgresStore {
+    /// The reader task and the groups it is reading; the reads waiting for a group are in
+    /// ``PostgresStore/readQueue`` (a `BatchingQueue`).
     struct PendingReads {
-        var queue: [PendingRead] = []
-        var draining = false
         /// The current reader task; one replaced after its deadline stops at its next step.
         var drainer: UInt64 = 0
         /// The groups being read (one, or more while a timed-out one is still stuck).
-        var flights: [UInt64: Flight] = [:]
+        var flights: [UInt64: ReadFlight] = [:]
         var nextFlight: UInt64 = 0
     }
+
+    /// A group of reads in flight, stopped once every caller in it is cancelled.
+    struct ReadFlight: Sendable {
+        let members: [CancelFlag]
+        let handle: CancelHandle
+        let drainer: UInt64
+        var allCancelled: Bool { members.allSatisfy(\.isSet) }
+    }
+
+    /// At most this many reads wait for a group; more fail at once with `.databaseUnavailable`
+    /// instead of holding memory without bound while the server does not keep up.
+    static let maxWaitingReads = 65_536
 
     struct PendingRead: Sendable {
         var id: UUID
@@ -54,21 +67,33 @@ extension PostgresStore {
         let flag = read.flag
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<[StoredEvent], any Error>) in
+                guard !flag.isSet else { return c.resume(throwing: CancellationError()) }
                 var r = read
                 r.continuation = c
-                let start = pendingReads.withLock { p -> Bool? in
-                    if flag.isSet { return nil }   // cancelled before it was queued
-                    p.queue.append(r)
-                    if p.draining { return false }
-                    p.draining = true
-                    return true
+                switch readQueue.enqueue(r) {
+                case .startDraining: startReading()
+                case .queued: break
+                case .full:
+                    return c.resume(throwing: EventSourcingError(.databaseUnavailable,
+                        "\(PostgresStore.maxWaitingReads) reads are already waiting for PostgreSQL; this one is refused"))
+                case .closed:
+                    return c.resume(throwing: EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed"))
                 }
-                guard let start else { return c.resume(throwing: CancellationError()) }
-                if start { startReading() }
+                // Cancelled while being queued: withdrawn here, unless cancelRead or the reader took it.
+                if flag.isSet { withdrawRead(flag) }
             }
         } onCancel: {
             cancelRead(flag)
         }
+    }
+
+    /// Withdraws a queued read, failing it with `CancellationError`. Returns false if it is not
+    /// waiting (a group has it, or it was withdrawn already).
+    @discardableResult
+    private func withdrawRead(_ flag: CancelFlag) -> Bool {
+        let removed = readQueue.removeWaiting { $0.flag === flag }
+        for r in removed { r.continuation?.resume(throwing: CancellationError()) }
+        return !removed.isEmpty
     }
 
     /// A read's caller was cancelled: a queued read is withdrawn; a group in flight is stopped
@@ -76,25 +101,16 @@ extension PostgresStore {
     /// ``cancelSave(_:)``). A cancelled read throws `CancellationError`.
     private func cancelRead(_ flag: CancelFlag) {
         flag.set()
-        enum Action { case none, withdraw(CheckedContinuation<[StoredEvent], any Error>?), stop(Flight) }
-        let action = pendingReads.withLock { p -> Action in
-            if let i = p.queue.firstIndex(where: { $0.flag === flag }) {
-                return .withdraw(p.queue.remove(at: i).continuation)
-            }
-            for (key, var f) in p.flights where f.members.contains(where: { $0 === flag }) {
-                f.live -= 1
-                p.flights[key] = f
-                return f.live == 0 ? .stop(f) : .none
-            }
-            return .none
+        if withdrawRead(flag) { return }
+        let stop = pendingReads.withLock { p -> ReadFlight? in
+            p.flights.values.first { f in f.members.contains { $0 === flag } && f.allCancelled }
         }
-        switch action {
-        case .none: break
-        case .withdraw(let c): c?.resume(throwing: CancellationError())
-        case .stop(let f):
-            replaceReader(f.drainer)
-            f.handle.cancel()
-        }
+        if let stop { stopReadGroup(stop) }
+    }
+
+    private func stopReadGroup(_ f: ReadFlight) {
+        replaceReader(f.drainer)
+        f.handle.cancel()
     }
 
     private func startReading() {
@@ -112,20 +128,18 @@ extension PostgresStore {
 
     private func drainReads(_ id: UInt64, _ handle: CancelHandle) async {
         while true {
-            let taken = pendingReads.withLock { p -> ([PendingRead], UInt64)? in
-                guard p.drainer == id else { return nil }   // replaced after a timeout or cancellation
-                let n = min(p.queue.count, PostgresStore.readGroupLimit)
-                let g = Array(p.queue.prefix(n))
-                p.queue.removeFirst(n)
-                if g.isEmpty {
-                    p.draining = false
-                    return (g, 0)
-                }
+            // Replaced after a timeout or cancellation: the new reader goes on.
+            guard pendingReads.withLock({ $0.drainer == id }) else { return }
+            let group = readQueue.nextBatch(limit: PostgresStore.readGroupLimit)
+            if group.isEmpty { return }   // the queue made this task no longer the reader
+            let f = ReadFlight(members: group.map(\.flag), handle: handle, drainer: id)
+            let flight = pendingReads.withLock { p -> UInt64 in
                 p.nextFlight &+= 1
-                p.flights[p.nextFlight] = Flight(members: g.map(\.flag), live: g.count, handle: handle, drainer: id)
-                return (g, p.nextFlight)
+                p.flights[p.nextFlight] = f
+                return p.nextFlight
             }
-            guard let (group, flight) = taken, !group.isEmpty else { return }
+            // Every caller was cancelled while the group was being taken (cancelRead found it in neither place).
+            if f.allCancelled { stopReadGroup(f) }
             let waiters = Waiters(group.compactMap(\.continuation))
             let token = groupDeadline(oldest: group.map(\.enqueued).min(), waiters, handle,
                                       outcome: "the read failed") { [weak self] in self?.replaceReader(id) }

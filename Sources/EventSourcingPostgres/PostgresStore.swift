@@ -1,3 +1,4 @@
+import ESConcurrency
 import EventSourcing
 import Foundation
 import KeyManagement
@@ -38,6 +39,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     public var taskExecutor: any TaskExecutor { executor }
     let pending = Mutex(PendingSaves())
     let pendingReads = Mutex(PendingReads())
+    /// Reads of whole aggregates waiting for the next group (see PostgresStore+GroupedReads.swift).
+    let readQueue = BatchingQueue<PendingRead>(maxWaiting: PostgresStore.maxWaitingReads)
     let closed = Atomic<Bool>(false)
     /// Whether the store was seen to have a master-key check (see ``refusePlaintext(_:snapshot:)``).
     let hasMasterKey = Atomic<Bool>(false)
