@@ -27,7 +27,7 @@ public enum Observability {
         /// Counter of events stored by successful saves.
         public static let savedEvents = "eventsourcing_saved_events_total"
         /// Timer of saves, successful or not.
-        public static let saveDuration = "eventsourcing_save_duration_seconds"
+        public static let saveDuration = "eventsourcing_save_duration"
         /// Counter of saves refused with `concurrencyConflict`.
         public static let conflicts = "eventsourcing_conflicts_total"
         /// Counter of records that could not be read, by `code`: `integrityFailure` (tampered or
