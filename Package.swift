@@ -105,6 +105,7 @@ let package = Package(
         .testTarget(name: "EventSourcingTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
                                    "ESTestSupport", "EventSourcingTestKit", "ESTestTags",
+                                   .product(name: "PostgresNIO", package: "postgres-nio"),
                                    .product(name: "Logging", package: "swift-log")],
                     swiftSettings: strict),
         .testTarget(name: "EventSourcingPostgresTests",

@@ -6,46 +6,10 @@ import PostgresNIO
 import Testing
 
 extension PostgresTests {
-    /// `PostgresStore.rewrapDataKeys`: one statement (one transaction) per batch.
+    /// `PostgresStore.rewrapDataKeys`: one statement (one transaction) per batch. (That a failed
+    /// batch changes no row is `StoreTwinTests`, over both stores.)
     @Suite("Batch rewrap")
     struct BatchRewrapTests {
-        private static func wrapped(_ scope: String, _ version: UInt32, _ kek: String, _ byte: UInt8) -> WrappedDataKey {
-            WrappedDataKey(scope: scope, version: version, kekID: kek, wrapped: Array(repeating: byte, count: 60),
-                           createdAt: Date(timeIntervalSince1970: 1_700_000_000))
-        }
-
-        @Test("A batch that fails part-way changes no row: the rows before the failure are rolled back with it")
-        func failedBatchChangesNothing() async throws {
-            let config = try freshConfiguration()
-            let s = config.schema
-            try await withStore(config) { store in
-                let scopes = (0..<6).map { "s\($0)" }
-                for scope in scopes { try await store.insertDataKey(Self.wrapped(scope, 1, "old", 1)) }
-                // A failure the store cannot see coming, at the fourth row of the batch.
-                try await withRawClient(config) { client in
-                    _ = try await client.query("""
-                        CREATE FUNCTION \(unescaped: s).refuse_s3() RETURNS trigger LANGUAGE plpgsql AS $$
-                        BEGIN IF NEW.scope = 's3' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$
-                        """)
-                    _ = try await client.query("""
-                        CREATE TRIGGER refuse_s3 BEFORE UPDATE ON \(unescaped: s).data_keys
-                        FOR EACH ROW EXECUTE FUNCTION \(unescaped: s).refuse_s3()
-                        """)
-                }
-                let before = try await store.dataKeys(after: nil, limit: 100)
-                await #expect(throws: (any Error).self) {
-                    try await store.rewrapDataKeys(scopes.map { DataKeyRewrap(Self.wrapped($0, 1, "new", 2), previousKEKID: "old") })
-                }
-                #expect(try await store.dataKeys(after: nil, limit: 100) == before)
-
-                try await withRawClient(config) { client in
-                    _ = try await client.query("DROP TRIGGER refuse_s3 ON \(unescaped: s).data_keys")
-                }
-                #expect(try await store.rewrapDataKeys(scopes.map { DataKeyRewrap(Self.wrapped($0, 1, "new", 2), previousKEKID: "old") }) == 6)
-                #expect(try await store.dataKeys(after: nil, limit: 100).allSatisfy { $0.kekID == "new" && $0.wrapped == Array(repeating: 2, count: 60) })
-            }
-        }
-
         @Test("A master-key rotation sends one UPDATE per page, not one per key")
         func oneStatementPerPage() async throws {
             let config = try freshConfiguration()

@@ -102,27 +102,6 @@ extension PostgresTests {
             }
         }
 
-        @Test("A forged row at notification id Int64.max refuses the next save with databaseCorrupt (ES004), not a bigint overflow")
-        func notificationIDsExhausted() async throws {
-            let config = try freshConfiguration()
-            let s = config.schema
-            try await withStore(config) { store in
-                let id = fixedAggregateID(seed: 342, index: 1)
-                _ = try await store.insertEvents([rawEvent(id, 1)])
-                try await withRawClient(config) { client in
-                    _ = try await client.query("UPDATE \(unescaped: s).events SET notification_id = 9223372036854775806")
-                }
-                let two = await #expect(throws: EventSourcingError.self) { try await store.insertEvents([rawEvent(id, 2), rawEvent(id, 3)]) }
-                #expect(two?.code == .databaseCorrupt)
-                #expect(two?.storeCode == "ES004")
-                #expect(try await store.insertEvents([rawEvent(id, 2)]) == [Int64.max])
-                let after = await #expect(throws: EventSourcingError.self) { try await store.insertEvents([rawEvent(id, 3)]) }
-                #expect(after?.code == .databaseCorrupt)
-                #expect(after?.storeCode == "ES004")
-                #expect(try await store.selectEvents(originatorID: id).map(\.originatorVersion) == [1, 2])
-            }
-        }
-
         @Test("A NULL where the library always writes a value (NOT NULL dropped) is databaseCorrupt, naming the notification in the log")
         func nullTopic() async throws {
             let config = try freshConfiguration()

@@ -5,47 +5,10 @@ import KeyManagement
 import Synchronization
 import Testing
 
-/// `SQLiteStore.rewrapDataKeys`: one write transaction per batch.
+/// `SQLiteStore.rewrapDataKeys`: one write transaction per batch. (That a failed batch changes no
+/// row is `StoreTwinTests`, over both stores.)
 @Suite("SQLite batch rewrap")
 struct SQLiteBatchRewrapTests {
-    private static func wrapped(_ scope: String, _ version: UInt32, _ kek: String, _ byte: UInt8) -> WrappedDataKey {
-        WrappedDataKey(scope: scope, version: version, kekID: kek, wrapped: Array(repeating: byte, count: 60),
-                       createdAt: Date(timeIntervalSince1970: 1_700_000_000))
-    }
-
-    /// Runs `sql` on the database at `path` through a connection of the test's own.
-    private static func execute(_ path: String, _ sql: String) throws {
-        let c = try SQLiteConnection(path: path, create: false, busyTimeoutMillis: 5_000)
-        defer { c.close() }
-        try c.execute(sql)
-    }
-
-    @Test("A batch that fails part-way changes no row: the rows before the failure are rolled back with it")
-    func failedBatchChangesNothing() async throws {
-        let dir = try TempDir("rewrap")
-        defer { withExtendedLifetime(dir) {} }
-        let path = dir.path("events.sqlite")
-        let store = try SQLiteStore(path: path)
-        let scopes = (0..<6).map { "s\($0)" }
-        for scope in scopes { try await store.insertDataKey(Self.wrapped(scope, 1, "old", 1)) }
-        // A failure the store cannot see coming, at the fourth row of the batch.
-        try Self.execute(path, """
-            CREATE TRIGGER refuse_s3 BEFORE UPDATE ON data_keys WHEN NEW.scope = 's3'
-            BEGIN SELECT RAISE(ABORT, 'refused by the test'); END
-            """)
-        let before = try await store.dataKeys(after: nil, limit: 100)
-        await #expect(throws: (any Error).self) {
-            try await store.rewrapDataKeys(scopes.map { DataKeyRewrap(Self.wrapped($0, 1, "new", 2), previousKEKID: "old") })
-        }
-        #expect(try await store.dataKeys(after: nil, limit: 100) == before)
-
-        // Without the failure the same batch replaces every row, and the store keeps working.
-        try Self.execute(path, "DROP TRIGGER refuse_s3")
-        #expect(try await store.rewrapDataKeys(scopes.map { DataKeyRewrap(Self.wrapped($0, 1, "new", 2), previousKEKID: "old") }) == 6)
-        #expect(try await store.dataKeys(after: nil, limit: 100).allSatisfy { $0.kekID == "new" && $0.wrapped == Array(repeating: 2, count: 60) })
-        await store.close()
-    }
-
     @Test("A master-key rotation of a SQLite store commits once per page, not once per key")
     func oneCommitPerPage() async throws {
         let dir = try TempDir("rewrap")
