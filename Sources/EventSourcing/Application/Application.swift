@@ -26,9 +26,11 @@ public final class Application: Sendable {
     public let snapshotRecorder: (any SnapshotRecorder)?
     /// The transcoder pipeline.
     public let mapper: Mapper
-    /// Automatic snapshot intervals by aggregate ``Aggregate/typeName``: a snapshot is taken
-    /// whenever a save carries the aggregate's version past a multiple of the interval.
-    public let snapshotIntervals: [String: Int]
+    /// Automatic snapshot intervals: a snapshot is taken whenever a save carries an aggregate's
+    /// version past a multiple of its type's interval.
+    public let snapshotIntervals: [SnapshotInterval]
+    /// The intervals by aggregate ``Aggregate/typeName``.
+    let intervalsByType: [String: Int]
     let logger: Logger
     /// Metrics and tracer, bound at creation (see `Observability`).
     let instruments = ApplicationInstruments()
@@ -38,15 +40,16 @@ public final class Application: Sendable {
     ///   - recorder: the event store.
     ///   - snapshots: the snapshot store; needed for ``takeSnapshot(_:id:version:)`` and intervals.
     ///   - mapper: the pipeline; `Mapper()` stores plaintext JSON (zlib-compressed).
-    ///   - snapshotIntervals: automatic snapshotting, e.g. `["Dog": 100]`.
+    ///   - snapshotIntervals: automatic snapshotting, e.g. `[.every(100, for: Dog.self)]`.
     ///   - logger: where the application logs shreds, failed automatic snapshots and retries (never key
     ///     bytes or payloads).
     public init(recorder: any ApplicationRecorder, snapshots: (any SnapshotRecorder)? = nil, mapper: Mapper = Mapper(),
-                snapshotIntervals: [String: Int] = [:], logger: Logger = Logger(label: "eventsourcing.application")) {
+                snapshotIntervals: [SnapshotInterval] = [], logger: Logger = Logger(label: "eventsourcing.application")) {
         self.recorder = recorder
         self.snapshotRecorder = snapshots
         self.mapper = mapper
-        self.snapshotIntervals = snapshotIntervals.filter { $0.value > 0 }
+        self.snapshotIntervals = snapshotIntervals
+        self.intervalsByType = SnapshotInterval.byTypeName(snapshotIntervals)
         self.logger = logger
     }
 
@@ -142,7 +145,7 @@ public final class Application: Sendable {
     }
 
     private func autoSnapshot<A: Aggregate>(_ root: AggregateRoot<A>, savedFrom oldVersion: Int) async {
-        guard let interval = snapshotIntervals[A.typeName], let snapshotRecorder,
+        guard let interval = intervalsByType[A.typeName], let snapshotRecorder,
               root.version / interval > oldVersion / interval else { return }
         do {
             try await store(snapshotOf: root, in: snapshotRecorder)

@@ -63,9 +63,25 @@ extension KeyCommittingRecorder {
     }
 }
 
+/// The order of an aggregate's events in a read.
+public enum EventOrder: Sendable, Hashable {
+    /// Oldest first (ascending versions).
+    case ascending
+    /// Newest first (descending versions).
+    case descending
+}
+
 extension AggregateRecorder {
     /// All events of one aggregate in ascending order.
     public func selectEvents(originatorID: UUID) async throws -> [StoredEvent] {
         try await selectEvents(originatorID: originatorID, gt: nil, lte: nil, desc: false, limit: nil)
+    }
+
+    /// The events of one aggregate whose version is after `after` (exclusive) and up to `upTo`
+    /// (inclusive), in `order`, at most `limit` of them: the named form of
+    /// ``selectEvents(originatorID:gt:lte:desc:limit:)``, which recorders implement.
+    public func selectEvents(originatorID: UUID, after: Int? = nil, upTo: Int? = nil, order: EventOrder,
+                             limit: Int? = nil) async throws -> [StoredEvent] {
+        try await selectEvents(originatorID: originatorID, gt: after, lte: upTo, desc: order == .descending, limit: limit)
     }
 }
