@@ -88,8 +88,8 @@ public final class EncryptedStore: Sendable {
         /// For a migration only: read unencrypted records (`Mapper.PlaintextReads.allowed`)
         /// and let the store accept unencrypted writes from other applications. Off by default.
         public var allowsPlaintext: Bool
-        /// Automatic snapshot intervals by aggregate `Aggregate.typeName`.
-        public var snapshotIntervals: [String: Int]
+        /// Automatic snapshots, e.g. `[.every(100, for: Customer.self)]`.
+        public var snapshotIntervals: [SnapshotInterval]
         /// The mapper's settings (its `Mapper.Options.plaintextReads` is set from
         /// ``allowsPlaintext``).
         public var mapper: Mapper.Options
@@ -101,7 +101,7 @@ public final class EncryptedStore: Sendable {
         public var loggerLabel: String
 
         /// Creates options: encrypted, plaintext refused, no automatic snapshots.
-        public init(allowsPlaintext: Bool = false, snapshotIntervals: [String: Int] = [:],
+        public init(allowsPlaintext: Bool = false, snapshotIntervals: [SnapshotInterval] = [],
                     mapper: Mapper.Options = Mapper.Options(), keyCacheCapacity: Int = 4096,
                     sqlite: SQLiteStore.Configuration = SQLiteStore.Configuration(),
                     loggerLabel: String = "eventsourcing") {

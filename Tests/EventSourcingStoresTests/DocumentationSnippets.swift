@@ -1,4 +1,5 @@
 import Configuration
+import EventSourcing
 import EventSourcingStores
 import Foundation
 import KeyManagement
@@ -13,7 +14,7 @@ enum DocumentationSnippets {
     static func openWithTheFactory(databasePath: String, keyPath: String) async throws -> EncryptedStore {
         let store = try await EncryptedStore.open(url: "sqlite:" + databasePath,
                                                   masterKey: try MasterKey(contentsOfFile: keyPath),
-                                                  options: .init(snapshotIntervals: ["Customer": 100]))
+                                                  options: .init(snapshotIntervals: [.every(100, for: Account.self)]))
         return store
     }
 

@@ -120,11 +120,11 @@ struct EncryptedStoreTests {
     @Test("Options reach the store and the application: snapshot intervals, SQLite settings")
     func options() async throws {
         let dir = try ScratchDir()
-        var options = EncryptedStore.Options(snapshotIntervals: ["Account": 2, "Other": 0])
+        var options = EncryptedStore.Options(snapshotIntervals: [.every(2, for: Account.self)])
         options.sqlite.busyTimeout = .seconds(2)
         let store = try await EncryptedStore.open(url: "sqlite:" + dir.path("events.sqlite"), masterKey: try MasterKey.generate(),
                                                   options: options)
-        #expect(store.application.snapshotIntervals == ["Account": 2])
+        #expect(store.application.snapshotIntervals == [.every(2, for: Account.self)])
         guard case .sqlite(let sqlite) = store.backend else { throw EventSourcingError(.invalidArgument, "not sqlite") }
         #expect(sqlite.configuration.busyTimeout == .seconds(2))
         #expect(sqlite.configuration.allowsPlaintextWrites == false)
