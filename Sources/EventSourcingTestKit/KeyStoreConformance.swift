@@ -172,16 +172,23 @@ extension KeyStoreConformance {
 
     static func sameBytes(_ a: String, _ b: String) -> Bool { a.utf8.elementsEqual(b.utf8) }
 
-    /// Every key, paging 100 at a time.
-    static func allKeys(_ store: any KeyStore) async throws -> [WrappedDataKey] {
+    /// Every key, paging 100 at a time. The suites store a few dozen keys at most, so more than
+    /// ten pages, or a page that does not move the cursor on, is a store that pages forever.
+    static func allKeys(_ store: any KeyStore, _ c: Checker) async throws -> [WrappedDataKey] {
         var out: [WrappedDataKey] = []
         var cursor: DataKeyCursor?
-        while true {
+        for _ in 0..<10 {
             let page = try await store.dataKeys(after: cursor, limit: 100)
             out += page
             guard let last = page.last, page.count == 100 else { return out }
-            cursor = DataKeyCursor(scope: last.scope, version: last.version)
+            let next = DataKeyCursor(scope: last.scope, version: last.version)
+            guard next != cursor else {
+                throw c.fail(expected: "dataKeys(after:limit:) moves on past its cursor",
+                             observed: "the page after (\(show(next.scope)), v\(next.version)) ends with it again")
+            }
+            cursor = next
         }
+        throw c.fail(expected: "the suite's few keys in at most ten pages of 100", observed: "more than 1,000 keys listed")
     }
 
     /// Keys compared field by field, scopes by their bytes.
@@ -270,7 +277,7 @@ extension KeyStoreConformance {
         let a = try await store.dataKeys(scope: composed), b = try await store.dataKeys(scope: decomposed)
         try c.require(same(a, [wrapped(composed, 1, "old", 1)]), "the composed spelling's own key only", observed: describe(a))
         try c.require(same(b, [wrapped(decomposed, 1, "old", 2)]), "the decomposed spelling's own key only", observed: describe(b))
-        try c.equal(try await allKeys(store).count, 2, "the number of keys listed")
+        try c.equal(try await allKeys(store, c).count, 2, "the number of keys listed")
     }
 }
 
@@ -287,7 +294,7 @@ extension KeyStoreConformance {
         try c.equal(try await store.dataKeys(scope: "subject-1").count, 0, "the shredded scope's keys")
         try c.equal(try await store.tombstone(scope: "subject-1"), expected, "the stored tombstone", describe: describe)
         try c.equal(try await store.tombstones(), [expected], "every tombstone", describe: { "\($0.map { describe($0) })" })
-        let listed = try await allKeys(store)
+        let listed = try await allKeys(store, c)
         try c.require(same(listed, [wrapped("subject-2", 1)]), "only the other scope's key listed", observed: describe(listed))
         try c.equal(try await store.tombstone(scope: "subject-2"), nil, "the other scope's tombstone", describe: describe)
     }
@@ -313,7 +320,7 @@ extension KeyStoreConformance {
             try c.equal(e.scope, "subject-1", "the error's scope")
         }
         try c.equal(try await store.dataKeys(scope: "subject-1").count, 0, "the shredded scope's keys")
-        try c.equal(try await allKeys(store).count, 0, "the number of keys listed")
+        try c.equal(try await allKeys(store, c).count, 0, "the number of keys listed")
     }
 
     static let shredNeverKeyedScope: Body = { c, store in
@@ -360,7 +367,7 @@ extension KeyStoreConformance {
         try c.require(same(back, [wrapped("subject-1", 1, "new", 2)]), "the new wrapping stored", observed: describe(back))
         try c.equal(try await store.rewrapDataKey(wrapped("subject-1", 1, "newer", 3), previousKEKID: "old"), false,
                     "a second rewrap from the old master key")
-        try c.equal(try await allKeys(store).count, 1, "the number of keys (a rewrap adds none)")
+        try c.equal(try await allKeys(store, c).count, 1, "the number of keys (a rewrap adds none)")
     }
 
     static let rewrapBatchConditions: Body = { c, store in
@@ -378,7 +385,7 @@ extension KeyStoreConformance {
             DataKeyRewrap(wrapped("c", 1, "new", 2), previousKEKID: "other"),           // replaced
         ])
         try c.equal(replaced, 4, "the count of replaced versions")
-        let rows = try await allKeys(store)
+        let rows = try await allKeys(store, c)
         func row(_ scope: String, _ version: UInt32) -> WrappedDataKey? {
             rows.first { sameBytes($0.scope, scope) && $0.version == version }
         }
@@ -397,7 +404,7 @@ extension KeyStoreConformance {
 
     static let rewrapBatchRepeatedVersionRefused: Body = { c, store in
         for scope in ["a", "b", composed, decomposed] { try await store.insertDataKey(wrapped(scope, 1, "old", 1)) }
-        let before = try await allKeys(store)
+        let before = try await allKeys(store, c)
         let e = try await c.keyManagementError(.invalidArgument, "a batch naming (b, v1) twice") {
             try await store.rewrapDataKeys([DataKeyRewrap(wrapped("a", 1, "new", 2), previousKEKID: "old"),
                                             DataKeyRewrap(wrapped("b", 1, "new", 2), previousKEKID: "old"),
@@ -405,7 +412,7 @@ extension KeyStoreConformance {
         }
         try c.equal(e.scope, "b", "the error's scope")
         try c.equal(e.keyVersion, 1, "the error's keyVersion")
-        let after = try await allKeys(store)
+        let after = try await allKeys(store, c)
         try c.require(same(after, before), "no key changed: \(describe(before))", observed: describe(after))
         // The two spellings are two versions, not one named twice.
         try c.equal(try await store.rewrapDataKeys([DataKeyRewrap(wrapped(composed, 1, "new", 2), previousKEKID: "old"),
