@@ -90,9 +90,9 @@ public final class EncryptedStore: Sendable {
         public var allowsPlaintext: Bool
         /// Automatic snapshots, e.g. `[.every(100, for: Customer.self)]`.
         public var snapshotIntervals: [SnapshotInterval]
-        /// The mapper's settings (its `Mapper.Options.plaintextReads` is set from
+        /// The mapper's settings (its `Mapper.Configuration.plaintextReads` is set from
         /// ``allowsPlaintext``).
-        public var mapper: Mapper.Options
+        public var mapper: Mapper.Configuration
         /// The keyring's cache of unwrapped data keys, in keys.
         public var keyCacheCapacity: Int
         /// Settings for a SQLite store (its `allowsPlaintextWrites` is set from ``allowsPlaintext``).
@@ -102,7 +102,7 @@ public final class EncryptedStore: Sendable {
 
         /// Creates options: encrypted, plaintext refused, no automatic snapshots.
         public init(allowsPlaintext: Bool = false, snapshotIntervals: [SnapshotInterval] = [],
-                    mapper: Mapper.Options = Mapper.Options(), keyCacheCapacity: Int = 4096,
+                    mapper: Mapper.Configuration = Mapper.Configuration(), keyCacheCapacity: Int = 4096,
                     sqlite: SQLiteStore.Configuration = SQLiteStore.Configuration(),
                     loggerLabel: String = "eventsourcing") {
             self.allowsPlaintext = allowsPlaintext
@@ -168,7 +168,7 @@ public final class EncryptedStore: Sendable {
                                              logger: Logger(label: options.loggerLabel + ".keyring"))
         var mapperOptions = options.mapper
         mapperOptions.plaintextReads = options.allowsPlaintext ? .allowed : .rejected
-        let application = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring, options: mapperOptions),
+        let application = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring, configuration: mapperOptions),
                                       snapshotIntervals: options.snapshotIntervals,
                                       logger: Logger(label: options.loggerLabel + ".application"))
         return EncryptedStore(backend: backend, keyring: keyring, application: application)

@@ -169,7 +169,7 @@ struct VerificationReport {
 
         init(_ session: Session) {
             mapper = session.app.mapper
-            plaintextMapper = Mapper(keyring: session.keyring, options: Mapper.Options(plaintextReads: .allowed))
+            plaintextMapper = Mapper(keyring: session.keyring, configuration: Mapper.Configuration(plaintextReads: .allowed))
         }
 
         /// - Throws: why the record cannot be read (never `.shredded` or `.plaintextRejected`).

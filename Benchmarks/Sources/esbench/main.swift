@@ -202,9 +202,9 @@ func makeApp(_ o: Options, masterKey: MasterKey?) async throws -> (any BenchStor
         case "dynamic": .dynamic
         default: ZlibCompressor.defaultStrategy
         }
-        mapper = Mapper(keyring: keyring, options: .init(compressor: ZlibCompressor(strategy: strategy)))
+        mapper = Mapper(keyring: keyring, configuration: .init(compressor: ZlibCompressor(strategy: strategy)))
     } else {
-        mapper = Mapper(options: .init(compressor: nil))
+        mapper = Mapper(configuration: .init(compressor: nil))
     }
     return (store, Application(recorder: store, mapper: mapper))
 }

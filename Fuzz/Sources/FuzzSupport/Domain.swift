@@ -87,7 +87,7 @@ public enum Records {
         var out: [StoredEvent] = []
         for encoding in [Mapper.PayloadEncoding.compact, .json] {
             for compressor in [ZlibCompressor(), nil] as [ZlibCompressor?] {
-                let mapper = Mapper(keyring: nil, options: .init(encoding: encoding, compressor: compressor, plaintextReads: .allowed))
+                let mapper = Mapper(keyring: nil, configuration: .init(encoding: encoding, compressor: compressor, plaintextReads: .allowed))
                 let at = Date(timeIntervalSince1970: 1_700_000_000)
                 var root = try AggregateRoot<FuzzAggregate>(id: Fuzz.originatorID, FuzzAggregate.samples[0], at: at)
                 for e in FuzzAggregate.samples.dropFirst() { try root.record(e, at: at) }

@@ -24,7 +24,7 @@ import FuzzSupport
     return seeds
 }
 
-let mapper = Mapper(keyring: nil, options: .init(plaintextReads: .allowed))
+let mapper = Mapper(keyring: nil, configuration: .init(plaintextReads: .allowed))
 let header = StateHeader(flags: [.compact], keyScope: nil, keyVersion: 0, nonce: []).bytes
 
 func isDecodingError(_ error: any Error) -> Bool { error is DecodingError }

@@ -35,7 +35,7 @@ let setup: Setup = {
         let keyring = try await Keyring.open(store: store, masterKeys: [Fuzz.masterKey()])
         let write = try await keyring.sealingKey(for: Records.scope, likelyNew: false)
         try await keyring.persist([write])
-        let mapper = Mapper(keyring: keyring, options: .init(plaintextReads: .allowed))
+        let mapper = Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed))
         // Self-check: a record sealed by the specification's rules opens through the library.
         let body = try CompactEncoder().encode(["v": 1])
         let sealed = try Records.seal(body, flags: [.compact], key: write.key, topic: "FuzzAggregate.cleared", originatorVersion: 1)

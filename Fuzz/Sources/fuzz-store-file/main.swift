@@ -68,7 +68,7 @@ public func test(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let outcome = Fuzz.run { () async -> Void in
         var keyring: Keyring?
         do { keyring = try await Keyring.open(store: store, masterKeys: [Fuzz.masterKey()]) } catch { typed(error, "Keyring.open") }
-        let mapper = Mapper(keyring: keyring, options: .init(plaintextReads: .allowed))
+        let mapper = Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed))
         do { _ = try await store.maxNotificationID() } catch { typed(error, "maxNotificationID") }
         do {
             for n in try await store.selectNotifications(start: 1, limit: 50, stop: nil, topics: []) {

@@ -104,7 +104,7 @@ extension Mapper {
             }
             body = opened
         } else {
-            guard cipher == nil || options.plaintextReads == .allowed else {
+            guard cipher == nil || configuration.plaintextReads == .allowed else {
                 throw record(.plaintextRejected,
                              "record is not encrypted; a mapper with a keyring refuses plaintext unless plaintextReads is .allowed (for a migration)",
                              stored, notificationID)
@@ -112,7 +112,7 @@ extension Mapper {
             body = Array(state[bodyOffset...])
         }
         if header.flags.contains(.compressed) {
-            let compressor = options.compressor ?? ZlibCompressor()
+            let compressor = configuration.compressor ?? ZlibCompressor()
             do { body = try compressor.decompress(body) } catch {
                 throw record(.integrityFailure, "compressed payload is corrupt", stored, notificationID)
             }

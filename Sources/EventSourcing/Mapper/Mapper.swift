@@ -35,8 +35,12 @@ public final class Mapper: Sendable {
         public var encoding: PayloadEncoding
     }
 
-    /// Pipeline settings.
-    public struct Options: Sendable {
+    /// The former name of ``Configuration``.
+    @available(*, deprecated, renamed: "Configuration")
+    public typealias Options = Configuration
+
+    /// Pipeline settings (named `X.Configuration` like every configuration type of the library).
+    public struct Configuration: Sendable {
         /// The Codable stage's format for new records; records of either format are always read.
         public var encoding: PayloadEncoding
         /// The compression stage, or nil for none.
@@ -75,18 +79,34 @@ public final class Mapper: Sendable {
     /// The cipher when it is a `Keyring` (key rotation, shredding), else nil.
     public let keyring: Keyring?
     /// The pipeline settings.
-    public let options: Options
+    public let configuration: Configuration
+
+    /// The pipeline settings, by their former name.
+    @available(*, deprecated, renamed: "configuration")
+    public var options: Configuration { configuration }
 
     /// Creates a mapper whose cipher is `keyring` (nil: no encryption).
-    public convenience init(keyring: Keyring? = nil, options: Options = Options()) {
-        self.init(cipher: keyring, options: options)
+    public convenience init(keyring: Keyring? = nil, configuration: Configuration = Configuration()) {
+        self.init(cipher: keyring, configuration: configuration)
     }
 
     /// Creates a mapper with any cipher (nil: no encryption).
-    public init(cipher: (any RecordCipher)?, options: Options = Options()) {
+    public init(cipher: (any RecordCipher)?, configuration: Configuration = Configuration()) {
         self.cipher = cipher
         self.keyring = cipher as? Keyring
-        self.options = options
+        self.configuration = configuration
+    }
+
+    /// Creates a mapper whose cipher is `keyring`, with settings under their former label.
+    @available(*, deprecated, renamed: "init(keyring:configuration:)")
+    public convenience init(keyring: Keyring? = nil, options: Configuration) {
+        self.init(cipher: keyring, configuration: options)
+    }
+
+    /// Creates a mapper with any cipher, with settings under their former label.
+    @available(*, deprecated, renamed: "init(cipher:configuration:)")
+    public convenience init(cipher: (any RecordCipher)?, options: Configuration) {
+        self.init(cipher: cipher, configuration: options)
     }
 
     // MARK: Internals
@@ -114,7 +134,7 @@ public final class Mapper: Sendable {
     }
 
     func serialise<T: Encodable>(_ value: T) throws -> [UInt8] {
-        switch options.encoding {
+        switch configuration.encoding {
         case .compact: return try CompactEncoder().encode(value)
         case .json: return Array(try Mapper.jsonEncoder.encode(value))
         }
@@ -139,8 +159,8 @@ public final class Mapper: Sendable {
               originatorVersion: Int, topic: String) throws -> [UInt8] {
         var payload = json
         var flags: StateHeader.Flags = snapshot ? [.snapshot] : []
-        if options.encoding == .compact { flags.insert(.compact) }
-        if let compressor = options.compressor, !options.uncompressedTopics.contains(topic) {
+        if configuration.encoding == .compact { flags.insert(.compact) }
+        if let compressor = configuration.compressor, !configuration.uncompressedTopics.contains(topic) {
             let z = try compressor.compress(json)
             if z.count < json.count {
                 payload = z
