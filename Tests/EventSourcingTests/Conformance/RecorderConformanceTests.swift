@@ -170,6 +170,35 @@ struct TestKitCatchesBrokenStoresTests {
         try await kit.check(.rewrapBatchConditions)
     }
 
+    /// A key store whose pages ignore the cursor: every page starts at the first key.
+    final class CursorIgnoringKeyStore: KeyStore {
+        let inner = InMemoryKeyStore()
+
+        func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey] {
+            try await inner.dataKeys(after: nil, limit: limit)
+        }
+
+        func masterKeyChecks() async throws -> [MasterKeyCheck] { try await inner.masterKeyChecks() }
+        func insertMasterKeyCheck(_ check: MasterKeyCheck) async throws { try await inner.insertMasterKeyCheck(check) }
+        func deleteMasterKeyCheck(kekID: String) async throws { try await inner.deleteMasterKeyCheck(kekID: kekID) }
+        func dataKeys(scope: String) async throws -> [WrappedDataKey] { try await inner.dataKeys(scope: scope) }
+        func insertDataKey(_ key: WrappedDataKey) async throws { try await inner.insertDataKey(key) }
+        func rewrapDataKey(_ key: WrappedDataKey, previousKEKID: String) async throws -> Bool {
+            try await inner.rewrapDataKey(key, previousKEKID: previousKEKID)
+        }
+        func tombstone(scope: String) async throws -> Tombstone? { try await inner.tombstone(scope: scope) }
+        func tombstones() async throws -> [Tombstone] { try await inner.tombstones() }
+        func shred(scope: String, at time: Date) async throws -> Tombstone { try await inner.shred(scope: scope, at: time) }
+    }
+
+    @Test("A key store whose pages ignore the cursor fails pagingEachKeyOnce (and the check ends: it does not page forever)")
+    func cursorIgnoringKeyStoreFails() async throws {
+        let kit = KeyStoreConformance { .init(keyStore: CursorIgnoringKeyStore()) }
+        let failure = await #expect(throws: ConformanceFailure.self) { try await kit.check(.pagingEachKeyOnce) }
+        #expect(failure?.behaviour == "pagingEachKeyOnce")
+        #expect(failure?.expected.contains("pages of 1 list every key once") == true)
+    }
+
     @Test("The in-memory recorder and key store pass run() as a whole")
     func inMemoryPassesRun() async throws {
         try await RecorderFactory.inMemory.recorderConformance.run()
