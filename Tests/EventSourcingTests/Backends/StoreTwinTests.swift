@@ -42,6 +42,42 @@ struct StoreTwinTests {
         }
     }
 
+    @Test("A data-key version outside UInt32 is refused with storeFailure naming the scope, by scope and by cursor (which stops instead of paging forever)",
+          arguments: Backend.all, [Int64(1) << 32 | 1, -1, Int64.max])
+    func dataKeyVersionOutOfRange(_ backend: Backend, _ forged: Int64) async throws {
+        try await backend.withFreshStore { s in
+            let store = s.keyStore
+            for scope in ["subject-a", "subject-b", "subject-c"] { try await store.insertDataKey(Self.wrapped(scope, 1, "k", 1)) }
+            try await s.execute("UPDATE \(s.table("data_keys")) SET version = \(forged) WHERE scope = 'subject-b'")
+
+            let byScope = await #expect(throws: KeyManagementError.self) { _ = try await store.dataKeys(scope: "subject-b") }
+            #expect(byScope?.code == .storeFailure && byScope?.scope == "subject-b", "\(String(describing: byScope))")
+            if backend == .sqlite { #expect(byScope?.description.contains("refused") == true) }
+
+            // Page through every key one at a time, as master-key rotation and `keys list` do.
+            var cursor: DataKeyCursor?
+            var seen: [DataKeyCursor] = []
+            var stopped: KeyManagementError?
+            for _ in 0..<10 {
+                do {
+                    guard let last = try await store.dataKeys(after: cursor, limit: 1).last else { break }
+                    let next = DataKeyCursor(scope: last.scope, version: last.version)
+                    if next == cursor {
+                        Issue.record("the cursor did not move on: \(next.scope) v\(next.version) came back")
+                        break
+                    }
+                    seen.append(next)
+                    cursor = next
+                } catch let e as KeyManagementError {
+                    stopped = e
+                    break
+                }
+            }
+            #expect(stopped?.code == .storeFailure && stopped?.scope == "subject-b", "\(String(describing: stopped))")
+            #expect(seen.map(\.scope) == ["subject-a"], "the keys read before the forged row: \(seen)")
+        }
+    }
+
     @Test("A forged row at notification id Int64.max - 1: one more event fits, then saves are databaseCorrupt (no overflow, no random ids)",
           arguments: Backend.all)
     func notificationIDsExhausted(_ backend: Backend) async throws {
