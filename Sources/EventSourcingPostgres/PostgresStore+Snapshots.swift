@@ -56,7 +56,7 @@ extension PostgresStore {
     }
 
     /// A page of snapshots in `(originatorID, version)` order after `cursor`.
-    public func selectSnapshots(after cursor: (UUID, Int)?, limit: Int) async throws -> [StoredEvent] {
+    public func selectSnapshots(after cursor: SnapshotCursor?, limit: Int) async throws -> [StoredEvent] {
         let s = schema
         let lim = Int64(limit)
         return try await run { client in
@@ -67,7 +67,7 @@ extension PostgresStore {
             if let c = cursor {
                 rows = try await client.query("""
                     SELECT originator_id, originator_version, topic, state FROM \(unescaped: s).snapshots
-                    WHERE (originator_id, originator_version) > (\(c.0), \(Int64(c.1)))
+                    WHERE (originator_id, originator_version) > (\(c.originatorID), \(Int64(c.originatorVersion)))
                     ORDER BY originator_id, originator_version LIMIT \(lim)
                     """, logger: self.logger)
             } else {

@@ -6,11 +6,11 @@ extension SQLiteStore {
     /// - Throws: `.databaseCorrupt` naming a row that does not hold what the library writes
     ///   (an originator id that is not 16 bytes, a version that is not an integer, …): such a
     ///   row is never skipped or read as 0, so a cursor over the pages always moves on.
-    public func selectSnapshots(after cursor: (UUID, Int)?, limit: Int) async throws -> [StoredEvent] {
+    public func selectSnapshots(after cursor: SnapshotCursor?, limit: Int) async throws -> [StoredEvent] {
         let sql = "SELECT originator_id, originator_version, topic, state FROM snapshots"
             + (cursor == nil ? "" : " WHERE (originator_id, originator_version) > (?, ?)")
             + " ORDER BY originator_id, originator_version LIMIT ?"
-        let after = cursor.map { ($0.0, $0.1) }
+        let after = cursor.map { ($0.originatorID, $0.originatorVersion) }
         return try await read { conn in
             let s = try conn.statement(sql)
             defer { s.reset() }

@@ -9,7 +9,7 @@ import Logging
 
 /// What esctl needs from a store beyond the library protocols.
 protocol AdminStore: ApplicationRecorder, SnapshotRecorder, KeyStore, KeyScopeCounting {
-    func selectSnapshots(after cursor: (UUID, Int)?, limit: Int) async throws -> [StoredEvent]
+    func selectSnapshots(after cursor: SnapshotCursor?, limit: Int) async throws -> [StoredEvent]
     func selectNotifications(keyScope: String, after: Int64, limit: Int) async throws -> [StoredNotification]
     func statisticsJSON() async throws -> StoreStatistics
     func close() async

@@ -117,7 +117,7 @@ struct VerificationReport {
             guard last.id < Int64.max else { break }
             start = last.id + 1
         }
-        var cursor: (UUID, Int)?
+        var cursor: SnapshotCursor?
         while true {
             let page: [StoredEvent]
             do {
@@ -140,7 +140,7 @@ struct VerificationReport {
                     report.snapshots.failing += 1
                 }
             }
-            cursor = (last.originatorID, last.originatorVersion)
+            cursor = SnapshotCursor(after: last)
         }
         progress?.finish(seen)
         return report

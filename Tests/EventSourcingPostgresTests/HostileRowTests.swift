@@ -114,12 +114,12 @@ extension PostgresTests {
                         VALUES ('00000000-0000-0000-0000-000000000000', -5, 'Ledger.snapshot', '\\x01'::bytea)
                         """)
                 }
-                var cursor: (UUID, Int)?
+                var cursor: SnapshotCursor?
                 var seen: [String] = []
                 for _ in 0..<5 {
                     guard let last = try await store.selectSnapshots(after: cursor, limit: 1).last else { break }
                     seen.append("\(last.originatorID.uuidString.lowercased())@\(last.originatorVersion)")
-                    cursor = (last.originatorID, last.originatorVersion)
+                    cursor = SnapshotCursor(after: last)
                 }
                 #expect(seen == ["00000000-0000-0000-0000-000000000000@-5", "\(id.uuidString.lowercased())@1"])
             }

@@ -260,17 +260,17 @@ struct HostileRowTests {
     /// Pages through the snapshots one at a time, as `esctl verify` does, for at most 10 pages:
     /// the pages read and the error that stopped them.
     private func pageSnapshots(_ store: SQLiteStore) async -> ([StoredEvent], EventSourcingError?) {
-        var cursor: (UUID, Int)?
+        var cursor: SnapshotCursor?
         var pages: [StoredEvent] = []
         for _ in 0..<10 {
             do {
                 guard let last = try await store.selectSnapshots(after: cursor, limit: 1).last else { return (pages, nil) }
-                if let cursor, cursor == (last.originatorID, last.originatorVersion) {
+                if let cursor, cursor == SnapshotCursor(after: last) {
                     Issue.record("the snapshot cursor did not move on from \(cursor)")
                     return (pages, nil)
                 }
                 pages.append(last)
-                cursor = (last.originatorID, last.originatorVersion)
+                cursor = SnapshotCursor(after: last)
             } catch let e as EventSourcingError {
                 return (pages, e)
             } catch {
