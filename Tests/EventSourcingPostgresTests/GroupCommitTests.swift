@@ -33,12 +33,13 @@ extension PostgresTests {
             }
         }
 
-        /// A record whose header names `scope` (the store reads the scope from it); the rest is filler.
+        /// A record whose header names `scope`, stamped with it as the mapper stamps what it seals
+        /// (the store reads the stamp); the rest is filler.
         static func event(_ id: UUID, _ v: Int, scope: String? = nil) -> StoredEvent {
             let header = StateHeader(flags: scope == nil ? [] : [.encrypted], keyScope: scope, keyVersion: scope == nil ? 0 : 1,
                                      nonce: scope == nil ? [] : [UInt8](repeating: 7, count: 12))
             let state = header.bytes + [UInt8(truncatingIfNeeded: v), 1, 2]
-            return StoredEvent(originatorID: id, originatorVersion: v, topic: "T.e", state: state)
+            return StoredEvent(originatorID: id, originatorVersion: v, topic: "T.e", state: state, keyScope: scope)
         }
 
         @Test("Refused saves among 200 concurrent ones fail alone with their own reason; the rest commit with contiguous ids")
