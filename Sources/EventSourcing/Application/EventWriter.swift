@@ -15,7 +15,7 @@ struct EventWriter: Sendable {
     /// Encodes one aggregate's pending events; the argument is false on a retry after `keyExists`.
     typealias Encoder = @Sendable (_ optimistic: Bool) async throws -> Mapper.EncodedBatch
 
-    /// How many times a save is encoded again after ``KeyManagementError/Code/keyExists``.
+    /// How many times a save is encoded again after `KeyManagementError.Code.keyExists`.
     static let keyExistsRetries = 3
 
     /// Encodes and stores the events of `encoders` atomically.

@@ -29,7 +29,7 @@ package enum RecordFormat {
     }
 
     /// An encrypted record: header (scope, key version, fresh nonce) || ciphertext || tag, in one buffer.
-    /// - Throws: ``KeyManagementError`` if the RNG or the cipher fails.
+    /// - Throws: `KeyManagementError` if the RNG or the cipher fails.
     package static func seal(_ payload: [UInt8], flags: StateHeader.Flags, key: DataKey,
                              at record: Coordinates) throws(KeyManagementError) -> [UInt8] {
         var f = flags
@@ -44,7 +44,7 @@ package enum RecordFormat {
 
     /// The payload of an encrypted record whose header was parsed as `header`, ending at `bodyOffset`.
     /// - Returns: nil when the tag does not verify (tampered, corrupt, or moved to other coordinates).
-    /// - Throws: ``KeyManagementError`` if the cipher fails.
+    /// - Throws: `KeyManagementError` if the cipher fails.
     package static func open(_ state: [UInt8], header: StateHeader, bodyOffset: Int, key: DataKey,
                              at record: Coordinates) throws(KeyManagementError) -> [UInt8]? {
         let aad = StateHeader.associatedData(header: Array(state[0..<bodyOffset]), snapshot: record.snapshot,
