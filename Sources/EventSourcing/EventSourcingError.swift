@@ -4,7 +4,7 @@ import Foundation
 ///
 /// A struct with an extensible ``Code``. Every error names the record (originator id and
 /// version, notification id, topic) or key scope it is about, never the plaintext.
-public struct EventSourcingError: Error, Sendable, CustomStringConvertible {
+public struct EventSourcingError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What went wrong.
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         fileprivate let raw: String
