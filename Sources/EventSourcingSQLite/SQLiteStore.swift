@@ -12,7 +12,8 @@ import Synchronization
 /// One writer connection on its own thread takes every write; saves that arrive while a
 /// commit is in flight are coalesced into the next transaction (group commit, one fsync),
 /// each in its own savepoint so each fails alone. Reads use a bounded pool of reader
-/// connections, each with its own thread: no SQLite call runs on a cooperative thread.
+/// connections and run on the caller's thread (a hand-over to a reader thread per read cost
+/// more than the query; a long read can be cancelled).
 /// Waiting reads and writes are bounded, and a cancelled read or save stops and throws
 /// `CancellationError`.
 /// A scope's first data key is written in the same transaction as its first events.

@@ -20,7 +20,7 @@ final class Gate: Sendable {
 }
 
 // A time limit: without the bounds and the cancellation, several of these tests would wait forever.
-@Suite("SQLite store concurrency: bounded readers on their own threads, bounded waiting, cancellation",
+@Suite("SQLite store concurrency: bounded readers, bounded waiting, cancellation",
        .timeLimit(.minutes(1)))
 struct StoreConcurrencyTests {
     private func waitUntil(_ what: String, _ condition: () -> Bool) async throws {
@@ -37,14 +37,21 @@ struct StoreConcurrencyTests {
         let store = try SQLiteStore(path: dir.path("events.sqlite"), configuration: .init(readers: 2))
         let id = fixedAggregateID(seed: 400, index: 0)
         _ = try await store.insertEvents([rawEvent(id, 1)])
-        let gate = Gate()
-        // Two reads hold both connections; the rest must wait for them, not open more.
-        let held = (0..<2).map { _ in Task { try await store.read { _ in gate.pass() } } }
-        try await waitUntil("two reads to hold the readers") { gate.arrived == 2 }
+        let release = WriterFlag(), holding = Counter()
+        // Two holders keep both connections (without a thread); the reads must wait for them, not open more.
+        let held = (0..<2).map { _ in
+            Task {
+                try await store.holdingReader {
+                    holding.increment()
+                    while !release.isRaised { try await Task.sleep(for: .milliseconds(1)) }
+                }
+            }
+        }
+        try await waitUntil("two holders to take the readers") { holding.count == 2 }
         let waiting = (0..<20).map { _ in Task { try await store.selectEvents(originatorID: id).count } }
         try await waitUntil("the other reads to wait") { store.waitingReads == 20 }
         #expect(store.readerConnectionsOpened.count == 2)
-        gate.open(2)
+        release.raise()
         for t in held { try await t.value }
         for t in waiting { #expect(try await t.value == 1) }
         #expect(store.readerConnectionsOpened.count == 2)
@@ -59,15 +66,20 @@ struct StoreConcurrencyTests {
         let store = try SQLiteStore(path: dir.path("events.sqlite"), configuration: configuration)
         let id = fixedAggregateID(seed: 401, index: 0)
         _ = try await store.insertEvents([rawEvent(id, 1)])
-        let gate = Gate()
-        let held = Task { try await store.read { _ in gate.pass() } }
-        try await waitUntil("a read to hold the reader") { gate.arrived == 1 }
+        let release = WriterFlag(), holding = WriterFlag()
+        let held = Task {
+            try await store.holdingReader {
+                holding.raise()
+                while !release.isRaised { try await Task.sleep(for: .milliseconds(1)) }
+            }
+        }
+        try await waitUntil("a holder to take the reader") { holding.isRaised }
         let waiting = (0..<3).map { _ in Task { try await store.selectEvents(originatorID: id).count } }
         try await waitUntil("three reads to wait") { store.waitingReads == 3 }
         let error = await #expect(throws: EventSourcingError.self) { _ = try await store.selectEvents(originatorID: id) }
         #expect(error?.code == .storeOverloaded)
         #expect(error?.message.contains("maxWaitingReads") == true, "\(String(describing: error))")
-        gate.open(1)
+        release.raise()
         try await held.value
         for t in waiting { #expect(try await t.value == 1) }
         #expect(try await store.selectEvents(originatorID: id).count == 1)
