@@ -3,7 +3,7 @@ import Foundation
 import NIOSSL
 import PostgresNIO
 
-extension PostgresConfiguration {
+extension PostgresStore.Configuration {
     /// Whom to trust and who to be when TLS is used (``tls`` `.prefer` or `.require`).
     public enum TLSSettings: Sendable {
         /// The system's trust roots, full verification (certificate chain and host name), no

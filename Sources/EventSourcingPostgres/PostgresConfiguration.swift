@@ -1,9 +1,14 @@
 import EventSourcing
 import Foundation
 
+/// The name this type had before the configuration types were named alike (`X.Configuration`).
+@available(*, deprecated, renamed: "PostgresStore.Configuration")
+public typealias PostgresConfiguration = PostgresStore.Configuration
+
+extension PostgresStore {
 /// Where and how to connect to PostgreSQL. The password never appears in `description`,
 /// errors or logs.
-public struct PostgresConfiguration: Sendable, CustomStringConvertible {
+public struct Configuration: Sendable, CustomStringConvertible {
     /// TLS use, as libpq's `sslmode`.
     public enum TLSMode: String, Sendable {
         /// Plain TCP.
@@ -11,7 +16,7 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
         /// TLS when the server offers it.
         case prefer
         /// TLS or fail (the certificate chain and host name are verified, against
-        /// ``PostgresConfiguration/tlsSettings``: the system trust roots by default).
+        /// ``PostgresStore/Configuration/tlsSettings``: the system trust roots by default).
         case require
     }
 
@@ -124,7 +129,7 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
             }
         }
         if files != TLSFiles() { tlsSettings = .files(files) }
-        try PostgresConfiguration.validateSchema(schema)
+        try PostgresStore.Configuration.validateSchema(schema)
     }
 
     /// The schema name goes into SQL, so it must be a plain identifier (letters, digits,
@@ -138,12 +143,12 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
 
     /// From `ES_POSTGRES_URL`, else libpq's `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`.
     /// - Throws: `EventSourcingError` `.invalidArgument` when neither is set.
-    public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> PostgresConfiguration {
-        if let url = env["ES_POSTGRES_URL"], !url.isEmpty { return try PostgresConfiguration(url: url) }
+    public static func fromEnvironment(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> PostgresStore.Configuration {
+        if let url = env["ES_POSTGRES_URL"], !url.isEmpty { return try PostgresStore.Configuration(url: url) }
         guard let user = env["PGUSER"] else {
             throw EventSourcingError(.invalidArgument, "set ES_POSTGRES_URL or PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE")
         }
-        return PostgresConfiguration(host: env["PGHOST"] ?? "127.0.0.1", port: env["PGPORT"].flatMap(Int.init) ?? 5432,
+        return PostgresStore.Configuration(host: env["PGHOST"] ?? "127.0.0.1", port: env["PGPORT"].flatMap(Int.init) ?? 5432,
                                      username: user, password: env["PGPASSWORD"], database: env["PGDATABASE"] ?? user)
     }
 
@@ -151,4 +156,5 @@ public struct PostgresConfiguration: Sendable, CustomStringConvertible {
     public var description: String {
         "postgres://\(username)\(password == nil ? "" : ":***")@\(host):\(port)/\(database)?sslmode=\(tls.rawValue)&schema=\(schema)"
     }
+}
 }

@@ -3,7 +3,7 @@ import Logging
 import PostgresNIO
 import Synchronization
 
-/// The DDL and the save function. `s` is a validated plain identifier (see PostgresConfiguration).
+/// The DDL and the save function. `s` is a validated plain identifier (see PostgresStore.Configuration).
 enum PostgresSchema {
     /// The schema-version table, made before anything else (it says which migrations ran).
     static func metaTable(_ s: String) -> String {

@@ -6,7 +6,7 @@ import Synchronization
 
 extension PostgresStore {
     /// Maps driver errors to typed errors without leaking the password or query values.
-    static func translate(_ error: any Error, configuration: PostgresConfiguration) -> any Error {
+    static func translate(_ error: any Error, configuration: PostgresStore.Configuration) -> any Error {
         if error is EventSourcingError || error is KeyManagementError || error is CancellationError { return error }
         if let t = error as? PostgresTransactionError {
             if let inner = t.closureError ?? t.beginError ?? t.commitError { return translate(inner, configuration: configuration) }

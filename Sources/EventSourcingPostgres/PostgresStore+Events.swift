@@ -49,7 +49,7 @@ extension PostgresStore {
     }
 
     /// Throws `.plaintextRejected` naming `record` if the store has a master key (unless
-    /// ``PostgresConfiguration/allowsPlaintextWrites``). A store that has a master key keeps it
+    /// ``PostgresStore/Configuration/allowsPlaintextWrites``). A store that has a master key keeps it
     /// (rotation adds the new check before retiring the old), so a positive answer is cached.
     func refusePlaintext(_ record: StoredEvent, snapshot: Bool) async throws {
         guard !configuration.allowsPlaintextWrites else { return }

@@ -20,7 +20,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     public static let schemaVersion = 1
 
     /// The connection settings (password redacted in `description`).
-    public let configuration: PostgresConfiguration
+    public let configuration: PostgresStore.Configuration
     let client: PostgresClient
     let logger: Logger
     let schema: String
@@ -57,9 +57,9 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     /// - Throws: `EventSourcingError` `.databaseUnavailable` (cannot connect or authenticate,
     ///   TLS refused), `.unsupportedSchema` (written by a newer version), `.invalidArgument`
     ///   (a bad schema name, an unreadable TLS file).
-    public convenience init(configuration: PostgresConfiguration, logger: Logger = Logger(label: "eventsourcing.postgres")) async throws {
+    public convenience init(configuration: PostgresStore.Configuration, logger: Logger = Logger(label: "eventsourcing.postgres")) async throws {
         // Also when set in code, not only from a URL: the name is written into SQL (quoted).
-        try PostgresConfiguration.validateSchema(configuration.schema)
+        try PostgresStore.Configuration.validateSchema(configuration.schema)
         let config = try PostgresStore.clientConfiguration(for: configuration)
         // One direct connection first: a wrong password, an unknown database, a refused
         // certificate or nothing listening fails here at once, where the pool would keep
@@ -80,22 +80,22 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     ///
     /// Of `configuration`, the client's connection settings (host, user, TLS, pool size,
     /// keep-alive, connect timeout) are ignored: the client has its own. The schema, timeouts
-    /// and ``PostgresConfiguration/allowsPlaintextWrites`` apply. Build the client with
+    /// and ``PostgresStore/Configuration/allowsPlaintextWrites`` apply. Build the client with
     /// ``clientConfiguration(for:)`` to give its connections the store's session settings
     /// (`search_path` for the prepared read, `statement_timeout`, and
     /// `client_connection_check_interval`, with which the server stops a cancelled query at
     /// once); without them every operation is still bounded by the operation timeout.
     /// - Throws: as ``init(configuration:logger:)``; `.databaseUnavailable` after the operation
     ///   timeout when the client is not running.
-    public convenience init(client: PostgresClient, configuration: PostgresConfiguration,
+    public convenience init(client: PostgresClient, configuration: PostgresStore.Configuration,
                             logger: Logger = Logger(label: "eventsourcing.postgres")) async throws {
-        try PostgresConfiguration.validateSchema(configuration.schema)
+        try PostgresStore.Configuration.validateSchema(configuration.schema)
         try await self.init(client: client, runTask: nil, loop: PostgresClient.defaultEventLoopGroup.next(),
                             configuration: configuration, logger: logger)
     }
 
     private init(client: PostgresClient, runTask: Task<Void, Never>?, loop: any EventLoop,
-                 configuration: PostgresConfiguration, logger: Logger) async throws {
+                 configuration: PostgresStore.Configuration, logger: Logger) async throws {
         self.configuration = configuration
         self.logger = logger
         // Always quoted, so names that are SQL keywords ("user", "select") work too.
@@ -121,14 +121,14 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     }
 
     /// The postgres-nio client configuration for `configuration`: its host, credentials, TLS
-    /// (``PostgresConfiguration/tls`` with ``PostgresConfiguration/tlsSettings``), pool size,
+    /// (``PostgresStore/Configuration/tls`` with ``PostgresStore/Configuration/tlsSettings``), pool size,
     /// keep-alive and connect timeout, and the session settings this store's queries expect
     /// (`search_path` = the store's schema, `statement_timeout` = the operation timeout,
     /// `client_connection_check_interval`). For an application that runs its own client
     /// (``init(client:configuration:logger:)``): adjust what it needs, then make the client.
     /// - Throws: `EventSourcingError` `.invalidArgument` (a bad schema name, an unreadable TLS file).
-    public static func clientConfiguration(for configuration: PostgresConfiguration) throws -> PostgresClient.Configuration {
-        try PostgresConfiguration.validateSchema(configuration.schema)
+    public static func clientConfiguration(for configuration: PostgresStore.Configuration) throws -> PostgresClient.Configuration {
+        try PostgresStore.Configuration.validateSchema(configuration.schema)
         var config = PostgresClient.Configuration(host: configuration.host, port: configuration.port,
                                                   username: configuration.username, password: configuration.password,
                                                   database: configuration.database, tls: try configuration.clientTLS())
@@ -182,7 +182,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
         deadlines.stop()
     }
 
-    private static func probe(_ config: PostgresClient.Configuration, configuration: PostgresConfiguration,
+    private static func probe(_ config: PostgresClient.Configuration, configuration: PostgresStore.Configuration,
                               logger: Logger) async throws {
         let tls: PostgresConnection.Configuration.TLS
         do {

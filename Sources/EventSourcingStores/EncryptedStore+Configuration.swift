@@ -147,7 +147,7 @@ extension EncryptedStore.Configuration {
                 guard let (_, user) = lookup(Environment.postgresUser) else {
                     throw refuse(Environment.postgresUser, "not set (\(n)=\(module) needs the user name)")
                 }
-                var configuration = PostgresConfiguration(host: host, port: try positive(Environment.postgresPort, max: 65535) ?? 5432,
+                var configuration = PostgresStore.Configuration(host: host, port: try positive(Environment.postgresPort, max: 65535) ?? 5432,
                                                           username: user, password: nil, database: db)
                 if let (sn, schema) = lookup(Environment.postgresSchema) {
                     guard schema.range(of: "^[A-Za-z_][A-Za-z0-9_]{0,62}$", options: .regularExpression) != nil else {

@@ -7,13 +7,13 @@ import Foundation
 /// The accepted forms are `sqlite:PATH` and `sqlite://PATH` (a relative or absolute file
 /// path; `sqlite:///abs/path` is the absolute path `/abs/path`), and
 /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE?…` or `postgresql://…` with the
-/// parameters `PostgresConfiguration.init(url:)` reads. The same
+/// parameters `PostgresStore.Configuration.init(url:)` reads. The same
 /// strings `esctl --store` takes.
 public enum StoreURL: Sendable, CustomStringConvertible {
     /// A SQLite database file.
     case sqlite(path: String)
     /// A PostgreSQL database (its password, if any, is never shown in `description`).
-    case postgres(PostgresConfiguration)
+    case postgres(PostgresStore.Configuration)
 
     /// How the accepted forms are described in errors.
     public static let usage = "a store URL is sqlite:PATH or postgres://USER@HOST:PORT/DB"
@@ -26,7 +26,7 @@ public enum StoreURL: Sendable, CustomStringConvertible {
     ///     to fix; nil for none.
     /// - Throws: `EventSourcingError` `.invalidArgument`: an unknown scheme (with a
     ///   hint when it looks like a misspelt `sqlite:`), a bare path (with the `sqlite:` spelling to
-    ///   use), an empty SQLite path, or what `PostgresConfiguration.init(url:)`
+    ///   use), an empty SQLite path, or what `PostgresStore.Configuration.init(url:)`
     ///   refuses. The message never contains a password.
     public init(parsing url: String, setting: String? = nil) throws {
         func refuse(_ message: String) -> EventSourcingError {
@@ -40,9 +40,9 @@ public enum StoreURL: Sendable, CustomStringConvertible {
         }
         if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
             do {
-                self = .postgres(try PostgresConfiguration(url: url))
+                self = .postgres(try PostgresStore.Configuration(url: url))
             } catch let error as EventSourcingError {
-                // PostgresConfiguration's messages never contain the password.
+                // PostgresStore.Configuration's messages never contain the password.
                 throw refuse(error.message)
             }
             return

@@ -140,7 +140,7 @@ func pgWriter(_ args: [String]) async throws {
     }
     let aggregates = args.count == 6 ? Int(args[5]) ?? 0 : 5
     guard aggregates > 0 else { fail("bad AGGREGATES \(args[5])") }
-    var config = try PostgresConfiguration(url: args[0])
+    var config = try PostgresStore.Configuration(url: args[0])
     config.schema = args[1]
     config.poolSize = 2
     let store = try await PostgresStore(configuration: config)

@@ -17,7 +17,7 @@ extension PostgresTests {
             private let release_: AsyncStream<Void>.Continuation
             let holder: Task<Void, any Error>
 
-            init(_ configuration: PostgresConfiguration) async throws {
+            init(_ configuration: PostgresStore.Configuration) async throws {
                 let (locked, lockedC) = AsyncStream.makeStream(of: Void.self)
                 let (release, releaseC) = AsyncStream.makeStream(of: Void.self)
                 release_ = releaseC
@@ -45,7 +45,7 @@ extension PostgresTests {
 
         /// Cancels `body`'s task after 100 ms and expects `CancellationError` within a second of that;
         /// then expects no query of the store's schema still running on the server within a second.
-        static func expectCancelled<T: Sendable>(_ config: PostgresConfiguration, _ what: String, checkServer: Bool = true,
+        static func expectCancelled<T: Sendable>(_ config: PostgresStore.Configuration, _ what: String, checkServer: Bool = true,
                                                  _ body: @escaping @Sendable () async throws -> T) async throws {
             let task = Task { try await body() }
             try await Task.sleep(for: .milliseconds(100))
@@ -77,7 +77,7 @@ extension PostgresTests {
             #expect(running == 0, "\(what): its query is still running on the server")
         }
 
-        static func configuration() throws -> PostgresConfiguration {
+        static func configuration() throws -> PostgresStore.Configuration {
             try freshConfiguration {
                 $0.operationTimeout = .seconds(8)
                 $0.lockTimeout = .seconds(8)

@@ -5,14 +5,14 @@ import PostgresNIO
 import Testing
 
 /// URL parsing and redaction: no server needed, so these always run.
-@Suite("PostgresConfiguration: URL parsing and password redaction")
+@Suite("PostgresStore.Configuration: URL parsing and password redaction")
 struct ConfigurationParsingTests {
     static let password = "Pw-9f8e7d6c@5b4a:x/y"
     static let encodedPassword = "Pw-9f8e7d6c%405b4a%3Ax%2Fy"
 
     @Test("A full URL sets user, password (percent-decoded), host, port, database, sslmode, schema and pool_size")
     func fullURL() throws {
-        let c = try PostgresConfiguration(
+        let c = try PostgresStore.Configuration(
             url: "postgres://app%20user:\(Self.encodedPassword)@db.example.com:6543/shop?sslmode=require&schema=app_events&pool_size=7")
         #expect(c.username == "app user")
         #expect(c.password == Self.password)
@@ -27,7 +27,7 @@ struct ConfigurationParsingTests {
     @Test("Defaults: port 5432, database = user, sslmode prefer, schema eventsourcing, pool of 10, no password; postgresql:// works too")
     func defaults() throws {
         for url in ["postgres://bob@localhost", "postgresql://bob@localhost/"] {
-            let c = try PostgresConfiguration(url: url)
+            let c = try PostgresStore.Configuration(url: url)
             #expect(c.username == "bob")
             #expect(c.password == nil)
             #expect(c.host == "localhost")
@@ -39,16 +39,16 @@ struct ConfigurationParsingTests {
             #expect(c.keepAliveInterval == nil, "idle connections are not pinged unless asked")
             #expect(!c.description.contains("***"), "no password, nothing to redact")
         }
-        let c = try PostgresConfiguration(url: "postgres://bob@localhost/db?connect_timeout=3&keepalive_interval=45")
+        let c = try PostgresStore.Configuration(url: "postgres://bob@localhost/db?connect_timeout=3&keepalive_interval=45")
         #expect(c.connectTimeout == .seconds(3))
         #expect(c.keepAliveInterval == .seconds(45))
     }
 
     @Test("sslmode maps libpq's names: disable and allow → disable, prefer → prefer, require / verify-ca / verify-full → require",
-          arguments: [("disable", PostgresConfiguration.TLSMode.disable), ("allow", .disable), ("prefer", .prefer),
+          arguments: [("disable", PostgresStore.Configuration.TLSMode.disable), ("allow", .disable), ("prefer", .prefer),
                       ("require", .require), ("verify-ca", .require), ("verify-full", .require)])
-    func sslModes(_ mode: String, _ expected: PostgresConfiguration.TLSMode) throws {
-        #expect(try PostgresConfiguration(url: "postgres://u:p@h/d?sslmode=\(mode)").tls == expected)
+    func sslModes(_ mode: String, _ expected: PostgresStore.Configuration.TLSMode) throws {
+        #expect(try PostgresStore.Configuration(url: "postgres://u:p@h/d?sslmode=\(mode)").tls == expected)
     }
 
     @Test("Bad URLs are rejected with .invalidArgument, and the error never contains the password",
@@ -63,7 +63,7 @@ struct ConfigurationParsingTests {
           ])
     func badParametersRejected(_ query: String) throws {
         let e = #expect(throws: EventSourcingError.self, "?\(query)") {
-            try PostgresConfiguration(url: "postgres://u:\(Self.encodedPassword)@h:5432/d?\(query)")
+            try PostgresStore.Configuration(url: "postgres://u:\(Self.encodedPassword)@h:5432/d?\(query)")
         }
         #expect(e?.code == .invalidArgument, "?\(query): \(String(describing: e))")
         #expect(e.map { !$0.description.contains(Self.password) && !$0.description.contains(Self.encodedPassword) } == true,
@@ -74,7 +74,7 @@ struct ConfigurationParsingTests {
           arguments: ["mysql://u:\(encodedPassword)@h/d", "http://u:\(encodedPassword)@h/d", "postgres://h/d",
                       "postgres://:\(encodedPassword)@h/d", "not a url at all \(encodedPassword)"])
     func notAPostgresURL(_ url: String) throws {
-        let e = #expect(throws: EventSourcingError.self, "\(url)") { try PostgresConfiguration(url: url) }
+        let e = #expect(throws: EventSourcingError.self, "\(url)") { try PostgresStore.Configuration(url: url) }
         #expect(e?.code == .invalidArgument)
         #expect(e.map { !$0.description.contains(Self.password) && !$0.description.contains(Self.encodedPassword) } == true,
                 "\(String(describing: e))")
@@ -83,21 +83,21 @@ struct ConfigurationParsingTests {
     @Test("The largest plain identifier (63 characters) and mixed case are accepted as schema names")
     func goodSchemaNames() throws {
         for name in ["_x", "A1_b", String(repeating: "s", count: 63)] {
-            #expect(try PostgresConfiguration(url: "postgres://u@h/d?schema=\(name)").schema == name)
+            #expect(try PostgresStore.Configuration(url: "postgres://u@h/d?schema=\(name)").schema == name)
         }
     }
 
     @Test("description, string interpolation and String(reflecting:) show *** instead of the password")
     func descriptionRedactsPassword() throws {
-        let c = try PostgresConfiguration(url: "postgres://u:\(Self.encodedPassword)@h:5432/d?schema=s1")
+        let c = try PostgresStore.Configuration(url: "postgres://u:\(Self.encodedPassword)@h:5432/d?schema=s1")
         for text in [c.description, "\(c)", String(describing: c), String(reflecting: c)] {
             #expect(!text.contains(Self.password) && !text.contains(Self.encodedPassword), "\(text)")
             #expect(text.contains("***"))
             #expect(text.contains("u") && text.contains("h:5432") && text.contains("s1"))
         }
-        let programmatic = PostgresConfiguration(username: "u", password: Self.password, database: "d")
+        let programmatic = PostgresStore.Configuration(username: "u", password: Self.password, database: "d")
         #expect(!programmatic.description.contains(Self.password))
-        let fromEnv = try PostgresConfiguration.fromEnvironment(["PGUSER": "u", "PGPASSWORD": Self.password, "PGHOST": "h"])
+        let fromEnv = try PostgresStore.Configuration.fromEnvironment(["PGUSER": "u", "PGPASSWORD": Self.password, "PGHOST": "h"])
         #expect(fromEnv.password == Self.password)
         #expect(!fromEnv.description.contains(Self.password))
     }
@@ -109,7 +109,7 @@ extension PostgresTests {
         /// Checks the error of opening a store with `config`: .databaseUnavailable, within
         /// `bound`, and neither `config`'s password nor the real server's appears in it.
         @discardableResult
-        private func expectUnavailable(_ config: PostgresConfiguration, within bound: Duration,
+        private func expectUnavailable(_ config: PostgresStore.Configuration, within bound: Duration,
                                        _ what: String) async throws -> EventSourcingError? {
             let real = try PostgresTestServer.configuration().password
             let clock = ContinuousClock()

@@ -36,7 +36,7 @@ extension PostgresTests {
             try #require(events.count == Self.eventCount, "the workload has fewer than \(Self.eventCount) events")
             let config = try freshConfiguration()
             return try await withStore(config) { store in
-                let intervals = [Customer.typeName: Self.snapshotInterval]
+                let intervals: [SnapshotInterval] = [.every(Self.snapshotInterval, for: Customer.self)]
                 let app: Application
                 switch variant {
                 case .encryptedCompressed:
@@ -46,7 +46,7 @@ extension PostgresTests {
                     app = try await EncryptedApp.open(store, masterKey: MasterKey.generate(), snapshotIntervals: intervals,
                                                       options: .init(compressor: nil)).app
                 case .plaintextUncompressed:
-                    app = Application(recorder: store, snapshots: store, mapper: Mapper(options: .init(compressor: nil)),
+                    app = Application(recorder: store, snapshots: store, mapper: Mapper(configuration: .init(compressor: nil)),
                                       snapshotIntervals: intervals)
                 }
                 var roots: [Int: AggregateRoot<Customer>] = [:]

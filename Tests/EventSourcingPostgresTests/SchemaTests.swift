@@ -113,7 +113,7 @@ extension PostgresTests {
             let config = try freshConfiguration { $0.schema = "T_Mixed" + $0.schema.dropFirst(2) }
             let store = try await PostgresStore(configuration: config)
             do {
-                let app = try await EncryptedApp.open(store, masterKey: MasterKey.generate(), snapshotIntervals: [Ledger.typeName: 2])
+                let app = try await EncryptedApp.open(store, masterKey: MasterKey.generate(), snapshotIntervals: [.every(2, for: Ledger.self)])
                 var root = try ledgerSave(nil, save: 1, count: 3)
                 let recs = try await app.app.save(&root)
                 #expect(recs.map(\.notificationID) == [1, 2, 3])

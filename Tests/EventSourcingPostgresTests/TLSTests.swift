@@ -10,7 +10,7 @@ extension PostgresTests {
     /// CA signed for that name (`hostssl … clientcert=verify-full`).
     @Suite("TLS with a private CA and client certificates")
     struct TLSTests {
-        static func configuration(_ cluster: PrivateCluster, _ files: PostgresConfiguration.TLSFiles) -> PostgresConfiguration {
+        static func configuration(_ cluster: PrivateCluster, _ files: PostgresStore.Configuration.TLSFiles) -> PostgresStore.Configuration {
             var c = cluster.configuration
             c.schema = randomSchemaName()
             c.tls = .require
@@ -21,7 +21,7 @@ extension PostgresTests {
         }
 
         /// The error of opening a store on `configuration`, or nil if it opened.
-        static func openingError(_ configuration: PostgresConfiguration) async -> (any Error)? {
+        static func openingError(_ configuration: PostgresStore.Configuration) async -> (any Error)? {
             do {
                 let store = try await PostgresStore(configuration: configuration)
                 await store.close()
@@ -62,7 +62,7 @@ extension PostgresTests {
                 let url = "postgres://estest:\(cluster.password)@127.0.0.1:\(cluster.port)/postgres?sslmode=verify-full"
                     + "&sslrootcert=\(certs.caCertificate)&sslcert=\(certs.clientCertificate)&sslkey=\(certs.clientKey)"
                     + "&schema=\(randomSchemaName())"
-                let fromURL = try await PostgresStore(configuration: try PostgresConfiguration(url: url))
+                let fromURL = try await PostgresStore(configuration: try PostgresStore.Configuration(url: url))
                 #expect(try await fromURL.maxNotificationID() == nil)
                 try await fromURL.destroy()
 
@@ -83,7 +83,7 @@ extension PostgresTests {
 
         @Test("An unreadable TLS file is .invalidArgument naming the file, before any connection")
         func unreadableFiles() async throws {
-            var c = PostgresConfiguration(username: "u", password: nil, database: "d", tls: .require)
+            var c = PostgresStore.Configuration(username: "u", password: nil, database: "d", tls: .require)
             let missing = FileManager.default.temporaryDirectory.appendingPathComponent("es-no-such-\(UUID().uuidString).pem").path
             c.tlsSettings = .files(.init(caFile: missing))
             let e = try #require(throws: EventSourcingError.self) { try c.makeTLSConfiguration() }
@@ -96,14 +96,14 @@ extension PostgresTests {
 
         @Test("URL parameters sslrootcert, sslcert, sslkey and sslmode=verify-ca become TLS files")
         func urlParameters() throws {
-            let c = try PostgresConfiguration(url: "postgres://u@h/d?sslmode=verify-ca&sslrootcert=/a/ca.pem&sslcert=/a/c.pem&sslkey=/a/k.pem")
+            let c = try PostgresStore.Configuration(url: "postgres://u@h/d?sslmode=verify-ca&sslrootcert=/a/ca.pem&sslcert=/a/c.pem&sslkey=/a/k.pem")
             #expect(c.tls == .require)
             guard case .files(let f) = c.tlsSettings else {
                 Issue.record("expected TLS files, got \(c.tlsSettings)")
                 return
             }
             #expect(f == .init(caFile: "/a/ca.pem", certificateFile: "/a/c.pem", privateKeyFile: "/a/k.pem", verifiesHostname: false))
-            let plain = try PostgresConfiguration(url: "postgres://u@h/d?sslmode=require")
+            let plain = try PostgresStore.Configuration(url: "postgres://u@h/d?sslmode=require")
             guard case .systemDefault = plain.tlsSettings else {
                 Issue.record("expected the system default, got \(plain.tlsSettings)")
                 return

@@ -34,9 +34,9 @@ struct PlaintextOnDiskTests {
             // Without compression only the cipher stands between the text and the disk.
             app = Application(recorder: store, snapshots: store,
                               mapper: Mapper(keyring: try await Keyring.open(store: store, masterKeys: [MasterKey.generate()]),
-                                             options: .init(compressor: nil)))
+                                             configuration: .init(compressor: nil)))
         case .plaintextUncompressed:
-            app = Application(recorder: store, snapshots: store, mapper: Mapper(options: .init(compressor: nil)))
+            app = Application(recorder: store, snapshots: store, mapper: Mapper(configuration: .init(compressor: nil)))
         }
 
         var roots: [Int: AggregateRoot<Customer>] = [:]

@@ -18,8 +18,8 @@ public enum PostgresTestServer {
     }()
 
     /// The server's configuration (TLS off: the throwaway server has none), schema unset.
-    public static func configuration() throws -> PostgresConfiguration {
-        var c = try PostgresConfiguration(url: try requireURL())
+    public static func configuration() throws -> PostgresStore.Configuration {
+        var c = try PostgresStore.Configuration(url: try requireURL())
         c.tls = .disable
         return c
     }

@@ -22,7 +22,7 @@ struct PostgresCommandTests {
     func everyCommand() async throws {
         let base = try #require(PostgresServer.url, "CI=true but ES_POSTGRES_URL is not set")
         let schema = "esctl_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
-        var config = try PostgresConfiguration(url: base)
+        var config = try PostgresStore.Configuration(url: base)
         config.tls = .disable
         config.schema = schema
         let password = try #require(config.password)

@@ -206,9 +206,9 @@ enum Scenario {
     }
 
     /// PostgreSQL: a URL for the test server with `change` applied (credentials, database, TLS).
-    static func postgres(_ ws: Workspace, _ change: (inout PostgresConfiguration) -> Void, env: [String: String] = [:]) async throws -> CLI.Result {
+    static func postgres(_ ws: Workspace, _ change: (inout PostgresStore.Configuration) -> Void, env: [String: String] = [:]) async throws -> CLI.Result {
         let base = try #require(PostgresServer.url, "ES_POSTGRES_URL is not set")
-        var config = try PostgresConfiguration(url: base)
+        var config = try PostgresStore.Configuration(url: base)
         config.tls = .disable
         change(&config)
         let password = config.password.map { ":" + ($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "") } ?? ""

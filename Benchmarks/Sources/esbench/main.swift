@@ -183,7 +183,7 @@ func makeApp(_ o: Options, masterKey: MasterKey?) async throws -> (any BenchStor
     let store: any BenchStore
     switch o.backend {
     case "postgres":
-        var config = try PostgresConfiguration(url: o.pgURL)
+        var config = try PostgresStore.Configuration(url: o.pgURL)
         config.schema = pgSchema
         config.poolSize = max(o.writers + 2, o.readers + 2, 4)
         store = try await PostgresStore(configuration: config)

@@ -21,7 +21,7 @@ func randomSchemaName() -> String {
 }
 
 /// The server's configuration with a fresh schema, adjusted by `modify`.
-func freshConfiguration(_ modify: (inout PostgresConfiguration) -> Void = { _ in }) throws -> PostgresConfiguration {
+func freshConfiguration(_ modify: (inout PostgresStore.Configuration) -> Void = { _ in }) throws -> PostgresStore.Configuration {
     var c = try PostgresTestServer.configuration()
     c.schema = randomSchemaName()
     modify(&c)
@@ -30,7 +30,7 @@ func freshConfiguration(_ modify: (inout PostgresConfiguration) -> Void = { _ in
 
 /// Opens a store on `configuration`, runs `body`, and destroys the store's schema afterwards,
 /// also when `body` throws.
-func withStore<T>(_ configuration: PostgresConfiguration, _ body: (PostgresStore) async throws -> T) async throws -> T {
+func withStore<T>(_ configuration: PostgresStore.Configuration, _ body: (PostgresStore) async throws -> T) async throws -> T {
     let store = try await PostgresStore(configuration: configuration)
     let result: T
     do {
@@ -45,7 +45,7 @@ func withStore<T>(_ configuration: PostgresConfiguration, _ body: (PostgresStore
 
 /// Opens a store over `client` (which the caller runs) on `configuration`, runs `body`, and
 /// destroys the store's schema afterwards, also when `body` throws.
-func withStore<T>(_ client: PostgresClient, _ configuration: PostgresConfiguration,
+func withStore<T>(_ client: PostgresClient, _ configuration: PostgresStore.Configuration,
                   _ body: (PostgresStore) async throws -> T) async throws -> T {
     let store = try await PostgresStore(client: client, configuration: configuration)
     let result: T
@@ -70,7 +70,7 @@ func destroy(_ store: PostgresStore) async {
 }
 
 /// Drops `configuration.schema` through a client of its own.
-func dropSchema(_ configuration: PostgresConfiguration) async throws {
+func dropSchema(_ configuration: PostgresStore.Configuration) async throws {
     _ = try await withRawClient(configuration) { client in
         // Quoted, as the store writes it (the name is a validated plain identifier).
         try await client.query("DROP SCHEMA IF EXISTS \"\(unescaped: configuration.schema)\" CASCADE")
@@ -90,10 +90,10 @@ struct EncryptedApp: Sendable {
     let keyring: Keyring
     let app: Application
 
-    static func open(_ store: PostgresStore, masterKey: MasterKey, snapshotIntervals: [String: Int] = [:],
-                     options: Mapper.Options = .init()) async throws -> EncryptedApp {
+    static func open(_ store: PostgresStore, masterKey: MasterKey, snapshotIntervals: [SnapshotInterval] = [],
+                     options: Mapper.Configuration = .init()) async throws -> EncryptedApp {
         let keyring = try await Keyring.open(store: store, masterKeys: [masterKey], logger: quietLogger)
-        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring, options: options),
+        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring, configuration: options),
                               snapshotIntervals: snapshotIntervals, logger: quietLogger)
         return EncryptedApp(store: store, keyring: keyring, app: app)
     }
@@ -103,7 +103,7 @@ struct EncryptedApp: Sendable {
 
 /// Runs `body` with a PostgresNIO client of its own on `configuration`'s server (not through
 /// the store), to look at the tables as they are.
-func withRawClient<T: Sendable>(_ configuration: PostgresConfiguration,
+func withRawClient<T: Sendable>(_ configuration: PostgresStore.Configuration,
                                 _ body: (PostgresClient) async throws -> T) async throws -> T {
     var c = PostgresClient.Configuration(host: configuration.host, port: configuration.port,
                                          username: configuration.username, password: configuration.password,

@@ -93,8 +93,8 @@ final class PrivateCluster: Sendable {
     }
 
     /// The connection settings for the cluster (schema to be set by the caller).
-    var configuration: PostgresConfiguration {
-        PostgresConfiguration(host: "127.0.0.1", port: port, username: "estest", password: password, database: "postgres",
+    var configuration: PostgresStore.Configuration {
+        PostgresStore.Configuration(host: "127.0.0.1", port: port, username: "estest", password: password, database: "postgres",
                               tls: .disable)
     }
 

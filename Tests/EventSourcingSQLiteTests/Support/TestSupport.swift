@@ -35,10 +35,10 @@ struct EncryptedStore: Sendable {
     let app: Application
 
     static func open(_ path: String, masterKey: MasterKey,
-                     configuration: SQLiteStore.Configuration = .init(), mapperOptions: Mapper.Options = .init()) async throws -> EncryptedStore {
+                     configuration: SQLiteStore.Configuration = .init(), mapperOptions: Mapper.Configuration = .init()) async throws -> EncryptedStore {
         let store = try SQLiteStore(path: path, configuration: configuration)
         let keyring = try await Keyring.open(store: store, masterKeys: [masterKey])
-        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring, options: mapperOptions))
+        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring, configuration: mapperOptions))
         return EncryptedStore(store: store, keyring: keyring, app: app)
     }
 

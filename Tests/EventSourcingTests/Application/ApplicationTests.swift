@@ -306,7 +306,7 @@ struct ApplicationTests {
 
     @Test("automatic snapshots are taken whenever a save crosses a multiple of the interval", arguments: AppFactory.all)
     func automaticSnapshots(_ factory: AppFactory) async throws {
-        try await factory.withFreshApp(snapshotIntervals: ["Dog": 3]) { t async throws in
+        try await factory.withFreshApp(snapshotIntervals: [.every(3, for: Dog.self)]) { t async throws in
             let snaps = t.store.snapshots
             var dog = try Self.registeredDog()
             try await t.app.save(&dog)   // v1
@@ -419,7 +419,7 @@ struct ApplicationTests {
     @Test("events stored by the v1 type are upcast when read by the v2 type of the same typeName",
           arguments: AppFactory.all)
     func upcasting(_ factory: AppFactory) async throws {
-        try await factory.withFreshApp(snapshotIntervals: ["Dog": 2]) { t async throws in
+        try await factory.withFreshApp(snapshotIntervals: [.every(2, for: Dog.self)]) { t async throws in
             var dog = try Self.registeredDog("Fido", tricks: ["sit"])
             try await t.app.save(&dog)   // a v1 snapshot is taken at version 2 as well
 

@@ -83,7 +83,7 @@ struct PlaintextRefusalTests {
         let e = await #expect(throws: EventSourcingError.self) { try await encrypted.repository.get(Dog.self, id: old.id) }
         #expect(e?.code == .plaintextRejected)
         #expect(e?.originatorID == old.id)
-        let lenient = Application(recorder: migrating, mapper: Mapper(keyring: keyring, options: .init(plaintextReads: .allowed)))
+        let lenient = Application(recorder: migrating, mapper: Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed)))
         #expect(try await lenient.repository.get(Dog.self, id: old.id).name == "Old Shep")
 
         // The receipt says plaintext exists, which no shred can erase.
@@ -176,7 +176,7 @@ struct AbsentScopeShredTests {
 struct WrongTypeTests {
     @Test("get(Cat.self, id: dogID) is refused naming the aggregate and topic, on every backend", arguments: AppFactory.all)
     func wrongTypeRefused(factory: AppFactory) async throws {
-        try await factory.withFreshApp(snapshotIntervals: ["Dog": 2]) { t in
+        try await factory.withFreshApp(snapshotIntervals: [.every(2, for: Dog.self)]) { t in
             var dog = try AggregateRoot<Dog>(.registered(name: "Rex"))
             try await t.app.save(&dog)
             let e = await #expect(throws: EventSourcingError.self) { try await t.app.repository.get(Cat.self, id: dog.id) }
@@ -350,7 +350,7 @@ struct UpcastTypesTests {
     func upcastRoundTrips(encoding: Mapper.PayloadEncoding) async throws {
         let keyring = try await Keyring.open(store: InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
         let r = InMemoryRecorder()
-        let app = Application(recorder: r, snapshots: r, mapper: Mapper(keyring: keyring, options: .init(encoding: encoding)))
+        let app = Application(recorder: r, snapshots: r, mapper: Mapper(keyring: keyring, configuration: .init(encoding: encoding)))
         var v1 = try AggregateRoot<RichV1>(.recorded(Rich.sample))
         try await app.save(&v1)
         try await app.takeSnapshot(RichV1.self, id: v1.id)

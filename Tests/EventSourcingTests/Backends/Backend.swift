@@ -46,7 +46,7 @@ enum Backend: String, Sendable, CustomStringConvertible {
     }
 
     /// A client of the test's own on the store's server (not the store's pool).
-    private static func withRawClient(_ config: PostgresConfiguration, _ body: (PostgresClient) async throws -> Void) async throws {
+    private static func withRawClient(_ config: PostgresStore.Configuration, _ body: (PostgresClient) async throws -> Void) async throws {
         var c = PostgresClient.Configuration(host: config.host, port: config.port, username: config.username,
                                              password: config.password, database: config.database, tls: .disable)
         c.options.maximumConnections = 1

@@ -100,7 +100,7 @@ struct EncryptionTests {
     @Test("the PII search above can find PII: an unencrypted, uncompressed store shows it", arguments: RecorderFactory.all)
     func piiSearchControl(_ factory: RecorderFactory) async throws {
         try await factory.withFreshStore { store async throws in
-            let app = Application(recorder: store.recorder, mapper: Mapper(options: .init(compressor: nil)))
+            let app = Application(recorder: store.recorder, mapper: Mapper(configuration: .init(compressor: nil)))
             _ = try await Self.savePII(app)
             let blobs = try await store.recorder.selectNotifications(start: 1, limit: 100, stop: nil, topics: []).map(\.state)
             #expect(blobs.contains { bytes($0, contain: Array("alice.w@example.org".utf8)) })
@@ -627,7 +627,7 @@ struct EncryptionTests {
             let keyring = try await Keyring.open(store: store.keyStore ?? InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
             // A migration opts in to reading the plaintext records written before.
             let secure = Application(recorder: store.recorder, snapshots: store.snapshots,
-                                     mapper: Mapper(keyring: keyring, options: .init(plaintextReads: .allowed)))
+                                     mapper: Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed)))
             var got = try await secure.repository.get(Dog.self, id: dog.id)
             #expect(got.state == Dog(name: "Old", tricks: ["sit"]))
             try got.record(.addedTrick("beg"))

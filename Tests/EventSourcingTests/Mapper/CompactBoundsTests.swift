@@ -104,7 +104,7 @@ struct CompactBoundsTests {
             guard body.count < 8 << 10 else { exit(20) }
             let state = StateHeader(flags: [.compact, .compressed], keyScope: nil, keyVersion: 0, nonce: []).bytes + body
             let stored = StoredEvent(originatorID: UUID(), originatorVersion: 1, topic: "T.nulls", state: state)
-            let mapper = Mapper(keyring: nil, options: .init(plaintextReads: .allowed))
+            let mapper = Mapper(keyring: nil, configuration: .init(plaintextReads: .allowed))
             // Reset the peak (VmHWM) to the current resident size, then measure from here.
             guard (try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)) != nil else { exit(21) }
             let before = status("VmRSS")

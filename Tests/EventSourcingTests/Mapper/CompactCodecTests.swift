@@ -127,8 +127,8 @@ struct CompactCodecTests {
         let keyring = try await Keyring.open(store: InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
         let other: Mapper.PayloadEncoding = first == .json ? .compact : .json
         let recorder = InMemoryRecorder()
-        let writerA = Application(recorder: recorder, mapper: Mapper(keyring: keyring, options: .init(encoding: first)))
-        let writerB = Application(recorder: recorder, mapper: Mapper(keyring: keyring, options: .init(encoding: other)))
+        let writerA = Application(recorder: recorder, mapper: Mapper(keyring: keyring, configuration: .init(encoding: first)))
+        let writerB = Application(recorder: recorder, mapper: Mapper(keyring: keyring, configuration: .init(encoding: other)))
         var dog = try AggregateRoot<Dog>(.registered(name: "Fido"))
         try await writerA.save(&dog)
         try dog.record(.addedTrick("sit"))

@@ -67,7 +67,7 @@ struct CompactJSONTests {
         let state = StateHeader(flags: [.compact], keyScope: nil, keyVersion: 0, nonce: []).bytes + payload
         let id = UUID()
         let stored = StoredEvent(originatorID: id, originatorVersion: 7, topic: "Dog.registered", state: state)
-        let mapper = Mapper(keyring: nil, options: .init(plaintextReads: .allowed))
+        let mapper = Mapper(keyring: nil, configuration: .init(plaintextReads: .allowed))
         let opened = await #expect(throws: EventSourcingError.self) { try await mapper.open(stored, snapshot: false) }
         #expect(opened?.code == .decodingFailed)
         #expect(opened?.originatorID == id && opened?.originatorVersion == 7)

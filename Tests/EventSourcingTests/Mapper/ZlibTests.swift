@@ -155,7 +155,7 @@ struct ZlibTests {
         let name = String(repeating: "Biscuit the Beagle of Kingsbridge Terrace ", count: 4)
         let byDefault = Application(recorder: recorder, mapper: Mapper(keyring: keyring))
         let withDynamic = Application(recorder: recorder, mapper: Mapper(
-            keyring: keyring, options: .init(compressor: ZlibCompressor(strategy: .dynamic))))
+            keyring: keyring, configuration: .init(compressor: ZlibCompressor(strategy: .dynamic))))
         var dog = try AggregateRoot<Dog>(.registered(name: name))
         try await byDefault.save(&dog)
         try dog.record(.addedTrick(name))

@@ -59,7 +59,7 @@ struct AppFactory: Sendable, CustomStringConvertible {
     var description: String { "\(recorder.name), \(encrypted ? "encrypted" : "plaintext")" }
 
     /// A fresh application; `masterKey` is generated if not given.
-    func make(snapshotIntervals: [String: Int] = [:], masterKey: MasterKey? = nil) async throws -> TestApp {
+    func make(snapshotIntervals: [SnapshotInterval] = [], masterKey: MasterKey? = nil) async throws -> TestApp {
         let store = try await recorder.make()
         var keyring: Keyring?
         if encrypted {

@@ -20,7 +20,7 @@ extension RecorderFactory {
 
 extension AppFactory {
     /// Runs `body` with a fresh application and closes its store afterwards, also when `body` throws.
-    func withFreshApp(snapshotIntervals: [String: Int] = [:], masterKey: MasterKey? = nil,
+    func withFreshApp(snapshotIntervals: [SnapshotInterval] = [], masterKey: MasterKey? = nil,
                       _ body: (TestApp) async throws -> Void) async throws {
         let t = try await make(snapshotIntervals: snapshotIntervals, masterKey: masterKey)
         do {
