@@ -38,10 +38,11 @@ extension PostgresStore {
     }
 
     /// Counts of what the store holds (sizes from `pg_total_relation_size`).
-    public func statistics() async throws -> [String: Int] {
+    public func statistics() async throws -> StoreStatistics {
         let s = schema
         return try await run { client in
-            var out: [String: Int] = [:]
+            var out = StoreStatistics(events: 0, aggregates: 0, snapshots: 0, keyScopes: 0, dataKeys: 0, shreddedScopes: 0,
+                                      bytesOnDisk: 0)
             for try await (e, a, sn, sc, dk, sh, b) in try await client.query("""
                 SELECT (SELECT count(*) FROM \(unescaped: s).events),
                        (SELECT count(DISTINCT originator_id) FROM \(unescaped: s).events),
@@ -51,8 +52,8 @@ extension PostgresStore {
                        (SELECT count(*) FROM \(unescaped: s).tombstones),
                        (pg_total_relation_size('\(unescaped: s).events'::regclass) + pg_total_relation_size('\(unescaped: s).snapshots'::regclass))::bigint
                 """, logger: self.logger).decode((Int64, Int64, Int64, Int64, Int64, Int64, Int64).self) {
-                out = ["events": Int(e), "aggregates": Int(a), "snapshots": Int(sn), "key_scopes": Int(sc),
-                       "data_keys": Int(dk), "shredded_scopes": Int(sh), "bytes_on_disk": Int(b)]
+                out = StoreStatistics(events: Int(e), aggregates: Int(a), snapshots: Int(sn), keyScopes: Int(sc),
+                                      dataKeys: Int(dk), shreddedScopes: Int(sh), bytesOnDisk: Int(b))
             }
             return out
         }

@@ -47,29 +47,14 @@ extension SQLiteStore {
         }
     }
 
-    /// Counts for `esctl stats`.
-    public struct Statistics: Sendable, Codable {
-        /// Stored events.
-        public var events: Int
-        /// Distinct aggregates.
-        public var aggregates: Int
-        /// Stored snapshots.
-        public var snapshots: Int
-        /// Key scopes with a data key.
-        public var keyScopes: Int
-        /// Data-key versions stored.
-        public var dataKeys: Int
-        /// Shredded scopes.
-        public var shreddedScopes: Int
-        /// Size of the database file plus its WAL, in bytes.
-        public var bytesOnDisk: Int
-    }
+    /// The statistics type (the same for every store).
+    public typealias Statistics = StoreStatistics
 
     /// Counts of what the store holds (all zero for a new, empty database opened read-only).
-    public func statistics() async throws -> Statistics {
+    public func statistics() async throws -> StoreStatistics {
         let path = self.path
         guard hasSchema else {
-            return Statistics(events: 0, aggregates: 0, snapshots: 0, keyScopes: 0, dataKeys: 0, shreddedScopes: 0,
+            return StoreStatistics(events: 0, aggregates: 0, snapshots: 0, keyScopes: 0, dataKeys: 0, shreddedScopes: 0,
                               bytesOnDisk: (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0)
         }
         return try await read { conn in
@@ -79,7 +64,7 @@ extension SQLiteStore {
                 return try s.step() ? s.int(0) : 0
             }
             let size = { (p: String) in (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? Int) ?? 0 }
-            return Statistics(events: try count("SELECT count(*) FROM events"),
+            return StoreStatistics(events: try count("SELECT count(*) FROM events"),
                               aggregates: try count("SELECT count(DISTINCT originator_id) FROM events"),
                               snapshots: try count("SELECT count(*) FROM snapshots"),
                               // Rows a shred erased have the empty scope (SQLiteStore.eraseDataKeys).

@@ -308,7 +308,7 @@ struct Stats: AsyncParsableCommand {
         try await Esctl.guarded {
             // Only reads: a SQLite store is opened read-only and keeps every byte.
             let store = try await StoreAccess(options: global).openStore(readOnly: true)
-            let stats: StoreStatistics
+            let stats: StatsReport
             do { stats = try await store.statisticsJSON() } catch {
                 await store.close()
                 throw error

@@ -11,13 +11,13 @@ import Logging
 protocol AdminStore: ApplicationRecorder, SnapshotRecorder, KeyStore, KeyScopeCounting {
     func selectSnapshots(after cursor: SnapshotCursor?, limit: Int) async throws -> [StoredEvent]
     func selectNotifications(keyScope: String, after: Int64, limit: Int) async throws -> [StoredNotification]
-    func statisticsJSON() async throws -> StoreStatistics
+    func statisticsJSON() async throws -> StatsReport
     func close() async
     var location: String { get }
 }
 
-/// The counts `stats` prints.
-struct StoreStatistics: Encodable {
+/// The counts `stats` prints (the library's `StoreStatistics` and the store's location).
+struct StatsReport: Encodable {
     var events: Int
     var aggregates: Int
     var snapshots: Int
@@ -27,6 +27,11 @@ struct StoreStatistics: Encodable {
     var bytesOnDisk: Int
     var store: String
 
+    init(_ s: StoreStatistics, store: String) {
+        (events, aggregates, snapshots, keyScopes, dataKeys, shreddedScopes, bytesOnDisk, self.store) =
+            (s.events, s.aggregates, s.snapshots, s.keyScopes, s.dataKeys, s.shreddedScopes, s.bytesOnDisk, store)
+    }
+
     enum CodingKeys: String, CodingKey {
         case events, aggregates, snapshots, store
         case keyScopes = "key_scopes", dataKeys = "data_keys", shreddedScopes = "shredded_scopes", bytesOnDisk = "bytes_on_disk"
@@ -34,22 +39,16 @@ struct StoreStatistics: Encodable {
 }
 
 extension SQLiteStore: AdminStore {
-    func statisticsJSON() async throws -> StoreStatistics {
-        let s = try await statistics()
-        return StoreStatistics(events: s.events, aggregates: s.aggregates, snapshots: s.snapshots, keyScopes: s.keyScopes,
-                               dataKeys: s.dataKeys, shreddedScopes: s.shreddedScopes, bytesOnDisk: s.bytesOnDisk, store: location)
+    func statisticsJSON() async throws -> StatsReport {
+        StatsReport(try await statistics(), store: location)
     }
 
     var location: String { "sqlite:" + path }
 }
 
 extension PostgresStore: AdminStore {
-    func statisticsJSON() async throws -> StoreStatistics {
-        let s = try await statistics()
-        func int(_ key: String) -> Int { s[key] ?? 0 }
-        return StoreStatistics(events: int("events"), aggregates: int("aggregates"), snapshots: int("snapshots"),
-                               keyScopes: int("key_scopes"), dataKeys: int("data_keys"), shreddedScopes: int("shredded_scopes"),
-                               bytesOnDisk: int("bytes_on_disk"), store: location)
+    func statisticsJSON() async throws -> StatsReport {
+        StatsReport(try await statistics(), store: location)
     }
 
     var location: String { configuration.description }

@@ -119,7 +119,7 @@ extension PostgresTests {
                 #expect(recs.map(\.notificationID) == [1, 2, 3])
                 #expect(try await app.app.repository.get(Ledger.self, id: root.id).version == 3)
                 #expect(try await store.selectSnapshot(originatorID: root.id, lte: nil) != nil)
-                #expect(try await store.statistics()["events"] == 3)
+                #expect(try await store.statistics().events == 3)
                 _ = try await app.keyring.shred(scope: root.keyScope)
                 #expect(try await store.dataKeys(scope: root.keyScope).isEmpty)
                 let names = try await withRawClient(config) { client in

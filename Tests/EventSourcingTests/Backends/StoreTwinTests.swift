@@ -1,6 +1,8 @@
 import ESTestSupport
 import ESTestTags
 import EventSourcing
+import EventSourcingPostgres
+import EventSourcingSQLite
 import Foundation
 import KeyManagement
 import Testing
@@ -18,6 +20,30 @@ struct StoreTwinTests {
     /// A record with a plaintext-looking state (the store does not look inside it).
     private static func rawEvent(_ id: UUID, _ version: Int) -> StoredEvent {
         StoredEvent(originatorID: id, originatorVersion: version, topic: "Ledger.Entry", state: [0x01, 0x02, 0x03])
+    }
+
+    @Test("Statistics are one struct on both stores and count the same things: events, aggregates, snapshots, scopes, keys, shreds",
+          arguments: Backend.all)
+    func statisticsAlike(_ backend: Backend) async throws {
+        try await backend.withFreshStore { s in
+            let (a, b) = (UUID(), UUID())
+            // Stamped with a scope, as the mapper stamps encrypted records (the stores refuse unstamped ones).
+            func stamped(_ e: StoredEvent) -> StoredEvent { var e = e; e.keyScope = "s1"; return e }
+            _ = try await s.recorder.insertEvents([Self.rawEvent(a, 1), Self.rawEvent(a, 2), Self.rawEvent(b, 1)].map(stamped))
+            try await s.recorder.insertSnapshot(stamped(StoredEvent(originatorID: a, originatorVersion: 2, topic: "Ledger.snapshot",
+                                                                    state: [9])))
+            for scope in ["s1", "s2"] { try await s.keyStore.insertDataKey(Self.wrapped(scope, 1, "k", 1)) }
+            try await s.keyStore.insertDataKey(Self.wrapped("s1", 2, "k", 1))
+            _ = try await s.keyStore.shred(scope: "s2", at: Date(timeIntervalSince1970: 1_700_000_000))
+            let stats: StoreStatistics
+            switch backend {
+            case .sqlite: stats = try await s.sqlite!.statistics()
+            case .postgres: stats = try await s.postgres!.statistics()
+            }
+            #expect(stats.events == 3 && stats.aggregates == 2 && stats.snapshots == 1, "\(stats)")
+            #expect(stats.keyScopes == 1 && stats.dataKeys == 2 && stats.shreddedScopes == 1, "\(stats)")
+            #expect(stats.bytesOnDisk > 0)
+        }
     }
 
     @Test("A rewrap batch that fails part-way changes no row: the rows before the failure are rolled back with it",
