@@ -19,9 +19,11 @@ import Synchronization
 /// At most `maxWaiting` requests wait (those of the batch in flight do not count): past that
 /// ``enqueue(_:)`` answers ``Admission/full`` instead of queueing, so a store that cannot keep
 /// up refuses work instead of holding unbounded memory.
-package final class BatchingQueue<Element: Sendable>: Sendable {
+// `public` rather than `package`, with `@inlinable` hot paths: see ResourcePool (the optimizer
+// specializes inlinable public generics in client modules, not package ones). No product.
+public final class BatchingQueue<Element: Sendable>: Sendable {
     /// What ``enqueue(_:)`` did with a request.
-    package enum Admission: Sendable, Equatable {
+    public enum Admission: Sendable, Equatable {
         /// Queued, and no batch was in flight: the caller is now the drainer.
         case startDraining
         /// Queued behind the batch in flight: the current drainer takes it.
@@ -32,16 +34,18 @@ package final class BatchingQueue<Element: Sendable>: Sendable {
         case closed
     }
 
-    private struct State: ~Copyable {
-        var waiting: [Element] = []
-        var draining = false
-        var closed = false
-        var idle: [CheckedContinuation<Void, Never>] = []
+    @usableFromInline
+    struct State: ~Copyable {
+        @usableFromInline var waiting: [Element] = []
+        @usableFromInline var draining = false
+        @usableFromInline var closed = false
+        @usableFromInline var idle: [CheckedContinuation<Void, Never>] = []
+        @usableFromInline init() {}
     }
 
-    private let state = Mutex(State())
+    @usableFromInline let state = Mutex(State())
     /// The most requests that wait at once.
-    package let maxWaiting: Int
+    public let maxWaiting: Int
 
     /// A queue that lets at most `maxWaiting` (at least 1) requests wait.
     package init(maxWaiting: Int) {
@@ -49,7 +53,8 @@ package final class BatchingQueue<Element: Sendable>: Sendable {
     }
 
     /// Queues `element` (see ``Admission``).
-    package func enqueue(_ element: Element) -> Admission {
+    @inlinable
+    public func enqueue(_ element: Element) -> Admission {
         state.withLock { s in
             if s.closed { return .closed }
             if s.waiting.count >= maxWaiting { return .full }
@@ -63,7 +68,8 @@ package final class BatchingQueue<Element: Sendable>: Sendable {
     /// For the drainer: takes the waiting requests in arrival order, at most `limit` of them.
     /// An empty result means nothing was waiting: the caller is no longer the drainer and must
     /// stop (the next ``enqueue(_:)`` makes a new one).
-    package func nextBatch(limit: Int = .max) -> [Element] {
+    @inlinable
+    public func nextBatch(limit: Int = .max) -> [Element] {
         let (batch, idle) = state.withLock { s -> ([Element], [CheckedContinuation<Void, Never>]) in
             if s.waiting.isEmpty {
                 s.draining = false

@@ -142,7 +142,7 @@ extension SQLiteStore: BenchStore {
 
 extension PostgresStore: BenchStore {
     func finish() async -> Int {
-        let size = (try? await statistics()["bytes_on_disk"]) ?? 0
+        let size = (try? await statistics().bytesOnDisk) ?? 0
         await close()
         return size
     }
