@@ -81,38 +81,33 @@ struct Checker: Sendable {
     func eventSourcingError<T>(_ code: EventSourcingError.Code, _ operation: String,
                                file: String = #fileID, line: Int = #line,
                                _ body: () async throws -> T) async throws -> EventSourcingError {
-        do {
-            _ = try await body()
-        } catch let e as EventSourcingError {
-            guard e.code == code else {
-                throw fail(expected: "\(operation) throws EventSourcingError(\(code))", observed: "EventSourcingError(\(e.code)): \(e.message)",
-                           file: file, line: line)
-            }
-            return e
-        } catch {
-            throw fail(expected: "\(operation) throws EventSourcingError(\(code))", observed: "\(type(of: error)): \(error)",
-                       file: file, line: line)
-        }
-        throw fail(expected: "\(operation) throws EventSourcingError(\(code))", observed: "it returned normally", file: file, line: line)
+        try await thrown("EventSourcingError", code, operation, file: file, line: line, code: \.code, message: \.message, body)
     }
 
     /// Runs `body`, which must throw a ``KeyManagementError`` with `code`; returns that error.
     func keyManagementError<T>(_ code: KeyManagementError.Code, _ operation: String,
                                file: String = #fileID, line: Int = #line,
                                _ body: () async throws -> T) async throws -> KeyManagementError {
+        try await thrown("KeyManagementError", code, operation, file: file, line: line, code: \.code, message: \.message, body)
+    }
+
+    /// Runs `body`, which must throw an `E` whose code is `expected`; returns that error.
+    private func thrown<E: Error, Code: Equatable, T>(_ name: String, _ expected: Code, _ operation: String,
+                                                      file: String, line: Int, code: (E) -> Code,
+                                                      message: (E) -> String,
+                                                      _ body: () async throws -> T) async throws -> E {
+        let wanted = "\(operation) throws \(name)(\(expected))"
         do {
             _ = try await body()
-        } catch let e as KeyManagementError {
-            guard e.code == code else {
-                throw fail(expected: "\(operation) throws KeyManagementError(\(code))", observed: "KeyManagementError(\(e.code)): \(e.message)",
-                           file: file, line: line)
+        } catch let e as E {
+            guard code(e) == expected else {
+                throw fail(expected: wanted, observed: "\(name)(\(code(e))): \(message(e))", file: file, line: line)
             }
             return e
         } catch {
-            throw fail(expected: "\(operation) throws KeyManagementError(\(code))", observed: "\(type(of: error)): \(error)",
-                       file: file, line: line)
+            throw fail(expected: wanted, observed: "\(type(of: error)): \(error)", file: file, line: line)
         }
-        throw fail(expected: "\(operation) throws KeyManagementError(\(code))", observed: "it returned normally", file: file, line: line)
+        throw fail(expected: wanted, observed: "it returned normally", file: file, line: line)
     }
 }
 

@@ -31,23 +31,18 @@ func freshConfiguration(_ modify: (inout PostgresStore.Configuration) -> Void = 
 /// Opens a store on `configuration`, runs `body`, and destroys the store's schema afterwards,
 /// also when `body` throws.
 func withStore<T>(_ configuration: PostgresStore.Configuration, _ body: (PostgresStore) async throws -> T) async throws -> T {
-    let store = try await PostgresStore(configuration: configuration)
-    let result: T
-    do {
-        result = try await body(store)
-    } catch {
-        await destroy(store)
-        throw error
-    }
-    await destroy(store)
-    return result
+    try await destroying(try await PostgresStore(configuration: configuration), body)
 }
 
 /// Opens a store over `client` (which the caller runs) on `configuration`, runs `body`, and
 /// destroys the store's schema afterwards, also when `body` throws.
 func withStore<T>(_ client: PostgresClient, _ configuration: PostgresStore.Configuration,
                   _ body: (PostgresStore) async throws -> T) async throws -> T {
-    let store = try await PostgresStore(client: client, configuration: configuration)
+    try await destroying(try await PostgresStore(client: client, configuration: configuration), body)
+}
+
+/// Runs `body` on `store`, then destroys the store's schema, also when `body` throws.
+private func destroying<T>(_ store: PostgresStore, _ body: (PostgresStore) async throws -> T) async throws -> T {
     let result: T
     do {
         result = try await body(store)
