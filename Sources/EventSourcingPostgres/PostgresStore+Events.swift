@@ -161,7 +161,8 @@ extension PostgresStore {
                                   topic: events.count == 1 ? first?.topic : nil, storeCode: state.isEmpty ? nil : state)
     }
 
-    public func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
+    public func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
+        let (originatorID, gt, lte, limit, desc) = (query.originatorID, query.after, query.upTo, query.limit, query.order == .descending)
         if let limit, limit <= 0 { return [] }
         let s = schema
         let lower = Int64(gt ?? Int.min)

@@ -56,16 +56,17 @@ extension SQLiteStore {
         }
     }
 
-    public func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
+    public func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
+        let (originatorID, gt, lte, limit) = (query.originatorID, query.after, query.upTo, query.limit)
         if let limit, limit <= 0 { return [] }
         var sql = "SELECT originator_version, topic, state, notification_id FROM events WHERE originator_id = ?"
         if gt != nil { sql += " AND originator_version > ?" }
         if lte != nil { sql += " AND originator_version <= ?" }
-        sql += desc ? " ORDER BY originator_version DESC" : " ORDER BY originator_version ASC"
+        sql += query.order == .descending ? " ORDER BY originator_version DESC" : " ORDER BY originator_version ASC"
         if limit != nil { sql += " LIMIT ?" }
-        let query = sql
+        let text = sql
         return try await read { conn in
-            let s = try conn.statement(query)
+            let s = try conn.statement(text)
             var i: Int32 = 1
             s.bind(i, originatorID); i += 1
             if let gt { s.bind(i, gt); i += 1 }

@@ -259,7 +259,7 @@ extension RecorderConformance {
     static let emptyStore: Body = { c, store in
         let r = store.recorder
         try c.equal(try await r.selectEvents(originatorID: UUID()).count, 0, "events of an unknown id")
-        try c.equal(try await r.selectEvents(originatorID: UUID(), gt: 0, lte: 10, desc: true, limit: 5).count, 0,
+        try c.equal(try await r.selectEvents(originatorID: UUID(), after: 0, upTo: 10, order: .descending, limit: 5).count, 0,
                     "events of an unknown id, descending with bounds")
         try c.equal(try await r.selectNotifications(start: 1, limit: 10, stop: nil, topics: []).count, 0, "notifications")
         try c.equal(try await r.selectNotifications(start: 1, limit: 10, stop: 5, topics: ["Thing.happened"]).count, 0,
@@ -382,13 +382,13 @@ extension RecorderConformance {
         _ = try await store.recorder.insertEvents((1...5).map { event(id, $0) })
         _ = try await store.recorder.insertEvents([event(id, 6)])
         let r = store.recorder
-        try c.equal(try await r.selectEvents(originatorID: id, gt: nil, lte: nil, desc: true, limit: 1).map(\.originatorVersion), [6],
+        try c.equal(try await r.selectEvents(originatorID: id, order: .descending, limit: 1).map(\.originatorVersion), [6],
                     "desc, limit 1")
-        try c.equal(try await r.selectEvents(originatorID: id, gt: nil, lte: nil, desc: true, limit: nil).map(\.originatorVersion),
+        try c.equal(try await r.selectEvents(originatorID: id, order: .descending).map(\.originatorVersion),
                     [6, 5, 4, 3, 2, 1], "desc, no limit")
-        try c.equal(try await r.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: 2).map(\.originatorVersion), [1, 2],
+        try c.equal(try await r.selectEvents(originatorID: id, limit: 2).map(\.originatorVersion), [1, 2],
                     "ascending, limit 2")
-        try c.equal(try await r.selectEvents(originatorID: id, gt: nil, lte: 4, desc: true, limit: 1).map(\.originatorVersion), [4],
+        try c.equal(try await r.selectEvents(originatorID: id, upTo: 4, order: .descending, limit: 1).map(\.originatorVersion), [4],
                     "desc, lte 4, limit 1")
     }
 
@@ -396,7 +396,7 @@ extension RecorderConformance {
         let id = UUID()
         _ = try await store.recorder.insertEvents((1...6).map { event(id, $0) })
         let r = store.recorder
-        let cases: [(gt: Int?, lte: Int?, desc: Bool, limit: Int?, expected: [Int])] = [
+        let cases: [(after: Int?, upTo: Int?, desc: Bool, limit: Int?, expected: [Int])] = [
             (2, nil, false, nil, [3, 4, 5, 6]),
             (nil, 3, false, nil, [1, 2, 3]),
             (1, 4, false, nil, [2, 3, 4]),
@@ -413,9 +413,9 @@ extension RecorderConformance {
             (nil, nil, false, 100, [1, 2, 3, 4, 5, 6]),
         ]
         for k in cases {
-            let got = try await r.selectEvents(originatorID: id, gt: k.gt, lte: k.lte, desc: k.desc, limit: k.limit).map(\.originatorVersion)
-            try c.equal(got, k.expected, "versions with gt \(k.gt.map(String.init) ?? "nil"), lte \(k.lte.map(String.init) ?? "nil"), "
-                        + "desc \(k.desc), limit \(k.limit.map(String.init) ?? "nil")")
+            let got = try await r.selectEvents(originatorID: id, after: k.after, upTo: k.upTo, order: k.desc ? .descending : .ascending, limit: k.limit).map(\.originatorVersion)
+            try c.equal(got, k.expected, "versions after \(k.after.map(String.init) ?? "nil"), up to \(k.upTo.map(String.init) ?? "nil"), "
+                        + "descending \(k.desc), limit \(k.limit.map(String.init) ?? "nil")")
         }
     }
 
@@ -554,7 +554,7 @@ extension RecorderConformance {
                             v += 1
                         } catch let e as EventSourcingError where e.code == .concurrencyConflict {
                             try c.equal(e.originatorID, id, "the conflict's originatorID")
-                            let latest = try await recorder.selectEvents(originatorID: id, gt: nil, lte: nil, desc: true, limit: 1)
+                            let latest = try await recorder.selectEvents(originatorID: id, order: .descending, limit: 1)
                             v = max(v + 1, (latest.first?.originatorVersion ?? 0) + 1)
                         }
                     }

@@ -82,7 +82,7 @@ struct Demo: AsyncParsableCommand {
         let v = try await keyring.rotate(scope: adaScope)
         try ada.record(.moved(address: "Ockham Park, Surrey"))
         try await app.save(&ada)
-        let latest = try await store.selectEvents(originatorID: ada.id, gt: nil, lte: nil, desc: true, limit: 1)
+        let latest = try await store.selectEvents(originatorID: ada.id, order: .descending, limit: 1)
         if let e = latest.first, case .success(let (h, _)) = StateHeader.parse(e.state) {
             print("Ada's data key is now v\(v); her newest event is under key v\(h.keyVersion), the first still under v1")
         }

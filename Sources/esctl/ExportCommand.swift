@@ -103,7 +103,7 @@ struct Export: AsyncParsableCommand {
             for id in aggregates.sorted(by: { $0.uuidString < $1.uuidString }) {
                 var after: Int?
                 while true {
-                    let page = try await store.selectEvents(originatorID: id, gt: after, lte: nil, desc: false, limit: 500)
+                    let page = try await store.selectEvents(originatorID: id, after: after, limit: 500)
                     guard let last = page.last else { break }
                     p.ofExportedAggregates += page.reduce(0) { $0 + (StateHeader.peekKeyScope($1.state) == nil ? 1 : 0) }
                     guard last.originatorVersion > (after ?? Int.min) else { break }

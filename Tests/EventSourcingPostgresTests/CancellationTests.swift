@@ -98,7 +98,7 @@ extension PostgresTests {
                         try await store.selectNotifications(start: 1, limit: 10, stop: nil, topics: [])
                     }
                     try await Self.expectCancelled(config, "selectEvents (grouped read)") {
-                        try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil)
+                        try await store.selectEvents(originatorID: id)
                     }
                     try await Self.expectCancelled(config, "maxNotificationID") { try await store.maxNotificationID() }
                 } catch {
@@ -107,7 +107,7 @@ extension PostgresTests {
                 }
                 try await lock.release()
                 // The store goes on: a new connection replaces each closed one.
-                #expect(try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil).count == 1)
+                #expect(try await store.selectEvents(originatorID: id).count == 1)
                 #expect(try await store.maxNotificationID() == 1)
             }
         }
@@ -129,7 +129,7 @@ extension PostgresTests {
                 }
                 try await lock.release()
                 #expect(try await store.maxNotificationID() == nil)
-                #expect(try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil).isEmpty)
+                #expect(try await store.selectEvents(originatorID: id).isEmpty)
                 // Later saves go through.
                 #expect(try await store.insertEvents([StoredEvent(originatorID: id, originatorVersion: 1, topic: "t", state: [2])]) == [1])
             }
@@ -156,7 +156,7 @@ extension PostgresTests {
                 }
                 try await lock.release()
                 #expect(try await stuck.value == [1])
-                #expect(try await store.selectEvents(originatorID: second, gt: nil, lte: nil, desc: false, limit: nil).isEmpty)
+                #expect(try await store.selectEvents(originatorID: second).isEmpty)
                 #expect(try await store.maxNotificationID() == 1)
             }
         }

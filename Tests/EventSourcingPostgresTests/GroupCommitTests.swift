@@ -97,7 +97,7 @@ extension PostgresTests {
                         guard case .ok(let ids) = outcome else { Issue.record("save \(i): \(outcome)"); continue }
                         #expect(ids.count == 3 && ids[2] - ids[0] == 2, "save \(i): \(ids)")
                         committed += ids
-                        #expect(try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil).count == 3)
+                        #expect(try await store.selectEvents(originatorID: id).count == 3)
                     case .conflict:
                         #expect(outcome == .conflict(existing, 2), "save \(i): \(outcome)")
                     case .shredded:
@@ -108,7 +108,7 @@ extension PostgresTests {
                         #expect(outcome == .conflict(id, 1), "save \(i): \(outcome)")
                     }
                     if kinds[i] != .fine {
-                        #expect(try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil).isEmpty,
+                        #expect(try await store.selectEvents(originatorID: id).isEmpty,
                                 "save \(i) was refused but left events")
                     }
                 }

@@ -34,7 +34,7 @@ extension PostgresTests {
                         let lte: Int? = k % 4 == 2 ? max(1, all.count - 1) : nil
                         let want = all.filter { $0.originatorVersion > (gt ?? 0) && $0.originatorVersion <= (lte ?? Int.max) }
                         group.addTask {
-                            let got = try await store.selectEvents(originatorID: id, gt: gt, lte: lte, desc: false, limit: nil)
+                            let got = try await store.selectEvents(originatorID: id, after: gt, upTo: lte)
                             return (k, got, want)
                         }
                     }
@@ -66,11 +66,11 @@ extension PostgresTests {
                 for (id, all) in expected {
                     for (gt, lte) in [(nil, nil), (all.count / 2, nil), (nil, max(1, all.count - 1)), (1, all.count), (all.count, nil)] as [(Int?, Int?)] {
                         let want = all.filter { $0.originatorVersion > (gt ?? 0) && $0.originatorVersion <= (lte ?? Int.max) }
-                        let got = try await store.selectEvents(originatorID: id, gt: gt, lte: lte, desc: false, limit: nil)
+                        let got = try await store.selectEvents(originatorID: id, after: gt, upTo: lte)
                         #expect(got == want, "\(all.count) events, gt \(String(describing: gt)), lte \(String(describing: lte))")
                     }
                 }
-                #expect(try await store.selectEvents(originatorID: UUID(), gt: nil, lte: nil, desc: false, limit: nil).isEmpty)
+                #expect(try await store.selectEvents(originatorID: UUID()).isEmpty)
 
                 let writer = try await EncryptedApp.open(store, masterKey: masterKey)
                 var roots: [AggregateRoot<Ledger>] = []
@@ -82,7 +82,7 @@ extension PostgresTests {
                 let reader = try await EncryptedApp.open(store, masterKey: masterKey)
                 for r in roots {
                     // The read brings the scope's key along, for the key ring's next miss.
-                    let events = try await store.selectEvents(originatorID: r.id, gt: nil, lte: nil, desc: false, limit: nil)
+                    let events = try await store.selectEvents(originatorID: r.id)
                     #expect(events.count == r.version)
                     let prefetched = store.prefetchedKeys.withLock { $0.byScope[ExactScope(r.keyScope)]?.keys }
                     #expect(prefetched?.map(\.scope) == [r.keyScope])
@@ -113,11 +113,11 @@ extension PostgresTests {
                         _ = try await storeA.insertEvents(inA)
                         _ = try await storeB.insertEvents(inB)
                         for _ in 0..<3 {
-                            #expect(try await storeA.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == inA)
-                            #expect(try await storeB.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == inB)
+                            #expect(try await storeA.selectEvents(originatorID: id) == inA)
+                            #expect(try await storeB.selectEvents(originatorID: id) == inB)
                         }
                         let nobody = UUID()
-                        #expect(try await storeA.selectEvents(originatorID: nobody, gt: nil, lte: nil, desc: false, limit: nil).isEmpty)
+                        #expect(try await storeA.selectEvents(originatorID: nobody).isEmpty)
                         // And all of it through the prepared statement (the function would hide a wrong search_path).
                         for store in [storeA, storeB] {
                             let prepared = store.preparedReads.load(ordering: .relaxed)
@@ -167,7 +167,7 @@ extension PostgresTests {
                         try await connection.query("LOCK TABLE \"\(unescaped: config.schema)\".events IN ACCESS EXCLUSIVE MODE",
                                                    logger: quietLogger)
                         let databaseUnavailable = await #expect(throws: EventSourcingError.self) {
-                            _ = try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil)
+                            _ = try await store.selectEvents(originatorID: id)
                         }
                         #expect(databaseUnavailable?.code == .databaseUnavailable)
                         // Hold the lock until the server has refused the preparation (however slow this machine).
@@ -181,7 +181,7 @@ extension PostgresTests {
                 let failed = store.preparedReadFallbacks.load(ordering: .relaxed)
                 #expect(failed == 1, "the preparation failed once, under the lock")
                 for _ in 0..<3 {
-                    #expect(try await store.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: nil) == events)
+                    #expect(try await store.selectEvents(originatorID: id) == events)
                 }
                 // The connection that remembered the failure was closed: the later reads were prepared again.
                 let after = store.preparedReadFallbacks.load(ordering: .relaxed)
@@ -198,7 +198,7 @@ extension PostgresTests {
                 try await t.app.save(&root)
                 let scope = root.keyScope
                 // The read brings the scope's key along for the key ring's next miss…
-                #expect(try await store.selectEvents(originatorID: root.id, gt: nil, lte: nil, desc: false, limit: nil).count == 3)
+                #expect(try await store.selectEvents(originatorID: root.id).count == 3)
                 _ = try await t.keyring.shred(scope: scope)
                 // …but after the shred the store answers from the table: no key.
                 #expect(try await store.dataKeys(scope: scope, reading: 1).isEmpty)
@@ -219,7 +219,7 @@ extension PostgresTests {
                     var root = try ledgerSave(nil, save: 1, count: 2)
                     try await t.app.save(&root)
                     let scope = root.keyScope
-                    #expect(try await store.selectEvents(originatorID: root.id, gt: nil, lte: nil, desc: false, limit: nil).count == 2)
+                    #expect(try await store.selectEvents(originatorID: root.id).count == 2)
                     // Another process shreds the scope; this store cannot know.
                     let shredder = try await EncryptedApp.open(other, masterKey: masterKey)
                     _ = try await shredder.keyring.shred(scope: scope)

@@ -119,7 +119,7 @@ struct CommandTests {
         var a = try await app.repository.get(Account.self, id: s.aliceAccounts[0])
         try a.record(.renamed(name: "Augusta Ada"))
         try await app.save(&a)
-        let latest = try await store.selectEvents(originatorID: a.id, gt: nil, lte: nil, desc: true, limit: 1)
+        let latest = try await store.selectEvents(originatorID: a.id, order: .descending, limit: 1)
         if case .success(let (header, _)) = StateHeader.parse(try #require(latest.first).state) {
             #expect(header.keyVersion == 2)
         } else {

@@ -153,8 +153,8 @@ final class MemoryStore: BenchStore {
     let recorder = InMemoryRecorder()
     let keys = InMemoryKeyStore()
     func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] { try await recorder.insertEvents(events) }
-    func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
-        try await recorder.selectEvents(originatorID: originatorID, gt: gt, lte: lte, desc: desc, limit: limit)
+    func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
+        try await recorder.selectEvents(query)
     }
     func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {
         try await recorder.selectNotifications(start: start, limit: limit, stop: stop, topics: topics)

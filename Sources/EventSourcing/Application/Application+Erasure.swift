@@ -185,7 +185,7 @@ extension Application {
     /// - Throws: `.aggregateNotFound`; `.invalidArgument` if its records are not encrypted; as
     ///   ``shred(keyScope:ifAbsent:)``.
     public func shred(aggregateID id: UUID) async throws -> ErasureReceipt {
-        guard let latest = try await recorder.selectEvents(originatorID: id, gt: nil, lte: nil, desc: true, limit: 1).first else {
+        guard let latest = try await recorder.selectEvents(originatorID: id, order: .descending, limit: 1).first else {
             throw EventSourcingError(.aggregateNotFound, "no such aggregate", originatorID: id)
         }
         guard let scope = RecordFormat.keyScope(of: latest.state) else {

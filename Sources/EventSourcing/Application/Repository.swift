@@ -27,8 +27,7 @@ public struct Repository: Sendable {
                                    metadata: ["aggregate": "\(id)", "version": "\(snap.originatorVersion)"])
             }
         }
-        let stored = try await app.recorder.selectEvents(originatorID: id, gt: root.version == 0 ? nil : root.version,
-                                                         lte: version, desc: false, limit: nil)
+        let stored = try await app.recorder.selectEvents(originatorID: id, after: root.version == 0 ? nil : root.version, upTo: version)
         for s in stored {
             try root.apply(try await app.mapper.decode(s, as: A.self))
         }
@@ -41,6 +40,6 @@ public struct Repository: Sendable {
 
     /// Whether any event exists for `id`.
     public func contains(_ id: UUID) async throws -> Bool {
-        !(try await app.recorder.selectEvents(originatorID: id, gt: nil, lte: nil, desc: false, limit: 1).isEmpty)
+        !(try await app.recorder.selectEvents(originatorID: id, limit: 1).isEmpty)
     }
 }

@@ -44,13 +44,11 @@ public final class InMemoryRecorder: ApplicationRecorder, SnapshotRecorder {
         }
     }
 
-    public func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
-        let all = state.withLock { $0.events[originatorID] ?? [] }
-        var out = all.filter { e in
-            (gt.map { e.originatorVersion > $0 } ?? true) && (lte.map { e.originatorVersion <= $0 } ?? true)
-        }
-        if desc { out.reverse() }
-        if let limit { out = Array(out.prefix(max(0, limit))) }
+    public func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
+        let all = state.withLock { $0.events[query.originatorID] ?? [] }
+        var out = all.filter { query.contains(version: $0.originatorVersion) }
+        if query.order == .descending { out.reverse() }
+        if let limit = query.limit { out = Array(out.prefix(max(0, limit))) }
         return out
     }
 

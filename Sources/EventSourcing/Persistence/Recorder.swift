@@ -11,9 +11,11 @@ public protocol AggregateRecorder: Sendable {
     ///   `(originatorID, originatorVersion)` if any already exists; nothing is written then.
     func insertEvents(_ events: [StoredEvent]) async throws -> [Int64]
 
-    /// The events of one aggregate with `gt < version <= lte`, ascending (or descending with
-    /// `desc`), at most `limit` of them.
-    func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent]
+    /// The events of one aggregate that `query` selects: versions after ``EventQuery/after``
+    /// (exclusive) and up to ``EventQuery/upTo`` (inclusive), in ``EventQuery/order``, at most
+    /// ``EventQuery/limit`` of them. Callers usually write
+    /// ``selectEvents(originatorID:after:upTo:order:limit:)``.
+    func selectEvents(_ query: EventQuery) async throws -> [StoredEvent]
 }
 
 /// An ``AggregateRecorder`` that also keeps the application's totally ordered notification log.
@@ -71,17 +73,44 @@ public enum EventOrder: Sendable, Hashable {
     case descending
 }
 
-extension AggregateRecorder {
-    /// All events of one aggregate in ascending order.
-    public func selectEvents(originatorID: UUID) async throws -> [StoredEvent] {
-        try await selectEvents(originatorID: originatorID, gt: nil, lte: nil, desc: false, limit: nil)
+/// Which events of one aggregate a read selects (see ``AggregateRecorder/selectEvents(_:)``).
+public struct EventQuery: Sendable, Hashable {
+    /// The aggregate.
+    public var originatorID: UUID
+    /// Only versions above this one (exclusive); nil for no lower bound.
+    public var after: Int?
+    /// Only versions up to this one (inclusive); nil for no upper bound.
+    public var upTo: Int?
+    /// Oldest or newest first.
+    public var order: EventOrder
+    /// At most this many events (zero or less selects none); nil for no limit.
+    public var limit: Int?
+
+    public init(originatorID: UUID, after: Int? = nil, upTo: Int? = nil, order: EventOrder = .ascending, limit: Int? = nil) {
+        self.originatorID = originatorID
+        self.after = after
+        self.upTo = upTo
+        self.order = order
+        self.limit = limit
     }
 
+    /// Whether `version` lies in the query's range.
+    public func contains(version: Int) -> Bool {
+        (after.map { version > $0 } ?? true) && (upTo.map { version <= $0 } ?? true)
+    }
+}
+
+extension AggregateRecorder {
     /// The events of one aggregate whose version is after `after` (exclusive) and up to `upTo`
-    /// (inclusive), in `order`, at most `limit` of them: the named form of
-    /// ``selectEvents(originatorID:gt:lte:desc:limit:)``, which recorders implement.
-    public func selectEvents(originatorID: UUID, after: Int? = nil, upTo: Int? = nil, order: EventOrder,
+    /// (inclusive), in `order`, at most `limit` of them; with no arguments, all of its events,
+    /// oldest first.
+    public func selectEvents(originatorID: UUID, after: Int? = nil, upTo: Int? = nil, order: EventOrder = .ascending,
                              limit: Int? = nil) async throws -> [StoredEvent] {
-        try await selectEvents(originatorID: originatorID, gt: after, lte: upTo, desc: order == .descending, limit: limit)
+        try await selectEvents(EventQuery(originatorID: originatorID, after: after, upTo: upTo, order: order, limit: limit))
+    }
+
+    @available(*, deprecated, renamed: "selectEvents(originatorID:after:upTo:order:limit:)")
+    public func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
+        try await selectEvents(EventQuery(originatorID: originatorID, after: gt, upTo: lte, order: desc ? .descending : .ascending, limit: limit))
     }
 }

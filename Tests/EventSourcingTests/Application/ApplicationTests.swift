@@ -266,7 +266,7 @@ struct ApplicationTests {
             #expect(latest.version == 5)
             #expect(latest.createdOn == t0)
             #expect(latest.modifiedOn == t0.addingTimeInterval(4))
-            #expect(spy.queries == [SpyRecorder.EventQuery(originatorID: dog.id, gt: 3, lte: nil)],
+            #expect(spy.queries == [EventQuery(originatorID: dog.id, after: 3)],
                     "only the events after the snapshot are read")
 
             spy.reset()
@@ -275,13 +275,13 @@ struct ApplicationTests {
             #expect(atSnap.version == 3)
             #expect(atSnap.createdOn == t0)
             #expect(atSnap.modifiedOn == t0.addingTimeInterval(2))
-            #expect(spy.queries == [SpyRecorder.EventQuery(originatorID: dog.id, gt: 3, lte: 3)])
+            #expect(spy.queries == [EventQuery(originatorID: dog.id, after: 3, upTo: 3)])
 
             spy.reset()
             let below = try await app.repository.get(Dog.self, id: dog.id, version: 2)
             #expect(below.state == Dog(name: "Fido", tricks: ["a"]))
             #expect(below.version == 2)
-            #expect(spy.queries == [SpyRecorder.EventQuery(originatorID: dog.id, gt: nil, lte: 2)])
+            #expect(spy.queries == [EventQuery(originatorID: dog.id, upTo: 2)])
 
             // A root restored from a snapshot can record and save further.
             var more = latest
@@ -293,7 +293,7 @@ struct ApplicationTests {
             #expect(try await t.store.snapshots.selectSnapshot(originatorID: dog.id, lte: nil)?.originatorVersion == 6)
             spy.reset()
             #expect(try await app.repository.get(Dog.self, id: dog.id).tricks == ["a", "b", "c", "d", "e"])
-            #expect(spy.queries.map(\.gt) == [6])
+            #expect(spy.queries.map(\.after) == [6])
 
             // Without a snapshot recorder, takeSnapshot is refused.
             let bare = Application(recorder: t.store.recorder, mapper: t.app.mapper)

@@ -20,7 +20,7 @@ struct TypedAPITests {
             for desc in [false, true] {
                 let named = try await recorder.selectEvents(originatorID: id, after: after, upTo: upTo,
                                                             order: desc ? .descending : .ascending, limit: 4)
-                let old = try await recorder.selectEvents(originatorID: id, gt: after, lte: upTo, desc: desc, limit: 4)
+                let old = try await recorder.selectEvents(originatorID: id, after: after, upTo: upTo, order: desc ? .descending : .ascending, limit: 4)
                 #expect(named == old)
             }
         }

@@ -75,8 +75,8 @@ final class LoggingKeyCommittingRecorder: KeyCommittingRecorder {
         return try await inner.insertEvents(events)
     }
 
-    func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
-        try await inner.selectEvents(originatorID: originatorID, gt: gt, lte: lte, desc: desc, limit: limit)
+    func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
+        try await inner.selectEvents(query)
     }
 
     func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {

@@ -27,13 +27,13 @@ final class MinimalUserRecorder: ApplicationRecorder {
         }
     }
 
-    func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
+    func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
         var out = log.withLock { $0 }
-            .filter { $0.originatorID == originatorID && $0.originatorVersion > (gt ?? .min) && $0.originatorVersion <= (lte ?? .max) }
+            .filter { $0.originatorID == query.originatorID && query.contains(version: $0.originatorVersion) }
             .sorted { $0.originatorVersion < $1.originatorVersion }
             .map(\.storedEvent)
-        if desc { out.reverse() }
-        return Array(out.prefix(limit ?? .max))
+        if query.order == .descending { out.reverse() }
+        return Array(out.prefix(max(0, query.limit ?? .max)))
     }
 
     func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {

@@ -46,12 +46,6 @@ func bytes(_ haystack: [UInt8], contain needle: [UInt8]) -> Bool {
 /// A pass-through recorder that remembers how it was called, to prove what the
 /// application asked of its recorder (one atomic insert, reads after a snapshot, …).
 final class SpyRecorder: ApplicationRecorder {
-    struct EventQuery: Sendable, Equatable {
-        var originatorID: UUID
-        var gt: Int?
-        var lte: Int?
-    }
-
     let inner: any ApplicationRecorder
     private let calls = Mutex<(inserts: [[StoredEvent]], queries: [EventQuery])>(([], []))
 
@@ -68,9 +62,9 @@ final class SpyRecorder: ApplicationRecorder {
         return try await inner.insertEvents(events)
     }
 
-    func selectEvents(originatorID: UUID, gt: Int?, lte: Int?, desc: Bool, limit: Int?) async throws -> [StoredEvent] {
-        calls.withLock { $0.queries.append(EventQuery(originatorID: originatorID, gt: gt, lte: lte)) }
-        return try await inner.selectEvents(originatorID: originatorID, gt: gt, lte: lte, desc: desc, limit: limit)
+    func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
+        calls.withLock { $0.queries.append(query) }
+        return try await inner.selectEvents(query)
     }
 
     func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {
