@@ -139,6 +139,7 @@ extension SQLiteStore {
         }
         do {
             try control("COMMIT", conn)
+            commitSignal.signal()
             for r in ok { r.succeed() }
         } catch {
             if conn.inTransaction { try? control("ROLLBACK", conn) }

@@ -61,6 +61,11 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         /// reported as pending (``scrubErasureResidue(timeout:)`` finishes it). 1 second by
         /// default; negative values count as zero (one attempt, no wait).
         public var scrubTimeout: Duration = .seconds(1)
+        /// How often a subscription to the notification log reads again when nothing woke it: the
+        /// bound on how late it sees a commit made by another process (or another `SQLiteStore`
+        /// on the same file); this store's own commits wake it at once. 500 ms by default; values
+        /// under 10 ms count as 10 ms (see SQLiteStore+Subscriptions.swift).
+        public var subscriptionPollInterval: Duration = .milliseconds(500)
         /// Creates settings.
         public init(synchronous: Synchronous = .full, busyTimeout: Duration = .seconds(5), readers: Int = 4,
                     allowsPlaintextWrites: Bool = false, readOnly: Bool = false) {
@@ -106,6 +111,8 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     let faultInjection = Mutex<(@Sendable (String) -> EventSourcingError?)?>(nil)
     /// What this process knows of copies the files may still hold of erased keys (SQLiteStore+Scrub.swift).
     let scrubState = Mutex(ScrubState())
+    /// Signalled after each commit of the writer, to wake the log's subscribers (SQLiteStore+Subscriptions.swift).
+    public let commitSignal = CommitSignal()
 
     /// Writes waiting for the writer (for tests, to know a group has formed).
     var queuedWrites: Int { writes.waitingCount }
