@@ -72,6 +72,9 @@ log "esbench SQLite"
 run --db "$work/enc.sqlite" --variant encrypted --sync full --aggs $aggs --tag sqlite-encrypted-full
 run --db "$work/plain.sqlite" --variant plain --sync full --aggs $aggs --tag sqlite-plain-full
 run --db "$work/encn.sqlite" --variant encrypted --sync normal --aggs $aggs --tag sqlite-encrypted-normal
+# The same with W2's loop on the store's reader executor: its reads run inline, no hand-over.
+run --db "$work/encx.sqlite" --variant encrypted --sync normal --store-executor --aggs $aggs --tag sqlite-encrypted-normal-store-executor
+run --db "$work/encr.sqlite" --variant encrypted --sync normal --readers 4 --aggs $aggs --tag sqlite-encrypted-normal-4readers
 run --db "$work/encc.sqlite" --variant encrypted --sync full --writers 8 --aggs $aggs --tag sqlite-encrypted-full-8writers
 run --backend memory --variant encrypted --aggs $aggs --tag memory-encrypted
 run --backend memory --variant plain --aggs $aggs --tag memory-plain

@@ -40,6 +40,9 @@ public final class BatchingQueue<Element: Sendable>: Sendable {
         @usableFromInline var draining = false
         @usableFromInline var closed = false
         @usableFromInline var idle: [CheckedContinuation<Void, Never>] = []
+        /// Called once `waiting` reaches `count` (see ``notify(whenWaiting:_:)``).
+        @usableFromInline var watcher: (count: Int, token: UInt64, wake: @Sendable () -> Void)?
+        @usableFromInline var nextToken: UInt64 = 0
         @usableFromInline init() {}
     }
 
@@ -55,13 +58,46 @@ public final class BatchingQueue<Element: Sendable>: Sendable {
     /// Queues `element` (see ``Admission``).
     @inlinable
     public func enqueue(_ element: Element) -> Admission {
-        state.withLock { s in
-            if s.closed { return .closed }
-            if s.waiting.count >= maxWaiting { return .full }
+        let (admission, wake) = state.withLock { s -> (Admission, (@Sendable () -> Void)?) in
+            if s.closed { return (.closed, nil) }
+            if s.waiting.count >= maxWaiting { return (.full, nil) }
             s.waiting.append(element)
-            if s.draining { return .queued }
+            var wake: (@Sendable () -> Void)?
+            if let w = s.watcher, s.waiting.count >= w.count {
+                wake = w.wake
+                s.watcher = nil
+            }
+            if s.draining { return (.queued, wake) }
             s.draining = true
-            return .startDraining
+            return (.startDraining, wake)
+        }
+        wake?()
+        return admission
+    }
+
+    /// For the drainer, between batches: calls `wake` (once, on the enqueuing thread) as soon as
+    /// `count` requests wait, so it can take a larger batch than the ones waiting now (group
+    /// commit: the writers just answered are about to save again). Returns nil, registering
+    /// nothing, if `count` already wait; otherwise a token for ``cancelNotify(_:)``, which the
+    /// drainer calls when it stops waiting (a timer). One watcher at a time: a new one replaces
+    /// the last.
+    package func notify(whenWaiting count: Int, _ wake: @escaping @Sendable () -> Void) -> UInt64? {
+        state.withLock { s in
+            guard s.waiting.count < count else { return nil }
+            s.nextToken &+= 1
+            s.watcher = (count, s.nextToken, wake)
+            return s.nextToken
+        }
+    }
+
+    /// Removes the watcher `token` registered; true if it was still registered (its `wake` was
+    /// not called and now never will be).
+    @discardableResult
+    package func cancelNotify(_ token: UInt64) -> Bool {
+        state.withLock { s in
+            guard let w = s.watcher, w.token == token else { return false }
+            s.watcher = nil
+            return true
         }
     }
 
@@ -70,6 +106,14 @@ public final class BatchingQueue<Element: Sendable>: Sendable {
     /// stop (the next ``enqueue(_:)`` makes a new one).
     @inlinable
     public func nextBatch(limit: Int = .max) -> [Element] {
+        nextBatch(limit: limit, maxWeight: nil, weight: { _ in 0 })
+    }
+
+    /// Like ``nextBatch(limit:)``, and the batch's total `weight` (e.g. events per save) stays
+    /// within `maxWeight`: requests are taken while the total so far is below it, so a batch
+    /// always has at least one request however heavy.
+    @inlinable
+    public func nextBatch(limit: Int = .max, maxWeight: Int?, weight: (Element) -> Int) -> [Element] {
         let (batch, idle) = state.withLock { s -> ([Element], [CheckedContinuation<Void, Never>]) in
             if s.waiting.isEmpty {
                 s.draining = false
@@ -77,7 +121,16 @@ public final class BatchingQueue<Element: Sendable>: Sendable {
                 s.idle = []
                 return ([], idle)
             }
-            let n = min(max(1, limit), s.waiting.count)
+            var n = min(max(1, limit), s.waiting.count)
+            if let maxWeight {
+                var total = 0
+                var k = 0
+                while k < n, k == 0 || total < maxWeight {
+                    total &+= max(0, weight(s.waiting[k]))
+                    k += 1
+                }
+                n = k
+            }
             if n == s.waiting.count {
                 let all = s.waiting
                 s.waiting = []

@@ -50,6 +50,12 @@ public struct Configuration: Sendable, CustomStringConvertible {
     /// `EventSourcingError.Code.plaintextRejected`, so an application opened
     /// without its keyring cannot write personal data in the clear.
     public var allowsPlaintextWrites: Bool = false
+    /// The most saves that wait for the next group commit at once; past it a save fails with
+    /// `EventSourcingError.Code.storeOverloaded` and writes nothing. 10,000 by default.
+    public var maxWaitingWrites: Int = 10_000
+    /// The most reads of whole aggregates that wait for the next grouped read at once; past it a
+    /// read fails with `EventSourcingError.Code.storeOverloaded`. 10,000 by default.
+    public var maxWaitingReads: Int = 10_000
 
     /// Creates a configuration.
     public init(host: String = "127.0.0.1", port: Int = 5432, username: String, password: String?, database: String,

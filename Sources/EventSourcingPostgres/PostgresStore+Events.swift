@@ -1,3 +1,4 @@
+import ESConcurrency
 import EventSourcing
 import Foundation
 import KeyManagement
@@ -27,21 +28,19 @@ extension PostgresStore {
         let flag = CancelFlag()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<[Int64], any Error>) in
-                let (start, gathered, cancelled) = pending.withLock { p -> (Bool, CheckedContinuation<Void, Never>?, Bool) in
-                    // Cancelled before it was queued: never queued.
-                    if flag.isSet { return (false, nil, true) }
-                    p.queue.append(PendingSave(events: events, keys: newKeys, continuation: c, enqueued: enqueued, flag: flag))
-                    if let g = p.gathering, p.queue.count >= g.count {
-                        p.gathering = nil
-                        return (false, g.continuation, false)
-                    }
-                    if p.draining { return (false, nil, false) }
-                    p.draining = true
-                    return (true, nil, false)
+                // Cancelled before it was queued: never queued.
+                guard !flag.isSet else { return c.resume(throwing: CancellationError()) }
+                switch saveQueue.enqueue(PendingSave(events: events, keys: newKeys, continuation: c, enqueued: enqueued, flag: flag)) {
+                case .startDraining: startDraining()
+                case .queued: break
+                case .full:
+                    return c.resume(throwing: EventSourcingError(.storeOverloaded,
+                        "the save was refused: \(saveQueue.maxWaiting) saves already wait for PostgreSQL (Configuration.maxWaitingWrites); nothing was written"))
+                case .closed:
+                    return c.resume(throwing: EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed"))
                 }
-                if cancelled { return c.resume(throwing: CancellationError()) }
-                gathered?.resume()
-                if start { startDraining() }
+                // Cancelled while being queued: withdrawn here, unless cancelSave or the committer took it.
+                if flag.isSet { withdrawSave(flag) }
             }
         } onCancel: {
             cancelSave(flag)

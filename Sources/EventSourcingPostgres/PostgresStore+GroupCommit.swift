@@ -1,3 +1,4 @@
+import ESConcurrency
 import EventSourcing
 import Foundation
 import KeyManagement
@@ -5,15 +6,14 @@ import NIOCore
 import PostgresNIO
 import Synchronization
 
-/// Group commit: concurrent saves queue up and one task commits them, a group per round trip.
+/// Group commit: concurrent saves queue up (in ``PostgresStore/saveQueue``, a `BatchingQueue`)
+/// and one task commits them, a group per round trip.
 extension PostgresStore {
+    /// The committer task and the groups it is committing; the saves waiting for a group are in
+    /// ``PostgresStore/saveQueue``.
     struct PendingSaves {
-        var queue: [PendingSave] = []
-        var draining = false
         /// The current committer; a committer replaced after its deadline stops at its next step.
         var drainer: UInt64 = 0
-        /// The group commit waiting for this many queued saves (see ``gather(_:)``).
-        var gathering: (count: Int, continuation: CheckedContinuation<Void, Never>)?
         /// The groups being committed (one, or more while a timed-out one is still stuck).
         var flights: [UInt64: Flight] = [:]
         var nextFlight: UInt64 = 0
@@ -21,6 +21,10 @@ extension PostgresStore {
 
     /// How long a group commit waits for the writers of the previous group to queue again.
     static let gatherWindow: TimeAmount = .microseconds(600)
+
+    /// At most this many events per group commit (one round trip); the saves after them wait
+    /// for the next group.
+    static let eventsPerGroup = 5_000
 
     struct PendingSave: Sendable {
         var events: [StoredEvent]
@@ -39,25 +43,27 @@ extension PostgresStore {
     /// others, and each caller gets its save's outcome (a save that committed says so).
     func cancelSave(_ flag: CancelFlag) {
         flag.set()
-        enum Action { case none, withdraw(CheckedContinuation<[Int64], any Error>), stop(Flight) }
+        if withdrawSave(flag) { return }
+        enum Action { case none, stop(Flight) }
         let action = pending.withLock { p -> Action in
-            if let i = p.queue.firstIndex(where: { $0.flag === flag }) {
-                return .withdraw(p.queue.remove(at: i).continuation)
-            }
-            for (key, var f) in p.flights where f.members.contains(where: { $0 === flag }) {
-                f.live -= 1
-                p.flights[key] = f
-                return f.live == 0 ? .stop(f) : .none
-            }
-            return .none
+            guard let f = p.flights.values.first(where: { f in f.members.contains { $0 === flag } }) else { return .none }
+            return f.allCancelled ? .stop(f) : .none
         }
         switch action {
         case .none: break
-        case .withdraw(let c): c.resume(throwing: CancellationError())
         case .stop(let f):
             replaceDrainer(f.drainer)
             f.handle.cancel()
         }
+    }
+
+    /// Withdraws a queued save, failing it with `CancellationError`. Returns false if it is not
+    /// waiting (a group has it, or it was withdrawn already).
+    @discardableResult
+    func withdrawSave(_ flag: CancelFlag) -> Bool {
+        let removed = saveQueue.removeWaiting { $0.flag === flag }
+        for r in removed { r.continuation.resume(throwing: CancellationError()) }
+        return !removed.isEmpty
     }
 
     /// Waits until `count` saves are queued, or ``gatherWindow`` has passed. After a group of
@@ -65,17 +71,11 @@ extension PostgresStore {
     /// for them briefly keeps the groups large (one commit and fsync for all of them).
     func gather(_ count: Int) async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let waiting = pending.withLock { p -> Bool in
-                guard p.queue.count < count else { return false }
-                p.gathering = (count, c)
-                return true
-            }
-            guard waiting else { return c.resume() }
-            executor.loop.scheduleTask(in: PostgresStore.gatherWindow) { [self] in
-                self.pending.withLock { p -> CheckedContinuation<Void, Never>? in
-                    defer { p.gathering = nil }
-                    return p.gathering?.continuation
-                }?.resume()
+            // Resumed once: by the queue when `count` saves wait, or by the timer (which only
+            // resumes if it removed the watcher first, so never both).
+            guard let token = saveQueue.notify(whenWaiting: count, { c.resume() }) else { return c.resume() }
+            executor.loop.scheduleTask(in: PostgresStore.gatherWindow) { [saveQueue] in
+                if saveQueue.cancelNotify(token) { c.resume() }
             }
         }
     }
@@ -103,26 +103,20 @@ extension PostgresStore {
         var lastGroup = 0
         while true {
             if lastGroup > 1 { await gather(lastGroup) }
-            let taken = pending.withLock { p -> ([PendingSave], UInt64)? in
-                guard p.drainer == id else { return nil }   // replaced: the new committer goes on
-                // At most ~5,000 events per round trip; the rest wait for the next one.
-                var n = 0
-                var k = 0
-                while k < p.queue.count, n < 5_000 {
-                    n += p.queue[k].events.count
-                    k += 1
-                }
-                let b = Array(p.queue.prefix(k))
-                p.queue.removeFirst(k)
-                if b.isEmpty {
-                    p.draining = false
-                    return (b, 0)
-                }
+            // Replaced after a timeout or cancellation: the new committer goes on.
+            guard pending.withLock({ $0.drainer == id }) else { return }
+            let batch = saveQueue.nextBatch(maxWeight: PostgresStore.eventsPerGroup) { $0.events.count }
+            if batch.isEmpty { return }   // the queue made this task no longer the committer
+            let flight = pending.withLock { p -> UInt64 in
                 p.nextFlight &+= 1
-                p.flights[p.nextFlight] = Flight(members: b.map(\.flag), live: b.count, handle: handle, drainer: id)
-                return (b, p.nextFlight)
+                p.flights[p.nextFlight] = Flight(members: batch.map(\.flag), handle: handle, drainer: id)
+                return p.nextFlight
             }
-            guard let (batch, flight) = taken, !batch.isEmpty else { return }
+            // Every caller was cancelled while the group was being taken (cancelSave found it in neither place).
+            if batch.allSatisfy(\.flag.isSet) {
+                replaceDrainer(id)
+                handle.cancel()
+            }
             let waiters = Waiters(batch.map(\.continuation))
             let token = groupDeadline(oldest: batch.map(\.enqueued).min(), waiters, handle,
                                       outcome: "the save's outcome is unknown") { [weak self] in self?.replaceDrainer(id) }
@@ -137,12 +131,12 @@ extension PostgresStore {
 /// A group of saves or reads in flight, for stopping it once all its callers are cancelled.
 struct Flight: Sendable {
     let members: [CancelFlag]
-    /// Members not cancelled yet.
-    var live: Int
     /// The task running the group.
     let handle: CancelHandle
     /// The committer or reader that runs it.
     let drainer: UInt64
+    /// Whether every caller of the group was cancelled.
+    var allCancelled: Bool { members.allSatisfy(\.isSet) }
 }
 
 /// Set once when a caller's task is cancelled.

@@ -17,21 +17,9 @@ extension PostgresStore {
         /// The current reader task; one replaced after its deadline stops at its next step.
         var drainer: UInt64 = 0
         /// The groups being read (one, or more while a timed-out one is still stuck).
-        var flights: [UInt64: ReadFlight] = [:]
+        var flights: [UInt64: Flight] = [:]
         var nextFlight: UInt64 = 0
     }
-
-    /// A group of reads in flight, stopped once every caller in it is cancelled.
-    struct ReadFlight: Sendable {
-        let members: [CancelFlag]
-        let handle: CancelHandle
-        let drainer: UInt64
-        var allCancelled: Bool { members.allSatisfy(\.isSet) }
-    }
-
-    /// At most this many reads wait for a group; more fail at once with `.databaseUnavailable`
-    /// instead of holding memory without bound while the server does not keep up.
-    static let maxWaitingReads = 65_536
 
     struct PendingRead: Sendable {
         var id: UUID
@@ -74,8 +62,8 @@ extension PostgresStore {
                 case .startDraining: startReading()
                 case .queued: break
                 case .full:
-                    return c.resume(throwing: EventSourcingError(.databaseUnavailable,
-                        "\(PostgresStore.maxWaitingReads) reads are already waiting for PostgreSQL; this one is refused"))
+                    return c.resume(throwing: EventSourcingError(.storeOverloaded,
+                        "the read was refused: \(readQueue.maxWaiting) reads already wait for PostgreSQL (Configuration.maxWaitingReads)"))
                 case .closed:
                     return c.resume(throwing: EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed"))
                 }
@@ -102,13 +90,13 @@ extension PostgresStore {
     private func cancelRead(_ flag: CancelFlag) {
         flag.set()
         if withdrawRead(flag) { return }
-        let stop = pendingReads.withLock { p -> ReadFlight? in
+        let stop = pendingReads.withLock { p -> Flight? in
             p.flights.values.first { f in f.members.contains { $0 === flag } && f.allCancelled }
         }
         if let stop { stopReadGroup(stop) }
     }
 
-    private func stopReadGroup(_ f: ReadFlight) {
+    private func stopReadGroup(_ f: Flight) {
         replaceReader(f.drainer)
         f.handle.cancel()
     }
@@ -132,7 +120,7 @@ extension PostgresStore {
             guard pendingReads.withLock({ $0.drainer == id }) else { return }
             let group = readQueue.nextBatch(limit: PostgresStore.readGroupLimit)
             if group.isEmpty { return }   // the queue made this task no longer the reader
-            let f = ReadFlight(members: group.map(\.flag), handle: handle, drainer: id)
+            let f = Flight(members: group.map(\.flag), handle: handle, drainer: id)
             let flight = pendingReads.withLock { p -> UInt64 in
                 p.nextFlight &+= 1
                 p.flights[p.nextFlight] = f

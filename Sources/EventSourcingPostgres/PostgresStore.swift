@@ -40,7 +40,9 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     let pending = Mutex(PendingSaves())
     let pendingReads = Mutex(PendingReads())
     /// Reads of whole aggregates waiting for the next group (see PostgresStore+GroupedReads.swift).
-    let readQueue = BatchingQueue<PendingRead>(maxWaiting: PostgresStore.maxWaitingReads)
+    let readQueue: BatchingQueue<PendingRead>
+    /// Saves waiting for the next group commit (see PostgresStore+GroupCommit.swift).
+    let saveQueue: BatchingQueue<PendingSave>
     let closed = Atomic<Bool>(false)
     /// Whether the store was seen to have a master-key check (see ``refusePlaintext(_:snapshot:)``).
     let hasMasterKey = Atomic<Bool>(false)
@@ -97,6 +99,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     private init(client: PostgresClient, runTask: Task<Void, Never>?, loop: any EventLoop,
                  configuration: PostgresStore.Configuration, logger: Logger) async throws {
         self.configuration = configuration
+        self.readQueue = BatchingQueue(maxWaiting: configuration.maxWaitingReads)
+        self.saveQueue = BatchingQueue(maxWaiting: configuration.maxWaitingWrites)
         self.logger = logger
         // Always quoted, so names that are SQL keywords ("user", "select") work too.
         self.schema = "\"" + configuration.schema + "\""
@@ -217,6 +221,9 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     /// connections closed); an injected client is the application's and stays running.
     public func close() async {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        // Saves and reads queued before the close are served (or fail by their deadline) first.
+        await saveQueue.close()
+        await readQueue.close()
         if let runTask {
             runTask.cancel()
             _ = await runTask.value

@@ -6,9 +6,14 @@ import Synchronization
 extension SQLiteStore {
     // MARK: Readers
 
-    /// Runs `body` on a pooled reader connection, on the caller's thread: reads are short, and
-    /// a hand-over to a reader thread per read cost two thirds of the read throughput (W2 90k →
-    /// 30k events/s in esbench on a 2-core machine), so reads stay where the writer's fsyncs do not.
+    /// Runs `body` on a pooled reader connection, on one of the store's reader threads
+    /// (``taskExecutor``), never on the cooperative pool: a read can wait for the disk, or for
+    /// another process's lock for up to ``Configuration/busyTimeout`` (GRDB's model).
+    ///
+    /// The hand-over costs two thread wake-ups per read, tens of microseconds each on a virtual
+    /// machine, often more than a read from the page cache. A caller already on a reader thread
+    /// (a read-heavy loop run on ``taskExecutor``) reads inline, with no hand-over. (Spinning for
+    /// the result instead of suspending was tried: on a 2-core machine it cost more than it saved.)
     ///
     /// At most ``Configuration/readers`` connections are open; a read that finds them all busy
     /// waits (without a thread) for one to come back, and at most
@@ -35,15 +40,30 @@ extension SQLiteStore {
         defer { readerPool.give(reader) }
         let id = reader.nextID()
         return try await withTaskCancellationHandler {
-            guard reader.begin(id) else { throw CancellationError() }
-            let result = Result { try self.readHere(reader.connection, body) }
-            // An error caused by the interrupt is the cancellation; a result is kept.
-            let cancelled = reader.end(id)
-            if cancelled, case .failure = result { throw CancellationError() }
-            return try result.get()
+            if readThreads.isCurrent { return try self.run(body, on: reader, id) }
+            return try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+                readThreads.execute { c.resume(with: Result { try self.run(body, on: reader, id) }) }
+            }
         } onCancel: {
             reader.cancel(id)
         }
+    }
+
+    /// The executor of the store's reader threads. Code that reads the store many times in a
+    /// row (a batch job, a projection's catch-up) can run there
+    /// (`withTaskExecutorPreference(store.taskExecutor) { … }`): its reads then run inline, with
+    /// no hand-over at all. Keep long computations off it (it has ``Configuration/readers``
+    /// threads, which the store's reads share).
+    public var taskExecutor: any TaskExecutor { readThreads }
+
+    /// Runs read `id` of `body` on `reader`, on the current (reader) thread.
+    private func run<T>(_ body: (SQLiteConnection) throws -> T, on reader: ReaderConnection, _ id: UInt64) throws -> T {
+        guard reader.begin(id) else { throw CancellationError() }
+        let result = Result { try self.readHere(reader.connection, body) }
+        // An error caused by the interrupt is the cancellation; a result is kept.
+        let cancelled = reader.end(id)
+        if cancelled, case .failure = result { throw CancellationError() }
+        return try result.get()
     }
 
     /// Reads waiting for a reader connection (for tests).

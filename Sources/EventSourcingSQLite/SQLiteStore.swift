@@ -103,6 +103,8 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     /// Writes waiting for the writer thread; it takes them all as the next group.
     let writes: BatchingQueue<any WriteRequest>
     let readerPool: ReaderPool
+    /// The threads reads run on (at most ``Configuration/readers``), off the cooperative pool.
+    let readThreads: ThreadPoolExecutor
     let closed = Atomic<Bool>(false)
     /// For tests: reader connections opened so far.
     let readerConnectionsOpened: Counter
@@ -160,6 +162,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         readerConnectionsOpened = opened
         readerPool = SQLiteStore.makeReaderPool(path: path, configuration: configuration, readOnlyURI: readOnlyURI,
                                                 busyMillis: busy, opened: { opened.increment() })
+        readThreads = ThreadPoolExecutor(name: "eventsourcing.sqlite.reader", maxThreads: configuration.readers)
     }
 
     deinit {
@@ -181,6 +184,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
         writer.connection.close()
         // Free readers close now; readers in use close when their read gives them back.
         readerPool.close()
+        readThreads.shutdown()
     }
 
 }

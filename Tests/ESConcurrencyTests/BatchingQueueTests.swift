@@ -83,3 +83,45 @@ final class Flag: Sendable {
         #expect(q.enqueue(1) == .closed)
     }
 }
+
+@Suite struct BatchingQueueWeightTests {
+    @Test func aBatchStaysWithinItsWeightButAlwaysTakesOneRequest() {
+        let q = BatchingQueue<Int>(maxWaiting: 10)
+        for w in [3, 3, 3, 10, 1] { _ = q.enqueue(w) }
+        // Taken while the total so far is below 5: 3, then 3 (total 6).
+        #expect(q.nextBatch(maxWeight: 5) { $0 } == [3, 3])
+        // A request heavier than the bound is taken alone at the head of a batch.
+        #expect(q.nextBatch(maxWeight: 5) { $0 } == [3, 10])
+        #expect(q.nextBatch(maxWeight: 0) { $0 } == [1])
+        #expect(q.nextBatch(maxWeight: 5) { $0 } == [])
+        #expect(!q.isDraining)
+    }
+
+    @Test func aWatcherIsWokenOnceWhenEnoughRequestsWait() {
+        let q = BatchingQueue<Int>(maxWaiting: 10)
+        #expect(q.enqueue(0) == .startDraining)
+        _ = q.nextBatch()
+        let woken = Atomic(0)
+        let token = q.notify(whenWaiting: 2) { woken.add(1, ordering: .relaxed) }
+        #expect(token != nil)
+        _ = q.enqueue(1)
+        #expect(woken.load(ordering: .relaxed) == 0)
+        _ = q.enqueue(2)
+        #expect(woken.load(ordering: .relaxed) == 1)
+        _ = q.enqueue(3)
+        #expect(woken.load(ordering: .relaxed) == 1, "woken once")
+        // Already woken: cancelling finds nothing, so a timer that races it never resumes twice.
+        #expect(token.map { q.cancelNotify($0) } == false)
+        // Enough wait already: nothing is registered.
+        #expect(q.notify(whenWaiting: 2) { woken.add(1, ordering: .relaxed) } == nil)
+    }
+
+    @Test func aCancelledWatcherIsNeverWoken() {
+        let q = BatchingQueue<Int>(maxWaiting: 10)
+        let woken = Atomic(0)
+        let token = q.notify(whenWaiting: 1) { woken.add(1, ordering: .relaxed) }
+        #expect(token.map { q.cancelNotify($0) } == true)
+        _ = q.enqueue(1)
+        #expect(woken.load(ordering: .relaxed) == 0)
+    }
+}

@@ -160,5 +160,47 @@ extension PostgresTests {
                 #expect(try await store.maxNotificationID() == 1)
             }
         }
+
+        @Test("Waiting saves and reads are bounded: past maxWaitingWrites/maxWaitingReads a call fails at once with storeOverloaded and writes nothing",
+              .timeLimit(.minutes(2)))
+        func boundedWaiting() async throws {
+            var config = try Self.configuration()
+            config.maxWaitingWrites = 2
+            config.maxWaitingReads = 2
+            try await withStore(config) { store in
+                let known = UUID()
+                _ = try await store.insertEvents([StoredEvent(originatorID: known, originatorVersion: 1, topic: "t", state: [1])])
+                let lock = try await TableLock(config)
+                let ids = (0..<4).map { _ in UUID() }
+                func save(_ k: Int) async throws -> [Int64] {
+                    try await store.insertEvents([StoredEvent(originatorID: ids[k], originatorVersion: 1, topic: "t", state: [UInt8(k)])])
+                }
+                // The first save's group is stuck on the lock; two more wait for the next group.
+                let inFlight = Task { try await save(0) }
+                try await Task.sleep(for: .milliseconds(200))
+                let waiting = [Task { try await save(1) }, Task { try await save(2) }]
+                try await Task.sleep(for: .milliseconds(200))
+                let refusedSave = await #expect(throws: EventSourcingError.self) { try await save(3) }
+                // The same for grouped reads of whole aggregates.
+                let readInFlight = Task { try await store.selectEvents(originatorID: known) }
+                try await Task.sleep(for: .milliseconds(200))
+                let readsWaiting = [Task { try await store.selectEvents(originatorID: known) },
+                                    Task { try await store.selectEvents(originatorID: known) }]
+                try await Task.sleep(for: .milliseconds(200))
+                let refusedRead = await #expect(throws: EventSourcingError.self) { try await store.selectEvents(originatorID: known) }
+                try await lock.release()
+                #expect(refusedSave?.code == .storeOverloaded)
+                #expect(refusedRead?.code == .storeOverloaded)
+                #expect(refusedSave?.message.contains("maxWaitingWrites") == true)
+                // Everything admitted went through; the refused save wrote nothing.
+                var saved = [try await inFlight.value]
+                for t in waiting { saved.append(try await t.value) }
+                #expect(Set(saved.flatMap { $0 }) == [2, 3, 4])
+                #expect(try await readInFlight.value.count == 1)
+                for t in readsWaiting { #expect(try await t.value.count == 1) }
+                #expect(try await store.selectEvents(originatorID: ids[3]).isEmpty)
+                #expect(try await store.maxNotificationID() == 4)
+            }
+        }
     }
 }

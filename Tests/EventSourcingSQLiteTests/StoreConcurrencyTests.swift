@@ -1,4 +1,5 @@
 import Dispatch
+import ESConcurrency
 import ESTestSupport
 import EventSourcing
 @testable import EventSourcingSQLite
@@ -55,6 +56,44 @@ struct StoreConcurrencyTests {
         for t in held { try await t.value }
         for t in waiting { #expect(try await t.value == 1) }
         #expect(store.readerConnectionsOpened.count == 2)
+        await store.close()
+    }
+
+    @Test("Reads run on the store's reader threads: reads blocked in SQLite never starve the cooperative pool")
+    func readsRunOffTheCooperativePool() async throws {
+        let dir = try TempDir("threads")
+        let readers = max(4, ProcessInfo.processInfo.activeProcessorCount + 2)
+        let store = try SQLiteStore(path: dir.path("events.sqlite"), configuration: .init(readers: readers))
+        let id = fixedAggregateID(seed: 402, index: 0)
+        _ = try await store.insertEvents([rawEvent(id, 1)])
+        #expect(try await store.read { _ in store.readThreads.isCurrent }, "a read body runs on a reader thread")
+        #expect(!store.readThreads.isCurrent)
+        // More reads blocked in their bodies than the cooperative pool has threads: were they on
+        // it, no other task could run until they were released.
+        let gate = Gate()
+        let blocked = (0..<readers).map { _ in Task { try await store.read { _ in gate.pass() } } }
+        try await waitUntil("the reads to block") { gate.arrived == readers }
+        // Opened from a thread of its own after 10 s whatever happens, so a starved pool ends.
+        let openedLate = Mutex<ContinuousClock.Instant?>(nil)
+        DispatchQueue.global().asyncAfter(deadline: .now() + 10) {
+            openedLate.withLock { $0 = .now }
+            gate.open(readers)
+        }
+        let probe = await Task {
+            await withTaskGroup(of: Int.self) { group in
+                for k in 0..<8 { group.addTask { k } }
+                return (await group.reduce(0, +), ContinuousClock.now)
+            }
+        }.value
+        gate.open(readers)
+        for t in blocked { try await t.value }
+        #expect(probe.0 == 28)
+        let late = openedLate.withLock { $0 }
+        #expect(late.map { probe.1 < $0 } ?? true, "other tasks ran only after the \(readers) blocked reads were released")
+        // A loop run on the store's executor reads inline, on a reader thread.
+        #expect(try await withTaskExecutorPreference(store.taskExecutor) {
+            try await store.read { _ in store.readThreads.isCurrent }
+        })
         await store.close()
     }
 

@@ -244,7 +244,7 @@ func run() async throws {
     if o.writers <= 1 {
         let application = app
         let all = payloads[...]
-        ids = try await withTaskExecutorPreference(o.storeExecutor ? (store as? PostgresStore)?.taskExecutor : nil) {
+        ids = try await withTaskExecutorPreference(o.storeExecutor ? ((store as? PostgresStore)?.taskExecutor ?? (store as? SQLiteStore)?.taskExecutor) : nil) {
             try await writeAggregates(application, all)
         }
     } else {
@@ -280,7 +280,7 @@ func run() async throws {
         if o.readers <= 1 {
             let application = app
             let all = ids
-            replayed = try await withTaskExecutorPreference(o.storeExecutor ? (store as? PostgresStore)?.taskExecutor : nil) {
+            replayed = try await withTaskExecutorPreference(o.storeExecutor ? ((store as? PostgresStore)?.taskExecutor ?? (store as? SQLiteStore)?.taskExecutor) : nil) {
                 var n = 0
                 for id in all { n += try await application.repository.get(Customer.self, id: id).version }
                 return n

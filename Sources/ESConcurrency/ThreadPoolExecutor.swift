@@ -1,0 +1,220 @@
+import Dispatch
+import Foundation
+import Synchronization
+
+/// A task executor that runs jobs on threads of its own, for work that blocks a thread (a C
+/// database library's calls, file I/O) and so must stay off Swift's cooperative pool.
+///
+/// At most `maxThreads` threads run; a thread starts when a job finds none idle, and exits after
+/// `idleTimeout` without work, so an executor nobody uses holds no thread (a store that is never
+/// closed leaks none). A thread can spin briefly for its next job before it sleeps (`spin`, off
+/// by default: on a loaded 2-core machine the spinning cost more than the wake-ups it saved).
+///
+/// Code can test whether it runs on one of the executor's threads (``isCurrent``) and then do
+/// its blocking work inline, without a hop.
+public final class ThreadPoolExecutor: TaskExecutor, Sendable {
+    struct State: ~Copyable {
+        var jobs: [Job] = []
+        var head = 0
+        /// Threads running (busy, spinning or sleeping).
+        var threads = 0
+        /// Threads sleeping on `wake`.
+        var sleeping = 0
+        /// Wake-ups signalled and not consumed yet.
+        var signalled = 0
+        var stopped = false
+
+        var isEmpty: Bool { head == jobs.count }
+
+        mutating func take() -> Job? {
+            guard head < jobs.count else { return nil }
+            let job = jobs[head]
+            head += 1
+            if head == jobs.count {
+                jobs.removeAll(keepingCapacity: jobs.count <= 1024)
+                head = 0
+            } else if head >= 1024, head * 2 >= jobs.count {
+                jobs.removeFirst(head)
+                head = 0
+            }
+            return job
+        }
+    }
+
+    private let state = Mutex(State())
+    private let wake = DispatchSemaphore(value: 0)
+    /// Threads spinning for a job right now.
+    private let spinning = Atomic<Int>(0)
+    /// Bumped by every job queued: what spinning threads watch (not the lock).
+    private let queued = Atomic<UInt64>(0)
+    private let identity: Identity
+    /// The most threads that run at once.
+    public let maxThreads: Int
+    private let name: String
+    private let idleMillis: Int
+    private let spinNanos: UInt64
+
+    /// An executor of at most `maxThreads` (at least 1) threads named `name`; a thread spins
+    /// `spin` for its next job before it sleeps, and exits after `idleTimeout` asleep.
+    public init(name: String, maxThreads: Int, idleTimeout: Duration = .seconds(2), spin: Duration = .zero) {
+        self.name = name
+        self.maxThreads = max(1, maxThreads)
+        self.idleMillis = max(1, Int(idleTimeout.components.seconds) * 1000
+                                 + Int(idleTimeout.components.attoseconds / 1_000_000_000_000_000))
+        self.spinNanos = UInt64(max(0, spin.components.seconds)) * 1_000_000_000
+            + UInt64(max(0, spin.components.attoseconds / 1_000_000_000))
+        self.identity = Identity()
+    }
+
+    /// Whether the calling thread is one of this executor's.
+    public var isCurrent: Bool {
+        guard let mark = pthread_getspecific(Self.threadKey) else { return false }
+        return mark == Unmanaged.passUnretained(identity).toOpaque()
+    }
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        submit(.task(UnownedJob(job)))
+    }
+
+    /// Runs `work` on one of the executor's threads (a blocking call that is not a task's job).
+    public func execute(_ work: @escaping @Sendable () -> Void) {
+        submit(.work(work))
+    }
+
+    /// A task's job, or plain work.
+    enum Job {
+        case task(UnownedJob)
+        case work(@Sendable () -> Void)
+
+        func run(on executor: UnownedTaskExecutor) {
+            switch self {
+            case .task(let job): job.runSynchronously(on: executor)
+            case .work(let work): work()
+            }
+        }
+    }
+
+    private func submit(_ job: Job) {
+        enum Action { case none, signal, spawn }
+        let action = state.withLock { s -> Action in
+            s.jobs.append(job)
+            let pending = s.jobs.count - s.head
+            // A spinning thread takes the job; otherwise a sleeping one is woken, or a new one started.
+            if pending <= spinning.load(ordering: .acquiring) + s.signalled { return .none }
+            if s.sleeping > s.signalled {
+                s.signalled += 1
+                return .signal
+            }
+            // Also after shutdown: a task that still prefers this executor must not hang.
+            if s.threads < maxThreads {
+                s.threads += 1
+                return .spawn
+            }
+            return .none   // every thread is busy: the next one free takes it
+        }
+        queued.add(1, ordering: .releasing)
+        switch action {
+        case .none: break
+        case .signal: wake.signal()
+        case .spawn: spawn()
+        }
+    }
+
+    /// Threads running now (for tests).
+    package var threadCount: Int { state.withLock { $0.threads } }
+
+    /// Lets the threads finish: those sleeping exit now, the others once the jobs queued are run.
+    /// A job enqueued later still runs (on a thread started for it, which exits when idle).
+    public func shutdown() {
+        let sleepers = state.withLock { s -> Int in
+            s.stopped = true
+            let n = s.sleeping - s.signalled
+            s.signalled = s.sleeping
+            return max(0, n)
+        }
+        for _ in 0..<sleepers { wake.signal() }
+    }
+
+    private func spawn() {
+        let thread = Thread { [self] in
+            pthread_setspecific(ThreadPoolExecutor.threadKey, Unmanaged.passUnretained(identity).toOpaque())
+            run()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    private func run() {
+        let executor = asUnownedTaskExecutor()
+        while true {
+            if let job = state.withLock({ $0.take() }) {
+                job.run(on: executor)
+                continue
+            }
+            if !state.withLock({ $0.stopped }), let job = spin() {
+                job.run(on: executor)
+                continue
+            }
+            // Sleep until woken, or exit after the idle timeout (or once stopped).
+            let sleep = state.withLock { s -> Bool? in
+                if s.stopped, s.isEmpty {
+                    s.threads -= 1
+                    return nil
+                }
+                if !s.isEmpty { return false }
+                s.sleeping += 1
+                return true
+            }
+            guard let sleep else { return }
+            guard sleep else { continue }
+            let woken = wake.wait(timeout: .now() + .milliseconds(idleMillis))
+            let exit = state.withLock { s -> Bool in
+                s.sleeping -= 1
+                if woken == .success {
+                    s.signalled -= 1
+                    return false
+                }
+                // Timed out: exit unless work came meanwhile (a signal may still be on its way:
+                // then another sleeper, or the next thread, consumes it).
+                if s.isEmpty || s.stopped {
+                    s.threads -= 1
+                    return true
+                }
+                return false
+            }
+            if exit { return }
+        }
+    }
+
+    /// Spins for a job for a short while; nil if none came.
+    private func spin() -> Job? {
+        guard spinNanos > 0 else { return nil }
+        spinning.add(1, ordering: .acquiringAndReleasing)
+        defer { spinning.subtract(1, ordering: .acquiringAndReleasing) }
+        var seen = queued.load(ordering: .acquiring)
+        let end = DispatchTime.now().uptimeNanoseconds &+ spinNanos
+        var i = 0
+        while true {
+            let now = queued.load(ordering: .acquiring)
+            if now != seen {
+                seen = now
+                if let job = state.withLock({ $0.take() }) { return job }
+            }
+            i &+= 1
+            if i & 63 == 0, DispatchTime.now().uptimeNanoseconds >= end { break }
+        }
+        // A job queued between the last look and the end of the spin is found by the caller,
+        // which looks under the lock before it sleeps.
+        return nil
+    }
+
+    /// An object whose address marks this executor's threads (in ``threadKey``).
+    private final class Identity: Sendable {}
+
+    /// The thread-specific slot that holds the executor identity of a pool thread.
+    private static let threadKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+}
