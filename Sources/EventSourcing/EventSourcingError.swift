@@ -53,6 +53,10 @@ public struct EventSourcingError: Error, Sendable, Hashable, CustomStringConvert
         /// Too many operations are already waiting for the store (its bound on waiting reads or
         /// writes was reached): nothing of this one ran. Retry later, or raise the bound.
         public static let storeOverloaded = Code("storeOverloaded")
+        /// A tracking record's notification id is not higher than the one recorded for its name
+        /// (a tracking position only moves forward: it can't fill in a gap). The message names
+        /// the tracking name and both ids; nothing of the write was stored.
+        public static let trackingConflict = Code("trackingConflict")
 
         public var description: String { raw }
     }

@@ -16,6 +16,13 @@ enum PostgresSchema {
         "CREATE INDEX IF NOT EXISTS events_plaintext ON \(s).events (notification_id) WHERE key_scope IS NULL"
     }
 
+    /// Tracking records (PostgresStore+Tracking.swift): one row per name holding the highest
+    /// notification id its follower processed. Added after version 1 was first released, so
+    /// made if missing on every start.
+    static func trackingTable(_ s: String) -> String {
+        "CREATE TABLE IF NOT EXISTS \(s).tracking (name text PRIMARY KEY, notification_id bigint NOT NULL)"
+    }
+
     static func version1(_ s: String) -> [String] {
         [
             """
@@ -269,9 +276,13 @@ extension PostgresStore {
                     }
                 }
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.plaintextIndex(s)), logger: self.logger)
+                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.trackingTable(s)), logger: self.logger)
                 // The functions are replaced on every start, so a fix to them needs no migration.
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.insertSavesFunction(s)), logger: self.logger)
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.readAggregatesFunction(s)), logger: self.logger)
+                for function in PostgresSchema.trackingFunctions(s) {
+                    try await conn.query(PostgresQuery(unsafeSQL: function), logger: self.logger)
+                }
                 try await conn.query(
                     "INSERT INTO \(unescaped: s).es_meta (key, value) VALUES ('schema_version', \(Int64(PostgresStore.schemaVersion))) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                     logger: self.logger)

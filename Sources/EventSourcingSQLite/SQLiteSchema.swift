@@ -126,6 +126,14 @@ extension SQLiteStore {
         // Copying the rows in order leaves no stale copy of any key in the new table; the old
         // table's pages are freed, and secure_delete zeroes them.
         rowidDataKeys,
+        // 4: tracking records (SQLiteStore+Tracking.swift): one row per name holding the highest
+        // notification id its follower processed, so the table grows with names, not with events.
+        """
+        CREATE TABLE IF NOT EXISTS tracking (
+            name TEXT PRIMARY KEY,
+            notification_id INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
     ]
 
     /// Schema 3's migration: `data_keys` as a rowid table, its rows copied in order (a new table

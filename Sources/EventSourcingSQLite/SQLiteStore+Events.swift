@@ -17,43 +17,50 @@ extension SQLiteStore {
         guard !events.isEmpty || !newKeys.isEmpty else { return [] }
         let refusePlaintext = !configuration.allowsPlaintextWrites
         return try await write { conn in
-            if refusePlaintext, let e = events.first(where: { $0.keyScope == nil }) {
-                try SQLiteStore.refusePlaintext(e, snapshot: false, conn)
-            }
-            for key in newKeys { try SQLiteStore.insertDataKey(key, conn) }
-            // A scope shredded by another process must not get new records under a key this
-            // process still has cached.
-            var checked = Set<ExactScope>()   // exact bytes: equivalent spellings are different scopes
-            if !events.isEmpty { try SQLiteStore.checkNotificationIDsLeft(events.count, conn) }
-            let insert = try conn.statement(
-                "INSERT INTO events (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
-            var ids: [Int64] = []
-            ids.reserveCapacity(events.count)
-            for e in events {
-                let scope = e.keyScope
-                if let scope, checked.insert(ExactScope(scope)).inserted, let t = try SQLiteStore.tombstone(scope, conn) {
-                    throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, shreddedAt: t.shreddedAt)
-                }
-                let s = try conn.statement(
-                    "INSERT INTO events (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
-                s.bind(1, e.originatorID)
-                s.bind(2, e.originatorVersion)
-                s.bind(3, e.topic)
-                s.bind(4, e.state)
-                s.bind(5, scope)
-                do { try s.run() } catch let error as EventSourcingError
-                    where error.code == .concurrencyConflict || error.code == .constraintViolation {
-                    // Name the record; keep SQLite's code (which constraint failed is in the message).
-                    let message = error.code == .concurrencyConflict
-                        ? "an event with this originator id and version exists" : "the event broke a constraint (\(error.message))"
-                    throw EventSourcingError(error.code, message, originatorID: e.originatorID,
-                                             originatorVersion: e.originatorVersion, topic: e.topic, storeCode: error.storeCode)
-                }
-                ids.append(conn.lastInsertRowID)
-            }
-            _ = insert
-            return ids
+            try SQLiteStore.insertRows(events, newKeys: newKeys, refusePlaintext: refusePlaintext, conn)
         }
+    }
+
+    /// Inserts `newKeys` and `events` on the writer connection, inside the caller's transaction
+    /// (a save's savepoint): the body of every event insert, tracked or not.
+    static func insertRows(_ events: [StoredEvent], newKeys: [WrappedDataKey], refusePlaintext: Bool,
+                           _ conn: SQLiteConnection) throws -> [Int64] {
+        if refusePlaintext, let e = events.first(where: { $0.keyScope == nil }) {
+            try SQLiteStore.refusePlaintext(e, snapshot: false, conn)
+        }
+        for key in newKeys { try SQLiteStore.insertDataKey(key, conn) }
+        // A scope shredded by another process must not get new records under a key this
+        // process still has cached.
+        var checked = Set<ExactScope>()   // exact bytes: equivalent spellings are different scopes
+        if !events.isEmpty { try SQLiteStore.checkNotificationIDsLeft(events.count, conn) }
+        let insert = try conn.statement(
+            "INSERT INTO events (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
+        var ids: [Int64] = []
+        ids.reserveCapacity(events.count)
+        for e in events {
+            let scope = e.keyScope
+            if let scope, checked.insert(ExactScope(scope)).inserted, let t = try SQLiteStore.tombstone(scope, conn) {
+                throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, shreddedAt: t.shreddedAt)
+            }
+            let s = try conn.statement(
+                "INSERT INTO events (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, ?)")
+            s.bind(1, e.originatorID)
+            s.bind(2, e.originatorVersion)
+            s.bind(3, e.topic)
+            s.bind(4, e.state)
+            s.bind(5, scope)
+            do { try s.run() } catch {
+                guard error.code == .concurrencyConflict || error.code == .constraintViolation else { throw error }
+                // Name the record; keep SQLite's code (which constraint failed is in the message).
+                let message = error.code == .concurrencyConflict
+                    ? "an event with this originator id and version exists" : "the event broke a constraint (\(error.message))"
+                throw EventSourcingError(error.code, message, originatorID: e.originatorID,
+                                         originatorVersion: e.originatorVersion, topic: e.topic, storeCode: error.storeCode)
+            }
+            ids.append(conn.lastInsertRowID)
+        }
+        _ = insert
+        return ids
     }
 
     public func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {

@@ -36,9 +36,10 @@ public final class EncryptedStore: Sendable {
         /// A PostgreSQL schema.
         case postgres(PostgresStore)
 
-        /// The store as the protocols it implements: event recorder, snapshot recorder, key
-        /// store, scope counting.
-        public var store: any ApplicationRecorder & SnapshotRecorder & KeyStore & KeyScopeCounting {
+        /// The store as the protocols it implements: event recorder and process recorder
+        /// (tracking records, and events with a tracking record and new data keys in one
+        /// transaction), snapshot recorder, key store, scope counting.
+        public var store: any KeyCommittingProcessRecorder & SnapshotRecorder & KeyStore & KeyScopeCounting {
             switch self {
             case .sqlite(let s): s
             case .postgres(let s): s

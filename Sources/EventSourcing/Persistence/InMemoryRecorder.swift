@@ -8,40 +8,44 @@ import Synchronization
 /// database recorders (atomic batches, optimistic concurrency, gap-free notification ids),
 /// for tests, demos, caches and short-lived processes. Nothing survives the process.
 public final class InMemoryRecorder: ApplicationRecorder, SnapshotRecorder {
-    private struct State {
+    struct State {
         /// Per aggregate, events indexed by `version - 1` when contiguous; kept sorted.
         var events: [UUID: [StoredEvent]] = [:]
         var log: [StoredNotification] = []
         var snapshots: [UUID: [StoredEvent]] = [:]
+        /// Per tracking name, the highest notification id recorded (InMemoryRecorder+Tracking.swift).
+        var tracking: [String: Int64] = [:]
     }
 
-    private let state = Mutex(State())
+    let state = Mutex(State())
 
     /// Creates an empty recorder.
     public init() {}
 
     public func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] {
-        try state.withLock { (s) throws(EventSourcingError) -> [Int64] in
-            // Check every event first, so a conflicting batch writes nothing.
-            var seen = Set<EventKey>()
-            for e in events {
-                let key = EventKey(id: e.originatorID, version: e.originatorVersion)
-                if !seen.insert(key).inserted || Self.contains(s.events[e.originatorID], version: e.originatorVersion) {
-                    throw EventSourcingError(.concurrencyConflict, "an event with this originator id and version exists",
-                                             originatorID: e.originatorID, originatorVersion: e.originatorVersion)
-                }
+        try state.withLock { (s) throws(EventSourcingError) -> [Int64] in try Self.insert(events, into: &s) }
+    }
+
+    /// Checks every event first, so a conflicting batch writes nothing; then appends them all.
+    static func insert(_ events: [StoredEvent], into s: inout State) throws(EventSourcingError) -> [Int64] {
+        var seen = Set<EventKey>()
+        for e in events {
+            let key = EventKey(id: e.originatorID, version: e.originatorVersion)
+            if !seen.insert(key).inserted || Self.contains(s.events[e.originatorID], version: e.originatorVersion) {
+                throw EventSourcingError(.concurrencyConflict, "an event with this originator id and version exists",
+                                         originatorID: e.originatorID, originatorVersion: e.originatorVersion)
             }
-            var ids: [Int64] = []
-            ids.reserveCapacity(events.count)
-            for e in events {
-                Self.insertSorted(e, into: &s.events[e.originatorID, default: []])
-                let id = Int64(s.log.count + 1)
-                s.log.append(StoredNotification(id: id, originatorID: e.originatorID, originatorVersion: e.originatorVersion,
-                                          topic: e.topic, state: e.state))
-                ids.append(id)
-            }
-            return ids
         }
+        var ids: [Int64] = []
+        ids.reserveCapacity(events.count)
+        for e in events {
+            Self.insertSorted(e, into: &s.events[e.originatorID, default: []])
+            let id = Int64(s.log.count + 1)
+            s.log.append(StoredNotification(id: id, originatorID: e.originatorID, originatorVersion: e.originatorVersion,
+                                      topic: e.topic, state: e.state))
+            ids.append(id)
+        }
+        return ids
     }
 
     public func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
