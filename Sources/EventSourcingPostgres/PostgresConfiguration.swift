@@ -50,6 +50,10 @@ public struct Configuration: Sendable, CustomStringConvertible {
     /// `EventSourcingError.Code.plaintextRejected`, so an application opened
     /// without its keyring cannot write personal data in the clear.
     public var allowsPlaintextWrites: Bool = false
+    /// How often a subscription to the notification log reads again when no notification woke
+    /// it: the bound on how late it sees a commit whose NOTIFY was lost (the LISTEN connection
+    /// died, or is reconnecting). 1 second by default; values under 10 ms count as 10 ms.
+    public var subscriptionPollInterval: Duration = .seconds(1)
     /// The most saves that wait for the next group commit at once; past it a save fails with
     /// `EventSourcingError.Code.storeOverloaded` and writes nothing. 10,000 by default.
     public var maxWaitingWrites: Int = 10_000

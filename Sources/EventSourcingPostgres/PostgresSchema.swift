@@ -280,6 +280,9 @@ extension PostgresStore {
                 // The functions are replaced on every start, so a fix to them needs no migration.
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.insertSavesFunction(s)), logger: self.logger)
                 try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.readAggregatesFunction(s)), logger: self.logger)
+                for statement in PostgresSchema.commitNotification(s, channel: self.commitChannel) {
+                    try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
+                }
                 for function in PostgresSchema.trackingFunctions(s) {
                     try await conn.query(PostgresQuery(unsafeSQL: function), logger: self.logger)
                 }

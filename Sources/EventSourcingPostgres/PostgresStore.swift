@@ -53,6 +53,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     let preparedReadFallbacks = Atomic<Int>(0)
     /// Data keys read together with events, for the key ring's next cache miss (see ``dataKeys(scope:reading:)``).
     let prefetchedKeys = Mutex(PrefetchedKeys())
+    /// Wakes the notification log's subscribers (see PostgresStore+Subscriptions.swift).
+    let listener = CommitListener()
 
     /// Connects with a client of its own (run by the store, closed by ``close()``), and creates
     /// or migrates the schema.
@@ -182,6 +184,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     }
 
     deinit {
+        listener.cancel()
         runTask?.cancel()
         deadlines.stop()
     }
@@ -221,6 +224,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     /// connections closed); an injected client is the application's and stays running.
     public func close() async {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        await listener.stop()
         // Saves and reads queued before the close are served (or fail by their deadline) first.
         await saveQueue.close()
         await readQueue.close()
