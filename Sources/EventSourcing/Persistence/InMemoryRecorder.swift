@@ -15,6 +15,8 @@ public final class InMemoryRecorder: ApplicationRecorder, SnapshotRecorder {
         var snapshots: [UUID: [StoredEvent]] = [:]
         /// Per tracking name, the highest notification id recorded (InMemoryRecorder+Tracking.swift).
         var tracking: [String: Int64] = [:]
+        /// Wakes the log's subscribers after each insert (InMemoryRecorder+Subscriptions.swift).
+        let commits = CommitSignal()
     }
 
     let state = Mutex(State())
@@ -45,6 +47,7 @@ public final class InMemoryRecorder: ApplicationRecorder, SnapshotRecorder {
                                       topic: e.topic, state: e.state))
             ids.append(id)
         }
+        s.commits.signal()
         return ids
     }
 
