@@ -98,6 +98,11 @@ public final class ThreadPoolExecutor: TaskExecutor, Sendable {
         enum Action { case none, signal, spawn }
         let action = state.withLock { s -> Action in
             s.jobs.append(job)
+            // No thread at all (idle, or after shutdown): start one, whatever the counts say.
+            if s.threads == 0 {
+                s.threads = 1
+                return .spawn
+            }
             let pending = s.jobs.count - s.head
             // A spinning thread takes the job; otherwise a sleeping one is woken, or a new one started.
             if pending <= spinning.load(ordering: .acquiring) + s.signalled { return .none }
