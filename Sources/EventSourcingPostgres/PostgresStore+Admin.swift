@@ -9,8 +9,10 @@ extension PostgresStore {
         let s = schema
         return try await run { client in
             var n: Int64 = 0
-            for try await v in try await client.query("SELECT count(*) FROM \(unescaped: s).events WHERE key_scope IS NULL",
-                                                      logger: self.logger).decode(Int64.self) { n = v }
+            // Erasure records are plaintext by design and hold no personal data: not counted.
+            for try await v in try await client.query(
+                "SELECT count(*) FROM \(unescaped: s).events WHERE key_scope IS NULL AND topic <> \(ErasureRecord.topic)",
+                logger: self.logger).decode(Int64.self) { n = v }
             return Int(n)
         }
     }
@@ -45,7 +47,7 @@ extension PostgresStore {
                                       bytesOnDisk: 0)
             for try await (e, a, sn, sc, dk, sh, b) in try await client.query("""
                 SELECT (SELECT count(*) FROM \(unescaped: s).events),
-                       (SELECT count(DISTINCT originator_id) FROM \(unescaped: s).events),
+                       (SELECT count(DISTINCT originator_id) FROM \(unescaped: s).events WHERE topic <> \(ErasureRecord.topic)),
                        (SELECT count(*) FROM \(unescaped: s).snapshots),
                        (SELECT count(DISTINCT scope) FROM \(unescaped: s).data_keys),
                        (SELECT count(*) FROM \(unescaped: s).data_keys),

@@ -22,7 +22,8 @@ extension PostgresStore {
         guard !closed.load(ordering: .acquiring) else {
             throw EventSourcingError(.databaseUnavailable, "the PostgreSQL store is closed")
         }
-        if let e = events.first(where: { $0.keyScope == nil }) { try await refusePlaintext(e, snapshot: false) }
+        // A shred's erasure record is the one plaintext record such a store takes (exactly its format).
+        if let e = events.first(where: { $0.keyScope == nil && !ErasureRecord.matches($0) }) { try await refusePlaintext(e, snapshot: false) }
         forgetPrefetchedKeys(newKeys.map(\.scope))
         let enqueued = ContinuousClock.now
         let flag = CancelFlag()

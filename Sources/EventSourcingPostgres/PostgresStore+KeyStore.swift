@@ -148,10 +148,14 @@ extension PostgresStore {
         let s = schema
         forgetPrefetchedKeys([scope])
         defer { forgetPrefetchedKeys([scope]) }
+        let erasure = try ErasureRecord(keyScope: scope, shreddedAt: time).storedEvent()
         let rows: [(String, String)] = try await run { client in
             // The events-table lock serialises the shred with saves (which check tombstones and
             // insert keys under the same lock), so no key can be created for the scope after it.
             // The tombstone's primary key makes a second shred fail instead of succeeding twice.
+            // The erasure record is inserted only with a new tombstone, in the same statement,
+            // under the lock that orders notification ids (max + 1, as saves number theirs). A
+            // row already at its coordinates (only a forged one) is left as it is.
             try await client.withTransaction(logger: self.logger) { conn in
             try await conn.query("LOCK TABLE \(unescaped: s).events IN EXCLUSIVE MODE", logger: self.logger)
             var out: [(String, String)] = []
@@ -160,7 +164,13 @@ extension PostgresStore {
                      t AS (INSERT INTO \(unescaped: s).tombstones (scope, shredded_at, destroyed_versions)
                            SELECT \(scope), \(time.timeIntervalSince1970),
                                   coalesce((SELECT string_agg(version::text, ',' ORDER BY version) FROM gone), '')
-                           ON CONFLICT (scope) DO NOTHING RETURNING scope, destroyed_versions)
+                           ON CONFLICT (scope) DO NOTHING RETURNING scope, destroyed_versions),
+                     e AS (INSERT INTO \(unescaped: s).events (notification_id, originator_id, originator_version, topic, state, key_scope)
+                           SELECT (SELECT coalesce(max(x.notification_id), 0) + 1 FROM \(unescaped: s).events x),
+                                  \(erasure.originatorID), \(Int64(erasure.originatorVersion)), \(erasure.topic),
+                                  \(erasure.state.byteBuffer), NULL
+                           FROM t
+                           ON CONFLICT (originator_id, originator_version) DO NOTHING)
                 SELECT scope, destroyed_versions FROM t
                 """, logger: self.logger).decode((String, String).self) { out.append(r) }
             return out

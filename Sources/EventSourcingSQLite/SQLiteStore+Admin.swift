@@ -65,7 +65,8 @@ extension SQLiteStore {
             }
             let size = { (p: String) in (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? Int) ?? 0 }
             return StoreStatistics(events: try count("SELECT count(*) FROM events"),
-                              aggregates: try count("SELECT count(DISTINCT originator_id) FROM events"),
+                              // A shred's erasure record is in the log, but its id is no aggregate's.
+                              aggregates: try count("SELECT count(DISTINCT originator_id) FROM events WHERE topic <> '\(ErasureRecord.topic)'"),
                               snapshots: try count("SELECT count(*) FROM snapshots"),
                               // Rows a shred erased have the empty scope (SQLiteStore.eraseDataKeys).
                               keyScopes: try count("SELECT count(DISTINCT scope) FROM data_keys WHERE scope > ''"),

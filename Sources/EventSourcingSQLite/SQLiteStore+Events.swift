@@ -25,7 +25,8 @@ extension SQLiteStore {
     /// (a save's savepoint): the body of every event insert, tracked or not.
     static func insertRows(_ events: [StoredEvent], newKeys: [WrappedDataKey], refusePlaintext: Bool,
                            _ conn: SQLiteConnection) throws -> [Int64] {
-        if refusePlaintext, let e = events.first(where: { $0.keyScope == nil }) {
+        // A shred's erasure record is the one plaintext record such a store takes (exactly its format).
+        if refusePlaintext, let e = events.first(where: { $0.keyScope == nil && !ErasureRecord.matches($0) }) {
             try SQLiteStore.refusePlaintext(e, snapshot: false, conn)
         }
         for key in newKeys { try SQLiteStore.insertDataKey(key, conn) }
@@ -145,8 +146,10 @@ extension SQLiteStore {
 
     public func countPlaintextEvents() async throws -> Int {
         try await read { conn in
-            let s = try conn.statement("SELECT count(*) FROM events WHERE key_scope IS NULL")
+            // Erasure records are plaintext by design and hold no personal data: not counted.
+            let s = try conn.statement("SELECT count(*) FROM events WHERE key_scope IS NULL AND topic <> ?")
             defer { s.reset() }
+            s.bind(1, ErasureRecord.topic)
             return try s.step() ? s.int(0) : 0
         }
     }

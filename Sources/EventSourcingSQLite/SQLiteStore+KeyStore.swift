@@ -147,12 +147,32 @@ extension SQLiteStore {
             ins.bind(2, time.timeIntervalSince1970)
             ins.bind(3, versions.map(String.init).joined(separator: ","))
             try ins.run()
+            // The erasure record, in this transaction: it gets the next notification id, and no
+            // failure can leave the tombstone without it (or it without the tombstone).
+            try SQLiteStore.insertErasureRecord(ErasureRecord(keyScope: scope, shreddedAt: time), conn)
             return Tombstone(scope: scope, shreddedAt: time, destroyedVersions: versions)
         }
         // The old pages that held the rows leave the database file and the WAL with a checkpoint
         // (bounded: SQLiteStore+Scrub.swift).
         await scrubAfterErasure()
         return t
+    }
+
+    /// Inserts `erasure`'s record into the notification log (see ``ErasureRecord``). A row
+    /// already at its coordinates (only a forged one can be: a scope is shredded once) is left
+    /// as it is, so it can never keep a scope from being shredded.
+    static func insertErasureRecord(_ erasure: ErasureRecord, _ conn: SQLiteConnection) throws {
+        let e = try erasure.storedEvent()
+        try checkNotificationIDsLeft(1, conn)
+        let s = try conn.statement("""
+            INSERT INTO events (originator_id, originator_version, topic, state, key_scope) VALUES (?, ?, ?, ?, NULL)
+            ON CONFLICT (originator_id, originator_version) DO NOTHING
+            """)
+        s.bind(1, e.originatorID)
+        s.bind(2, e.originatorVersion)
+        s.bind(3, e.topic)
+        s.bind(4, e.state)
+        try s.run()
     }
 
     // MARK: Rows

@@ -50,14 +50,20 @@ struct VerificationReport {
         /// Readable, but not encrypted: no shred can erase them.
         var plaintext = 0
         var failing = 0
+        /// Shreds' erasure records (plaintext by design: a key scope and a time, no personal data).
+        var erased = 0
 
-        var line: String { "\(ok) ok, \(shredded) shredded, \(plaintext) plaintext, \(failing) failing" }
+        var line: String {
+            "\(ok) ok, \(shredded) shredded, \(plaintext) plaintext, \(failing) failing"
+                + (erased > 0 ? ", \(erased) erasure record\(erased == 1 ? "" : "s")" : "")
+        }
 
         mutating func count(_ outcome: Outcome) {
             switch outcome {
             case .ok: ok += 1
             case .shredded: shredded += 1
             case .plaintext: plaintext += 1
+            case .erased: erased += 1
             }
         }
     }
@@ -158,7 +164,7 @@ struct VerificationReport {
     }
 
     /// What a readable record is.
-    enum Outcome { case ok, shredded, plaintext }
+    enum Outcome { case ok, shredded, plaintext, erased }
 
     /// Opens records: encrypted ones with the session's mapper, which refuses unencrypted ones;
     /// those are opened by a mapper that reads them, so a readable plaintext record is counted
@@ -174,6 +180,11 @@ struct VerificationReport {
 
         /// - Throws: why the record cannot be read (never `.shredded` or `.plaintextRejected`).
         func check(_ record: StoredEvent, snapshot: Bool, notificationID: Int64?) async throws -> Outcome {
+            if !snapshot, ErasureRecord.isErasure(topic: record.topic) {
+                // Never decrypted: read by its strict decoder; a malformed one is a failure.
+                _ = try ErasureRecord(decoding: record, notificationID: notificationID)
+                return .erased
+            }
             do {
                 try VerificationReport.checkJSON(try await mapper.open(record, snapshot: snapshot, notificationID: notificationID))
                 return .ok

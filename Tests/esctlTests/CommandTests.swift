@@ -160,12 +160,19 @@ struct CommandTests {
         let left = try await Py.run(Py.query, [ws.storePath, "SELECT count(*) FROM data_keys WHERE scope = '\(s.subject)'"], in: ws)
         #expect(left == "0")
 
-        // Verify counts the scope's events as shredded, not failing.
-        let v = try parseJSONObject(try await ws.esctl(ws.with() + ["verify", "--json"]))
+        // Verify counts the scope's events as shredded, not failing, and the shred's erasure
+        // record as an erasure (not plaintext, which would fail the run).
+        let verify = try await ws.esctl(ws.with() + ["verify", "--json"])
+        #expect(verify.status == 0, "\(verify.summary)")
+        let v = try parseJSONObject(verify)
         let events = try #require(v["events"] as? [String: Any])
         #expect(events["shredded"] as? Int == s.subjectEvents)
         #expect(events["ok"] as? Int == s.totalEvents - s.subjectEvents)
         #expect(events["failing"] as? Int == 0)
+        #expect(events["plaintext"] as? Int == 0)
+        #expect(events["erased"] as? Int == 1)
+        let text = try await ws.esctl(ws.with() + ["verify"])
+        #expect(text.stdout.contains("\(s.subjectEvents) shredded, 0 plaintext, 0 failing, 1 erasure record"), "\(text.stdout)")
     }
 
     @Test("keys shred --json gives the documented receipt and deletes the scope's snapshots")

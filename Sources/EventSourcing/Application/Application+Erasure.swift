@@ -109,7 +109,9 @@ public enum AbsentScopePolicy: Sendable, Hashable {
 
 extension Application {
     /// Crypto-shreds a key scope (a data subject or an aggregate id): destroys every version
-    /// of its data key, leaves a tombstone, deletes its snapshots and drops it from caches.
+    /// of its data key, leaves a tombstone, records the erasure in the notification log
+    /// (``ErasureRecord``, read as ``LogItem/Outcome/erased(keyScope:at:)``), deletes its
+    /// snapshots and drops it from caches.
     /// Reads of its records then throw `.shredded`; saves to it throw `.shredded`.
     ///
     /// A UUID-shaped scope is looked up in the spelling it is stored under, so
@@ -119,6 +121,10 @@ extension Application {
     ///   - keyScope: the key scope to erase: a data subject's id, or an aggregate's id.
     ///   - ifAbsent: what to do when the scope has never had a key: refuse (the default)
     ///     or tombstone it ahead of time.
+    /// SQLite and PostgreSQL stores commit the erasure record with the tombstone. With other
+    /// key stores it is appended through the recorder right after the tombstone; if that append
+    /// fails, the shred throws, and shredding the scope again appends it (and still throws
+    /// `.shredded`).
     /// - Throws: ``EventSourcingError`` `.keyScopeNotFound` (nothing changed), `.shredded` if
     ///   already shredded, `.invalidArgument` without a keyring (nothing is encrypted, so nothing
     ///   can be shredded).
@@ -135,12 +141,17 @@ extension Application {
         let target = scope ?? Application.canonicalScope(keyScope)
         let tombstone: Tombstone
         do { tombstone = try await keyring.shred(scope: target) } catch {
-            // Already shredded: finish a shred that was interrupted before its snapshots went.
+            // Already shredded: finish a shred that was interrupted before its erasure record
+            // was appended or its snapshots went.
             if let k = error as? KeyManagementError, k.code == .shredded {
+                if let at = try? await keyring.store.tombstone(scope: target)?.shreddedAt ?? k.shreddedAt {
+                    try? await recordErasure(scope: target, at: at)
+                }
                 _ = try? await snapshotRecorder?.deleteSnapshots(keyScope: target)
             }
             throw Mapper.translate(error, stored: nil, scope: target)
         }
+        try await recordErasure(scope: target, at: tombstone.shreddedAt)
         let snapshots = try await snapshotRecorder?.deleteSnapshots(keyScope: target) ?? 0
         let affected = try await countEvents(keyScope: target)
         let plaintext = try await (recorder as? any KeyScopeCounting)?.countPlaintextEvents()
@@ -159,6 +170,21 @@ extension Application {
                               eventsAffected: affected, snapshotsDeleted: snapshots,
                               plaintextEventsInStore: plaintext,
                               residuePending: residue != nil, pendingResidue: residue)
+    }
+
+    /// Makes sure the notification log holds `scope`'s erasure record (``ErasureRecord``). A
+    /// store whose key store shares its transactions (SQLite, PostgreSQL) wrote it with the
+    /// tombstone; any other recorder gets it here, right after the tombstone. Its coordinates are
+    /// fixed by the scope, so it is never written twice: found, or refused as a conflict.
+    private func recordErasure(scope: String, at: Date) async throws {
+        let record = try ErasureRecord(keyScope: scope, shreddedAt: at).storedEvent()
+        guard try await recorder.selectEvents(originatorID: record.originatorID, limit: 1).isEmpty else { return }
+        do {
+            _ = try await recorder.insertEvents([record])
+        } catch let e as EventSourcingError where e.code == .concurrencyConflict {
+            // Another shred of the same scope appended it first.
+        }
+        logger.debug("appended the erasure record", metadata: ["scope": "\(scope)"])
     }
 
     /// What the key store, and the snapshot store when it is another one, still hold of erased

@@ -44,6 +44,17 @@ public struct NotificationLog: Sendable {
         var items: [LogItem] = []
         items.reserveCapacity(page.count)
         for n in page {
+            if ErasureRecord.isErasure(topic: n.topic) {
+                // Never decrypted: a shred's erasure record is plaintext, read by its strict decoder.
+                do {
+                    let erasure = try ErasureRecord(decoding: n.storedEvent, notificationID: n.id)
+                    items.append(LogItem(notification: n, outcome: .erased(keyScope: erasure.keyScope, at: erasure.shreddedAt)))
+                } catch {
+                    app.instruments.readFailed(error)
+                    items.append(LogItem(notification: n, outcome: .failed(error)))
+                }
+                continue
+            }
             do {
                 let payload = try await app.mapper.openPayload(n.storedEvent, snapshot: false, notificationID: n.id)
                 items.append(LogItem(notification: n, outcome: .decoded(payload)))
@@ -68,6 +79,11 @@ public struct LogItem: Sendable {
         case shredded(keyScope: String, at: Date?)
         /// The item could not be read (integrity failure, missing key, …).
         case failed(EventSourcingError)
+        /// The item is a shred's erasure record (``ErasureRecord``): `keyScope` was
+        /// crypto-shredded at `at`. A reader that keeps copies of that scope's data (a read
+        /// model) must delete or redact them now. Items after it in the log never carry the
+        /// scope's plaintext again.
+        case erased(keyScope: String, at: Date)
     }
 
     /// The stored notification.
@@ -78,8 +94,12 @@ public struct LogItem: Sendable {
     /// Whether the item was shredded.
     public var isShredded: Bool { if case .shredded = outcome { return true } else { return false } }
 
+    /// Whether the item is a shred's erasure record.
+    public var isErased: Bool { if case .erased = outcome { return true } else { return false } }
+
     /// Decodes the item as an event of aggregate type `A`.
-    /// - Throws: ``EventSourcingError`` `.shredded` or the read failure, `.decodingFailed` if it is not an `A` event.
+    /// - Throws: ``EventSourcingError`` `.shredded` or the read failure, `.decodingFailed` if it is not an `A` event,
+    ///   `.aggregateTypeMismatch` for another type's event or an erasure record (``Outcome/erased(keyScope:at:)``).
     public func event<A: Aggregate>(as type: A.Type) throws -> DomainEvent<A.Event> {
         switch outcome {
         case .decoded(let payload):
@@ -91,6 +111,11 @@ public struct LogItem: Sendable {
                                      notificationID: notification.id, keyScope: scope, shreddedAt: at)
         case .failed(let e):
             throw e
+        case .erased(let scope, let at):
+            throw EventSourcingError(.aggregateTypeMismatch,
+                "the item is an erasure record, not an event of \(A.typeName): switch on its outcome (.erased) to handle it",
+                originatorID: notification.originatorID, originatorVersion: notification.originatorVersion,
+                topic: notification.topic, notificationID: notification.id, keyScope: scope, shreddedAt: at)
         }
     }
 }

@@ -28,6 +28,11 @@ public struct Repository: Sendable {
             }
         }
         let stored = try await app.recorder.selectEvents(originatorID: id, after: root.version == 0 ? nil : root.version, upTo: version)
+        // A shred's erasure record has an id of its own in the log, never an aggregate's.
+        if let first = stored.first, ErasureRecord.isErasure(topic: first.topic) {
+            throw EventSourcingError(.aggregateNotFound, "no such aggregate: the id is a shred's erasure record's",
+                                     originatorID: id, originatorVersion: version)
+        }
         for s in stored {
             try root.apply(try await app.mapper.decode(s, as: A.self))
         }
@@ -40,6 +45,7 @@ public struct Repository: Sendable {
 
     /// Whether any event exists for `id`.
     public func contains(_ id: UUID) async throws -> Bool {
-        !(try await app.recorder.selectEvents(originatorID: id, limit: 1).isEmpty)
+        guard let first = try await app.recorder.selectEvents(originatorID: id, limit: 1).first else { return false }
+        return !ErasureRecord.isErasure(topic: first.topic)
     }
 }

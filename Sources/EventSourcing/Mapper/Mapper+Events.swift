@@ -21,6 +21,10 @@ extension Mapper {
                     + "names as Codable writes them; declare \(A.self).topicName(of:)",
                     originatorID: e.originatorID, originatorVersion: e.originatorVersion)
             }
+            guard !ErasureRecord.isErasure(topic: topic) else {
+                throw EventSourcingError(.invalidArgument, "the topic \(topic) is reserved for shreds' erasure records",
+                                         originatorID: e.originatorID, originatorVersion: e.originatorVersion)
+            }
             guard topic.utf8.count <= StateHeader.maxTopicLength else {
                 throw EventSourcingError(.invalidArgument, "topic is longer than \(StateHeader.maxTopicLength) bytes",
                                          originatorID: e.originatorID, originatorVersion: e.originatorVersion)

@@ -1,8 +1,8 @@
 /// Counts of what a store holds, the same for every backend (`esctl stats` prints them).
 public struct StoreStatistics: Sendable, Hashable, Codable {
-    /// Stored events.
+    /// Stored events: the notification log's length, shreds' erasure records included.
     public var events: Int
-    /// Distinct aggregates.
+    /// Distinct aggregates (an erasure record's originator id is not an aggregate).
     public var aggregates: Int
     /// Stored snapshots.
     public var snapshots: Int

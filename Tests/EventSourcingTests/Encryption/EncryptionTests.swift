@@ -383,8 +383,9 @@ struct EncryptionTests {
             let receipt = try await t.app.shred(keyScope: "gone")
 
             let items = try await t.app.notificationLog.read(start: 1, limit: 100)
-            #expect(items.map(\.notification.id) == [1, 2, 3, 4])
-            #expect(items.map(\.isShredded) == [false, true, true, false])
+            #expect(items.map(\.notification.id) == [1, 2, 3, 4, 5])
+            #expect(items.map(\.isShredded) == [false, true, true, false, false])
+            #expect(items.map(\.isErased) == [false, false, false, false, true], "the shred's erasure record comes last")
             for item in items where item.isShredded {
                 if case .shredded(let scope, let at) = item.outcome {
                     #expect(scope == "gone")
@@ -567,7 +568,9 @@ struct EncryptionTests {
             var dog = try AggregateRoot<Dog>(id: id, .registered(name: "Rex"))
             let shredded = await #expect(throws: EventSourcingError.self) { try await t.app.save(&dog) }
             #expect(shredded?.code == .shredded)
-            #expect(try await t.store.recorder.maxNotificationID() == nil)
+            // Only the shred's erasure record is in the log.
+            #expect(try await t.store.recorder.maxNotificationID() == 1)
+            #expect(try await t.app.notificationLog.read(start: 1, limit: 10).map(\.isErased) == [true])
             #expect(dog.pendingEvents.count == 1)
         }
     }
@@ -585,7 +588,9 @@ struct EncryptionTests {
             var c = try AggregateRoot<Customer>(.registered(personID: "never-written", name: "n", email: "e"))
             let shredded = await #expect(throws: EventSourcingError.self) { try await t.app.save(&c) }
             #expect(shredded?.code == .shredded)
-            #expect(try await t.store.recorder.maxNotificationID() == nil)
+            // Only the shred's erasure record is in the log: a tombstone ahead of time is an erasure too.
+            #expect(try await t.store.recorder.maxNotificationID() == 1)
+            #expect(try await t.app.notificationLog.read(start: 1, limit: 10).map(\.isErased) == [true])
         }
     }
 
@@ -698,7 +703,8 @@ struct EncryptionTests {
             #expect(shredded?.code == .shredded)
             #expect(try await app.repository.get(Customer.self, id: other.id).name == "Bob")
             let items = try await app.notificationLog.read(start: 1, limit: 10)
-            #expect(items.map(\.isShredded) == [true, true, false, false, false, false])
+            #expect(items.map(\.isShredded) == [true, true, false, false, false, false, false])
+            #expect(items.last?.isErased == true, "the shred's erasure record comes last")
         }
     }
 }
