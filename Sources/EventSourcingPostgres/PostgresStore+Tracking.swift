@@ -53,6 +53,24 @@ extension PostgresStore: KeyCommittingProcessRecorder {
         }
     }
 
+    public func trackingPositions(after name: String?, limit: Int) async throws -> [Tracking] {
+        try Tracking.validatePage(after: name, limit: limit)
+        try checkOpenForTracking()
+        let s = schema
+        let (after, count) = (name ?? "", Int64(limit))
+        return try await run { client in
+            // COLLATE "C": by the names' bytes, as the other recorders order them.
+            let rows = try await client.query("""
+                SELECT name, notification_id FROM \(unescaped: s).tracking
+                WHERE name COLLATE "C" > \(after) ORDER BY name COLLATE "C" LIMIT \(count)
+                """, logger: self.logger).collect()
+            return try rows.map { row in
+                let (text, id) = try row.decode((String, Int64).self)
+                return Tracking(name: text, notificationID: id)
+            }
+        }
+    }
+
     public func insertEvents(_ events: [StoredEvent], tracking: Tracking?) async throws -> [Int64] {
         try await insertEvents(events, newKeys: [], tracking: tracking)
     }

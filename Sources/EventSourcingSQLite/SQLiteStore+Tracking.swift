@@ -39,6 +39,35 @@ extension SQLiteStore: KeyCommittingProcessRecorder {
         }
     }
 
+    public func trackingPositions(after name: String?, limit: Int) async throws -> [Tracking] {
+        try Tracking.validatePage(after: name, limit: limit)
+        guard hasSchema else { return [] }
+        let checkTable = readOnlyAccess != nil
+        return try await read { conn in
+            if checkTable, try !SQLiteStore.hasTrackingTable(conn) { return [] }
+            // The primary key's BINARY collation orders names by their UTF-8 bytes.
+            let s = try conn.statement(name == nil
+                ? "SELECT name, notification_id FROM tracking ORDER BY name LIMIT ?"
+                : "SELECT name, notification_id FROM tracking WHERE name > ? ORDER BY name LIMIT ?")
+            defer { s.reset() }
+            if let name {
+                s.bind(1, name)
+                s.bind(2, Int64(limit))
+            } else {
+                s.bind(1, Int64(limit))
+            }
+            var page: [Tracking] = []
+            while try s.step() {
+                guard let text = s.textValue(0), let id = s.integer(1) else {
+                    throw EventSourcingError(.databaseCorrupt,
+                        "a tracking row holds \(s.describeColumn(0)) as its name and \(s.describeColumn(1)) as its notification id")
+                }
+                page.append(Tracking(name: text, notificationID: id))
+            }
+            return page
+        }
+    }
+
     public func insertEvents(_ events: [StoredEvent], tracking: Tracking?) async throws -> [Int64] {
         try await insertEvents(events, newKeys: [], tracking: tracking)
     }

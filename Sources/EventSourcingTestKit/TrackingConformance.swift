@@ -50,6 +50,7 @@ public struct TrackingConformance: Sendable {
         case concurrentSameID
         case concurrentTrackedSaves
         case newKeysCommittedWithTracking
+        case listsPositions
 
         /// Whether the behaviour needs the subject's ``Subject/keyCommitting``.
         public var needsKeyCommitting: Bool { self == .newKeysCommittedWithTracking }
@@ -69,6 +70,7 @@ public struct TrackingConformance: Sendable {
             case .concurrentSameID: "of 16 concurrent inserts of one tracking id, exactly one succeeds"
             case .concurrentTrackedSaves: "of 8 concurrent tracked saves with one tracking id, exactly one stores its event"
             case .newKeysCommittedWithTracking: "new data keys commit with the events and tracking record, and a refused tracked save stores none"
+            case .listsPositions: "trackingPositions lists every name's position in the byte order of its UTF-8, page by page, without a deleted name; a bad limit or name is refused"
             }
         }
 
@@ -139,6 +141,7 @@ public struct TrackingConformance: Sendable {
         case .concurrentSameID: concurrentSameID
         case .concurrentTrackedSaves: concurrentTrackedSaves
         case .newKeysCommittedWithTracking: newKeysCommittedWithTracking
+        case .listsPositions: listsPositions
         }
     }
 }
@@ -247,6 +250,39 @@ extension TrackingConformance {
         try await r.deleteTracking("never-recorded")
         try c.equal(try await r.maxTrackingID("other"), 7, "another name's position after deleting an unknown name",
                     describe: position)
+    }
+
+    static let listsPositions: Body = { c, store in
+        let r = store.recorder
+        func describe(_ list: [Tracking]) -> String { "[" + list.map { "\($0.name)=\($0.notificationID)" }.joined(separator: ", ") + "]" }
+        try c.equal(try await r.trackingPositions(after: nil, limit: 10), [], "the positions of a store without any", describe: describe)
+        // Byte order: "Z" (0x5A) before "a", "a" before "ab", "ab" before "é" (0xC3 0xA9); a
+        // locale's collation would put "Z" elsewhere.
+        let recorded = [Tracking(name: "ab", notificationID: 3), Tracking(name: "é-view", notificationID: 9),
+                        Tracking(name: "a", notificationID: 12), Tracking(name: "Zeta", notificationID: 1),
+                        Tracking(name: "gone", notificationID: 4)]
+        for t in recorded { try await r.insertTracking(t) }
+        try await r.insertTracking(Tracking(name: "a", notificationID: 20))
+        try await r.deleteTracking("gone")
+        let expected = [Tracking(name: "Zeta", notificationID: 1), Tracking(name: "a", notificationID: 20),
+                        Tracking(name: "ab", notificationID: 3), Tracking(name: "é-view", notificationID: 9)]
+        try c.equal(try await r.trackingPositions(after: nil, limit: 10), expected, "every position, in byte order", describe: describe)
+        try c.equal(try await r.trackingPositions(after: nil, limit: 2), Array(expected[0..<2]), "the first page of 2",
+                    describe: describe)
+        try c.equal(try await r.trackingPositions(after: "a", limit: 2), Array(expected[2..<4]), "the page of 2 after \"a\"",
+                    describe: describe)
+        try c.equal(try await r.trackingPositions(after: "aa", limit: 10), Array(expected[2..<4]),
+                    "the page after \"aa\" (not a recorded name)", describe: describe)
+        try c.equal(try await r.trackingPositions(after: "é-view", limit: 10), [], "the page after the last name", describe: describe)
+        try c.equal(try await r.trackingPositions(), expected, "trackingPositions() (every page)", describe: describe)
+        for limit in [0, -1, Tracking.maxPageSize + 1] {
+            _ = try await c.eventSourcingError(.invalidArgument, "trackingPositions(after: nil, limit: \(limit))") {
+                try await r.trackingPositions(after: nil, limit: limit)
+            }
+        }
+        _ = try await c.eventSourcingError(.invalidArgument, "trackingPositions(after: \"\", limit: 10)") {
+            try await r.trackingPositions(after: "", limit: 10)
+        }
     }
 }
 

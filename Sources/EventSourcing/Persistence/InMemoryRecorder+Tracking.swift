@@ -27,6 +27,15 @@ extension InMemoryRecorder: ProcessRecorder {
         state.withLock { _ = $0.tracking.removeValue(forKey: name) }
     }
 
+    public func trackingPositions(after name: String?, limit: Int) async throws -> [Tracking] {
+        try Tracking.validatePage(after: name, limit: limit)
+        let recorded = state.withLock { $0.tracking }
+        return recorded.filter { entry in name.map { Tracking.precedes($0, entry.key) } ?? true }
+            .sorted { Tracking.precedes($0.key, $1.key) }
+            .prefix(limit)
+            .map { Tracking(name: $0.key, notificationID: $0.value) }
+    }
+
     public func insertEvents(_ events: [StoredEvent], tracking: Tracking?) async throws -> [Int64] {
         guard let tracking else { return try await insertEvents(events) }
         try tracking.validate()

@@ -96,6 +96,54 @@ public protocol TrackingRecorder: Sendable {
     /// Forgets `name`'s position (for a rebuild from the start); nothing happens for an unknown name.
     /// - Throws: `.invalidArgument` for a bad name.
     func deleteTracking(_ name: String) async throws
+
+    /// One page of every recorded position: the names after `name` (nil: from the first), in
+    /// ascending order of their UTF-8 bytes, at most `limit` of them. Pass the last name of a
+    /// page to get the next; an empty page is the end. (What `esctl projections` lists.)
+    /// - Throws: `.invalidArgument` for a `limit` outside 1 to ``Tracking/maxPageSize`` or a bad
+    ///   `name` (``Tracking/validate(name:)``).
+    func trackingPositions(after name: String?, limit: Int) async throws -> [Tracking]
+}
+
+extension TrackingRecorder {
+    /// Every recorded position, in ascending order of the names' UTF-8 bytes, read page by page
+    /// (``trackingPositions(after:limit:)``). The result grows with the number of names: one
+    /// per projection or process application.
+    public func trackingPositions() async throws -> [Tracking] {
+        var all: [Tracking] = []
+        var after: String?
+        while true {
+            let page = try await trackingPositions(after: after, limit: Tracking.maxPageSize)
+            guard let last = page.last else { return all }
+            // A page that does not move on would repeat for ever.
+            if let after, !Tracking.precedes(after, last.name) {
+                throw EventSourcingError(.recorderFailure,
+                    "the recorder's tracking page after \"\(after)\" ended at \"\(last.name)\", not after it: names out of order")
+            }
+            all += page
+            after = last.name
+        }
+    }
+}
+
+extension Tracking {
+    /// The most positions one ``TrackingRecorder/trackingPositions(after:limit:)`` page holds.
+    public static let maxPageSize = 10_000
+
+    /// Checks the arguments of ``TrackingRecorder/trackingPositions(after:limit:)``.
+    /// - Throws: `.invalidArgument`.
+    public static func validatePage(after name: String?, limit: Int) throws(EventSourcingError) {
+        if let name { try validate(name: name) }
+        guard (1...maxPageSize).contains(limit) else {
+            throw EventSourcingError(.invalidArgument, "a page of tracking positions holds 1 to \(maxPageSize) names, not \(limit)")
+        }
+    }
+
+    /// Whether name `a` comes before `b` in the order pages list names: by their UTF-8 bytes
+    /// (SQLite's BINARY collation, PostgreSQL's "C").
+    public static func precedes(_ a: String, _ b: String) -> Bool {
+        a.utf8.lexicographicallyPrecedes(b.utf8)
+    }
 }
 
 /// An ``ApplicationRecorder`` that writes new events and a tracking record in one transaction,

@@ -91,6 +91,9 @@ struct TrackingSuiteCatchesBrokenRecordersTests {
             try await inner.hasTrackingID(name, notificationID)
         }
         func deleteTracking(_ name: String) async throws { try await inner.deleteTracking(name) }
+        func trackingPositions(after name: String?, limit: Int) async throws -> [Tracking] {
+            try await inner.trackingPositions(after: name, limit: limit)
+        }
 
         func insertEvents(_ events: [StoredEvent], tracking: Tracking?) async throws -> [Int64] {
             guard let tracking else { return try await inner.insertEvents(events) }
