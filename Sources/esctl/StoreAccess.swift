@@ -8,7 +8,7 @@ import KeyManagement
 import Logging
 
 /// What esctl needs from a store beyond the library protocols.
-protocol AdminStore: ApplicationRecorder, SnapshotRecorder, KeyStore, KeyScopeCounting {
+protocol AdminStore: ApplicationRecorder, SnapshotRecorder, KeyStore, KeyScopeCounting, TrackingRecorder {
     func selectSnapshots(after cursor: SnapshotCursor?, limit: Int) async throws -> [StoredEvent]
     func selectNotifications(keyScope: String, after: Int64, limit: Int) async throws -> [StoredNotification]
     func statisticsJSON() async throws -> StatsReport
