@@ -53,7 +53,9 @@ let package = Package(
         .target(name: "EventSourcing",
                 dependencies: ["KeyManagement", "ESConcurrency", "CZlib", .product(name: "Logging", package: "swift-log"),
                                .product(name: "CoreMetrics", package: "swift-metrics"),
-                               .product(name: "Tracing", package: "swift-distributed-tracing")],
+                               .product(name: "Tracing", package: "swift-distributed-tracing"),
+                               // ProjectionRunner is a Service.
+                               .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
                 swiftSettings: strict),
         .target(name: "EventSourcingSQLite",
                 dependencies: ["EventSourcing", "KeyManagement", "ESConcurrency", "CSQLite",

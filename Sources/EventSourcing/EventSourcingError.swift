@@ -50,6 +50,13 @@ public struct EventSourcingError: Error, Sendable, Hashable, CustomStringConvert
         /// The stored record belongs to another aggregate type than the one asked for (its topic
         /// names another type).
         public static let aggregateTypeMismatch = Code("aggregateTypeMismatch")
+        /// A projection threw while its runner gave it a notification (or a set-up or drop): the
+        /// runner stopped. The message names the projection, the error's ``notificationID`` the
+        /// notification; the tracking position stays before it, so running again retries it.
+        public static let projectionFailed = Code("projectionFailed")
+        /// A wait (such as a projection runner's `wait(until:timeout:)`) ran out of time before
+        /// what it waited for happened; nothing was changed.
+        public static let timedOut = Code("timedOut")
         /// Too many operations are already waiting for the store (its bound on waiting reads or
         /// writes was reached): nothing of this one ran. Retry later, or raise the bound.
         public static let storeOverloaded = Code("storeOverloaded")

@@ -70,6 +70,31 @@ final class SQLiteConnection {
         return Statement(handle: s, connection: self)
     }
 
+    /// Prepares `sql`, one statement, without caching it (SQL the library does not own, such as
+    /// a read model's, must not grow the cache), runs `body` with it, then finalizes it.
+    /// - Throws: `.invalidArgument` when `sql` holds more than one statement or none; the
+    ///   SQLite error of a statement that does not compile.
+    func withUncachedStatement<T>(_ sql: String, _ body: (Statement) throws -> T) throws -> T {
+        var s: OpaquePointer?
+        let (rc, trailing) = sql.withCString { text -> (Int32, Bool) in
+            var tail: UnsafePointer<CChar>?
+            let rc = sqlite3_prepare_v2(db, text, -1, &s, &tail)
+            guard rc == SQLITE_OK, let tail, tail.pointee != 0 else { return (rc, false) }
+            // What follows the statement must be nothing but white space, `;` and comments.
+            var next: OpaquePointer?
+            let rest = sqlite3_prepare_v2(db, tail, -1, &next, nil)
+            defer { if let next { sqlite3_finalize(next) } }
+            return (rc, rest != SQLITE_OK || next != nil)
+        }
+        defer { if let s { sqlite3_finalize(s) } }
+        guard rc == SQLITE_OK else { throw SQLiteConnection.error(rc, db, context: "prepare") }
+        guard let s, !trailing else {
+            throw EventSourcingError(.invalidArgument, s == nil ? "the SQL holds no statement"
+                                     : "the SQL holds more than one statement: run them one at a time")
+        }
+        return try body(Statement(handle: s, connection: self))
+    }
+
     /// Makes the statement running on this connection (on another thread) stop with
     /// `SQLITE_INTERRUPT`; a no-op when none runs. The only method safe to call from a thread
     /// other than the one using the connection, and only while the connection is open.

@@ -38,6 +38,7 @@ extension SQLiteStore {
         guard readOnlyAccess == nil else {
             throw EventSourcingError(.databaseUnavailable, "the store at \(path) is open read-only: nothing was written")
         }
+        try refuseWriteInsideViewTransaction()
         let request = Request(body: body, outsideTransaction: outsideTransaction)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
