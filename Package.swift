@@ -86,6 +86,13 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: strict),
+        // The runnable example: a customer directory read model, and an erasure that reaches it
+        // (`swift run CustomerDirectory`; Examples/README.md).
+        .executableTarget(name: "CustomerDirectory",
+                          dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement",
+                                         .product(name: "Logging", package: "swift-log")],
+                          path: "Examples/CustomerDirectory",
+                          swiftSettings: strict),
         // A child process for crash-consistency and multi-process tests (not a product).
         .executableTarget(name: "es-test-agent",
                           dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
@@ -132,6 +139,7 @@ let package = Package(
                                    .product(name: "Tracing", package: "swift-distributed-tracing"),
                                    .product(name: "Logging", package: "swift-log")],
                     swiftSettings: strict),
+        .testTarget(name: "ExamplesTests", dependencies: ["CustomerDirectory"], swiftSettings: strict),
         .testTarget(name: "esctlTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement", "ESTestTags",
                                    .product(name: "Logging", package: "swift-log")],
