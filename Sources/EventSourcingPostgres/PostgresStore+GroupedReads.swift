@@ -31,20 +31,6 @@ extension PostgresStore {
         var flag = CancelFlag()
     }
 
-    /// Wrapped keys read with events, waiting for the key ring's cache miss on them.
-    struct PrefetchedKeys {
-        // Keyed by exact bytes: canonically equivalent spellings are different scopes.
-        var byScope: [ExactScope: (keys: [WrappedDataKey], at: ContinuousClock.Instant)] = [:]
-        /// Bumped by every local change to a scope's keys; a read that started before a change
-        /// keeps none of its keys (they may predate the change).
-        var generation: UInt64 = 0
-    }
-
-    /// How long keys read with events may answer a key-ring miss. A key ring asks within
-    /// microseconds of the read; anything older is read again.
-    static let prefetchLifetime: Duration = .seconds(1)
-    /// At most this many scopes are kept (a reader whose key ring never misses fills it up).
-    static let prefetchCapacity = 4_096
     /// At most this many aggregates per grouped query.
     static let readGroupLimit = 256
 
@@ -148,7 +134,7 @@ extension PostgresStore {
         let ids = group.map(\.id), gts = group.map(\.gt), ltes = group.map(\.lte)
         // Taken before the query: the keys are at least this old, and a local change to any
         // scope's keys from now on makes this read keep none of them.
-        let (started, generation) = (ContinuousClock.now, prefetchedKeys.withLock { $0.generation })
+        let started = prefetchedKeys.start()
         var collected: [ReadAggregateStatement.Row]
         if group.count == 1, preparedReads.load(ordering: .acquiring) {
             // Most gets are alone (one reader, or readers that do not overlap): a prepared
@@ -191,13 +177,7 @@ extension PostgresStore {
             }
         }
         for scope in unreadable { keys.removeValue(forKey: scope) }
-        if !keys.isEmpty {
-            prefetchedKeys.withLock { p in
-                guard p.generation == generation else { return }
-                if p.byScope.count + keys.count > PostgresStore.prefetchCapacity { p.byScope.removeAll(keepingCapacity: true) }
-                for (scope, k) in keys { p.byScope[scope] = (k, started) }
-            }
-        }
+        prefetchedKeys.keep(keys, startedAt: started)
         return out
     }
 
@@ -229,22 +209,13 @@ extension PostgresStore {
 
     /// Keys read with the events being decoded, if fresh and holding `version`; else from the table.
     public func dataKeys(scope: String, reading version: UInt32) async throws -> [WrappedDataKey] {
-        let hit = prefetchedKeys.withLock { p -> [WrappedDataKey]? in
-            guard let e = p.byScope.removeValue(forKey: ExactScope(scope)) else { return nil }
-            guard ContinuousClock.now - e.at <= PostgresStore.prefetchLifetime,
-                  e.keys.contains(where: { $0.version == version }) else { return nil }
-            return e.keys
-        }
+        let hit = prefetchedKeys.take(scope: scope, version: version)
         if let hit { return hit }
         return try await dataKeys(scope: scope)
     }
 
     /// Drops prefetched keys of scopes this process is changing (new key, rotation, shred).
     func forgetPrefetchedKeys(_ scopes: [String]) {
-        guard !scopes.isEmpty else { return }
-        prefetchedKeys.withLock { p in
-            p.generation &+= 1
-            for s in scopes { p.byScope.removeValue(forKey: ExactScope(s)) }
-        }
+        prefetchedKeys.forget(scopes)
     }
 }

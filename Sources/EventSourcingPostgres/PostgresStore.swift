@@ -52,7 +52,7 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     /// Lone reads the prepared statement could not answer, answered by the function instead.
     let preparedReadFallbacks = Atomic<Int>(0)
     /// Data keys read together with events, for the key ring's next cache miss (see ``dataKeys(scope:reading:)``).
-    let prefetchedKeys = Mutex(PrefetchedKeys())
+    let prefetchedKeys = DataKeyPrefetch()
     /// Wakes the notification log's subscribers (see PostgresStore+Subscriptions.swift).
     let listener = CommitListener()
 

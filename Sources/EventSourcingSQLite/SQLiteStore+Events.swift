@@ -67,13 +67,18 @@ extension SQLiteStore {
     public func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
         let (originatorID, gt, lte, limit) = (query.originatorID, query.after, query.upTo, query.limit)
         if let limit, limit <= 0 { return [] }
-        var sql = "SELECT originator_version, topic, state, notification_id FROM events WHERE originator_id = ?"
+        var sql = "SELECT originator_version, topic, state, notification_id, key_scope FROM events WHERE originator_id = ?"
         if gt != nil { sql += " AND originator_version > ?" }
         if lte != nil { sql += " AND originator_version <= ?" }
         sql += query.order == .descending ? " ORDER BY originator_version DESC" : " ORDER BY originator_version ASC"
         if limit != nil { sql += " LIMIT ?" }
         let text = sql
-        return try await read { conn in
+        // What a repository get asks for: the data keys of its scopes are read in the same
+        // hand-over to the reader thread, for the key ring's miss that follows (see
+        // dataKeys(scope:reading:)).
+        let prefetch = limit == nil && query.order == .ascending
+        let started = prefetchedKeys.start()
+        let (events, keys) = try await read { conn -> ([StoredEvent], [ExactScope: [WrappedDataKey]]) in
             let s = try conn.statement(text)
             var i: Int32 = 1
             s.bind(i, originatorID); i += 1
@@ -82,11 +87,29 @@ extension SQLiteStore {
             if let limit { s.bind(i, limit) }
             defer { s.reset() }
             var out: [StoredEvent] = []
+            var scopes: [String] = []
             while try s.step() {
+                if prefetch, let scope = s.textValue(4), !scope.isEmpty, scopes.count < 4,
+                   !scopes.contains(where: { ExactScope($0) == ExactScope(scope) }) {
+                    scopes.append(scope)
+                }
                 out.append(try s.storedRecord(table: "events", knownID: originatorID, version: 0, topic: 1, state: 2, rowID: 3).event)
             }
-            return out
+            return (out, SQLiteStore.prefetchKeys(scopes, conn))
         }
+        prefetchedKeys.keep(keys, startedAt: started)
+        return events
+    }
+
+    /// The data keys of `scopes`, read after their records; a scope whose rows cannot be read is
+    /// left out (the key ring's own look-up then reports it).
+    static func prefetchKeys(_ scopes: [String], _ conn: SQLiteConnection) -> [ExactScope: [WrappedDataKey]] {
+        var keys: [ExactScope: [WrappedDataKey]] = [:]
+        for scope in scopes {
+            guard let found = try? dataKeys(scope, conn), !found.isEmpty else { continue }
+            keys[ExactScope(scope)] = found
+        }
+        return keys
     }
 
     public func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {

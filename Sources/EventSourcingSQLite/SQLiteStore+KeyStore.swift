@@ -59,14 +59,23 @@ extension SQLiteStore {
     public func dataKeys(scope: String) async throws -> [WrappedDataKey] {
         // An empty scope is no scope (KeyScope.validate refuses it): the rows a shred erased.
         guard !scope.isEmpty else { return [] }
-        return try await read { conn in
-            let s = try conn.statement("SELECT scope, version, kek_id, wrapped, created_at FROM data_keys WHERE scope = ? ORDER BY version")
-            defer { s.reset() }
-            s.bind(1, scope)
-            var out: [WrappedDataKey] = []
-            while try s.step() { out.append(try s.wrappedDataKey(asked: scope)) }
-            return out
-        }
+        return try await read { conn in try SQLiteStore.dataKeys(scope, conn) }
+    }
+
+    /// Keys read with the events being decoded (see `selectEvents`), if fresh and holding
+    /// `version`; else from the table.
+    public func dataKeys(scope: String, reading version: UInt32) async throws -> [WrappedDataKey] {
+        if let kept = prefetchedKeys.take(scope: scope, version: version) { return kept }
+        return try await dataKeys(scope: scope)
+    }
+
+    static func dataKeys(_ scope: String, _ conn: SQLiteConnection) throws -> [WrappedDataKey] {
+        let s = try conn.statement("SELECT scope, version, kek_id, wrapped, created_at FROM data_keys WHERE scope = ? ORDER BY version")
+        defer { s.reset() }
+        s.bind(1, scope)
+        var out: [WrappedDataKey] = []
+        while try s.step() { out.append(try s.wrappedDataKey(asked: scope)) }
+        return out
     }
 
     public func insertDataKey(_ key: WrappedDataKey) async throws {

@@ -2,6 +2,7 @@ import Dispatch
 import ESConcurrency
 import EventSourcing
 import Foundation
+import KeyManagement
 import Logging
 import Synchronization
 
@@ -140,6 +141,9 @@ extension SQLiteStore {
         }
         do {
             try control("COMMIT", conn)
+            // Keys read with events before this commit may be older than it (a shred, a new
+            // version): no read that started before keeps any.
+            prefetchedKeys.forgetAll()
             commitSignal.signal()
             for r in ok { r.succeed() }
         } catch {

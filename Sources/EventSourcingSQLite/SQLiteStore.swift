@@ -105,6 +105,9 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     let readerPool: ReaderPool
     /// The threads reads run on (at most ``Configuration/readers``), off the cooperative pool.
     let readThreads: ThreadPoolExecutor
+    /// Data keys read with events, for the key ring's next miss (SQLiteStore+Events.swift);
+    /// every commit of the writer drops them.
+    let prefetchedKeys = DataKeyPrefetch()
     let closed = Atomic<Bool>(false)
     /// For tests: reader connections opened so far.
     let readerConnectionsOpened: Counter

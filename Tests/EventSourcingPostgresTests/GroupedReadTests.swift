@@ -84,7 +84,7 @@ extension PostgresTests {
                     // The read brings the scope's key along, for the key ring's next miss.
                     let events = try await store.selectEvents(originatorID: r.id)
                     #expect(events.count == r.version)
-                    let prefetched = store.prefetchedKeys.withLock { $0.byScope[ExactScope(r.keyScope)]?.keys }
+                    let prefetched = store.prefetchedKeys.peek(scope: r.keyScope)
                     #expect(prefetched?.map(\.scope) == [r.keyScope])
                     #expect(prefetched?.map(\.version) == [1])
                     #expect(try await reader.app.repository.get(Ledger.self, id: r.id).entries == r.entries)
