@@ -45,6 +45,8 @@ let package = Package(
                 .product(name: "EventSourcingSQLite", package: parent),
                 .product(name: "EventSourcingPostgres", package: parent),
                 .product(name: "KeyManagement", package: parent),
+                // The projection phase's PostgreSQL view writes PostgresQuery statements.
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             path: "Sources/esbench"
         ),

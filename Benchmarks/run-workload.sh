@@ -10,7 +10,11 @@
 # Uses ../shared/bench (workload, peer, limits) beside the repository when it is there. Without
 # it, the run still works: it generates an equivalent workload (generate-workload.py), probes
 # the raw SQLite limit with its own probe (limits/sqlite_commits.c), and skips the peer with a
-# loud line, so only our own figures and ratios are reported. Needs gcc, python3, and
+# loud line, so only our own figures and ratios are reported. The sqlite-encrypted-full and
+# pg-encrypted runs add the projection phase (--projection): a read model's exactly-once catch-up
+# over the log W1 wrote (events/s and the ratio to W3d of the same run) and the live latency
+# from a save's commit to the projection having processed it (p50/p99 over 2,000 saves).
+# Needs gcc, python3, and
 # PostgreSQL's server binaries for the PostgreSQL part (skipped with a loud line if missing).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -69,7 +73,7 @@ fi
 emit "{\"probe\":\"sqlite_raw\",\"single_row_full_rows_s\":$raw_full,\"single_row_normal_rows_s\":$raw_normal}"
 
 log "esbench SQLite"
-run --db "$work/enc.sqlite" --variant encrypted --sync full --aggs $aggs --tag sqlite-encrypted-full
+run --db "$work/enc.sqlite" --variant encrypted --sync full --aggs $aggs --projection --live-saves 2000 --tag sqlite-encrypted-full
 run --db "$work/plain.sqlite" --variant plain --sync full --aggs $aggs --tag sqlite-plain-full
 run --db "$work/encn.sqlite" --variant encrypted --sync normal --aggs $aggs --tag sqlite-encrypted-normal
 # The same with W2's loop on the store's reader executor: its reads run inline, no hand-over.
@@ -107,7 +111,7 @@ else
     log "raw PostgreSQL single-row commits through postgres-nio (the store's driver)"
     emit "$(.build/release/pgraw "postgres://bench:bench@127.0.0.1:$port/postgres" 10)"
     log "esbench PostgreSQL ($pg_aggs aggregates)"
-    run --backend postgres --pg-url "$url" --variant encrypted --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted
+    run --backend postgres --pg-url "$url" --variant encrypted --aggs $pg_aggs --w2-rounds 3 --projection --live-saves 2000 --tag pg-encrypted
     run --backend postgres --pg-url "$url" --variant encrypted --writers 8 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-8writers
     run --backend postgres --pg-url "$url" --variant encrypted --readers 8 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-8readers
     run --backend postgres --pg-url "$url" --variant encrypted --readers 32 --aggs $pg_aggs --w2-rounds 3 --tag pg-encrypted-32readers

@@ -5,6 +5,8 @@
 //
 //   swift run -c release esbench --db /tmp/esbench.sqlite --variant encrypted --sync full [--writers 8] [--readers 8] [--aggs N]
 // --readers N splits W2 over N concurrent tasks (the peer reads with one).
+// --projection adds the projection phase after W3d (ProjectionPhase.swift): catch-up of an
+// exactly-once read model over the log (and its ratio to W3d), then live save-to-view latency.
 import BenchDomain
 import EventSourcing
 import EventSourcingPostgres
@@ -30,6 +32,9 @@ struct Options {
     var perAgg = 10
     var workload = ""
     var tag = ""
+    var projection = false        // the projection phase (ProjectionPhase.swift)
+    var projectionBatch = 100
+    var liveSaves = 2_000
 }
 
 func parseOptions() -> Options {
@@ -52,8 +57,11 @@ func parseOptions() -> Options {
         case "--per-agg": o.perAgg = Int(it.next() ?? "") ?? o.perAgg
         case "--workload": o.workload = it.next() ?? ""
         case "--tag": o.tag = it.next() ?? ""
+        case "--projection": o.projection = true
+        case "--projection-batch": o.projectionBatch = Int(it.next() ?? "") ?? o.projectionBatch
+        case "--live-saves": o.liveSaves = max(1, Int(it.next() ?? "") ?? o.liveSaves)
         case "--help", "-h":
-            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
@@ -349,6 +357,9 @@ func run() async throws {
     res["w3d_ev_s"] = Double(count) / (t7 - t6)
     res["avg_state_bytes"] = Double(stateBytes) / Double(max(count, 1))
     res["peak_rss_bytes"] = peakRSS()
+
+    // The projection phase: a read model's catch-up over the same log, then live latency.
+    if o.projection { try await projectionPhase(o, store: store, app: app, res: &res) }
     _ = await store.finish()
     let data = try JSONSerialization.data(withJSONObject: res, options: [.sortedKeys])
     print(String(decoding: data, as: UTF8.self))
