@@ -108,7 +108,8 @@ struct Projections: AsyncParsableCommand {
                     + pad(row.lag.map { "\($0)" } ?? "-", 12, left: true) + "\n"
             }
             FileHandle.standardOutput.write(Data(out.utf8))
-            Terminal.info("\(report.projections.count) tracking positions; the log's last notification id is \(report.maxNotificationID)")
+            let count = report.projections.count
+            Terminal.info("\(count) tracking position\(count == 1 ? "" : "s"); the log's last notification id is \(report.maxNotificationID)")
         }
     }
 

@@ -83,6 +83,24 @@ struct ProjectionsCommandTests {
         #expect(!FileManager.default.fileExists(atPath: missing), "projections created a store")
     }
 
+    @Test("A tracking row a write outside the library broke (text where the id belongs, a blob name) is exit 66 naming what it holds, not a trap; the file is not changed",
+          arguments: ["UPDATE tracking SET notification_id = 'twelve' WHERE name = 'view'",
+                      "UPDATE tracking SET name = X'00FF' WHERE name = 'view'"])
+    func hostileRow(_ change: String) async throws {
+        let (ws, _, _) = try await CommandTests.seeded()
+        try await Self.record([Tracking(name: "view", notificationID: 3)], at: ws.storePath)
+        let script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()\nc.execute('PRAGMA wal_checkpoint(TRUNCATE)')\nc.close()"
+        let tampered = try await CLI.python(script, [ws.storePath, change], scratch: ws.dir)
+        try #require(tampered.status == 0, "\(tampered.summary)")
+        let before = ws.bytes(ws.storePath)
+        for args in [["projections"], ["projections", "--json"]] {
+            let r = try await ws.esctl(["--store", ws.storeURL] + args)
+            FailureTests.expectOneLine(r, CLI.Code.storeUnavailable)
+            #expect(r.stderr.contains("tracking row"), "\(r.summary)")
+        }
+        #expect(ws.bytes(ws.storePath) == before, "projections changed the store file")
+    }
+
     @Test("A name holding control characters is shown escaped, never sent raw to the terminal")
     func controlCharactersEscaped() async throws {
         let (ws, _, _) = try await CommandTests.seeded()
