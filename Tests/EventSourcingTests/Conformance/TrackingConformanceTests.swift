@@ -63,6 +63,8 @@ struct TrackingSuiteCatchesBrokenRecordersTests {
         case trackingBeforeEvents
         /// Checks and moves the position in two steps, with a suspension between them.
         case checkThenSet
+        /// Lists positions with the page's cursor name included (`>=` where `>` belongs).
+        case pagesRepeatCursor
     }
 
     final class BrokenProcessRecorder: ProcessRecorder {
@@ -81,7 +83,7 @@ struct TrackingSuiteCatchesBrokenRecordersTests {
                 await Task.yield()
                 try await inner.deleteTracking(tracking.name)
                 try await inner.insertTracking(tracking)
-            case .eventsBeforeTracking, .trackingBeforeEvents:
+            case .eventsBeforeTracking, .trackingBeforeEvents, .pagesRepeatCursor:
                 try await inner.insertTracking(tracking)
             }
         }
@@ -92,7 +94,9 @@ struct TrackingSuiteCatchesBrokenRecordersTests {
         }
         func deleteTracking(_ name: String) async throws { try await inner.deleteTracking(name) }
         func trackingPositions(after name: String?, limit: Int) async throws -> [Tracking] {
-            try await inner.trackingPositions(after: name, limit: limit)
+            guard fault == .pagesRepeatCursor else { return try await inner.trackingPositions(after: name, limit: limit) }
+            let all = try await inner.trackingPositions(after: nil, limit: limit)
+            return Array(all.filter { t in name.map { t.name >= $0 } ?? true }.prefix(limit))
         }
 
         func insertEvents(_ events: [StoredEvent], tracking: Tracking?) async throws -> [Int64] {
@@ -108,7 +112,7 @@ struct TrackingSuiteCatchesBrokenRecordersTests {
             case .acceptsEqualID:
                 if try await inner.maxTrackingID(tracking.name) == tracking.notificationID { return try await inner.insertEvents(events) }
                 return try await inner.insertEvents(events, tracking: tracking)
-            case .checkThenSet:
+            case .checkThenSet, .pagesRepeatCursor:
                 return try await inner.insertEvents(events, tracking: tracking)
             }
         }
@@ -161,6 +165,14 @@ struct TrackingSuiteCatchesBrokenRecordersTests {
             do { try await kit.check(.concurrentSameID) } catch { caught = error }
         }
         #expect(caught?.behaviour == "concurrentSameID")
+    }
+
+    @Test("A recorder whose pages repeat the cursor's name fails listsPositions, and only it")
+    func pagesRepeatCursor() async throws {
+        let failures = try await Self.failures(.pagesRepeatCursor)
+        #expect(Set(failures.behaviours) == ["listsPositions"])
+        let f = try #require(failures.failures.first)
+        #expect(f.expected.contains("after \"a\""), "\(f.expected)")
     }
 
     @Test("The in-memory recorder passes run() as a whole")
