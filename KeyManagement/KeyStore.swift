@@ -23,6 +23,12 @@ public protocol KeyStore: Sendable {
     func dataKeys(scope: String) async throws -> [WrappedDataKey]
     /// The same, asked for while reading a record sealed with `version` (see the default).
     func dataKeys(scope: String, reading version: UInt32) async throws -> [WrappedDataKey]
+    /// A hint that the key ring is about to read the keys of `scopes` (the records of a page of
+    /// the log need them). A store that pays per call (a hand-over to a reader thread, a round
+    /// trip) can read them all at once and answer the ``dataKeys(scope:reading:)`` calls that
+    /// follow from what it read, under the same rule: never keys older than the records being
+    /// read. The default does nothing.
+    func prefetchDataKeys(scopes: [String]) async throws
     /// Adds a data-key version.
     /// - Throws: ``KeyManagementError/Code/keyExists`` if `(scope, version)` exists,
     ///   ``KeyManagementError/Code/shredded`` if the scope has a tombstone.
@@ -63,6 +69,8 @@ extension KeyStore {
     public func dataKeys(scope: String, reading version: UInt32) async throws -> [WrappedDataKey] {
         try await dataKeys(scope: scope)
     }
+
+    public func prefetchDataKeys(scopes: [String]) async throws {}
 }
 
 extension KeyStore {

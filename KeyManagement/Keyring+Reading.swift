@@ -38,4 +38,25 @@ extension Keyring {
         state.withLock { $0.put(key) }
         return key
     }
+
+    /// Tells the store which keys ``readKey(scope:version:)`` is about to need (the records of a
+    /// page of the log), leaving out those cached or known shredded, so a store that reads
+    /// keys in batches reads them in one call (``KeyStore/prefetchDataKeys(scopes:)``). Only a
+    /// hint: a failure here is ignored, and each read still checks and reports its own key.
+    public func prefetch(_ wanted: [(scope: String, version: UInt32)]) async {
+        guard wanted.count > 1 else { return }
+        var seen = Set<ExactScope>()
+        let missing = state.withLock { s -> [String] in
+            var out: [String] = []
+            for (scope, version) in wanted {
+                let exact = ExactScope(scope)
+                guard s.cache[CacheKey(scope: exact, version: version)] == nil, s.shredded[exact] == nil,
+                      seen.insert(exact).inserted else { continue }
+                out.append(scope)
+            }
+            return out
+        }
+        guard !missing.isEmpty else { return }
+        try? await store.prefetchDataKeys(scopes: missing)
+    }
 }

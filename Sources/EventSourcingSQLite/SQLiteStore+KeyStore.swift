@@ -69,6 +69,19 @@ extension SQLiteStore {
         return try await dataKeys(scope: scope)
     }
 
+    /// Reads the keys of `scopes` in one hand-over to a reader thread, for the key ring's
+    /// misses on them that follow (a page of the log being decrypted).
+    public func prefetchDataKeys(scopes: [String]) async throws {
+        let scopes = scopes.filter { !$0.isEmpty }.prefix(SQLiteStore.prefetchScopesPerCall)
+        guard !scopes.isEmpty else { return }
+        let started = prefetchedKeys.start()
+        let keys = try await read { conn in SQLiteStore.prefetchKeys(Array(scopes), conn) }
+        prefetchedKeys.keep(keys, startedAt: started)
+    }
+
+    /// The most scopes one ``prefetchDataKeys(scopes:)`` reads.
+    static let prefetchScopesPerCall = 1_000
+
     static func dataKeys(_ scope: String, _ conn: SQLiteConnection) throws -> [WrappedDataKey] {
         let s = try conn.statement("SELECT scope, version, kek_id, wrapped, created_at FROM data_keys WHERE scope = ? ORDER BY version")
         defer { s.reset() }

@@ -66,3 +66,30 @@ struct KeyPrefetchTests {
         await t.store.close()
     }
 }
+
+@Suite("SQLite: data keys of a page of the log, read at once")
+struct LogPageKeyPrefetchTests {
+    @Test("prefetchDataKeys reads the scopes' keys in one read; a fresh application's page read consumes them")
+    func pageKeys() async throws {
+        let dir = try TempDir("prefetch")
+        let masterKey = try MasterKey.generate()
+        let t = try await EncryptedStore.open(dir.path("events.sqlite"), masterKey: masterKey)
+        var roots: [AggregateRoot<Ledger>] = []
+        for k in 1...3 {
+            var root = try ledgerSave(nil, save: k, count: 2)
+            try await t.app.save(&root)
+            roots.append(root)
+        }
+        try await t.store.prefetchDataKeys(scopes: roots.map(\.keyScope) + ["", "no-such-scope"])
+        for r in roots { #expect(t.store.prefetchedKeys.peek(scope: r.keyScope)?.map(\.version) == [1]) }
+        #expect(t.store.prefetchedKeys.peek(scope: "no-such-scope") == nil)
+        // A fresh application reads the page: its key ring's misses take the kept keys.
+        let reader = try await EncryptedStore.open(dir.path("events.sqlite"), masterKey: masterKey)
+        let page = try await reader.app.notificationLog.read(start: 1, limit: 100)
+        #expect(page.count == 6)
+        #expect(page.allSatisfy { if case .decoded = $0.outcome { true } else { false } })
+        for r in roots { #expect(reader.store.prefetchedKeys.peek(scope: r.keyScope) == nil, "taken by the key ring") }
+        await reader.store.close()
+        await t.store.close()
+    }
+}

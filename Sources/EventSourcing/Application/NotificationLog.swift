@@ -41,6 +41,8 @@ public struct NotificationLog: Sendable {
 
     private func readPage(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [LogItem] {
         let page = try await select(start: start, limit: limit, stop: stop, topics: topics)
+        // The page's data keys, in one call to a store that reads them in batches.
+        await app.mapper.prefetchKeys(for: page.lazy.map(\.storedEvent))
         var items: [LogItem] = []
         items.reserveCapacity(page.count)
         for n in page {

@@ -70,6 +70,20 @@ extension Mapper {
 
     /// Decrypts and decompresses a stored record, returning its payload in its own encoding.
     /// - Throws: as ``decode(_:as:notificationID:)``, except `.decodingFailed`.
+    /// Tells the key ring which data keys decoding `records` will need (see
+    /// `Keyring.prefetch(_:)`); records that are not encrypted, or whose header does not parse,
+    /// are left out (decoding them reports them).
+    public func prefetchKeys(for records: some Sequence<StoredEvent>) async {
+        guard let keyring else { return }
+        var wanted: [(scope: String, version: UInt32)] = []
+        for record in records {
+            guard case .success(let (header, _)) = StateHeader.parse(record.state),
+                  header.flags.contains(.encrypted), let scope = header.keyScope else { continue }
+            wanted.append((scope, header.keyVersion))
+        }
+        await keyring.prefetch(wanted)
+    }
+
     public func openPayload(_ stored: StoredEvent, snapshot: Bool, notificationID: Int64? = nil) async throws -> Payload {
         let state = stored.state
         let header: StateHeader
