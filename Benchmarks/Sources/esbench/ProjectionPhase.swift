@@ -4,6 +4,7 @@
 // - catch-up: from position 0 over the whole log W1 wrote, into the view, in batches of
 //   --projection-batch notifications (events/s, and as a ratio to W3d of the same run, which
 //   reads and decodes the same log without writing anything);
+//   A decode-only projection (no view SQL) catches up first, for the runner's own cost;
 // - live: --live-saves saves one after another, each waiting (ProjectionRunner.wait) until the
 //   projection has processed it: the latency from the save's commit (save() returned) to the
 //   view's commit holding it, p50/p99.
@@ -78,6 +79,16 @@ struct PostgresDirectoryView: Projection {
     }
 }
 
+/// A projection that decodes each event and writes nothing: its catch-up, beside the
+/// directory's, tells the runner's own cost (reading, decrypting, one transaction per batch,
+/// the tracking record) from the view's SQL.
+struct DecodeOnlyView<Context: Sendable>: Projection {
+    var name: String { "bench-decode-only" }
+    func process(_ item: LogItem, in context: Context) async throws { _ = try item.event(as: Customer.self) }
+    func erase(keyScope: String, in context: Context) async throws {}
+    func drop(in context: Context) async throws {}
+}
+
 /// The `q` quantile (0...1) of ascending `sorted` values (nearest rank).
 func quantile(_ sorted: [Double], _ q: Double) -> Double {
     guard !sorted.isEmpty else { return 0 }
@@ -85,9 +96,29 @@ func quantile(_ sorted: [Double], _ q: Double) -> Double {
     return sorted[min(max(rank, 1), sorted.count) - 1]
 }
 
+/// Catches a decode-only projection up over the log; its events/s.
+func decodeOnlyCatchUp<S: ProjectionStore>(store: S, app: Application, o: Options, through last: Int64) async throws -> Double {
+    let runner = try ProjectionRunner(application: app, projection: DecodeOnlyView<S.Context>(), store: store, batchSize: o.projectionBatch)
+    let t0 = now()
+    let task = Task { try await runner.run() }
+    do { try await runner.wait(until: last, timeout: .seconds(3600)) } catch {
+        task.cancel()
+        _ = try? await task.value
+        throw error
+    }
+    let seconds = now() - t0
+    task.cancel()
+    try await task.value
+    return Double(last) / seconds
+}
+
 /// Runs both measurements with `projection` in `store`; adds the `projection_*` fields to `res`.
 func measureProjection<P: Projection>(_ projection: P, store: some ProjectionStore<P.Context>, app: Application,
                                       o: Options, res: inout [String: Any]) async throws {
+    // The decode-only projection first (it leaves no view): the runner's cost without view SQL.
+    if let last = try await app.notificationLog.maxNotificationID {
+        res["projection_decode_only_catchup_ev_s"] = try await decodeOnlyCatchUp(store: store, app: app, o: o, through: last)
+    }
     let runner = try ProjectionRunner(application: app, projection: projection, store: store, batchSize: o.projectionBatch)
     guard let last = try await app.notificationLog.maxNotificationID else {
         throw EventSourcingError(.recorderFailure, "the projection phase needs the events W1 wrote")
