@@ -8,6 +8,8 @@ import Foundation
 final class SQLiteConnection {
     private var db: OpaquePointer?
     private var statements: [String: OpaquePointer] = [:]
+    /// A read model's prepared statements (SQLiteViewTransaction), bounded (ViewStatementCache).
+    let viewStatements = ViewStatementCache()
     let path: String
 
     /// Opens (creating when `create`) the database at `path`.
@@ -42,6 +44,7 @@ final class SQLiteConnection {
     deinit { close() }
 
     func close() {
+        viewStatements.finalizeAll()
         for (_, s) in statements { sqlite3_finalize(s) }
         statements.removeAll()
         if let db { sqlite3_close_v2(db) }
@@ -75,10 +78,19 @@ final class SQLiteConnection {
     /// - Throws: `.invalidArgument` when `sql` holds more than one statement or none; the
     ///   SQLite error of a statement that does not compile.
     func withUncachedStatement<T>(_ sql: String, _ body: (Statement) throws -> T) throws -> T {
+        let s = try prepareOne(sql, flags: 0)
+        defer { sqlite3_finalize(s) }
+        return try body(Statement(handle: s, connection: self))
+    }
+
+    /// Prepares `sql`, which must hold exactly one statement (`flags`: `sqlite3_prepare_v3`'s).
+    /// - Throws: `.invalidArgument` when `sql` holds more than one statement or none; the
+    ///   SQLite error of a statement that does not compile.
+    func prepareOne(_ sql: String, flags: UInt32) throws -> OpaquePointer {
         var s: OpaquePointer?
         let (rc, trailing) = sql.withCString { text -> (Int32, Bool) in
             var tail: UnsafePointer<CChar>?
-            let rc = sqlite3_prepare_v2(db, text, -1, &s, &tail)
+            let rc = sqlite3_prepare_v3(db, text, -1, flags, &s, &tail)
             guard rc == SQLITE_OK, let tail, tail.pointee != 0 else { return (rc, false) }
             // What follows the statement must be nothing but white space, `;` and comments.
             var next: OpaquePointer?
@@ -86,13 +98,17 @@ final class SQLiteConnection {
             defer { if let next { sqlite3_finalize(next) } }
             return (rc, rest != SQLITE_OK || next != nil)
         }
-        defer { if let s { sqlite3_finalize(s) } }
-        guard rc == SQLITE_OK else { throw SQLiteConnection.error(rc, db, context: "prepare") }
+        guard rc == SQLITE_OK else {
+            let error = SQLiteConnection.error(rc, db, context: "prepare")
+            if let s { sqlite3_finalize(s) }
+            throw error
+        }
         guard let s, !trailing else {
+            if let s { sqlite3_finalize(s) }
             throw EventSourcingError(.invalidArgument, s == nil ? "the SQL holds no statement"
                                      : "the SQL holds more than one statement: run them one at a time")
         }
-        return try body(Statement(handle: s, connection: self))
+        return s
     }
 
     /// Makes the statement running on this connection (on another thread) stop with

@@ -59,8 +59,9 @@ public struct SQLiteRow: Sendable, Hashable {
 /// an erase are zeroed on disk (`secure_delete`), and the store checkpoints its WAL after a
 /// batch that erased, so the old page images leave the `-wal` file too (as after a shred).
 ///
-/// Each statement is prepared, run and finalized (use `?` parameters with values rather than
-/// text pasted into the SQL). A statement may not control the transaction (`BEGIN`, `COMMIT`,
+/// Statements are prepared once and kept on the connection (at most 32, of SQL up to 4 KiB;
+/// the one used longest ago makes room), so use `?` parameters with values rather than text
+/// pasted into the SQL: that is safe, and compiled once. A statement may not control the transaction (`BEGIN`, `COMMIT`,
 /// `END`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`), attach or detach databases, `VACUUM`, or run a
 /// `PRAGMA`: those are refused with `.invalidArgument`. The transaction is valid only during
 /// the call that received it; later uses throw `.invalidArgument`. Errors name the SQLite error
@@ -92,6 +93,28 @@ public final class SQLiteViewTransaction: @unchecked Sendable {
 
     /// Ends the transaction's validity: later calls throw.
     func close() { lock.withLock { connection = nil } }
+
+    /// Runs the runner's own transaction control (`SAVEPOINT`, `ROLLBACK TO`, `RELEASE`) on the
+    /// connection, in turn with the projection's statements.
+    func control(_ sql: String) throws {
+        try lock.withLock {
+            guard let conn = connection else {
+                throw EventSourcingError(.invalidArgument, "the view transaction of projection \"\(projectionName)\" is over")
+            }
+            try conn.execute(sql)
+        }
+    }
+
+    /// Whether the connection is still in the runner's transaction (a statement that ended it
+    /// fails the batch: ``SQLiteStore/checkStillInTransaction(_:_:_:)``).
+    func checkStillInTransaction(_ id: Int64?) throws {
+        try lock.withLock {
+            guard let conn = connection else {
+                throw EventSourcingError(.invalidArgument, "the view transaction of projection \"\(projectionName)\" is over")
+            }
+            try SQLiteStore.checkStillInTransaction(conn, projectionName, id)
+        }
+    }
 
     /// Runs one statement that returns no rows (or whose rows are not needed).
     /// - Returns: the number of rows it inserted, updated or deleted.
@@ -126,15 +149,20 @@ public final class SQLiteViewTransaction: @unchecked Sendable {
             throw EventSourcingError(.invalidArgument, "maxRows must be 1 to 1,000,000, got \(maxRows)")
         }
         return try withStatement(sql, values) { s, _ in
-            let count = sqlite3_column_count(s.handle)
-            let columns = (0..<count).map { c in sqlite3_column_name(s.handle, c).map { String(cString: $0) } ?? "" }
+            // The columns are read after the first step: a kept statement whose tables changed
+            // since it was prepared is prepared again by that step (and may have other columns).
+            var columns: [String]?
             var rows: [SQLiteRow] = []
             while try s.step() {
                 guard rows.count < maxRows else {
                     throw EventSourcingError(.invalidArgument,
                                              "the query returned more than \(maxRows) rows (maxRows): page it with LIMIT and OFFSET or a key")
                 }
-                rows.append(SQLiteRow(columns: columns, values: (0..<count).map { s.viewValue($0) }))
+                let names = columns ?? (0..<sqlite3_column_count(s.handle)).map { c in
+                    sqlite3_column_name(s.handle, c).map { String(cString: $0) } ?? ""
+                }
+                columns = names
+                rows.append(SQLiteRow(columns: names, values: names.indices.map { s.viewValue(Int32($0)) }))
             }
             return rows
         }
@@ -150,7 +178,7 @@ public final class SQLiteViewTransaction: @unchecked Sendable {
                 throw EventSourcingError(.invalidArgument,
                     "the view transaction of projection \"\(projectionName)\" is over: use it only during the call that received it")
             }
-            return try conn.withUncachedStatement(sql) { statement in
+            return try conn.withViewStatement(sql) { statement in
                 if isReadOnly, sqlite3_stmt_readonly(statement.handle) == 0 {
                     throw EventSourcingError(.invalidArgument, "a view read (SQLiteStore.readView) runs only statements that read")
                 }
@@ -183,15 +211,14 @@ public final class SQLiteViewTransaction: @unchecked Sendable {
     @TaskLocal static var holdingWriter: ObjectIdentifier?
 
     /// Runs `operation` in a task and blocks this (the writer's) thread until it is done.
-    static func block(_ cancellation: ViewCancellation, store: ObjectIdentifier,
-                      _ operation: @escaping @Sendable () async throws -> Void) -> Result<Void, any Error> {
-        let outcome = OutcomeBox()
+    static func block<T: Sendable>(_ cancellation: ViewCancellation, store: ObjectIdentifier,
+                                   _ operation: @escaping @Sendable () async throws -> T) -> Result<T, any Error> {
+        let outcome = OutcomeBox<T>()
         let done = DispatchSemaphore(value: 0)
         let task = Task {
-            let result: Result<Void, any Error>
+            let result: Result<T, any Error>
             do {
-                try await $holdingWriter.withValue(store) { try await operation() }
-                result = .success(())
+                result = .success(try await $holdingWriter.withValue(store) { try await operation() })
             } catch {
                 result = .failure(error)
             }
@@ -206,10 +233,10 @@ public final class SQLiteViewTransaction: @unchecked Sendable {
 }
 
 /// The result of a projection's call, handed from its task to the writer thread.
-final class OutcomeBox: Sendable {
-    private let value = Mutex<Result<Void, any Error>?>(nil)
-    func set(_ r: Result<Void, any Error>) { value.withLock { $0 = r } }
-    func take() -> Result<Void, any Error>? { value.withLock { $0.take() } }
+final class OutcomeBox<T: Sendable>: Sendable {
+    private let value = Mutex<Result<T, any Error>?>(nil)
+    func set(_ r: Result<T, any Error>) { value.withLock { $0 = r } }
+    func take() -> Result<T, any Error>? { value.withLock { $0.take() } }
 }
 
 /// Cancels the projection call that runs for a write whose task was cancelled.
@@ -259,7 +286,7 @@ extension Statement {
 
 /// Read models in the store's own database file, processed exactly once: the runner's batch is
 /// one write on the store's writer connection (a savepoint of a group commit) holding the
-/// view's writes, each notification in a savepoint of its own, and the tracking record.
+/// view's writes and the tracking record.
 extension SQLiteStore: ProjectionStore {
     public typealias Context = SQLiteViewTransaction
 
@@ -268,9 +295,16 @@ extension SQLiteStore: ProjectionStore {
     }
 
     /// Applies the batch in one transaction on the writer connection. A step that throws is
-    /// rolled back to its savepoint; the steps before it and their tracking record commit. A
-    /// cancelled batch commits nothing. After a batch that erased, the WAL is checkpointed (as
-    /// after a shred: bounded by ``Configuration/scrubTimeout``, see ``erasureResidue()``).
+    /// rolled back; the steps before it and their tracking record commit. A cancelled batch
+    /// commits nothing. After a batch that erased, the WAL is checkpointed (as after a shred:
+    /// bounded by ``Configuration/scrubTimeout``, see ``erasureResidue()``).
+    ///
+    /// The steps run one after another in one task while the writer thread waits for it (one
+    /// hand-over per batch, not per notification), first without a savepoint each; only when
+    /// a step throws is the batch rolled back and run again from its first step with a
+    /// savepoint per notification, up to the one that throws (whose writes alone are undone).
+    /// So a batch with a failing notification calls the projection twice for the notifications
+    /// before it; the first run's writes are gone, so the view still holds each once.
     public func applyProjectionBatch(_ batch: ProjectionBatch<SQLiteViewTransaction>) async throws
         -> ProjectionBatch<SQLiteViewTransaction>.Outcome {
         try Tracking.validate(name: batch.name)
@@ -281,28 +315,14 @@ extension SQLiteStore: ProjectionStore {
             try await write { conn -> ProjectionBatch<SQLiteViewTransaction>.Outcome in
                 let tx = SQLiteViewTransaction(connection: conn, projectionName: batch.name, readOnly: false)
                 defer { tx.close() }
-                var done: Int64?
-                var failure: (notificationID: Int64, error: any Error)?
-                for step in batch.steps {
-                    if cancellation.isCancelled { throw CancellationError() }
-                    if let body = step.body {
-                        try conn.execute("SAVEPOINT es_projection_step")
-                        tx.begin(step.notificationID)
-                        let result = SQLiteViewTransaction.block(cancellation, store: id) { try await body(tx) }
-                        try SQLiteStore.checkStillInTransaction(conn, batch.name, step.notificationID)
-                        if case .failure(let error) = result {
-                            try conn.execute("ROLLBACK TO es_projection_step")
-                            try conn.execute("RELEASE es_projection_step")
-                            if error is CancellationError, cancellation.isCancelled { throw error }
-                            failure = (step.notificationID, error)
-                            break
-                        }
-                        try conn.execute("RELEASE es_projection_step")
-                    }
-                    done = step.notificationID
+                let result = SQLiteViewTransaction.block(cancellation, store: id) {
+                    try await SQLiteStore.runSteps(batch.steps, in: tx, cancellation)
                 }
-                if let done { try SQLiteStore.insertTrackingRow(Tracking(name: batch.name, notificationID: done), conn) }
-                return .init(committedThrough: done, failure: failure)
+                let outcome = try result.get()
+                if let done = outcome.committedThrough {
+                    try SQLiteStore.insertTrackingRow(Tracking(name: batch.name, notificationID: done), conn)
+                }
+                return outcome
             }
         } onCancel: {
             cancellation.cancel()
@@ -312,6 +332,55 @@ extension SQLiteStore: ProjectionStore {
             await scrubAfterErasure()
         }
         return outcome
+    }
+
+    /// Runs `steps` in `tx` (inside the batch's write): all of them in one savepoint, and only
+    /// after a step throws, again with a savepoint per step (``applyProjectionBatch(_:)``).
+    /// Throws `CancellationError` for a cancelled batch (nothing of it is to be kept) and the
+    /// error of a statement that ended the transaction.
+    static func runSteps(_ steps: [ProjectionBatch<SQLiteViewTransaction>.Step], in tx: SQLiteViewTransaction,
+                         _ cancellation: ViewCancellation) async throws -> ProjectionBatch<SQLiteViewTransaction>.Outcome {
+        try tx.control("SAVEPOINT es_projection_batch")
+        let fast = try await runSteps(steps, in: tx, cancellation, savepointEach: false)
+        if fast.failure == nil {
+            try tx.control("RELEASE es_projection_batch")
+            return fast
+        }
+        // A step threw: nothing of this run is kept; the steps before it run again, each in a
+        // savepoint, so the failing one's writes alone are undone.
+        try tx.control("ROLLBACK TO es_projection_batch")
+        let careful = try await runSteps(steps, in: tx, cancellation, savepointEach: true)
+        try tx.control("RELEASE es_projection_batch")
+        return careful
+    }
+
+    /// Runs `steps` in order until one throws; with `savepointEach`, each in a savepoint that
+    /// is rolled back when it throws.
+    private static func runSteps(_ steps: [ProjectionBatch<SQLiteViewTransaction>.Step], in tx: SQLiteViewTransaction,
+                                 _ cancellation: ViewCancellation,
+                                 savepointEach: Bool) async throws -> ProjectionBatch<SQLiteViewTransaction>.Outcome {
+        var done: Int64?
+        for step in steps {
+            if cancellation.isCancelled || Task.isCancelled { throw CancellationError() }
+            if let body = step.body {
+                if savepointEach { try tx.control("SAVEPOINT es_projection_step") }
+                tx.begin(step.notificationID)
+                var thrown: (any Error)?
+                do { try await body(tx) } catch { thrown = error }
+                try tx.checkStillInTransaction(step.notificationID)
+                if let thrown {
+                    if thrown is CancellationError, cancellation.isCancelled || Task.isCancelled { throw thrown }
+                    if savepointEach {
+                        try tx.control("ROLLBACK TO es_projection_step")
+                        try tx.control("RELEASE es_projection_step")
+                    }
+                    return .init(committedThrough: done, failure: (step.notificationID, thrown))
+                }
+                if savepointEach { try tx.control("RELEASE es_projection_step") }
+            }
+            done = step.notificationID
+        }
+        return .init(committedThrough: done, failure: nil)
     }
 
     /// Runs `body` in one write on the writer connection (with the tracking record's deletion
