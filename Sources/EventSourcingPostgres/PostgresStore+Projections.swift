@@ -93,8 +93,7 @@ public final class PostgresViewTransaction: Sendable {
 }
 
 /// Read models in the store's own database, processed exactly once: the runner's batch is one
-/// transaction on one pooled connection holding the view's writes (each notification in a
-/// savepoint of its own) and the tracking record (`insert_tracking`, which refuses to move a
+/// transaction on one pooled connection holding the view's writes and the tracking record (`insert_tracking`, which refuses to move a
 /// position back: a second runner of the same name fails with `.trackingConflict`).
 extension PostgresStore: ProjectionStore {
     public typealias Context = PostgresViewTransaction
@@ -103,9 +102,15 @@ extension PostgresStore: ProjectionStore {
         try await maxTrackingID(name)
     }
 
-    /// Applies the batch in one transaction. A step that throws is rolled back to its
-    /// savepoint; the steps before it and their tracking record commit. A cancelled batch, or one
-    /// that runs past the operation timeout, commits nothing.
+    /// Applies the batch in one transaction. A step that throws is rolled back; the steps
+    /// before it and their tracking record commit. A cancelled batch, or one that runs past the
+    /// operation timeout, commits nothing.
+    ///
+    /// The steps run first without a savepoint each (no round trips between notifications);
+    /// only when a step throws is the batch rolled back and run again from its first step with
+    /// a savepoint per notification, up to the one that throws (whose writes alone are undone).
+    /// So a batch with a failing notification calls the projection twice for the notifications
+    /// before it; the first run's writes are gone, so the view still holds each once.
     public func applyProjectionBatch(_ batch: ProjectionBatch<PostgresViewTransaction>) async throws
         -> ProjectionBatch<PostgresViewTransaction>.Outcome {
         try Tracking.validate(name: batch.name)
@@ -115,36 +120,53 @@ extension PostgresStore: ProjectionStore {
             try await PostgresStore.inTransaction(conn, logger) {
                 let tx = PostgresViewTransaction(connection: conn, projectionName: batch.name, schema: s, logger: logger)
                 defer { tx.close() }
-                var done: Int64?
-                var failure: (notificationID: Int64, error: any Error)?
-                for step in batch.steps {
-                    try Task.checkCancellation()
-                    if let body = step.body {
-                        _ = try await conn.query("SAVEPOINT es_projection_step", logger: logger).collect()
-                        tx.begin(step.notificationID)
-                        do {
-                            try await body(tx)
-                        } catch {
-                            if Task.isCancelled { throw CancellationError() }
-                            _ = try await conn.query("ROLLBACK TO SAVEPOINT es_projection_step", logger: logger).collect()
-                            _ = try await conn.query("RELEASE SAVEPOINT es_projection_step", logger: logger).collect()
-                            failure = (step.notificationID, error)
-                            break
-                        }
-                        _ = try await conn.query("RELEASE SAVEPOINT es_projection_step", logger: logger).collect()
-                    }
-                    done = step.notificationID
+                _ = try await conn.query("SAVEPOINT es_projection_batch", logger: logger).collect()
+                var outcome = try await PostgresStore.runSteps(batch.steps, in: tx, conn, logger, savepointEach: false)
+                if outcome.failure != nil {
+                    // A step threw (and may have aborted the transaction): nothing of this run is
+                    // kept; the steps before it run again, each in a savepoint.
+                    _ = try await conn.query("ROLLBACK TO SAVEPOINT es_projection_batch", logger: logger).collect()
+                    outcome = try await PostgresStore.runSteps(batch.steps, in: tx, conn, logger, savepointEach: true)
                 }
-                if let done {
+                _ = try await conn.query("RELEASE SAVEPOINT es_projection_batch", logger: logger).collect()
+                if let done = outcome.committedThrough {
                     let tracking = Tracking(name: batch.name, notificationID: done)
                     try await PostgresStore.translatingTrackingConflict(tracking) {
                         _ = try await conn.query("SELECT \(unescaped: s).insert_tracking(\(batch.name), \(done))",
                                                  logger: logger).collect()
                     }
                 }
-                return .init(committedThrough: done, failure: failure)
+                return outcome
             }
         }
+    }
+
+    /// Runs `steps` in order until one throws; with `savepointEach`, each in a savepoint that
+    /// is rolled back when it throws.
+    static func runSteps(_ steps: [ProjectionBatch<PostgresViewTransaction>.Step], in tx: PostgresViewTransaction,
+                         _ conn: PostgresConnection, _ logger: Logger,
+                         savepointEach: Bool) async throws -> ProjectionBatch<PostgresViewTransaction>.Outcome {
+        var done: Int64?
+        for step in steps {
+            try Task.checkCancellation()
+            if let body = step.body {
+                if savepointEach { _ = try await conn.query("SAVEPOINT es_projection_step", logger: logger).collect() }
+                tx.begin(step.notificationID)
+                do {
+                    try await body(tx)
+                } catch {
+                    if Task.isCancelled { throw CancellationError() }
+                    if savepointEach {
+                        _ = try await conn.query("ROLLBACK TO SAVEPOINT es_projection_step", logger: logger).collect()
+                        _ = try await conn.query("RELEASE SAVEPOINT es_projection_step", logger: logger).collect()
+                    }
+                    return .init(committedThrough: done, failure: (step.notificationID, error))
+                }
+                if savepointEach { _ = try await conn.query("RELEASE SAVEPOINT es_projection_step", logger: logger).collect() }
+            }
+            done = step.notificationID
+        }
+        return .init(committedThrough: done, failure: nil)
     }
 
     /// Runs `body` in one transaction (with the tracking record's deletion when resetting): all
