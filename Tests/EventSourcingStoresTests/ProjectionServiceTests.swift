@@ -42,7 +42,7 @@ struct ProjectionServiceTests {
             for i in 0..<5 {
                 var account = try AggregateRoot<Account>(.opened(subject: "", owner: "Owner \(i)"))
                 let saved = try await app.save(&account)
-                try await projections.wait(for: "owners", until: saved[0].notificationID, timeout: .seconds(10))
+                try await projections.wait(for: "owners", until: saved[0].notificationID, timeout: .seconds(60))
             }
             #expect(runner.isRunning)
             await group.triggerGracefulShutdown()

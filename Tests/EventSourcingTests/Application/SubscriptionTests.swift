@@ -125,7 +125,8 @@ struct SubscriptionTests {
             let started = ContinuousClock.now
             waiting.cancel()
             await #expect(throws: CancellationError.self) { try await waiting.value }
-            #expect(ContinuousClock.now - started < .seconds(2))
+            // Far below the 600 s poll interval; roomy because the whole suite shares two cores.
+            #expect(ContinuousClock.now - started < .seconds(15))
 
             // Cancelled while items are still pending: the next call throws, nothing more arrives.
             let catchingUp = Task {
