@@ -1,4 +1,5 @@
 import EventSourcing
+import KeyManagement
 import Logging
 import PostgresNIO
 import Synchronization
@@ -247,8 +248,52 @@ enum PostgresSchema {
 }
 
 extension PostgresStore {
-    func migrate() async throws {
+    /// The statements every start (re)creates, in order: the tables added since version 1, the
+    /// server functions and the commit-notification trigger.
+    func startStatements() -> [String] {
         let s = schema
+        return [PostgresSchema.plaintextIndex(s), PostgresSchema.trackingTable(s),
+                PostgresSchema.insertSavesFunction(s), PostgresSchema.readAggregatesFunction(s)]
+            + PostgresSchema.commitNotification(s, channel: commitChannel)
+            + PostgresSchema.trackingFunctions(s)
+    }
+
+    /// A fingerprint of ``startStatements()`` (the first 8 bytes of their SHA-256), kept in
+    /// `es_meta`: a start whose statements are those already installed skips them.
+    func startFingerprint() -> Int64 {
+        let digest = Digest.sha256(Array(startStatements().joined(separator: "\u{0}").utf8))
+        return digest.prefix(8).reduce(Int64(0)) { $0 << 8 | Int64($1) }
+    }
+
+    /// Whether the schema is current: its version, the fingerprint of the start statements,
+    /// and the tracking table and commit trigger still there. One query; any error (no schema
+    /// yet) means no.
+    func schemaIsCurrent() async -> Bool {
+        let s = schema
+        let fingerprint = startFingerprint()
+        let query = PostgresQuery(unsafeSQL: """
+            SELECT (SELECT value FROM \(s).es_meta WHERE key = 'schema_version') = \(PostgresStore.schemaVersion)
+               AND (SELECT value FROM \(s).es_meta WHERE key = 'start_fingerprint') = \(fingerprint)
+               AND to_regclass('\(s).tracking') IS NOT NULL
+               AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'events_notify_commit' AND tgrelid = to_regclass('\(s).events'))
+            """)
+        do {
+            return try await run { client in
+                var current = false
+                for try await v in try await client.query(query, logger: self.logger).decode(Bool?.self) { current = v ?? false }
+                return current
+            }
+        } catch {
+            return false
+        }
+    }
+
+    func migrate() async throws {
+        // Most starts find the schema as this version of the library leaves it: one query.
+        if await schemaIsCurrent() { return }
+        let s = schema
+        let statements = startStatements()
+        let fingerprint = startFingerprint()
         _ = try await run { connection in
             try await connection.withTransaction(logger: self.logger) { conn in
                 try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\("eventsourcing-schema:" + self.configuration.schema)))",
@@ -275,17 +320,13 @@ extension PostgresStore {
                         try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
                     }
                 }
-                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.plaintextIndex(s)), logger: self.logger)
-                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.trackingTable(s)), logger: self.logger)
-                // The functions are replaced on every start, so a fix to them needs no migration.
-                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.insertSavesFunction(s)), logger: self.logger)
-                try await conn.query(PostgresQuery(unsafeSQL: PostgresSchema.readAggregatesFunction(s)), logger: self.logger)
-                for statement in PostgresSchema.commitNotification(s, channel: self.commitChannel) {
+                // The functions are replaced whenever they changed, so a fix to them needs no migration.
+                for statement in statements {
                     try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
                 }
-                for function in PostgresSchema.trackingFunctions(s) {
-                    try await conn.query(PostgresQuery(unsafeSQL: function), logger: self.logger)
-                }
+                try await conn.query(
+                    "INSERT INTO \(unescaped: s).es_meta (key, value) VALUES ('start_fingerprint', \(fingerprint)) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    logger: self.logger)
                 try await conn.query(
                     "INSERT INTO \(unescaped: s).es_meta (key, value) VALUES ('schema_version', \(Int64(PostgresStore.schemaVersion))) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
                     logger: self.logger)

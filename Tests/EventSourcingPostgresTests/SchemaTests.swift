@@ -69,6 +69,37 @@ extension PostgresTests {
             try await dropSchema(config)
         }
 
+        @Test("Opening a current schema changes nothing (one query); a schema whose start fingerprint differs gets its functions replaced")
+        func startStatementsRunOnlyWhenChanged() async throws {
+            let config = try freshConfiguration()
+            let s = config.schema
+            await (try await PostgresStore(configuration: config)).close()
+            do {
+                try await withRawClient(config) { client in
+                    let installed = try await fingerprint(client, s)
+                    await (try await PostgresStore(configuration: config)).close()
+                    #expect(try await fingerprint(client, s) == installed, "reopening a current schema rewrote something")
+                    // What a store of another library version left: its functions are replaced.
+                    try await client.query("UPDATE \(unescaped: s).es_meta SET value = 0 WHERE key = 'start_fingerprint'")
+                    await (try await PostgresStore(configuration: config)).close()
+                    let replaced = try await fingerprint(client, s)
+                    #expect(replaced.functions != installed.functions)
+                    #expect(replaced.meta == installed.meta, "the fingerprint is written back")
+                    // A dropped trigger is found by the same check and put back.
+                    try await client.query("DROP TRIGGER events_notify_commit ON \(unescaped: s).events")
+                    await (try await PostgresStore(configuration: config)).close()
+                    let triggers = try await client.strings("""
+                        SELECT tgname::text FROM pg_trigger WHERE tgrelid = to_regclass(\(s + ".events")) AND tgname = 'events_notify_commit'
+                        """)
+                    #expect(triggers == ["events_notify_commit"])
+                }
+            } catch {
+                try? await dropSchema(config)
+                throw error
+            }
+            try await dropSchema(config)
+        }
+
         @Test("Eight stores opening the same new schema at once all succeed, and the schema works (advisory lock)",
               arguments: 1...3)
         func concurrentOpensOfANewSchema(_ round: Int) async throws {
@@ -96,8 +127,11 @@ extension PostgresTests {
                     for other in opened { #expect(try await other.maxNotificationID() == 2) }
                 }
                 try await withRawClient(config) { client in
-                    let meta = try await client.strings("SELECT key || '=' || value FROM \(unescaped: config.schema).es_meta")
-                    #expect(meta == ["schema_version=\(PostgresStore.schemaVersion)"])
+                    let meta = try await client.strings("SELECT key || '=' || value FROM \(unescaped: config.schema).es_meta ORDER BY key")
+                    // The version, and the fingerprint of the functions and trigger the starts installed.
+                    #expect(meta.count == 2)
+                    #expect(meta.first == "schema_version=\(PostgresStore.schemaVersion)")
+                    #expect(meta.last?.hasPrefix("start_fingerprint=") == true)
                 }
             } catch {
                 for s in opened { await s.close() }
