@@ -13,7 +13,8 @@ import Synchronization
 ///   processed exactly once, whenever the process stops. With ``AtLeastOnceProjectionStore``
 ///   the position is written after the view: at least once.
 /// - **Catches up in batches, then follows live.** Up to ``batchSize`` notifications are read
-///   (and decrypted) at a time and applied in one transaction; once the log has nothing new, it
+///   (and decrypted) at a time and applied in one transaction; while a full batch is applied,
+///   the next one is read (at most two batches in memory); once the log has nothing new, it
 ///   waits on ``NotificationLog/subscribe(after:topics:pageSize:pollInterval:)`` (woken at once
 ///   by an in-process commit, or at the recorder's polling bound) and goes on from there.
 /// - **Erasure reaches the view.** An erasure record calls ``Projection/erase(keyScope:in:)``
@@ -203,30 +204,59 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         publish(position)
         let topics = self.topics
         // How far the log was looked at: with a topic filter, past the position (ids of other
-        // topics), so a wake-up does not scan them again. Ids become visible in ascending order
-        // (as subscriptions assume), so a page bounded by the log's last id that comes back
-        // short has looked at every id up to that one.
+        // topics), so a wake-up does not scan them again (readPage).
         var scanned = position
+        // While a full batch is applied, the next one is read (and decrypted) meanwhile: at
+        // most two batches in memory.
+        var prefetch: Task<Page, any Error>?
+        defer { prefetch?.cancel() }
         while scanned < Int64.max {
             try Task.checkCancellation()
-            var items: [LogItem] = []
-            if topics.isEmpty {
-                items = try await log.read(start: scanned + 1, limit: batchSize)
-            } else if let last = try await log.maxNotificationID, last > scanned {
-                items = try await log.read(start: scanned + 1, limit: batchSize, stop: last, topics: topics)
-                if items.count < batchSize { scanned = last }
+            let page: Page
+            if let pending = prefetch {
+                prefetch = nil
+                page = try await withTaskCancellationHandler { try await pending.value } onCancel: { pending.cancel() }
+            } else {
+                page = try await readPage(after: scanned, topics: topics)
             }
+            var items = page.items
+            scanned = max(scanned, page.scanned)
             if items.isEmpty {
                 // Caught up: wait for the next item to commit, then read on in batches.
                 var live = log.subscribe(after: scanned, topics: topics, pageSize: 1).makeAsyncIterator()
                 guard let next = try await live.next() else { return }
                 items = [next]
+            } else if items.count == batchSize, let last = items.last?.notification.id {
+                // Applying succeeds only with every item: the next page starts after the last.
+                let after = max(scanned, last)
+                prefetch = Task { try await self.readPage(after: after, topics: topics) }
             }
             position = try await apply(items, after: position)
             scanned = max(scanned, position)
         }
         // The last possible notification id was processed: nothing can follow.
         try await Task.sleep(for: .seconds(365 * 86_400))
+    }
+
+    /// A batch read from the log, and how far the log was looked at for it.
+    private struct Page: Sendable {
+        var items: [LogItem]
+        var scanned: Int64
+    }
+
+    /// Reads up to ``batchSize`` items of `topics` after `scanned`. With a topic filter, a
+    /// page bounded by the log's last id that comes back short has looked at every id up to that
+    /// one (ids become visible in ascending order, as subscriptions assume): `scanned` moves
+    /// there, so a wake-up does not scan those ids again.
+    private func readPage(after scanned: Int64, topics: [String]) async throws -> Page {
+        let log = application.notificationLog
+        guard scanned < Int64.max else { return Page(items: [], scanned: scanned) }
+        if topics.isEmpty {
+            return Page(items: try await log.read(start: scanned + 1, limit: batchSize), scanned: scanned)
+        }
+        guard let last = try await log.maxNotificationID, last > scanned else { return Page(items: [], scanned: scanned) }
+        let items = try await log.read(start: scanned + 1, limit: batchSize, stop: last, topics: topics)
+        return Page(items: items, scanned: items.count < batchSize ? last : scanned)
     }
 
     /// Applies `items` (ascending ids after `position`) in one batch; returns the new position.
