@@ -170,7 +170,6 @@ public final class SQLiteViewTransaction: @unchecked Sendable {
 
     private func withStatement<T>(_ sql: String, _ values: [SQLiteValue],
                                   _ body: (Statement, SQLiteConnection) throws -> T) throws -> T {
-        try Self.refuseControl(sql)
         lock.lock()
         defer { lock.unlock() }
         do {
@@ -178,7 +177,8 @@ public final class SQLiteViewTransaction: @unchecked Sendable {
                 throw EventSourcingError(.invalidArgument,
                     "the view transaction of projection \"\(projectionName)\" is over: use it only during the call that received it")
             }
-            return try conn.withViewStatement(sql) { statement in
+            // The SQL is checked when it is prepared: a kept statement passed already.
+            return try conn.withViewStatement(sql, check: { try Self.refuseControl(sql) }) { statement in
                 if isReadOnly, sqlite3_stmt_readonly(statement.handle) == 0 {
                     throw EventSourcingError(.invalidArgument, "a view read (SQLiteStore.readView) runs only statements that read")
                 }
@@ -197,12 +197,14 @@ public final class SQLiteViewTransaction: @unchecked Sendable {
     /// connection's settings (secure_delete, journal mode, synchronous).
     static func refuseControl(_ sql: String) throws(EventSourcingError) {
         let word = ViewSQL.firstKeyword(sql)
-        let refused: Set = ["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "ATTACH", "DETACH", "VACUUM", "PRAGMA"]
-        if refused.contains(word) {
+        if refusedKeywords.contains(word) {
             throw EventSourcingError(.invalidArgument,
                                      "a view transaction does not run \(word) statements (the runner owns the transaction and the connection's settings)")
         }
     }
+
+    private static let refusedKeywords: Set = ["BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "ATTACH", "DETACH",
+                                               "VACUUM", "PRAGMA"]
 
     // MARK: Running a projection's async call on the writer thread
 

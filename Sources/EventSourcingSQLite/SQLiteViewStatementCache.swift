@@ -52,16 +52,18 @@ final class ViewStatementCache {
 
 extension SQLiteConnection {
     /// Runs `body` with a prepared statement for `sql` (one statement) from the connection's
-    /// bounded cache of a read model's statements (prepared and kept on a miss); resets it and
-    /// clears its bindings afterwards, whatever `body` did, so it holds no lock or snapshot.
-    /// - Throws: `.invalidArgument` when `sql` holds more than one statement or none; the
-    ///   SQLite error of a statement that does not compile; `body`'s errors.
-    func withViewStatement<T>(_ sql: String, _ body: (Statement) throws -> T) throws -> T {
+    /// bounded cache of a read model's statements (prepared and kept on a miss, after `check`
+    /// accepted `sql`); resets it and clears its bindings afterwards, whatever `body` did, so it
+    /// holds no lock or snapshot.
+    /// - Throws: `check`'s errors; `.invalidArgument` when `sql` holds more than one statement
+    ///   or none; the SQLite error of a statement that does not compile; `body`'s errors.
+    func withViewStatement<T>(_ sql: String, check: () throws -> Void, _ body: (Statement) throws -> T) throws -> T {
         let handle: OpaquePointer
         var kept = true
         if let cached = viewStatements.take(sql) {
             handle = cached
         } else {
+            try check()
             handle = try prepareOne(sql, flags: UInt32(SQLITE_PREPARE_PERSISTENT))
             kept = viewStatements.keep(sql, handle)
         }

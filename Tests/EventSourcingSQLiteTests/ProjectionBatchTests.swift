@@ -117,6 +117,20 @@ struct SQLiteProjectionBatchTests {
         await s.store.close()
     }
 
+    @Test("Refused SQL is never kept, so it is refused every time")
+    func refusedSQLNotKept() async throws {
+        let dir = try TempDir("projection-statement-refused")
+        let s = try await Self.store(dir)
+        for _ in 0..<2 {
+            let e = await #expect(throws: EventSourcingError.self) {
+                try await s.store.projectionTransaction("setup", resettingTracking: false) { tx in try tx.execute("SAVEPOINT x") }
+            }
+            #expect(e?.code == .invalidArgument)
+        }
+        #expect(try await s.store.write { $0.viewStatements.take("SAVEPOINT x") != nil } == false)
+        await s.store.close()
+    }
+
     @Test("A kept query whose table was dropped and made again with other columns returns the new columns")
     func keptStatementAfterSchemaChange() async throws {
         let dir = try TempDir("projection-statement-schema")
