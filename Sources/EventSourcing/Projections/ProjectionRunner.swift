@@ -191,7 +191,6 @@ public final class ProjectionRunner<P: Projection>: Sendable {
     }
 
     private func follow() async throws {
-        let log = application.notificationLog
         let projection = self.projection
         do {
             try await store.projectionTransaction(name, resettingTracking: false) { context in
@@ -207,18 +206,34 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         // topics), so a wake-up does not scan them again (readPage).
         var scanned = position
         // While a full batch is applied, the next one is read (and decrypted) meanwhile: at
-        // most two batches in memory.
+        // most two batches in memory. A page read (short) runs in a task of its own that is
+        // never cancelled, only awaited: PostgreSQL closes the connection of a cancelled query,
+        // which can fail the next call that gets it from the pool; the cancellation is seen
+        // once the page is read. A run ends with no read of its own still running.
         var prefetch: Task<Page, any Error>?
-        defer { prefetch?.cancel() }
+        do {
+            try await followLog(from: &position, scanned: &scanned, topics: topics, prefetch: &prefetch)
+        } catch {
+            if let pending = prefetch { _ = try? await pending.value }
+            throw error
+        }
+    }
+
+    private func followLog(from position: inout Int64, scanned: inout Int64, topics: [String],
+                           prefetch: inout Task<Page, any Error>?) async throws {
+        let log = application.notificationLog
         while scanned < Int64.max {
             try Task.checkCancellation()
             let page: Page
-            if let pending = prefetch {
+            do {
+                let pending = prefetch ?? Task { [scanned] in try await self.readPage(after: scanned, topics: topics) }
                 prefetch = nil
-                page = try await withTaskCancellationHandler { try await pending.value } onCancel: { pending.cancel() }
-            } else {
-                page = try await readPage(after: scanned, topics: topics)
+                page = try await pending.value
+            } catch {
+                if Task.isCancelled { throw CancellationError() }
+                throw error
             }
+            try Task.checkCancellation()
             var items = page.items
             scanned = max(scanned, page.scanned)
             if items.isEmpty {
