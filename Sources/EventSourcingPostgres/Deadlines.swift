@@ -108,12 +108,21 @@ extension PostgresStore {
     /// connection in its place.
     func withCancellableConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         try await client.withConnection { connection in
-            try await withTaskCancellationHandler {
-                try await body(connection)
-            } onCancel: {
-                let closing: EventLoopFuture<Void> = connection.close()
-                _ = closing
+            let closing = Mutex<EventLoopFuture<Void>?>(nil)
+            let result: Result<T, any Error>
+            do {
+                result = .success(try await withTaskCancellationHandler {
+                    try await body(connection)
+                } onCancel: {
+                    closing.withLock { $0 = connection.close() }
+                })
+            } catch {
+                result = .failure(error)
             }
+            // A connection closed by a cancellation goes back to the pool only once it is
+            // closed, so the pool drops it instead of lending it, half-closed, to the next call.
+            if let closed = closing.withLock({ $0 }) { try? await closed.get() }
+            return try result.get()
         }
     }
 
