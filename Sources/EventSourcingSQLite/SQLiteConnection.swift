@@ -73,16 +73,6 @@ final class SQLiteConnection {
         return Statement(handle: s, connection: self)
     }
 
-    /// Prepares `sql`, one statement, without caching it (SQL the library does not own, such as
-    /// a read model's, must not grow the cache), runs `body` with it, then finalizes it.
-    /// - Throws: `.invalidArgument` when `sql` holds more than one statement or none; the
-    ///   SQLite error of a statement that does not compile.
-    func withUncachedStatement<T>(_ sql: String, _ body: (Statement) throws -> T) throws -> T {
-        let s = try prepareOne(sql, flags: 0)
-        defer { sqlite3_finalize(s) }
-        return try body(Statement(handle: s, connection: self))
-    }
-
     /// Prepares `sql`, which must hold exactly one statement (`flags`: `sqlite3_prepare_v3`'s).
     /// - Throws: `.invalidArgument` when `sql` holds more than one statement or none; the
     ///   SQLite error of a statement that does not compile.
