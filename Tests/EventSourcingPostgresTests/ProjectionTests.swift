@@ -89,7 +89,7 @@ struct ProjectionTests {
             let sightings = PostgresSightings()
             let runner = try ProjectionRunner(application: s.app, projection: PostgresCustomerDirectory(sightings: sightings), store: store)
             let task = Task { try await runner.run() }
-            try await runner.wait(until: 24, timeout: .seconds(30))
+            try await runner.wait(until: 24, timeout: .seconds(120))
             let target = 7
             let strings = ["Name-P-\(target)", "mail-P-\(target)@example", "\(target) Other Road P", ids[target].uuidString.lowercased()]
             let before = try await Self.viewContent(config)
@@ -98,7 +98,7 @@ struct ProjectionTests {
 
             try await s.app.shred(keyScope: ids[target].uuidString.lowercased())
             let last = try #require(try await s.app.notificationLog.maxNotificationID)
-            try await runner.wait(until: last, timeout: .seconds(30))
+            try await runner.wait(until: last, timeout: .seconds(120))
             task.cancel()
             try await task.value
             let after = try await Self.viewContent(config)
@@ -112,7 +112,7 @@ struct ProjectionTests {
             try await rebuilt.reset()
             #expect(try await rebuilt.position == nil)
             let again = Task { try await rebuilt.run() }
-            try await rebuilt.wait(until: last, timeout: .seconds(30))
+            try await rebuilt.wait(until: last, timeout: .seconds(120))
             again.cancel()
             try await again.value
             #expect(!sightings2.decoded.withLock { $0.contains(ids[target]) })
@@ -142,7 +142,7 @@ struct ProjectionTests {
 
             sightings.failAt.withLock { $0 = [] }
             let task = Task { try await runner.run() }
-            try await runner.wait(until: 8, timeout: .seconds(30))
+            try await runner.wait(until: 8, timeout: .seconds(120))
             task.cancel()
             try await task.value
             #expect(try await Self.viewContent(config).count == 4)

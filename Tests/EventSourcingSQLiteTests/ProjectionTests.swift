@@ -112,7 +112,7 @@ struct SQLiteProjectionTests {
         let sightings = Sightings()
         let runner = try ProjectionRunner(application: s.app, projection: CustomerDirectory(sightings: sightings), store: s.store)
         let task = Task { try await runner.run() }
-        try await runner.wait(until: 80, timeout: .seconds(30))
+        try await runner.wait(until: 80, timeout: .seconds(120))
 
         let target = 17
         let scope = ids[target].uuidString.lowercased()
@@ -128,7 +128,7 @@ struct SQLiteProjectionTests {
 
         try await s.app.shred(keyScope: scope)
         let last = try #require(try await s.app.notificationLog.maxNotificationID)
-        try await runner.wait(until: last, timeout: .seconds(30))
+        try await runner.wait(until: last, timeout: .seconds(120))
         let rows = try await s.store.readView { tx in
             try tx.query("SELECT id, name FROM customer_directory ORDER BY id").map { $0["id"]?.textValue ?? "" }
         }
@@ -152,7 +152,7 @@ struct SQLiteProjectionTests {
         try await rebuilt.reset()
         #expect(try await rebuilt.position == nil)
         let again = Task { try await rebuilt.run() }
-        try await rebuilt.wait(until: last, timeout: .seconds(30))
+        try await rebuilt.wait(until: last, timeout: .seconds(120))
         again.cancel()
         try await again.value
         #expect(!sightings2.decoded.withLock { $0.contains(ids[target]) })
@@ -211,7 +211,7 @@ struct SQLiteProjectionTests {
 
         sightings.failAt.withLock { $0 = [] }
         let task = Task { try await runner.run() }
-        try await runner.wait(until: 10, timeout: .seconds(30))
+        try await runner.wait(until: 10, timeout: .seconds(120))
         task.cancel()
         try await task.value
         let all = try await s.store.readView { try $0.query("SELECT count(*) FROM customer_directory") }

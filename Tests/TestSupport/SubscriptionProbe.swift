@@ -13,7 +13,7 @@ public enum SubscriptionProbe {
     /// The first `count` items of `subscription`, read by a task of their own; throws
     /// ``TimedOut`` if they do not all arrive within `within`.
     public static func take(_ count: Int, from subscription: LogSubscription,
-                            within: Duration = .seconds(30)) async throws -> [LogItem] {
+                            within: Duration = .seconds(90)) async throws -> [LogItem] {
         let seen = Seen()
         return try await withThrowingTaskGroup(of: [LogItem]?.self) { group in
             group.addTask {

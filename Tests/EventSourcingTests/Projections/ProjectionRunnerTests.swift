@@ -66,7 +66,7 @@ struct CountingProjection: Projection {
 }
 
 /// Runs `runner` until its view reflects notification `id`, then stops it.
-func runUntil<P>(_ runner: ProjectionRunner<P>, _ id: Int64, timeout: Duration = .seconds(30)) async throws {
+func runUntil<P>(_ runner: ProjectionRunner<P>, _ id: Int64, timeout: Duration = .seconds(120)) async throws {
     let task = Task { try await runner.run() }
     do {
         try await runner.wait(until: id, timeout: timeout)
@@ -238,11 +238,11 @@ struct ProjectionRunnerTests {
 
             // A second run of the same runner is refused; the first goes on.
             let first = Task { try await runner.run() }
-            try await runner.wait(until: 4, timeout: .seconds(10))
+            try await runner.wait(until: 4, timeout: .seconds(60))
             let second = await #expect(throws: EventSourcingError.self) { try await runner.run() }
             #expect(second?.code == .invalidArgument)
             try await Self.saveDogs(t.app, 1, prefix: "last")
-            try await group.wait(for: "dogs", until: 5, timeout: .seconds(10))
+            try await group.wait(for: "dogs", until: 5, timeout: .seconds(60))
             first.cancel()
             try await first.value
             #expect(view.counts == Dictionary(uniqueKeysWithValues: (1...5).map { (Int64($0), 1) }))
