@@ -123,3 +123,34 @@ func runBehaviour(suite: String, behaviour: String, _ body: (Checker) async thro
         throw checker.fail(expected: "no error", observed: "\(type(of: error)): \(error)")
     }
 }
+
+/// Checks each of `behaviours` with `check`, every one of them, and throws all the failures
+/// together (each suite's `run()`).
+func runEach<B>(_ behaviours: [B], _ check: (B) async throws(ConformanceFailure) -> Void) async throws {
+    var failures: [ConformanceFailure] = []
+    for b in behaviours {
+        do { try await check(b) } catch { failures.append(error) }
+    }
+    if !failures.isEmpty { throw ConformanceFailures(failures) }
+}
+
+/// Runs one behaviour against a fresh subject from `make`, which `close` closes afterwards,
+/// also when the behaviour failed (each suite's `check(_:)`). A failure to make or close the
+/// subject is a failure of the behaviour; a failed behaviour is reported before a failed close.
+func checkOnFreshSubject<S>(suite: String, behaviour: String, subject what: String,
+                            make: () async throws -> S, close: (S) async throws -> Void,
+                            _ body: (Checker, S) async throws -> Void) async throws(ConformanceFailure) {
+    let checker = Checker(suite: suite, behaviour: behaviour)
+    let subject: S
+    do { subject = try await make() } catch {
+        throw checker.fail(expected: "makeStore() gives a fresh \(what)", observed: "\(type(of: error)): \(error)")
+    }
+    var failure: ConformanceFailure?
+    do {
+        try await runBehaviour(suite: suite, behaviour: behaviour) { c in try await body(c, subject) }
+    } catch { failure = error }
+    do { try await close(subject) } catch {
+        if failure == nil { failure = checker.fail(expected: "close() succeeds", observed: "\(type(of: error)): \(error)") }
+    }
+    if let failure { throw failure }
+}

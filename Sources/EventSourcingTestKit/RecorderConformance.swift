@@ -123,31 +123,16 @@ public struct RecorderConformance: Sendable {
     /// Checks every behaviour of ``behaviours``, each against a fresh store.
     /// - Throws: ``ConformanceFailures`` listing every behaviour that failed.
     public func run() async throws {
-        var failures: [ConformanceFailure] = []
-        for b in behaviours {
-            do { try await check(b) } catch { failures.append(error) }
-        }
-        if !failures.isEmpty { throw ConformanceFailures(failures) }
+        try await runEach(behaviours, check)
     }
 
     /// Checks one behaviour against a fresh store, which is closed afterwards.
     /// - Throws: ``ConformanceFailure`` naming the behaviour.
     public func check(_ behaviour: Behaviour) async throws(ConformanceFailure) {
-        let checker = Checker(suite: "RecorderConformance", behaviour: behaviour.rawValue)
-        let subject: Subject
-        do { subject = try await makeStore() } catch {
-            throw checker.fail(expected: "makeStore() gives a fresh store", observed: "\(type(of: error)): \(error)")
+        try await checkOnFreshSubject(suite: "RecorderConformance", behaviour: behaviour.rawValue, subject: "store",
+                                      make: makeStore, close: { try await $0.close() }) { c, subject in
+            try await Self.body(of: behaviour)(c, subject)
         }
-        var failure: ConformanceFailure?
-        do {
-            try await runBehaviour(suite: checker.suite, behaviour: checker.behaviour) { c in
-                try await Self.body(of: behaviour)(c, subject)
-            }
-        } catch { failure = error }
-        do { try await subject.close() } catch {
-            if failure == nil { failure = checker.fail(expected: "close() succeeds", observed: "\(type(of: error)): \(error)") }
-        }
-        if let failure { throw failure }
     }
 
     typealias Body = @Sendable (Checker, Subject) async throws -> Void
