@@ -86,7 +86,8 @@ final class LoggingKeyCommittingRecorder: KeyCommittingRecorder {
     func maxNotificationID() async throws -> Int64? { try await inner.maxNotificationID() }
 }
 
-/// A key store that logs when a data key is inserted into it, into the recorder's log.
+/// A key store that logs when a data key is inserted into it, into the recorder's log, and the
+/// prefetch hints it is given ("prefetch a,b").
 final class LoggingKeyStore: KeyStore {
     let inner: InMemoryKeyStore
     let log: CallLog
@@ -98,6 +99,7 @@ final class LoggingKeyStore: KeyStore {
         log.add("key")
         try await inner.insertDataKey(key)
     }
+    func prefetchDataKeys(scopes: [String]) async throws { log.add("prefetch " + scopes.joined(separator: ",")) }
     func dataKeys(scope: String) async throws -> [WrappedDataKey] { try await inner.dataKeys(scope: scope) }
     func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey] {
         try await inner.dataKeys(after: cursor, limit: limit)
