@@ -7,8 +7,8 @@ import Synchronization
 ///
 /// At most `maxThreads` threads run; a thread starts when a job finds none idle, and exits after
 /// `idleTimeout` without work, so an executor nobody uses holds no thread (a store that is never
-/// closed leaks none). A thread can spin briefly for its next job before it sleeps (`spin`, off
-/// by default: on a loaded 2-core machine the spinning cost more than the wake-ups it saved).
+/// closed leaks none). A thread sleeps as soon as it finds no job (spinning for the next one was
+/// tried: on a loaded 2-core machine it cost more than the wake-ups it saved).
 ///
 /// Code can test whether it runs on one of the executor's threads (``isCurrent``) and then do
 /// its blocking work inline, without a hop.
@@ -16,7 +16,7 @@ public final class ThreadPoolExecutor: TaskExecutor, Sendable {
     struct State: ~Copyable {
         var jobs: [Job] = []
         var head = 0
-        /// Threads running (busy, spinning or sleeping).
+        /// Threads running (busy or sleeping).
         var threads = 0
         /// Threads sleeping on `wake`.
         var sleeping = 0
@@ -43,26 +43,19 @@ public final class ThreadPoolExecutor: TaskExecutor, Sendable {
 
     private let state = Mutex(State())
     private let wake = DispatchSemaphore(value: 0)
-    /// Threads spinning for a job right now.
-    private let spinning = Atomic<Int>(0)
-    /// Bumped by every job queued: what spinning threads watch (not the lock).
-    private let queued = Atomic<UInt64>(0)
     private let identity: Identity
     /// The most threads that run at once.
     public let maxThreads: Int
     private let name: String
     private let idleMillis: Int
-    private let spinNanos: UInt64
 
-    /// An executor of at most `maxThreads` (at least 1) threads named `name`; a thread spins
-    /// `spin` for its next job before it sleeps, and exits after `idleTimeout` asleep.
-    public init(name: String, maxThreads: Int, idleTimeout: Duration = .seconds(2), spin: Duration = .zero) {
+    /// An executor of at most `maxThreads` (at least 1) threads named `name`; a thread exits
+    /// after `idleTimeout` asleep.
+    public init(name: String, maxThreads: Int, idleTimeout: Duration = .seconds(2)) {
         self.name = name
         self.maxThreads = max(1, maxThreads)
         self.idleMillis = max(1, Int(idleTimeout.components.seconds) * 1000
                                  + Int(idleTimeout.components.attoseconds / 1_000_000_000_000_000))
-        self.spinNanos = UInt64(max(0, spin.components.seconds)) * 1_000_000_000
-            + UInt64(max(0, spin.components.attoseconds / 1_000_000_000))
         self.identity = Identity()
     }
 
@@ -104,8 +97,8 @@ public final class ThreadPoolExecutor: TaskExecutor, Sendable {
                 return .spawn
             }
             let pending = s.jobs.count - s.head
-            // A spinning thread takes the job; otherwise a sleeping one is woken, or a new one started.
-            if pending <= spinning.load(ordering: .acquiring) + s.signalled { return .none }
+            // A thread already woken takes the job; otherwise a sleeping one is woken, or a new one started.
+            if pending <= s.signalled { return .none }
             if s.sleeping > s.signalled {
                 s.signalled += 1
                 return .signal
@@ -117,7 +110,6 @@ public final class ThreadPoolExecutor: TaskExecutor, Sendable {
             }
             return .none   // every thread is busy: the next one free takes it
         }
-        queued.add(1, ordering: .releasing)
         switch action {
         case .none: break
         case .signal: wake.signal()
@@ -156,10 +148,6 @@ public final class ThreadPoolExecutor: TaskExecutor, Sendable {
                 job.run(on: executor)
                 continue
             }
-            if !state.withLock({ $0.stopped }), let job = spin() {
-                job.run(on: executor)
-                continue
-            }
             // Sleep until woken, or exit after the idle timeout (or once stopped).
             let sleep = state.withLock { s -> Bool? in
                 if s.stopped, s.isEmpty {
@@ -189,28 +177,6 @@ public final class ThreadPoolExecutor: TaskExecutor, Sendable {
             }
             if exit { return }
         }
-    }
-
-    /// Spins for a job for a short while; nil if none came.
-    private func spin() -> Job? {
-        guard spinNanos > 0 else { return nil }
-        spinning.add(1, ordering: .acquiringAndReleasing)
-        defer { spinning.subtract(1, ordering: .acquiringAndReleasing) }
-        var seen = queued.load(ordering: .acquiring)
-        let end = DispatchTime.now().uptimeNanoseconds &+ spinNanos
-        var i = 0
-        while true {
-            let now = queued.load(ordering: .acquiring)
-            if now != seen {
-                seen = now
-                if let job = state.withLock({ $0.take() }) { return job }
-            }
-            i &+= 1
-            if i & 63 == 0, DispatchTime.now().uptimeNanoseconds >= end { break }
-        }
-        // A job queued between the last look and the end of the spin is found by the caller,
-        // which looks under the lock before it sleeps.
-        return nil
     }
 
     /// An object whose address marks this executor's threads (in ``threadKey``).
