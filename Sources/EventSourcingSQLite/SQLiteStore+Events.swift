@@ -77,7 +77,7 @@ extension SQLiteStore {
         // hand-over to the reader thread, for the key ring's miss that follows (see
         // dataKeys(scope:reading:)).
         let prefetch = limit == nil && query.order == .ascending
-        let started = prefetchedKeys.start()
+        let started = prefetch ? prefetchedKeys.start() : nil
         let (events, keys) = try await read { conn -> ([StoredEvent], [ExactScope: [WrappedDataKey]]) in
             let s = try conn.statement(text)
             var i: Int32 = 1
@@ -97,7 +97,7 @@ extension SQLiteStore {
             }
             return (out, SQLiteStore.prefetchKeys(scopes, conn))
         }
-        prefetchedKeys.keep(keys, startedAt: started)
+        if let started { prefetchedKeys.keep(keys, startedAt: started) }
         return events
     }
 
