@@ -114,26 +114,32 @@ extension PostgresStore {
             }
             waiters.resume { i in
                 let (save, r) = (batch[i], results[i])
-                switch r.1 {
-                case "ok":
-                    let first = r.3 ?? 0
-                    return .success((0..<Int64(save.events.count)).map { first + $0 })
-                case "conflict":
-                    return .failure(conflictError(save.events, detail: r.2))
-                case "constraint":
-                    return .failure(constraintError(save.events, detail: r.2))
-                case "shredded":
-                    return .failure(KeyManagementError(.shredded, "the scope was shredded", scope: r.2))
-                case "key_exists":
-                    return .failure(KeyManagementError(.keyExists, "data key exists", scope: r.2))
-                default:
-                    return .failure(EventSourcingError(.recorderFailure, "unknown save status \(r.1)"))
-                }
+                return saveOutcome(save.events, status: r.1, detail: r.2, firstID: r.3)
             }
         } catch {
             // Every caller of the group was cancelled (see cancelSave): the connection was
             // closed, so the server rolled the statement back.
             waiters.fail(Task.isCancelled ? CancellationError() : PostgresStore.translate(error, configuration: configuration))
+        }
+    }
+
+    /// What one save's row of `insert_saves` (or `insert_tracked_save`) says: its notification
+    /// ids, or why the server refused it.
+    func saveOutcome(_ events: [StoredEvent], status: String, detail: String?, firstID: Int64?) -> Result<[Int64], any Error> {
+        switch status {
+        case "ok":
+            let first = firstID ?? 0
+            return .success((0..<Int64(events.count)).map { first + $0 })
+        case "conflict":
+            return .failure(conflictError(events, detail: detail))
+        case "constraint":
+            return .failure(constraintError(events, detail: detail))
+        case "shredded":
+            return .failure(KeyManagementError(.shredded, "the scope was shredded", scope: detail))
+        case "key_exists":
+            return .failure(KeyManagementError(.keyExists, "data key exists", scope: detail))
+        default:
+            return .failure(EventSourcingError(.recorderFailure, "unknown save status \(status)"))
         }
     }
 

@@ -108,31 +108,14 @@ extension PostgresStore: KeyCommittingProcessRecorder {
                 return try rows[0].decode((String, String?, Int64?).self)
             }
         }
-        switch result.0 {
-        case "ok":
-            let first = result.2 ?? 0
-            return (0..<Int64(events.count)).map { first + $0 }
-        case "conflict":
-            let parts = (result.1 ?? "").split(separator: ":")
-            let id = parts.first.flatMap { UUID(uuidString: String($0)) }
-            let version = parts.count > 1 ? Int(parts[1]) : nil
-            let topic = events.first { $0.originatorID == id && $0.originatorVersion == version }?.topic
-            throw EventSourcingError(.concurrencyConflict, "an event with this originator id and version exists; the tracking record was not written",
-                                     originatorID: id ?? events.first?.originatorID, originatorVersion: version, topic: topic,
-                                     storeCode: "23505")
-        case "constraint":
-            let parts = (result.1 ?? "").split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
-            let state = parts.first.map(String.init) ?? ""
-            let constraint = parts.count > 1 && !parts[1].isEmpty ? "constraint \(parts[1])" : "a constraint"
-            throw EventSourcingError(.constraintViolation,
-                                     "the save (\(events.count) events) broke \(constraint) (\(state)); the tracking record was not written",
-                                     originatorID: events.first?.originatorID, storeCode: state.isEmpty ? nil : state)
-        case "shredded":
-            throw KeyManagementError(.shredded, "the scope was shredded", scope: result.1)
-        case "key_exists":
-            throw KeyManagementError(.keyExists, "data key exists", scope: result.1)
-        default:
-            throw EventSourcingError(.recorderFailure, "unknown save status \(result.0)")
+        switch saveOutcome(events, status: result.0, detail: result.1, firstID: result.2) {
+        case .success(let ids):
+            return ids
+        case .failure(var e as EventSourcingError) where e.code == .concurrencyConflict || e.code == .constraintViolation:
+            e.message += "; the tracking record was not written"
+            throw e
+        case .failure(let e):
+            throw e
         }
     }
 
