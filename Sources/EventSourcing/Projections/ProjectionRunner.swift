@@ -142,13 +142,7 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         try begin()
         defer { end() }
         let projection = self.projection
-        do {
-            try await store.projectionTransaction(name, resettingTracking: true) { context in
-                do { try await projection.drop(in: context) } catch { throw ProjectionCallFailure(error: error) }
-            }
-        } catch let f as ProjectionCallFailure {
-            throw failed(f.error, what: "while dropping its view for a rebuild", notification: nil)
-        }
+        try await viewCall("while dropping its view for a rebuild", resettingTracking: true) { try await projection.drop(in: $0) }
         state.withLock { $0.position = nil }
         logger.notice("projection reset for a rebuild", metadata: ["projection": "\(name)"])
     }
@@ -190,15 +184,22 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         progress.signal()
     }
 
-    private func follow() async throws {
-        let projection = self.projection
+    /// Runs one of the projection's calls outside a notification (set-up, drop) in a transaction
+    /// of its store; a throw of the projection's stops the runner as a failure `what`.
+    private func viewCall(_ what: String, resettingTracking: Bool,
+                          _ call: @escaping @Sendable (P.Context) async throws -> Void) async throws {
         do {
-            try await store.projectionTransaction(name, resettingTracking: false) { context in
-                do { try await projection.setUp(in: context) } catch { throw ProjectionCallFailure(error: error) }
+            try await store.projectionTransaction(name, resettingTracking: resettingTracking) { context in
+                do { try await call(context) } catch { throw ProjectionCallFailure(error: error) }
             }
         } catch let f as ProjectionCallFailure {
-            throw failed(f.error, what: "while setting up its view", notification: nil)
+            throw failed(f.error, what: what, notification: nil)
         }
+    }
+
+    private func follow() async throws {
+        let projection = self.projection
+        try await viewCall("while setting up its view", resettingTracking: false) { try await projection.setUp(in: $0) }
         var position = try await store.projectionPosition(name) ?? 0
         publish(position)
         let topics = self.topics
