@@ -64,6 +64,12 @@ public struct EventSourcingError: Error, Sendable, Hashable, CustomStringConvert
         /// (a tracking position only moves forward: it can't fill in a gap). The message names
         /// the tracking name and both ids; nothing of the write was stored.
         public static let trackingConflict = Code("trackingConflict")
+        /// A process application's policy threw while its system runner gave it a leader's
+        /// event (or an erasure), or the event could not be processed: the runner stopped. The
+        /// message names the process application, the leader, the notification and its topic;
+        /// the error's ``notificationID`` is the leader's notification. The follower's position
+        /// stays before it, so running again resumes at that event.
+        public static let processFailed = Code("processFailed")
 
         public var description: String { raw }
     }
