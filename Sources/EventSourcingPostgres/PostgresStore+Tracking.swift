@@ -83,7 +83,7 @@ extension PostgresStore: KeyCommittingProcessRecorder {
             try await insertTracking(tracking)
             return []
         }
-        if let e = events.first(where: { $0.keyScope == nil }) { try await refusePlaintext(e, snapshot: false) }
+        if let e = events.first(where: { $0.keyScope == nil && !ErasureRecord.matches($0) }) { try await refusePlaintext(e, snapshot: false) }
         forgetPrefetchedKeys(newKeys.map(\.scope))
         let ids = events.map(\.originatorID), versions = events.map { Int64($0.originatorVersion) }
         let topics = events.map(\.topic), states = events.map(\.state.byteBuffer), scopes = events.map { $0.keyScope ?? "" }

@@ -123,8 +123,12 @@ public final class Application: Sendable {
         }
     }
 
-    private func commit(_ encoders: [EventWriter.Encoder]) async throws -> [Recording] {
-        try await instruments.save { try await EventWriter(mapper: mapper, recorder: recorder).commit(encoders) }
+    /// Commits `encoders`' events; with `tracking` (a process application's), `plain` records
+    /// (an erasure record) and the tracking record go in the same transaction.
+    func commit(_ encoders: [EventWriter.Encoder], tracking: Tracking? = nil, plain: [StoredEvent] = []) async throws -> [Recording] {
+        try await instruments.save {
+            try await EventWriter(mapper: mapper, recorder: recorder).commit(encoders, tracking: tracking, plain: plain)
+        }
     }
 
     // MARK: Snapshots
@@ -144,7 +148,7 @@ public final class Application: Sendable {
         try await EventWriter(mapper: mapper, recorder: recorder).store(snapshotOf: root, in: snapshots)
     }
 
-    private func autoSnapshot<A: Aggregate>(_ root: AggregateRoot<A>, savedFrom oldVersion: Int) async {
+    func autoSnapshot<A: Aggregate>(_ root: AggregateRoot<A>, savedFrom oldVersion: Int) async {
         guard let interval = intervalsByType[A.typeName], let snapshotRecorder,
               root.version / interval > oldVersion / interval else { return }
         do {

@@ -19,20 +19,31 @@ struct EventWriter: Sendable {
     static let keyExistsRetries = 3
 
     /// Encodes and stores the events of `encoders` atomically.
+    ///
+    /// With `tracking` (a process application's position in a leader's log), the events,
+    /// the records of `plain` (stored as they are, before the encoded ones: an erasure record)
+    /// and the tracking record commit in one transaction of the ``ProcessRecorder``; the
+    /// tracking record alone when there are no events.
     /// - Returns: one ``Recording`` per event, in order.
-    func commit(_ encoders: [Encoder]) async throws -> [Recording] {
+    /// - Throws: `.invalidArgument` for `tracking` or `plain` when the recorder is not a
+    ///   ``ProcessRecorder`` (nothing is written).
+    func commit(_ encoders: [Encoder], tracking: Tracking? = nil, plain: [StoredEvent] = []) async throws -> [Recording] {
+        if tracking != nil || !plain.isEmpty, !(recorder is any ProcessRecorder) {
+            throw EventSourcingError(.invalidArgument,
+                "the application's recorder (\(type(of: recorder))) is not a ProcessRecorder: it cannot commit a tracking record with events")
+        }
         var attempt = 0
         while true {
-            var events: [StoredEvent] = []
+            var events: [StoredEvent] = plain
             var keys: [SealingKey] = []
             for encode in encoders {
                 let batch = try await encode(attempt == 0)
                 events += batch.events
                 Self.addMinted(batch.newKeys, to: &keys)
             }
-            guard !events.isEmpty else { return [] }
+            guard !events.isEmpty || tracking != nil else { return [] }
             do {
-                let ids = try await insert(events, keys: keys)
+                let ids = try await insert(events, keys: keys, tracking: tracking)
                 return zip(events, ids).map {
                     Recording(originatorID: $0.originatorID, originatorVersion: $0.originatorVersion,
                               topic: $0.topic, notificationID: $1)
@@ -67,7 +78,10 @@ struct EventWriter: Sendable {
     /// Inserts `events`, with `keys` in the same transaction when the recorder shares the
     /// cipher's key store's transactions, else after persisting `keys` on their own (a failure
     /// between the two leaves a key without records, never records without their key).
-    private func insert(_ events: [StoredEvent], keys: [SealingKey]) async throws -> [Int64] {
+    private func insert(_ events: [StoredEvent], keys: [SealingKey], tracking: Tracking?) async throws -> [Int64] {
+        if let tracking, let process = recorder as? any ProcessRecorder {
+            return try await insert(events, keys: keys, tracking: tracking, into: process)
+        }
         guard !keys.isEmpty, let cipher = mapper.cipher else { return try await recorder.insertEvents(events) }
         if let keyStore = cipher.keyStore, let combined = recorder as? any KeyCommittingRecorder,
            combined.sharesTransactions(with: keyStore) {
@@ -77,5 +91,21 @@ struct EventWriter: Sendable {
         }
         try await cipher.persist(keys)
         return try await recorder.insertEvents(events)
+    }
+
+    /// ``insert(_:keys:tracking:)`` with a tracking record: events and tracking in one
+    /// transaction, with the minted keys too when the recorder shares the key store's
+    /// transactions, else after persisting the keys on their own (as above).
+    private func insert(_ events: [StoredEvent], keys: [SealingKey], tracking: Tracking,
+                        into process: any ProcessRecorder) async throws -> [Int64] {
+        guard !keys.isEmpty, let cipher = mapper.cipher else { return try await process.insertEvents(events, tracking: tracking) }
+        if let keyStore = cipher.keyStore, let combined = recorder as? any KeyCommittingProcessRecorder,
+           combined.sharesTransactions(with: keyStore) {
+            let ids = try await combined.insertEvents(events, newKeys: keys.compactMap(\.minted), tracking: tracking)
+            cipher.didPersist(keys)
+            return ids
+        }
+        try await cipher.persist(keys)
+        return try await process.insertEvents(events, tracking: tracking)
     }
 }

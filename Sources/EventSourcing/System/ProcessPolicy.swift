@@ -41,11 +41,13 @@ public struct UpstreamEvent: Sendable {
     /// Decodes the event as an event of aggregate type `A`.
     /// - Throws: as ``LogItem/event(as:)``: `.aggregateTypeMismatch` for another type's event.
     public func event<A: Aggregate>(as type: A.Type) throws -> DomainEvent<A.Event> {
-        fatalError("unimplemented")
+        try item.event(as: type)
     }
 
     /// Nil when the topic is not one of A's (`typeName + "."`), else the decoded event.
+    /// - Throws: as ``event(as:)`` for an event of `A`'s topics.
     public func event<A: Aggregate>(if type: A.Type) throws -> DomainEvent<A.Event>? {
-        fatalError("unimplemented")
+        guard topic.hasPrefix(A.typeName + ".") else { return nil }
+        return try item.event(as: type)
     }
 }
