@@ -93,6 +93,14 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log")],
                           path: "Examples/CustomerDirectory",
                           swiftSettings: strict),
+        // The runnable system example: orders -> payments -> shipping run by a fulfilment saga,
+        // with a compensation, a crash and restart, and an erasure across the applications
+        // (`swift run OrderSystem`; Examples/README.md).
+        .executableTarget(name: "OrderSystem",
+                          dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement",
+                                         .product(name: "Logging", package: "swift-log")],
+                          path: "Examples/OrderSystem",
+                          swiftSettings: strict),
         // A child process for crash-consistency and multi-process tests (not a product).
         .executableTarget(name: "es-test-agent",
                           dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
@@ -139,7 +147,7 @@ let package = Package(
                                    .product(name: "Tracing", package: "swift-distributed-tracing"),
                                    .product(name: "Logging", package: "swift-log")],
                     swiftSettings: strict),
-        .testTarget(name: "ExamplesTests", dependencies: ["CustomerDirectory"], swiftSettings: strict),
+        .testTarget(name: "ExamplesTests", dependencies: ["CustomerDirectory", "OrderSystem", "EventSourcing"], swiftSettings: strict),
         .testTarget(name: "esctlTests",
                     dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement", "ESTestTags",
                                    .product(name: "Logging", package: "swift-log")],

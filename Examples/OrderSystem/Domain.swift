@@ -1,0 +1,143 @@
+import EventSourcing
+import Foundation
+
+// The aggregates of the four applications. Every one names the customer as its data subject,
+// so all of one customer's records, in every application, are sealed under the customer's data
+// key (one keyring shared by the applications), and one shred erases them all. The customer id
+// is an opaque id: it is stored in plaintext in record headers.
+
+/// An order (application "orders", the leader).
+struct Order: Aggregate {
+    static var typeName: String { "Order" }
+
+    enum Event: Codable, Sendable {
+        case placed(customer: String, item: String, amount: Int, address: String)
+        case fulfilled
+        case cancelled(reason: String)
+    }
+
+    enum Status: String, Codable, Sendable { case new, placed, fulfilled, cancelled }
+
+    var customer = ""
+    var item = ""
+    var amount = 0
+    var address = ""
+    var status = Status.new
+    var cancellation: String?
+
+    var dataSubject: String? { customer }
+
+    mutating func apply(_ event: Event) {
+        switch event {
+        case .placed(let customer, let item, let amount, let address):
+            (self.customer, self.item, self.amount, self.address, status) = (customer, item, amount, address, .placed)
+        case .fulfilled: status = .fulfilled
+        case .cancelled(let reason): (status, cancellation) = (.cancelled, reason)
+        }
+    }
+}
+
+/// A payment for an order (application "payments"). Its id is derived from the order's id, so
+/// charging an order twice finds the first payment.
+struct Payment: Aggregate {
+    static var typeName: String { "Payment" }
+
+    enum Event: Codable, Sendable {
+        case charged(order: UUID, customer: String, amount: Int)
+        case declined(order: UUID, customer: String, amount: Int, reason: String)
+        case refunded(order: UUID)
+    }
+
+    enum Status: String, Codable, Sendable { case new, charged, declined, refunded }
+
+    var order = UUID()
+    var customer = ""
+    var amount = 0
+    var status = Status.new
+
+    var dataSubject: String? { customer }
+
+    mutating func apply(_ event: Event) {
+        switch event {
+        case .charged(let order, let customer, let amount): (self.order, self.customer, self.amount, status) = (order, customer, amount, .charged)
+        case .declined(let order, let customer, let amount, _): (self.order, self.customer, self.amount, status) = (order, customer, amount, .declined)
+        case .refunded: status = .refunded
+        }
+    }
+
+    static func id(order: UUID) throws -> UUID { try DerivedID.uuid(namespace: "payment", id: order) }
+}
+
+/// A shipment of an order (application "shipping"), under an id derived from the order's id.
+struct Shipment: Aggregate {
+    static var typeName: String { "Shipment" }
+
+    enum Event: Codable, Sendable {
+        case dispatched(order: UUID, customer: String, address: String)
+        case failed(order: UUID, customer: String, reason: String)
+    }
+
+    var order = UUID()
+    var customer = ""
+    var address = ""
+    var dispatched = false
+
+    var dataSubject: String? { customer }
+
+    mutating func apply(_ event: Event) {
+        switch event {
+        case .dispatched(let order, let customer, let address): (self.order, self.customer, self.address, dispatched) = (order, customer, address, true)
+        case .failed(let order, let customer, _): (self.order, self.customer) = (order, customer)
+        }
+    }
+
+    static func id(order: UUID) throws -> UUID { try DerivedID.uuid(namespace: "shipment", id: order) }
+}
+
+/// The fulfilment saga's state (application "fulfilment"): one per order, where the order is in
+/// payment, shipping and compensation.
+struct Fulfilment: Aggregate {
+    static var typeName: String { "Fulfilment" }
+
+    enum Event: Codable, Sendable {
+        case started(order: UUID, customer: String, amount: Int, address: String)
+        case paymentRequested
+        case paid
+        case shipmentRequested
+        case shipped
+        case refundRequested
+        case refunded
+        case completed
+        case cancelled(reason: String)
+    }
+
+    enum Step: String, Codable, Sendable {
+        case new, started, awaitingPayment, awaitingShipment, awaitingRefund, completed, cancelled
+    }
+
+    var order = UUID()
+    var customer = ""
+    var amount = 0
+    var address = ""
+    var step = Step.new
+    /// The saga's history, for the story.
+    var steps: [String] = []
+
+    var dataSubject: String? { customer }
+
+    mutating func apply(_ event: Event) {
+        switch event {
+        case .started(let order, let customer, let amount, let address):
+            (self.order, self.customer, self.amount, self.address, step) = (order, customer, amount, address, .started)
+        case .paymentRequested: step = .awaitingPayment
+        case .paid: break
+        case .shipmentRequested: step = .awaitingShipment
+        case .shipped: break
+        case .refundRequested: step = .awaitingRefund
+        case .refunded: break
+        case .completed: step = .completed
+        case .cancelled: step = .cancelled
+        }
+        steps.append(Self.topicName(of: event))
+    }
+}
