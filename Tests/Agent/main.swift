@@ -118,6 +118,7 @@ do {
     case "save-loop": try await saveLoop(Array(arguments.dropFirst()))
     case "writer": try await writer(Array(arguments.dropFirst()))
     case "pg-writer": try await pgWriter(Array(arguments.dropFirst()))
+    case "sys-follower": try await systemFollower(Array(arguments.dropFirst()))
     default: fail("unknown command; use save-loop or writer")
     }
 } catch {
@@ -160,4 +161,47 @@ func pgWriter(_ args: [String]) async throws {
     }
     emit("DONE")
     await store.close()
+}
+
+// MARK: - sys-follower (added for Tests/EventSourcingTests/System; the system runner's follower process)
+//
+//   es-test-agent sys-follower sqlite ORDERS_DB INVOICES_DB KEYFILE
+//   es-test-agent sys-follower postgres URL ORDERS_SCHEMA INVOICES_SCHEMA KEYFILE
+//       Opens the orders and invoices stores (created beforehand by the test, the keyring in the
+//       orders store with the master key in KEYFILE, shared by both applications), prints
+//       `READY`, then runs only the "invoices" follower of the system orders -> invoices
+//       (InvoicingPolicy of ESTestSupport, a random pause of up to 3 ms in each event, batch size
+//       7) until killed. Prints `P <notification id>` when the policy starts on an order.
+
+func systemFollower(_ args: [String]) async throws {
+    let usage = "usage: sys-follower sqlite ORDERS_DB INVOICES_DB KEYFILE | sys-follower postgres URL ORDERS_SCHEMA INVOICES_SCHEMA KEYFILE"
+    let ordersStore: any ApplicationRecorder & SnapshotRecorder & KeyStore
+    let invoicesStore: any ApplicationRecorder & SnapshotRecorder
+    let keyFile: String
+    switch args.first {
+    case "sqlite" where args.count == 4:
+        ordersStore = try SQLiteStore(path: args[1])
+        invoicesStore = try SQLiteStore(path: args[2])
+        keyFile = args[3]
+    case "postgres" where args.count == 5:
+        var orders = try PostgresStore.Configuration(url: args[1])
+        orders.schema = args[2]
+        orders.poolSize = 2
+        var invoices = orders
+        invoices.schema = args[3]
+        ordersStore = try await PostgresStore(configuration: orders)
+        invoicesStore = try await PostgresStore(configuration: invoices)
+        keyFile = args[4]
+    default:
+        fail(usage)
+    }
+    let keyring = try await Keyring.open(store: ordersStore, masterKeys: [try MasterKey(contentsOfFile: keyFile)])
+    let orders = Application(recorder: ordersStore, snapshots: ordersStore, mapper: Mapper(keyring: keyring))
+    let invoicesApp = Application(recorder: invoicesStore, snapshots: invoicesStore, mapper: Mapper(keyring: keyring))
+    let probe = PolicyProbe(onProcess: { emit("P \($0)") }, jitter: .milliseconds(3))
+    let invoices = try ProcessApplication(name: "invoices", application: invoicesApp, policy: InvoicingPolicy(probe: probe))
+    let system = try System(members: [.application("orders", orders), .process(invoices)], pipes: [["orders", "invoices"]])
+    let runner = try SystemRunner(system: system, only: ["invoices"], batchSize: 7)
+    emit("READY")
+    try await runner.run()
 }

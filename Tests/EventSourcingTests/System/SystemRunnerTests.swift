@@ -17,9 +17,9 @@ struct SystemRunnerTests {
     }
 
     /// Every order's upstream key ("orders#<id>") maps to exactly one invoice.
-    static func expectOneInvoicePerOrder(_ f: SystemFixture, _ orders: [Recording], leader: String = "orders",
+    static func expectOneInvoicePerOrder(_ invoices: Application, _ orders: [Recording], leader: String = "orders",
                                          sourceLocation: SourceLocation = #_sourceLocation) async throws {
-        let byUpstream = try await invoicesByUpstream(try f.app("invoices"))
+        let byUpstream = try await invoicesByUpstream(invoices)
         let expected = Set(orders.map { "\(leader)#\($0.notificationID)" })
         #expect(Set(byUpstream.keys) == expected, sourceLocation: sourceLocation)
         for (key, invoices) in byUpstream where invoices.count != 1 {
@@ -43,7 +43,7 @@ struct SystemRunnerTests {
             try await runUntil(try SystemRunner(system: system, batchSize: 5), [("invoices", "orders", last)])
             #expect(try await SystemRunner(system: system).position(of: "invoices", leader: "orders") == last - 1,
                     "the last notification (another topic) was not processed; the position is the last one processed")
-            try await Self.expectOneInvoicePerOrder(f, placed)
+            try await Self.expectOneInvoicePerOrder(try f.app("invoices"), placed)
             #expect(probe.state.withLock { $0.processed.count } == placed.count)
 
             // The invoices are encrypted under the customers' scopes and readable.
@@ -57,7 +57,7 @@ struct SystemRunnerTests {
             placed += try await placeOrders(orders, 9, item: "later")
             let newLast = try #require(placed.last?.notificationID)
             try await runUntil(try SystemRunner(system: system, batchSize: 4), [("invoices", "orders", newLast)])
-            try await Self.expectOneInvoicePerOrder(f, placed)
+            try await Self.expectOneInvoicePerOrder(try f.app("invoices"), placed)
             #expect(probe.state.withLock { $0.processed.count } == placed.count, "no event was given to the policy twice")
             #expect(try await SystemRunner(system: system).position(of: "invoices", leader: "orders") == newLast)
         }
@@ -87,12 +87,12 @@ struct SystemRunnerTests {
             #expect(message.contains("PolicyTestFailure"))
             #expect(message.contains("running again resumes at that event"))
             #expect(try await runner.position(of: "invoices", leader: "orders") == placed[4].notificationID)
-            try await Self.expectOneInvoicePerOrder(f, Array(placed[..<5]))
+            try await Self.expectOneInvoicePerOrder(try f.app("invoices"), Array(placed[..<5]))
 
             // Fixed: a rerun of the same runner resumes at the failed event.
             probe.state.withLock { $0.failAt = [] }
             try await runUntil(runner, [("invoices", "orders", placed[9].notificationID)])
-            try await Self.expectOneInvoicePerOrder(f, placed)
+            try await Self.expectOneInvoicePerOrder(try f.app("invoices"), placed)
             let processed = probe.state.withLock { $0.processed.map(\.1) }
             #expect(processed.filter { $0 == failing }.count == 2, "the failed event was given again")
             #expect(processed.filter { $0 == placed[4].notificationID }.count == 1, "the event before it was not")
