@@ -1,13 +1,33 @@
 import Foundation
 
 /// What a process application does with each event of its leaders.
+///
+/// A ``SystemRunner`` calls it for one upstream event at a time, in each leader's log order,
+/// with a fresh ``ProcessingContext``. The policy reads its own aggregates through the context
+/// (``ProcessingContext/get(_:id:)``) and hands what it changed to
+/// ``ProcessingContext/collect(_:)``; when the call returns, the collected events and the
+/// follower's new position in the leader's log commit in one transaction: each event is
+/// processed **exactly once** (its effects are stored once, whenever the process stops). The
+/// call itself may run again: after a crash before the commit, or a concurrency conflict on
+/// the follower's own aggregates (then with a fresh context), so anything it does besides
+/// collecting (sending mail, calling a service) happens at least once.
+///
+/// When it throws, the runner stops with `.processFailed` naming the follower, the leader, the
+/// notification and its topic; nothing of that event is kept, and running again gives it again.
 public protocol ProcessPolicy: Sendable {
-    /// Topics wanted from the leaders (empty: all); erasure records always arrive (erase below).
+    /// Topics wanted from the leaders (empty: all); erasure records always arrive
+    /// (``erase(keyScope:in:)``). Events of other topics are skipped without a call.
     var topics: [String] { get }
     /// One upstream event, in its leader's log order; may get and collect own aggregates.
+    /// Copies of personal data belong in aggregates of the same data subject
+    /// (``Aggregate/dataSubject``) as the upstream event's, so one shred erases them too.
     func process(_ event: UpstreamEvent, in context: ProcessingContext) async throws
-    /// A leader's erasure record for keyScope, after the library has made the scope shredded
-    /// in the follower's own store; default does nothing.
+    /// A leader's erasure record for `keyScope`, after the library has made the scope shredded
+    /// in the follower's own store: shredded in its keyring if that still had a key for it,
+    /// its snapshots deleted. The erasure record is then committed to the follower's own log
+    /// (for its projections and followers) with what this call collects and the tracking
+    /// record. Delete or redact here what the follower keeps outside its encrypted events
+    /// (a plaintext follower's copies). The default does nothing.
     func erase(keyScope: String, in context: ProcessingContext) async throws
 }
 

@@ -291,9 +291,8 @@ public final class SystemRunner: Service, Sendable {
                 try await uncancelled { try await commit(context) }
                 return
             } catch {
-                if Task.isCancelled, !(error is EventSourcingError) || (error as? EventSourcingError)?.code != .processFailed {
-                    throw CancellationError()
-                }
+                // Stopped while the policy ran (whatever it threw then): not a failure of the event.
+                if Task.isCancelled { throw CancellationError() }
                 let policyThrew = error is PolicyFailure
                 let cause = (error as? PolicyFailure)?.error ?? error
                 let ese = cause as? EventSourcingError

@@ -116,4 +116,28 @@ struct SystemErasureTests {
             #expect(placed.count == 2)
         }
     }
+
+    @Test("A follower that starts after the shred: the subject's events arrive shredded and only move its position; the erasure reaches it once",
+          arguments: RecorderFactory.all)
+    func followerStartingAfterTheShred(_ factory: RecorderFactory) async throws {
+        try await SystemFixture.with(factory, names: ["orders", "invoices"]) { f in
+            let probe = PolicyProbe()
+            let orders = try f.app("orders"), invoicesApp = try f.app("invoices")
+            let placed = try await placeOrders(orders, 6, customers: ["customer-a", "customer-b"])
+            _ = try await orders.shred(keyScope: "customer-a")
+            let erasureID = try #require(try await orders.notificationLog.maxNotificationID)
+            let system = try SystemRunnerTests.ordersInvoices(f, probe: probe)
+            // Batches of 2: a page can end on a shredded event.
+            try await runUntil(try SystemRunner(system: system, batchSize: 2), [("invoices", "orders", erasureID)])
+            #expect(try await SystemRunner(system: system).position(of: "invoices", leader: "orders") == erasureID)
+            let processed = probe.state.withLock { $0.processed.map(\.1) }
+            #expect(processed == placed.enumerated().filter { $0.offset % 2 == 1 }.map(\.element.notificationID),
+                    "only B's orders reach the policy")
+            #expect(probe.state.withLock { $0.erased } == ["customer-a"])
+            let items = try await invoicesApp.notificationLog.read(start: 1, limit: 100)
+            #expect(items.count == 4, "B's three invoices and the erasure record")
+            #expect(items.filter(\.isErased).count == 1)
+            #expect(try await invoicesByUpstream(invoicesApp).count == 3)
+        }
+    }
 }
