@@ -40,7 +40,7 @@ public struct EventSourcedLog<Entry: Codable & Sendable>: Sendable {
     public let application: Application
 
     /// The topic of every entry of every log.
-    public static var topic: String { LogEvents<Entry>.typeName + "." + LogEvents<Entry>.eventTopicName }
+    public static var topic: String { LogEntries<Entry>.typeName + "." + LogEntries<Entry>.eventTopicName }
     /// The longest name, in bytes of UTF-8.
     public static var maxNameBytes: Int { 255 }
     /// The most entries one read returns.
@@ -77,7 +77,7 @@ public struct EventSourcedLog<Entry: Codable & Sendable>: Sendable {
 
     // MARK: Appending
 
-    /// Appends `value` at the next position.
+    /// Appends `value` at the next position, in a save of its own.
     /// - Parameters:
     ///   - keyScope: the data subject the entry belongs to (sealed under its key, erased by its
     ///     shred); nil for the log's own scope. A UUID-shaped scope is used in lowercase, the
@@ -94,26 +94,14 @@ public struct EventSourcedLog<Entry: Codable & Sendable>: Sendable {
         guard maxAttempts >= 1 else {
             throw EventSourcingError(.invalidArgument, "maxAttempts must be at least 1, got \(maxAttempts)", originatorID: id)
         }
-        let scope = try keyScope.map(entryScope) ?? AggregateRoot<LogEvents<Entry>>.ownScope(id)
-        let mapper = application.mapper
         var attempt = 1
         while true {
-            let head = try await application.recorder.selectEvents(originatorID: id, order: .descending, limit: 1).first
-            if let head { try check(head) }
-            let version = head?.originatorVersion ?? 0
-            guard version < Int.max else {
-                throw EventSourcingError(.invalidEvent, "the log is at the highest position (\(version)): no entry can follow",
-                                         originatorID: id, originatorVersion: version)
-            }
-            let event = DomainEvent(originatorID: id, originatorVersion: version + 1, timestamp: Date(),
-                                    event: LogEvents<Entry>.Event(value: value))
+            var entry = try await pendingEntry(value, keyScope: keyScope)
             do {
-                let recordings = try await EventWriter(mapper: mapper, recorder: application.recorder).commit([{ _ in
-                    try await mapper.encode([event], of: LogEvents<Entry>.self, keyScope: scope)
-                }])
+                let recordings = try await application.save(&entry)
                 guard let recording = recordings.first else {
                     throw EventSourcingError(.recorderFailure, "the recorder stored the entry but returned no recording",
-                                             originatorID: id, originatorVersion: version + 1)
+                                             originatorID: id, originatorVersion: entry.version)
                 }
                 return recording
             } catch let e as EventSourcingError where e.isConcurrencyConflict && attempt < maxAttempts {
@@ -122,6 +110,35 @@ public struct EventSourcedLog<Entry: Codable & Sendable>: Sendable {
                 await Task.yield()
             }
         }
+    }
+
+    /// The next entry, not saved yet: a root of the log's events with `value` pending at the
+    /// position after the last one, to save atomically with other aggregates
+    /// (`app.save(&customer, &entry)`, Python's `trigger_event`), or to collect in a process
+    /// application's ``ProcessingContext`` (`context.collect(&entry)`), so the entry commits
+    /// with the policy's other events and its tracking record, exactly once.
+    ///
+    /// More entries under the same key scope can be recorded on the root before it is saved
+    /// (`try entry.record(.init(value: next))`). A save that fails with `.concurrencyConflict`
+    /// lost the position to another append: get a new pending entry and save again
+    /// (``Application/retryingOnConflict(maxAttempts:isolation:_:)``). Only one pending entry
+    /// per log goes in one save.
+    /// - Throws: as ``append(_:keyScope:maxAttempts:)`` (a shredded scope is refused by the save).
+    public func pendingEntry(_ value: Entry, keyScope: String? = nil) async throws -> AggregateRoot<LogEntries<Entry>> {
+        let scope = try keyScope.map(entryScope) ?? AggregateRoot<LogEntries<Entry>>.ownScope(id)
+        let head = try await application.recorder.selectEvents(originatorID: id, order: .descending, limit: 1).first
+        if let head { try check(head) }
+        let version = head?.originatorVersion ?? 0
+        guard version < Int.max else {
+            throw EventSourcingError(.invalidEvent, "the log is at the highest position (\(version)): no entry can follow",
+                                     originatorID: id, originatorVersion: version)
+        }
+        // A root at the log's last position whose key scope is the entry's (the state's subject
+        // gives it to a first entry too): its pending events are sealed under that scope.
+        var root = AggregateRoot<LogEntries<Entry>>(id: id, version: version, createdOn: Date(), modifiedOn: Date(),
+                                                    state: LogEntries(subject: scope), keyScope: scope)
+        try root.record(LogEntries<Entry>.Event(value: value))
+        return root
     }
 
     /// `scope` checked, a UUID-shaped one in lowercase.
@@ -195,7 +212,7 @@ public struct EventSourcedLog<Entry: Codable & Sendable>: Sendable {
             try check(s)
             let scope = RecordFormat.keyScope(of: s.state)
             do {
-                let e = try await application.mapper.decode(s, as: LogEvents<Entry>.self)
+                let e = try await application.mapper.decode(s, as: LogEntries<Entry>.self)
                 out.append(LoggedEntry(logID: id, position: s.originatorVersion, keyScope: scope,
                                        content: .value(e.event.value, recordedAt: e.timestamp)))
             } catch let e as EventSourcingError where e.code == .shredded {
@@ -254,19 +271,32 @@ public struct LoggedEntry<Entry: Codable & Sendable>: Sendable {
     }
 }
 
-/// The aggregate type whose events an event-sourced log stores (never replayed as an
-/// aggregate: it has no state). Its topic is `eventsourcing.log/1.appended` and its event's
-/// JSON is `{"value": <the entry>}`.
-struct LogEvents<Entry: Codable & Sendable>: Aggregate {
-    static var typeName: String { "eventsourcing.log/1" }
+/// The events of an ``EventSourcedLog``, as an aggregate type: what
+/// ``EventSourcedLog/pendingEntry(_:keyScope:)`` returns a root of. It is never read back as an
+/// aggregate (it has no state; read the log). Its topic is `eventsourcing.log/1.appended` and
+/// its event's JSON is `{"value": <the entry>}`.
+public struct LogEntries<Entry: Codable & Sendable>: Aggregate {
+    public static var typeName: String { "eventsourcing.log/1" }
     static var eventTopicName: String { "appended" }
 
-    struct Event: Codable, Sendable {
-        var value: Entry
+    /// One entry.
+    public struct Event: Codable, Sendable {
+        /// The entry's value.
+        public var value: Entry
+        /// An entry of `value`.
+        public init(value: Entry) { self.value = value }
     }
 
-    static func topicName(of event: Event) -> String { eventTopicName }
+    public static func topicName(of event: Event) -> String { eventTopicName }
 
-    init() {}
-    mutating func apply(_ event: Event) {}
+    /// The key scope of the entries pending on a root (never stored: the record header holds it).
+    var subject: String?
+
+    public init() {}
+    init(subject: String) { self.subject = subject }
+
+    public var dataSubject: String? { subject }
+    public mutating func apply(_ event: Event) {}
+
+    private enum CodingKeys: CodingKey {}
 }

@@ -249,4 +249,80 @@ struct EventSourcedLogTests {
             #expect(data.range(of: Data("NEEDLE".utf8)) == nil, "the log's name is in log.sqlite\(suffix)")
         }
     }
+    @Test("A pending entry saves atomically with another aggregate: both or neither", arguments: RecorderFactory.all)
+    func atomicWithAggregate(_ factory: RecorderFactory) async throws {
+        try await Self.app(factory).withFreshApp { t in
+            let log = try EventSourcedLog<UUID>(name: "dogs", application: t.app)
+            var dog = try AggregateRoot<Dog>(.registered(name: "Rex"))
+            var entry = try await log.pendingEntry(dog.id, keyScope: dog.keyScope)
+            #expect(entry.version == 1)
+            let recordings = try await t.app.save(&dog, &entry)
+            #expect(recordings.map(\.originatorID) == [dog.id, log.id])
+            #expect(try await log.last()?.value == dog.id)
+            #expect(try await log.last()?.keyScope == dog.keyScope)
+
+            // A save whose aggregate conflicts writes no entry either.
+            var first = try await t.app.repository.get(Dog.self, id: dog.id)
+            var stale = first
+            try first.record(.addedTrick("sit"))
+            try await t.app.save(&first)
+            try stale.record(.addedTrick("roll"))
+            var lost = try await log.pendingEntry(UUID())
+            let before = try await t.app.notificationLog.maxNotificationID
+            let e = await #expect(throws: EventSourcingError.self) { try await t.app.save(&stale, &lost) }
+            #expect(e?.code == .concurrencyConflict)
+            #expect(try await log.last()?.position == 1)
+            #expect(try await t.app.notificationLog.maxNotificationID == before)
+            // Two entries in one save, under one scope.
+            var two = try await log.pendingEntry(UUID())
+            try two.record(.init(value: UUID()))
+            try await t.app.save(&two)
+            #expect(try await log.entries(limit: 10).map(\.position) == [1, 2, 3])
+        }
+    }
+
+    /// Indexes every registered dog in the follower's own log, collecting the entry with the
+    /// tracking record; throws once, after collecting, at `crashAt` (a crash before the commit).
+    struct DogIndexPolicy: ProcessPolicy {
+        let crashAt: Int64
+        let crash = OneShot(true)
+        var topics: [String] { ["Dog.registered"] }
+        func process(_ event: UpstreamEvent, in context: ProcessingContext) async throws {
+            let dog = try event.event(as: Dog.self)
+            let log = try EventSourcedLog<UUID>(name: "registered-dogs", application: context.application)
+            var entry = try await log.pendingEntry(dog.originatorID)
+            try context.collect(&entry)
+            if event.notificationID == crashAt, crash.fire() {
+                throw EventSourcingError(.recorderFailure, "test: crash before the commit")
+            }
+        }
+    }
+
+    @Test("A process application keeps an index exactly once: entries collected in its processing context commit with its tracking; a crash before the commit leaves none, and the restart adds each once")
+    func indexKeptByProcessApplication() async throws {
+        try await SystemFixture.with(.inMemory, names: ["kennel", "index"]) { f in
+            let kennel = try f.app("kennel")
+            var ids: [UUID] = []
+            var last: Int64 = 0
+            for i in 0..<5 {
+                var d = try AggregateRoot<Dog>(.registered(name: "dog-\(i)"))
+                last = try await kennel.save(&d).last?.notificationID ?? 0
+                ids.append(d.id)
+            }
+            let policy = DogIndexPolicy(crashAt: 3)
+            func system() throws -> System {
+                let index = try ProcessApplication(name: "index", application: try f.app("index"), policy: policy)
+                return try System(members: [.application("kennel", kennel), .process(index)], pipes: [["kennel", "index"]])
+            }
+            let log = try EventSourcedLog<UUID>(name: "registered-dogs", application: try f.app("index"))
+            let first = try SystemRunner(system: try system())
+            let e = await #expect(throws: EventSourcingError.self) { try await first.run() }
+            #expect(e?.code == .processFailed)
+            #expect(e?.notificationID == 3)
+            #expect(try await log.entries(limit: 10).compactMap(\.value) == Array(ids.prefix(2)))
+            try await runUntil(try SystemRunner(system: try system()), [("index", "kennel", last)])
+            #expect(try await log.entries(limit: 10).compactMap(\.value) == ids)
+            #expect(try await log.last()?.position == 5)
+        }
+    }
 }
