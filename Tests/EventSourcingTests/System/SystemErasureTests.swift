@@ -140,4 +140,39 @@ struct SystemErasureTests {
             #expect(try await invoicesByUpstream(invoicesApp).count == 3)
         }
     }
+
+    @Test("The erasure goes down every level: orders -> invoices -> reports each hold the erasure record once",
+          arguments: RecorderFactory.all)
+    func erasureReachesEveryLevel(_ factory: RecorderFactory) async throws {
+        try await SystemFixture.with(factory, names: ["orders", "invoices", "reports"]) { f in
+            let orders = try f.app("orders"), invoicesApp = try f.app("invoices"), reportsApp = try f.app("reports")
+            let invoices = try ProcessApplication(name: "invoices", application: invoicesApp, policy: InvoicingPolicy(probe: PolicyProbe()))
+            let reportProbe = PolicyProbe()
+            let reports = try ProcessApplication(name: "reports", application: reportsApp, policy: ReportingPolicy(probe: reportProbe))
+            let system = try System(members: [.application("orders", orders), .process(invoices), .process(reports)],
+                                    pipes: [["orders", "invoices", "reports"]])
+            try await placeOrders(orders, 4)
+            _ = try await orders.shred(keyScope: "customer-a")
+            let erasureID = try #require(try await orders.notificationLog.maxNotificationID)
+            let runner = try SystemRunner(system: system)
+            let run = Task { try await runner.run() }
+            do {
+                try await runner.wait(for: "invoices", toProcess: erasureID, of: "orders", timeout: .seconds(120))
+                let lastInvoice = try #require(try await invoicesApp.notificationLog.maxNotificationID)
+                try await runner.wait(for: "reports", toProcess: lastInvoice, of: "invoices", timeout: .seconds(120))
+            } catch {
+                run.cancel()
+                _ = try? await run.value
+                throw error
+            }
+            run.cancel()
+            try await run.value
+            for app in [orders, invoicesApp, reportsApp] {
+                let items = try await app.notificationLog.read(start: 1, limit: 100)
+                #expect(items.filter { if case .erased("customer-a", _) = $0.outcome { return true } else { return false } }.count == 1)
+            }
+            // B's two orders made two invoices and two report lines; A's made none (shredded before).
+            #expect(reportProbe.state.withLock { $0.processed.count } == 2)
+        }
+    }
 }
