@@ -42,6 +42,8 @@ public final class SystemRunner: Service, Sendable {
         /// Positions known in this process, by tracking name.
         var positions: [String: Int64] = [:]
         var failure: EventSourcingError?
+        /// The cause of the last `.processFailed` (the policy's own error, or the save's).
+        var cause: (any Error)?
         var failures = 0
     }
 
@@ -83,6 +85,11 @@ public final class SystemRunner: Service, Sendable {
     /// Whether ``run()`` is under way.
     public var isRunning: Bool { state.withLock { $0.running } }
 
+    /// The cause of the `.processFailed` error the last run stopped with (the policy's own
+    /// error, whose text the message leaves out), nil when it did not stop so. Cleared when a
+    /// run starts.
+    public var lastFailure: (any Error)? { state.withLock { $0.cause } }
+
     // MARK: Running
 
     /// Runs every follower until the task is cancelled or the service group shuts down
@@ -97,6 +104,7 @@ public final class SystemRunner: Service, Sendable {
             if s.running { return true }
             s.running = true
             s.failure = nil
+            s.cause = nil
             return false
         }
         if refused { throw EventSourcingError(.invalidArgument, "system runner: already running; one run at a time") }
@@ -333,6 +341,7 @@ public final class SystemRunner: Service, Sendable {
             e.originatorID = ese.originatorID
             e.originatorVersion = ese.originatorVersion
         }
+        state.withLock { $0.cause = cause }
         logger.error("process application failed", metadata: ["follower": "\(process.name)", "leader": "\(leader)",
                                                               "notification": "\(id)", "topic": "\(topic)", "error": "\(described)"])
         return e

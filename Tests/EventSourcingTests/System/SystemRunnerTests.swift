@@ -86,12 +86,14 @@ struct SystemRunnerTests {
             #expect(message.contains("process application \"invoices\" threw at notification \(failing) of \"orders\" (topic SysOrder.placed)"))
             #expect(message.contains("PolicyTestFailure"))
             #expect(message.contains("running again resumes at that event"))
+            #expect(runner.lastFailure is PolicyTestFailure)
             #expect(try await runner.position(of: "invoices", leader: "orders") == placed[4].notificationID)
             try await Self.expectOneInvoicePerOrder(try f.app("invoices"), Array(placed[..<5]))
 
             // Fixed: a rerun of the same runner resumes at the failed event.
             probe.state.withLock { $0.failAt = [] }
             try await runUntil(runner, [("invoices", "orders", placed[9].notificationID)])
+            #expect(runner.lastFailure == nil, "cleared by the new run")
             try await Self.expectOneInvoicePerOrder(try f.app("invoices"), placed)
             let processed = probe.state.withLock { $0.processed.map(\.1) }
             #expect(processed.filter { $0 == failing }.count == 2, "the failed event was given again")
