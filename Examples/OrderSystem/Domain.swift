@@ -94,8 +94,8 @@ struct Shipment: Aggregate {
     static func id(order: UUID) throws -> UUID { try DerivedID.uuid(namespace: "shipment", id: order) }
 }
 
-/// The fulfilment saga's state (application "fulfilment"): one per order, where the order is in
-/// payment, shipping and compensation.
+/// The fulfilment saga's state (application "fulfilment"): one per order, what the saga knows
+/// (the payment's and the shipment's outcomes) and what it has asked for.
 struct Fulfilment: Aggregate {
     static var typeName: String { "Fulfilment" }
 
@@ -103,23 +103,29 @@ struct Fulfilment: Aggregate {
         case started(order: UUID, customer: String, amount: Int, address: String)
         case paymentRequested
         case paid
+        case declined
         case shipmentRequested
         case shipped
+        case shipmentFailed
         case refundRequested
         case refunded
         case completed
         case cancelled(reason: String)
     }
 
-    enum Step: String, Codable, Sendable {
-        case new, started, awaitingPayment, awaitingShipment, awaitingRefund, completed, cancelled
-    }
+    enum PaymentOutcome: String, Codable, Sendable { case charged, declined, refunded }
+    enum ShipmentOutcome: String, Codable, Sendable { case dispatched, failed }
 
     var order = UUID()
     var customer = ""
     var amount = 0
     var address = ""
-    var step = Step.new
+    var payment: PaymentOutcome?
+    var shipment: ShipmentOutcome?
+    var paymentRequested = false
+    var shipmentRequested = false
+    var refundRequested = false
+    var done = false
     /// The saga's history, for the story.
     var steps: [String] = []
 
@@ -128,15 +134,16 @@ struct Fulfilment: Aggregate {
     mutating func apply(_ event: Event) {
         switch event {
         case .started(let order, let customer, let amount, let address):
-            (self.order, self.customer, self.amount, self.address, step) = (order, customer, amount, address, .started)
-        case .paymentRequested: step = .awaitingPayment
-        case .paid: break
-        case .shipmentRequested: step = .awaitingShipment
-        case .shipped: break
-        case .refundRequested: step = .awaitingRefund
-        case .refunded: break
-        case .completed: step = .completed
-        case .cancelled: step = .cancelled
+            (self.order, self.customer, self.amount, self.address) = (order, customer, amount, address)
+        case .paymentRequested: paymentRequested = true
+        case .paid: payment = .charged
+        case .declined: payment = .declined
+        case .shipmentRequested: shipmentRequested = true
+        case .shipped: shipment = .dispatched
+        case .shipmentFailed: shipment = .failed
+        case .refundRequested: refundRequested = true
+        case .refunded: payment = .refunded
+        case .completed, .cancelled: done = true
         }
         steps.append(Self.topicName(of: event))
     }

@@ -12,6 +12,12 @@ import Synchronization
 ///
 /// Correlated by the order's id; its state (``Fulfilment``) lives in the fulfilment
 /// application's own store and commits with that application's tracking records.
+///
+/// Each event first adds what it tells (the payment's or the shipment's outcome) to the state,
+/// then the saga does whatever is due given all it knows. So the order in which the outcomes
+/// arrive does not matter: after a crash between a command and the saga's commit, the
+/// command's effect (a refund, in the payments log) can reach the saga before the event that
+/// caused the command (the failed shipment, in the shipping log) is processed again.
 struct FulfilmentSaga: Saga {
     typealias State = Fulfilment
 
@@ -49,33 +55,48 @@ struct FulfilmentSaga: Saga {
     }
 
     func handle(_ event: UpstreamEvent, saga: inout AggregateRoot<Fulfilment>, in context: ProcessingContext) async throws {
+        // What the event tells, once.
+        switch event.topic {
+        case "Payment.charged" where saga.payment == nil: try saga.record(.paid)
+        case "Payment.declined" where saga.payment == nil: try saga.record(.declined)
+        case "Payment.refunded" where saga.payment != .refunded: try saga.record(.refunded)
+        case "Shipment.dispatched" where saga.shipment == nil: try saga.record(.shipped)
+        case "Shipment.failed" where saga.shipment == nil: try saga.record(.shipmentFailed)
+        default: break
+        }
+        try await advance(&saga)
+        try crash?.maybe(at: event, order: saga.order)
+    }
+
+    /// Does what is due given what the saga knows. Every command is idempotent.
+    private func advance(_ saga: inout AggregateRoot<Fulfilment>) async throws {
+        guard !saga.done else { return }
         let order = saga.order
-        switch (event.topic, saga.step) {
-        case ("Order.placed", .started):
+        if !saga.paymentRequested {
             try await payments.charge(order: order, customer: saga.customer, amount: saga.amount)
             try saga.record(.paymentRequested)
-        case ("Payment.charged", .awaitingPayment):
-            try saga.record(.paid)
-            try await shipping.ship(order: order, customer: saga.customer, address: saga.address)
-            try saga.record(.shipmentRequested)
-        case ("Payment.declined", .awaitingPayment):
+        }
+        // A shipment is only ever requested for a charged payment.
+        let charged = saga.payment == .charged || (saga.payment == nil && saga.shipment != nil)
+        switch (saga.payment, saga.shipment) {
+        case (.declined, _):
             try await orders.cancel(order: order, reason: "payment declined")
             try saga.record(.cancelled(reason: "payment declined"))
-        case ("Shipment.dispatched", .awaitingShipment):
+        case (.refunded, _):
+            try await orders.cancel(order: order, reason: "shipment failed; payment refunded")
+            try saga.record(.cancelled(reason: "shipment failed; payment refunded"))
+        case (_, .dispatched) where charged:
             try await orders.fulfil(order: order)
-            try saga.record(.shipped)
             try saga.record(.completed)
-        case ("Shipment.failed", .awaitingShipment):
+        case (_, .failed) where charged && !saga.refundRequested:
             try await payments.refund(order: order)
             try saga.record(.refundRequested)
-        case ("Payment.refunded", .awaitingRefund):
-            try await orders.cancel(order: order, reason: "shipment failed; payment refunded")
-            try saga.record(.refunded)
-            try saga.record(.cancelled(reason: "shipment failed"))
+        case (_, nil) where charged && !saga.shipmentRequested:
+            try await shipping.ship(order: order, customer: saga.customer, address: saga.address)
+            try saga.record(.shipmentRequested)
         default:
-            return  // not for this step (the saga is past it)
+            break  // waiting for the next outcome
         }
-        try crash?.maybe(at: event, order: order)
     }
 
     /// A customer was erased in a leader: the saga's state for that customer is sealed under

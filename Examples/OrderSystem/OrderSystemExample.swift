@@ -62,8 +62,18 @@ enum OrderSystemExample {
 
     static let leaders = ["orders", "payments", "shipping"]
 
+    /// The topics of the events the saga acts on: where the injected crash can be.
+    static let crashPoints = ["Order.placed", "Payment.charged", "Payment.declined", "Shipment.dispatched", "Shipment.failed",
+                              "Payment.refunded"]
+
     /// Runs the example in `directory` (which must not hold its files yet), printing through `say`.
-    static func run(in directory: URL, say: @Sendable (String) -> Void = { print($0) }) async throws -> Outcome {
+    /// The first run of the fulfilment process crashes at the first event of topic `crashAt`,
+    /// after the saga's command and before its commit.
+    static func run(in directory: URL, crashAt: String = "Payment.charged",
+                    say: @Sendable (String) -> Void = { print($0) }) async throws -> Outcome {
+        guard crashPoints.contains(crashAt) else {
+            throw EventSourcingError(.invalidArgument, "the crash can be injected at \(crashPoints.joined(separator: ", ")), not at \(crashAt)")
+        }
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let names = ["keys"] + leaders + ["fulfilment"]
         for n in names where FileManager.default.fileExists(atPath: directory.appendingPathComponent("\(n).sqlite").path) {
@@ -80,14 +90,14 @@ enum OrderSystemExample {
         var stores: [String: SQLiteStore] = [:]
         do {
             for n in names { stores[n] = try SQLiteStore(path: directory.appendingPathComponent("\(n).sqlite").path, logger: quiet) }
-            return try await run(stores: stores, masterKey: masterKey, directory: directory, quiet: quiet, say: say)
+            return try await run(stores: stores, masterKey: masterKey, directory: directory, crashAt: crashAt, quiet: quiet, say: say)
         } catch {
             for s in stores.values { await s.close() }
             throw error
         }
     }
 
-    private static func run(stores: [String: SQLiteStore], masterKey: MasterKey, directory: URL, quiet: Logger,
+    private static func run(stores: [String: SQLiteStore], masterKey: MasterKey, directory: URL, crashAt: String, quiet: Logger,
                             say: @Sendable (String) -> Void) async throws -> Outcome {
         func store(_ n: String) throws -> SQLiteStore {
             guard let s = stores[n] else { throw EventSourcingError(.invalidArgument, "no store \(n)") }
@@ -125,9 +135,10 @@ enum OrderSystemExample {
         say("Orders placed:")
         for p in placements.prefix(3) { try await place(p) }
 
-        // First run: the fulfilment process crashes once, right after it asked shipping to ship
-        // an order and before the saga's new state and position were committed.
-        let crash = Crash(topic: "Payment.charged")
+        // First run: the fulfilment process crashes once, right after the saga's command for
+        // an event (by default: asking shipping to ship an order) and before the saga's new
+        // state and position were committed.
+        let crash = Crash(topic: crashAt)
         let first = try SystemRunner(system: try system(crash: crash), logger: quiet)
         let crashError: EventSourcingError
         do {
@@ -140,11 +151,11 @@ enum OrderSystemExample {
             throw EventSourcingError(.recorderFailure, "the first run failed, but not at the simulated crash: \(crashError)")
         }
         say("")
-        say("The fulfilment process crashed after asking shipping to ship \(story(crashed.order, orderIDs)), before committing:")
+        say("The fulfilment process crashed while handling \(crashAt) for \(story(crashed.order, orderIDs)), after its command and before committing:")
         say("  \(crashError.message)")
 
         // Restart: a new runner resumes from each pipe's tracking position; the repeated
-        // shipping command finds the shipment already created.
+        // command finds its effect already there (the shipment created, the refund made).
         say("")
         say("Restarted; more orders placed:")
         let runner = try SystemRunner(system: try system(crash: nil), logger: quiet)

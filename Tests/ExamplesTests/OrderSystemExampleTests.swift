@@ -13,6 +13,35 @@ struct OrderSystemExampleTests {
         return dir
     }
 
+    /// Checks how every order ended: the same whatever the crash point.
+    static func checkResults(_ r: [OrderSystemExample.OrderResult], exactSteps: Bool) {
+        let fulfilled = ["started", "paymentRequested", "paid", "shipmentRequested", "shipped", "completed"]
+        for i in [0, 3, 4] {
+            #expect(r[i].status == .fulfilled, "order \(i)")
+            #expect(r[i].payment == .charged && r[i].paymentEvents == 1, "order \(i): one charge, no refund")
+            #expect(r[i].shipped == true)
+            if exactSteps { #expect(r[i].sagaSteps == fulfilled, "order \(i): \(r[i].sagaSteps)") }
+        }
+        // Declined: cancelled, never shipped.
+        #expect(r[1].status == .cancelled && r[1].cancellation == "payment declined")
+        #expect(r[1].payment == .declined && r[1].paymentEvents == 1)
+        #expect(r[1].shipped == nil)
+        if exactSteps { #expect(r[1].sagaSteps == ["started", "paymentRequested", "declined", "cancelled"]) }
+        // Shipment failed: refunded once, then cancelled.
+        #expect(r[2].status == .cancelled && r[2].cancellation == "shipment failed; payment refunded")
+        #expect(r[2].payment == .refunded && r[2].paymentEvents == 2)
+        #expect(r[2].shipped == false)
+        if exactSteps {
+            #expect(r[2].sagaSteps == ["started", "paymentRequested", "paid", "shipmentRequested", "shipmentFailed",
+                                       "refundRequested", "refunded", "cancelled"])
+        }
+        // Whatever the order the outcomes arrived in: no step twice, and one ending.
+        for (i, o) in r.enumerated() {
+            #expect(Set(o.sagaSteps).count == o.sagaSteps.count, "order \(i): a step twice: \(o.sagaSteps)")
+            #expect(o.sagaSteps.filter { $0 == "completed" || $0 == "cancelled" }.count == 1, "order \(i): \(o.sagaSteps)")
+        }
+    }
+
     @Test("Every order ends once as its story says (fulfilled, declined and cancelled, shipment failed then refunded and cancelled) across a crash and restart; no double payment or refund; one shred erases the customer in every application")
     func story() async throws {
         let dir = try Self.tempDirectory()
@@ -23,23 +52,7 @@ struct OrderSystemExampleTests {
         }
         let r = outcome.results
         try #require(r.count == OrderSystemExample.placements.count)
-        let fulfilled = ["started", "paymentRequested", "paid", "shipmentRequested", "shipped", "completed"]
-        for i in [0, 3, 4] {
-            #expect(r[i].status == .fulfilled, "order \(i)")
-            #expect(r[i].payment == .charged && r[i].paymentEvents == 1, "order \(i): one charge, no refund")
-            #expect(r[i].shipped == true)
-            #expect(r[i].sagaSteps == fulfilled, "order \(i): \(r[i].sagaSteps)")
-        }
-        // Declined: cancelled, never shipped.
-        #expect(r[1].status == .cancelled && r[1].cancellation == "payment declined")
-        #expect(r[1].payment == .declined && r[1].paymentEvents == 1)
-        #expect(r[1].shipped == nil)
-        #expect(r[1].sagaSteps == ["started", "paymentRequested", "cancelled"])
-        // Shipment failed: refunded once, then cancelled.
-        #expect(r[2].status == .cancelled && r[2].cancellation == "shipment failed; payment refunded")
-        #expect(r[2].payment == .refunded && r[2].paymentEvents == 2)
-        #expect(r[2].shipped == false)
-        #expect(r[2].sagaSteps == ["started", "paymentRequested", "paid", "shipmentRequested", "refundRequested", "refunded", "cancelled"])
+        Self.checkResults(r, exactSteps: true)
 
         // The crash hit the first charged payment (Ada's first order), after the shipping
         // command; the restart finished it once (its saga steps and payment above).
@@ -70,6 +83,32 @@ struct OrderSystemExampleTests {
                 }
             }
         }
+    }
+
+    @Test("A crash after the saga's command and before its commit, at each kind of event the saga acts on: the restart finishes every order exactly once (a command's effect may now arrive before its cause)",
+          arguments: OrderSystemExample.crashPoints)
+    func crashAnywhere(_ crashAt: String) async throws {
+        let dir = try Self.tempDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let outcome = try await OrderSystemExample.run(in: dir, crashAt: crashAt) { _ in }
+        #expect(outcome.crashError.code == .processFailed)
+        #expect(outcome.crashError.topic == crashAt || outcome.crashError.message.contains(crashAt))
+        try #require(outcome.results.count == OrderSystemExample.placements.count)
+        Self.checkResults(outcome.results, exactSteps: false)
+        for app in ["orders", "payments", "shipping", "fulfilment"] {
+            #expect(outcome.erasedReads[app] == [.shredded, .shredded], "\(app)")
+        }
+    }
+
+    @Test("A crash point the saga never reaches is refused before anything is written")
+    func unknownCrashPoint() async throws {
+        let dir = try Self.tempDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let e = await #expect(throws: EventSourcingError.self) {
+            _ = try await OrderSystemExample.run(in: dir.appendingPathComponent("run"), crashAt: "Order.fulfilled") { _ in }
+        }
+        #expect(e?.code == .invalidArgument)
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("run").path))
     }
 
     @Test("A directory that already holds the example's stores is refused, and its files are left as they were")

@@ -22,6 +22,13 @@ import Foundation
 /// - change existing aggregates only when their state says the change is still to be made
 ///   (refund a payment that is not refunded yet).
 ///
+/// Events of one leader arrive in its log order; events of different leaders in the order the
+/// runner reads them. After a crash between a command and the commit, the command's effect (a
+/// refund, in the payments log) can reach the saga before the event that caused the command
+/// (a failed shipment, in the shipping log) is processed again. So do not assume an order
+/// between leaders: record what each event tells in the state, then do whatever is due given
+/// all the state knows (see the OrderSystem example's `FulfilmentSaga`).
+///
 /// The state type's ``Aggregate/dataSubject`` decides its key scope, as for any aggregate: name
 /// the customer, and a shred of the customer erases the saga's state too. A saga whose state
 /// was shredded is over: ``SagaPolicy`` skips later events for it.
