@@ -325,4 +325,57 @@ struct EventSourcedLogTests {
             #expect(try await log.last()?.position == 5)
         }
     }
+    /// An in-memory recorder that flips one byte of the stored state of `version` when read
+    /// (a tampered row), and can return more events than asked (a broken recorder).
+    final class HostileLogRecorder: ApplicationRecorder {
+        let inner = InMemoryRecorder()
+        let tamperedVersion: Int?
+        let extra: Bool
+        init(tamperedVersion: Int? = nil, extra: Bool = false) { (self.tamperedVersion, self.extra) = (tamperedVersion, extra) }
+        func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] { try await inner.insertEvents(events) }
+        func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] {
+            var out = try await inner.selectEvents(query)
+            for i in out.indices where out[i].originatorVersion == tamperedVersion {
+                var state = out[i].state
+                state[state.count - 1] ^= 0x01
+                out[i] = StoredEvent(originatorID: out[i].originatorID, originatorVersion: out[i].originatorVersion,
+                                     topic: out[i].topic, state: state, keyScope: out[i].keyScope)
+            }
+            if extra { out += try await inner.selectEvents(EventQuery(originatorID: query.originatorID)) }
+            return out
+        }
+        func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {
+            try await inner.selectNotifications(start: start, limit: limit, stop: stop, topics: topics)
+        }
+        func maxNotificationID() async throws -> Int64? { try await inner.maxNotificationID() }
+    }
+
+    @Test("A tampered entry, an entry read as the wrong type and a recorder that returns too much are typed errors naming the log and the position, never a crash or a wrong value")
+    func unreadableEntries() async throws {
+        let keyring = try await Keyring.open(store: InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
+        let tampering = HostileLogRecorder(tamperedVersion: 2)
+        let app = Application(recorder: tampering, mapper: Mapper(keyring: keyring))
+        let log = try EventSourcedLog<String>(name: "tampered", application: app)
+        for v in ["a", "b", "c"] { try await log.append(v) }
+        #expect(try await log.entry(at: 1)?.value == "a")
+        let e = await #expect(throws: EventSourcingError.self) { try await log.entries(limit: 10) }
+        #expect(e?.code == .integrityFailure)
+        #expect(e?.originatorID == log.id)
+        #expect(e?.originatorVersion == 2)
+        #expect(e.map { !$0.description.contains("\"b\"") } == true)
+
+        // The same log read with another entry type.
+        let asInts = try EventSourcedLog<Int>(name: "tampered", application: app)
+        let d = await #expect(throws: EventSourcingError.self) { try await asInts.first() }
+        #expect(d?.code == .decodingFailed)
+        #expect(d?.originatorID == log.id)
+        #expect(d?.originatorVersion == 1)
+
+        let broken = Application(recorder: HostileLogRecorder(extra: true), mapper: Mapper(keyring: keyring))
+        let overfull = try EventSourcedLog<String>(name: "overfull", application: broken)
+        try await overfull.append("x")
+        try await overfull.append("y")
+        let r = await #expect(throws: EventSourcingError.self) { try await overfull.entries(limit: 1) }
+        #expect(r?.code == .recorderFailure)
+    }
 }
