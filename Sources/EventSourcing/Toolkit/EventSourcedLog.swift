@@ -26,6 +26,13 @@ import KeyManagement
 /// next, and on a concurrency conflict (another append took that position) reads again and
 /// retries. The log order is the order in which appends committed.
 ///
+/// ``append(_:keyScope:maxAttempts:)`` is a save of its own. To keep an index consistent with
+/// the aggregate it indexes, save the entry with it in one atomic save
+/// (``pendingEntry(_:keyScope:)``, then `app.save(&customer, &entry)`), or keep the index in a
+/// process application and collect the entry in its ``ProcessingContext``, where it commits
+/// with the tracking record, exactly once. An `append` from a process policy is not part of
+/// that commit and is repeated when the event is processed again.
+///
 /// An index keyed by personal data (an e-mail address) must not store the address, not even
 /// inside an entry that is encrypted, when the entry's purpose is a look-up: store a keyed hash
 /// (HMAC-SHA-256 with a secret kept out of the store) of the normalised address, and seal the
