@@ -52,7 +52,7 @@ public struct EventSourcedLog<Entry: Codable & Sendable>: Sendable {
     public static var maxNameBytes: Int { 255 }
     /// The most entries one read returns.
     public static var maxPageSize: Int { 1000 }
-    /// How many times ``append(_:keyScope:)`` tries by default.
+    /// How many times ``append(_:keyScope:maxAttempts:)`` tries by default.
     public static var defaultAttempts: Int { 100 }
 
     /// A log named `name` in `application`.
