@@ -70,6 +70,11 @@ public struct EventSourcingError: Error, Sendable, Hashable, CustomStringConvert
         /// the error's ``notificationID`` is the leader's notification. The follower's position
         /// stays before it, so running again resumes at that event.
         public static let processFailed = Code("processFailed")
+        /// An in-process subscription (`Application.subscribe(to:)`) fell behind: its buffer
+        /// was full, so events were dropped and the subscription ended. The message says how
+        /// many; the error's ``notificationID`` is the first dropped. The events are in the
+        /// notification log: follow it with `NotificationLog.subscribe(after:)` to resume.
+        public static let subscriptionOverflow = Code("subscriptionOverflow")
 
         public var description: String { raw }
     }

@@ -111,7 +111,8 @@ extension Application {
     /// Crypto-shreds a key scope (a data subject or an aggregate id): destroys every version
     /// of its data key, leaves a tombstone, records the erasure in the notification log
     /// (``ErasureRecord``, read as ``LogItem/Outcome/erased(keyScope:at:)``), deletes its
-    /// snapshots and drops it from caches.
+    /// snapshots and drops it from caches (the keyring's and the aggregate cache: every cached
+    /// aggregate of the scope at once).
     /// Reads of its records then throw `.shredded`; saves to it throw `.shredded`.
     ///
     /// A UUID-shaped scope is looked up in the spelling it is stored under, so
@@ -139,6 +140,8 @@ extension Application {
                 + "(pass ifAbsent: .tombstone to tombstone it ahead of time)", keyScope: keyScope)
         }
         let target = scope ?? Application.canonicalScope(keyScope)
+        // However the shred ends, no cached aggregate of the scope survives it.
+        defer { aggregateCache?.remove(keyScope: target) }
         let tombstone: Tombstone
         do { tombstone = try await keyring.shred(scope: target) } catch {
             // Already shredded: finish a shred that was interrupted before its erasure record

@@ -34,6 +34,10 @@ public final class Application: Sendable {
     let logger: Logger
     /// Metrics and tracer, bound at creation (see `Observability`).
     let instruments = ApplicationInstruments()
+    /// The cache of recently used aggregates, nil when off (see ``AggregateCache``).
+    public let aggregateCache: AggregateCache?
+    /// In-process publishing of committed events (see ``subscribe(to:bufferSize:)``).
+    let hub = EventHub()
 
     /// Creates an application.
     /// - Parameters:
@@ -41,15 +45,19 @@ public final class Application: Sendable {
     ///   - snapshots: the snapshot store; needed for ``takeSnapshot(_:id:version:)`` and intervals.
     ///   - mapper: the pipeline; `Mapper()` stores plaintext JSON (zlib-compressed).
     ///   - snapshotIntervals: automatic snapshotting, e.g. `[.every(100, for: Dog.self)]`.
+    ///   - cache: a bounded cache of recently used aggregates, e.g. `.lru(maxEntries: 10_000)`; off by
+    ///     default (see ``AggregateCache``).
     ///   - logger: where the application logs shreds, failed automatic snapshots and retries (never key
     ///     bytes or payloads).
     public init(recorder: any ApplicationRecorder, snapshots: (any SnapshotRecorder)? = nil, mapper: Mapper = Mapper(),
-                snapshotIntervals: [SnapshotInterval] = [], logger: Logger = Logger(label: "eventsourcing.application")) {
+                snapshotIntervals: [SnapshotInterval] = [], cache: AggregateCache.Configuration = .off,
+                logger: Logger = Logger(label: "eventsourcing.application")) {
         self.recorder = recorder
         self.snapshotRecorder = snapshots
         self.mapper = mapper
         self.snapshotIntervals = snapshotIntervals
         self.intervalsByType = SnapshotInterval.byTypeName(snapshotIntervals)
+        self.aggregateCache = cache.maxEntries > 0 ? AggregateCache(maxEntries: cache.maxEntries) : nil
         self.logger = logger
     }
 
@@ -119,7 +127,8 @@ public final class Application: Sendable {
         let newScope = !root.pendingEvents.isEmpty && root.version == root.pendingEvents.count
             && root.keyScope == AggregateRoot<A>.ownScope(root.id)
         return { optimistic in
-            try await mapper.encode(root.pendingEvents, of: A.self, keyScope: root.keyScope, newScope: optimistic && newScope)
+            try await mapper.encode(root.pendingEvents, of: A.self, keyScope: root.keyScope, newScope: optimistic && newScope,
+                                    discard: root.pendingDiscard.map { (root.id, $0.version, $0.at) })
         }
     }
 
@@ -127,7 +136,7 @@ public final class Application: Sendable {
     /// (an erasure record) and the tracking record go in the same transaction.
     func commit(_ encoders: [EventWriter.Encoder], tracking: Tracking? = nil, plain: [StoredEvent] = []) async throws -> [Recording] {
         try await instruments.save {
-            try await EventWriter(mapper: mapper, recorder: recorder).commit(encoders, tracking: tracking, plain: plain)
+            try await EventWriter(mapper: mapper, recorder: recorder, hub: hub).commit(encoders, tracking: tracking, plain: plain)
         }
     }
 
@@ -149,7 +158,8 @@ public final class Application: Sendable {
     }
 
     func autoSnapshot<A: Aggregate>(_ root: AggregateRoot<A>, savedFrom oldVersion: Int) async {
-        guard let interval = intervalsByType[A.typeName], let snapshotRecorder,
+        didSave(root)   // the aggregate cache (AggregateCache.swift)
+        guard !root.isDiscarded, let interval = intervalsByType[A.typeName], let snapshotRecorder,
               root.version / interval > oldVersion / interval else { return }
         do {
             try await store(snapshotOf: root, in: snapshotRecorder)

@@ -11,6 +11,9 @@ import KeyManagement
 struct EventWriter: Sendable {
     let mapper: Mapper
     let recorder: any ApplicationRecorder
+    /// The application's in-process publishing: what commits is published after the commit
+    /// (see Application+Publishing.swift); nil publishes nothing.
+    var hub: EventHub? = nil
 
     /// Encodes one aggregate's pending events; the argument is false on a retry after `keyExists`.
     typealias Encoder = @Sendable (_ optimistic: Bool) async throws -> Mapper.EncodedBatch
@@ -32,18 +35,23 @@ struct EventWriter: Sendable {
             throw EventSourcingError(.invalidArgument,
                 "the application's recorder (\(type(of: recorder))) is not a ProcessRecorder: it cannot commit a tracking record with events")
         }
+        let ticket = hub?.open()
+        defer { ticket?.close() }   // a save that throws publishes nothing
         var attempt = 0
         while true {
             var events: [StoredEvent] = plain
             var keys: [SealingKey] = []
+            var published: [EventHub.Batch] = [EventHub.Batch(count: plain.count, events: nil)]
             for encode in encoders {
                 let batch = try await encode(attempt == 0)
                 events += batch.events
+                published.append(EventHub.Batch(count: batch.events.count, events: batch.published))
                 Self.addMinted(batch.newKeys, to: &keys)
             }
             guard !events.isEmpty || tracking != nil else { return [] }
             do {
                 let ids = try await insert(events, keys: keys, tracking: tracking)
+                ticket?.publish(events, ids: ids, batches: published)
                 return zip(events, ids).map {
                     Recording(originatorID: $0.originatorID, originatorVersion: $0.originatorVersion,
                               topic: $0.topic, notificationID: $1)

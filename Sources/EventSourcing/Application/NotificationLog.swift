@@ -99,11 +99,22 @@ public struct LogItem: Sendable {
     /// Whether the item is a shred's erasure record.
     public var isErased: Bool { if case .erased = outcome { return true } else { return false } }
 
+    /// Whether the item is an aggregate's discard marker (``AggregateRoot/discard(at:)``): its
+    /// topic is the aggregate type's ``Aggregate/discardTopic``, its outcome ``Outcome/decoded(_:)``
+    /// (or shredded, or failed, like an event). It carries no event: ``event(as:)`` throws for it.
+    public var isDiscardMarker: Bool { DiscardMarker.isDiscard(topic: notification.topic) }
+
     /// Decodes the item as an event of aggregate type `A`.
     /// - Throws: ``EventSourcingError`` `.shredded` or the read failure, `.decodingFailed` if it is not an `A` event,
-    ///   `.aggregateTypeMismatch` for another type's event or an erasure record (``Outcome/erased(keyScope:at:)``).
+    ///   `.aggregateTypeMismatch` for another type's event, an erasure record (``Outcome/erased(keyScope:at:)``)
+    ///   or a discard marker (``isDiscardMarker``).
     public func event<A: Aggregate>(as type: A.Type) throws -> DomainEvent<A.Event> {
         switch outcome {
+        case .decoded where isDiscardMarker:
+            throw EventSourcingError(.aggregateTypeMismatch,
+                "the item is an aggregate's discard marker, not an event: check isDiscardMarker to handle it (the aggregate was discarded at this version)",
+                originatorID: notification.originatorID, originatorVersion: notification.originatorVersion,
+                topic: notification.topic, notificationID: notification.id)
         case .decoded(let payload):
             try Mapper.checkTopic(notification.storedEvent, of: A.self, snapshot: false, notificationID: notification.id)
             return try Mapper.decodeEvent(payload, as: type, stored: notification.storedEvent, notificationID: notification.id)

@@ -7,10 +7,11 @@ extension Mapper {
     /// Encodes events of one aggregate under `keyScope`'s current data key, stamping the scope
     /// on each record (``StoredEvent/keyScope``).
     /// - Parameter newScope: the scope was only just created (see ``RecordCipher/sealingKey(for:likelyNew:)``).
+    /// - Parameter discard: the aggregate's discard marker to seal after the events (``DiscardMarker``).
     /// - Throws: ``EventSourcingError`` with `.shredded` for a shredded scope, `.keyUnavailable`.
     package func encode<A: Aggregate>(_ events: [DomainEvent<A.Event>], of type: A.Type, keyScope: String,
-                                      newScope: Bool = false) async throws -> EncodedBatch {
-        let writeKey = events.isEmpty ? nil : try await sealingKey(for: keyScope, likelyNew: newScope)
+                                      newScope: Bool = false, discard: (id: UUID, version: Int, at: Date)? = nil) async throws -> EncodedBatch {
+        let writeKey = events.isEmpty && discard == nil ? nil : try await sealingKey(for: keyScope, likelyNew: newScope)
         var out: [StoredEvent] = []
         out.reserveCapacity(events.count)
         for e in events {
@@ -21,8 +22,8 @@ extension Mapper {
                     + "names as Codable writes them; declare \(A.self).topicName(of:)",
                     originatorID: e.originatorID, originatorVersion: e.originatorVersion)
             }
-            guard !ErasureRecord.isErasure(topic: topic) else {
-                throw EventSourcingError(.invalidArgument, "the topic \(topic) is reserved for shreds' erasure records",
+            guard !ErasureRecord.isErasure(topic: topic), !DiscardMarker.isDiscard(topic: topic) else {
+                throw EventSourcingError(.invalidArgument, "the topic \(topic) is reserved for shreds' erasure records or discard markers",
                                          originatorID: e.originatorID, originatorVersion: e.originatorVersion)
             }
             guard topic.utf8.count <= StateHeader.maxTopicLength else {
@@ -41,8 +42,11 @@ extension Mapper {
             out.append(StoredEvent(originatorID: e.originatorID, originatorVersion: e.originatorVersion, topic: topic,
                                    state: state, keyScope: writeKey?.key.scope))
         }
+        if let discard {
+            out.append(try sealDiscardMarker(of: A.self, originatorID: discard.id, version: discard.version, at: discard.at, key: writeKey))
+        }
         let pending = writeKey.flatMap { $0.minted == nil ? nil : [$0] } ?? []
-        return EncodedBatch(events: out, newKeys: pending)
+        return EncodedBatch(events: out, newKeys: pending, published: events)
     }
 
     /// Decodes a stored event of aggregate type `A`.

@@ -68,6 +68,9 @@ public final class Mapper: Sendable {
         package var events: [StoredEvent]
         /// Keys minted for these records that are not stored yet.
         package var newKeys: [SealingKey]
+        /// The domain events encoded (`[DomainEvent<A.Event>]`, the first records of ``events``,
+        /// in order), for in-process publishing after the commit; nil publishes them untyped.
+        package var published: (any Sendable)? = nil
     }
 
     // Shared: both are thread-safe, and their option storage is never changed after creation.
