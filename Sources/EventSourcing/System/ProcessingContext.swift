@@ -86,7 +86,7 @@ public final class ProcessingContext: Sendable {
                         "the aggregate was collected in this processing context as another type than \(A.typeName)",
                         originatorID: snapshot.id)
                 }
-                guard firstVersion == earlier.version + 1 else {
+                guard firstVersion - 1 == earlier.version else {
                     throw EventSourcingError(.concurrencyConflict,
                         "the aggregate's events collected in this processing context end at version \(earlier.version); these start at \(firstVersion): get it from the context before changing it again",
                         originatorID: snapshot.id, originatorVersion: firstVersion)

@@ -97,6 +97,9 @@ public struct System: Sendable {
                 let shown = (try? System.validate(name: name)) != nil ? "\"\(name)\"" : "a name of \(name.utf8.count) bytes"
                 throw EventSourcingError(.invalidArgument, "system: pipe \(p + 1) names \(shown), which is no member of the system")
             }
+            // Each name as its member spells it: Swift compares strings by canonical equivalence,
+            // tracking names by their bytes, so a pipe's other spelling must not reach them.
+            let pipe = pipe.compactMap { byName[$0].map { members[$0].name } }
             for (leader, follower) in zip(pipe, pipe.dropFirst()) {
                 guard let f = byName[follower], case .process = members[f] else {
                     throw EventSourcingError(.invalidArgument,

@@ -72,6 +72,16 @@ struct SystemValidationTests {
         #expect(system.application("nobody") == nil)
     }
 
+    @Test("A pipe that spells a member's name another (canonically equivalent) way wires the member under its own spelling")
+    func pipeSpellingsAreTheMembers() throws {
+        let composed = "caf\u{E9}", decomposed = "cafe\u{301}"
+        let system = try System(members: [.application(composed, Self.app()), .process(try Self.process("invoices"))],
+                                pipes: [[decomposed, "invoices"]])
+        let leader = try #require(system.leaders(of: "invoices").first)
+        #expect(leader.utf8.elementsEqual(composed.utf8), "the tracking name \"invoices <- \(leader)\" must use the member's bytes")
+        #expect(system.followers(of: composed) == ["invoices"])
+    }
+
     @Test("Refused process applications: bad names, a recorder that cannot commit tracking records")
     func refusedProcessApplications() {
         Self.refused("a member name must not be empty") { _ = try Self.process("") }
