@@ -263,6 +263,9 @@ public final class SystemRunner: Service, Sendable {
                        tracking: Tracking) async throws {
         let app = process.application
         app.mapper.cipher?.invalidate(scope: scope)
+        // No cached aggregate of the scope is served after this (a keyring shared with the
+        // leader shredded the scope already, without this application's cache knowing).
+        app.aggregateCache?.remove(keyScope: scope)
         if let keyring = app.mapper.keyring, try await !keyring.store.dataKeys(scope: scope).isEmpty {
             do {
                 _ = try await app.shred(keyScope: scope)

@@ -11,9 +11,10 @@ struct SystemErasureTests {
     /// Shreds customer A through the orders application, runs invoices past the erasure, and
     /// checks both applications: A shredded, B intact; the erasure record once in the invoices
     /// log, seen by a projection there; a restart writes nothing twice.
-    static func shredReachesFollower(_ factory: RecorderFactory, sharedKeyring: Bool) async throws {
+    static func shredReachesFollower(_ factory: RecorderFactory, sharedKeyring: Bool,
+                                     cache: AggregateCache.Configuration = .off) async throws {
         try await SystemFixture.with(factory, names: ["orders", "invoices"], sharedKeyring: sharedKeyring,
-                                     snapshotIntervals: [.every(1, for: SysInvoice.self)]) { f in
+                                     snapshotIntervals: [.every(1, for: SysInvoice.self)], cache: cache) { f in
             let probe = PolicyProbe()
             let orders = try f.app("orders"), invoicesApp = try f.app("invoices")
             let placed = try await placeOrders(orders, 6, customers: ["customer-a", "customer-b"])
@@ -24,9 +25,19 @@ struct SystemErasureTests {
             // Snapshots of A's invoices exist (every event is snapshotted) and must go.
             #expect(try await f.stores["invoices"]?.snapshots.selectSnapshot(originatorID: try invoiceOf(placed[0]), lte: nil) != nil)
 
+            if cache != .off {
+                // Every invoice read once: in the follower's cache now.
+                for r in placed { _ = try await invoicesApp.repository.get(SysInvoice.self, id: try invoiceOf(r)) }
+            }
             let receipt = try await orders.shred(keyScope: "customer-a")
             let erasureID = try #require(try await orders.notificationLog.maxNotificationID)
             try await runUntil(try SystemRunner(system: system), [("invoices", "orders", erasureID)])
+            if let cache = invoicesApp.aggregateCache {
+                // The decrypted copies of A's invoices left the follower's memory with the erasure.
+                for (i, r) in placed.enumerated() {
+                    #expect(cache.contains(try invoiceOf(r)) == (i % 2 == 1), "invoice of order \(i) cached")
+                }
+            }
 
             for (i, r) in placed.enumerated() {
                 let isA = i % 2 == 0
@@ -83,6 +94,12 @@ struct SystemErasureTests {
           arguments: RecorderFactory.all)
     func sharedKeyring(_ factory: RecorderFactory) async throws {
         try await Self.shredReachesFollower(factory, sharedKeyring: true)
+    }
+
+    @Test("With a shared keyring and an aggregate cache in the follower, its cached aggregates of the scope leave the cache when the erasure arrives",
+          arguments: RecorderFactory.all)
+    func sharedKeyringWithCache(_ factory: RecorderFactory) async throws {
+        try await Self.shredReachesFollower(factory, sharedKeyring: true, cache: .lru(maxEntries: 100))
     }
 
     @Test("With a keyring of its own, the follower shreds the scope in it when the leader's erasure arrives",

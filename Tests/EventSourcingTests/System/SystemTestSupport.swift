@@ -19,7 +19,7 @@ final class SystemFixture: Sendable {
     }
 
     static func make(_ factory: RecorderFactory, names: [String], sharedKeyring: Bool = true,
-                     snapshotIntervals: [SnapshotInterval] = []) async throws -> SystemFixture {
+                     snapshotIntervals: [SnapshotInterval] = [], cache: AggregateCache.Configuration = .off) async throws -> SystemFixture {
         var stores: [String: RecorderFactory.Store] = [:]
         var apps: [String: Application] = [:]
         var keyrings: [String: Keyring] = [:]
@@ -36,7 +36,7 @@ final class SystemFixture: Sendable {
             }
             keyrings[name] = keyring
             apps[name] = Application(recorder: store.recorder, snapshots: store.snapshots, mapper: Mapper(keyring: keyring),
-                                     snapshotIntervals: snapshotIntervals)
+                                     snapshotIntervals: snapshotIntervals, cache: cache)
         }
         return SystemFixture(stores: stores, apps: apps, keyrings: keyrings)
     }
@@ -49,9 +49,10 @@ final class SystemFixture: Sendable {
 
     /// Runs `body` with a fresh fixture, closing its stores afterwards (also when it throws).
     static func with(_ factory: RecorderFactory, names: [String], sharedKeyring: Bool = true,
-                     snapshotIntervals: [SnapshotInterval] = [],
+                     snapshotIntervals: [SnapshotInterval] = [], cache: AggregateCache.Configuration = .off,
                      _ body: (SystemFixture) async throws -> Void) async throws {
-        let f = try await make(factory, names: names, sharedKeyring: sharedKeyring, snapshotIntervals: snapshotIntervals)
+        let f = try await make(factory, names: names, sharedKeyring: sharedKeyring, snapshotIntervals: snapshotIntervals,
+                               cache: cache)
         do { try await body(f) } catch {
             await f.close()
             throw error
