@@ -14,6 +14,13 @@
 # pg-encrypted runs add the projection phase (--projection): a read model's exactly-once catch-up
 # over the log W1 wrote (events/s and the ratio to W3d of the same run) and the live latency
 # from a save's commit to the projection having processed it (p50/p99 over 2,000 saves).
+# The systems part runs esbench --system (a follower process application, "invoices", in a
+# store of its own, saving one invoice per upstream Registered event: catch-up over the log W1
+# wrote, upstream events/s, and live latency from a leader save's commit to the follower's
+# commit) alternating with the peer's Benchmarks/peer/system_peer.py (its ProcessApplication,
+# System and SingleThreadedRunner, and repeated gets with and without its aggregate cache),
+# SQLite encrypted and plaintext, and on PostgreSQL our encrypted run alone.
+#   --systems-only: only the systems part (SQLite, then PostgreSQL)
 # Needs gcc, python3, and
 # PostgreSQL's server binaries for the PostgreSQL part (skipped with a loud line if missing).
 set -euo pipefail
@@ -30,10 +37,12 @@ if [ ! -f "$workload" ]; then
 fi
 have_peer=false; [ -f "$shared/peer/bench_pyes.py" ] && have_peer=true
 aggs=10000; pg_aggs=2000; pg_only=false
+sys_aggs=2000; sys_live=2000; sys_rounds=2; systems_only=false
 for a in "$@"; do
     case "$a" in
-        --quick) aggs=2000; pg_aggs=500 ;;
+        --quick) aggs=2000; pg_aggs=500; sys_aggs=1000; sys_live=1000 ;;
         --pg-only) pg_only=true ;;
+        --systems-only) systems_only=true ;;
         *) echo "unknown argument $a" >&2; exit 64 ;;
     esac
 done
@@ -59,7 +68,23 @@ pyes() {
     else log "!!! peer SKIPPED (no ../shared/bench/peer): $*"; echo '{"skipped":"peer"}'; fi
 }
 
+# The peer of the systems part: our own script, run with the peer's venv.
+peer_system() {
+    if [ "$have_peer" = true ]; then "$peer/venv/bin/python" peer/system_peer.py --workload "$workload" "$@"
+    else log "!!! peer SKIPPED (no ../shared/bench/peer): system_peer.py $*"; echo '{"skipped":"peer"}'; fi
+}
+
 if [ "$pg_only" = false ]; then
+log "systems: esbench --system and the peer's system_peer.py, alternating ($sys_rounds rounds, $sys_aggs aggregates, $sys_live live saves)"
+for round in $(seq 1 "$sys_rounds"); do
+    emit "$("$esbench" --workload "$workload" --db "$work/sys-enc.sqlite" --variant encrypted --sync full --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --tag sqlite-encrypted-full-system 2>/dev/null)"
+    emit "$(peer_system --variant aes-openssl --aggs $sys_aggs --live-saves $sys_live --db-dir "$work/peer-sys" --tag peer-sqlite-aes-openssl-system)"
+    emit "$("$esbench" --workload "$workload" --db "$work/sys-plain.sqlite" --variant plain --sync full --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --tag sqlite-plain-full-system 2>/dev/null)"
+    emit "$(peer_system --variant plain --aggs $sys_aggs --live-saves $sys_live --db-dir "$work/peer-sys" --tag peer-sqlite-plain-system)"
+done
+fi
+
+if [ "$pg_only" = false ] && [ "$systems_only" = false ]; then
 log "raw SQLite limits on this disk"
 if [ -f "$shared/limits/sqlite_raw.c" ]; then
     gcc -O2 -o "$work/sqlite_raw" "$shared/limits/sqlite_raw.c" -lsqlite3
@@ -101,6 +126,9 @@ else
     as_pg "$pg_bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w -o "-p $port -k $pgdir -c listen_addresses=127.0.0.1" start >/dev/null
     trap 'as_pg "$pg_bin/pg_ctl" -D "$pgdir/data" -m fast stop >/dev/null 2>&1 || true' EXIT
     url="postgres://bench:bench@127.0.0.1:$port/postgres?sslmode=disable"
+    log "systems on PostgreSQL: esbench --system (the follower in a second schema; no peer run)"
+    run --backend postgres --pg-url "$url" --variant encrypted --aggs $pg_aggs --system --live-saves $sys_live --tag pg-encrypted-system
+    if [ "$systems_only" = false ]; then
     log "raw PostgreSQL single-row commits (pgbench, same server)"
     printf '%s\n' "CREATE TABLE IF NOT EXISTS raw_probe (id bigserial PRIMARY KEY, oid uuid, v bigint, topic text, state bytea);" |
         PGPASSWORD=bench "$pg_bin/psql" -q -h 127.0.0.1 -p "$port" -U bench postgres >/dev/null
@@ -126,5 +154,6 @@ else
     log "peer PostgreSQL"
     emit "$(pyes --backend postgres --variant aes-openssl --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-aes-openssl)"
     emit "$(pyes --backend postgres --variant plain --pg-host 127.0.0.1 --pg-port $port --pg-user bench --pg-password bench --pg-db peerbench --aggs $pg_aggs --tag peer-pg-plain)"
+    fi
 fi
 log "results in $out"

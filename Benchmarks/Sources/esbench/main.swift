@@ -7,6 +7,8 @@
 // --readers N splits W2 over N concurrent tasks (the peer reads with one).
 // --projection adds the projection phase after W3d (ProjectionPhase.swift): catch-up of an
 // exactly-once read model over the log (and its ratio to W3d), then live save-to-view latency.
+// --system adds the system phase after that (SystemPhase.swift): a follower process application's
+// catch-up over the log (upstream events/s) and live latency from a leader save to the follower's commit.
 import BenchDomain
 import EventSourcing
 import EventSourcingPostgres
@@ -35,6 +37,7 @@ struct Options {
     var projection = false        // the projection phase (ProjectionPhase.swift)
     var projectionBatch = 100
     var liveSaves = 2_000
+    var system = false            // the system phase (SystemPhase.swift)
 }
 
 func parseOptions() -> Options {
@@ -60,8 +63,9 @@ func parseOptions() -> Options {
         case "--projection": o.projection = true
         case "--projection-batch": o.projectionBatch = Int(it.next() ?? "") ?? o.projectionBatch
         case "--live-saves": o.liveSaves = max(1, Int(it.next() ?? "") ?? o.liveSaves)
+        case "--system": o.system = true
         case "--help", "-h":
-            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
@@ -360,6 +364,11 @@ func run() async throws {
 
     // The projection phase: a read model's catch-up over the same log, then live latency.
     if o.projection { try await projectionPhase(o, store: store, app: app, res: &res) }
+    // The system phase: a follower process application's catch-up over the same log, then live latency.
+    if o.system {
+        let registered = (res["aggs"] as? Int ?? 0) + (o.projection ? o.liveSaves : 0)
+        try await systemPhase(o, store: store, app: app, registered: registered, res: &res)
+    }
     _ = await store.finish()
     let data = try JSONSerialization.data(withJSONObject: res, options: [.sortedKeys])
     print(String(decoding: data, as: UTF8.self))
