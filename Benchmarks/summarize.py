@@ -117,3 +117,66 @@ if any(r.get("projection_catchup_ev_s") for _, r in proj):
           "Decode-only: the same runner and store with a projection that decodes each event and writes no view row "
           "(the runner's own cost). Live: one save after another, each waiting until the projection has processed it; latency from save() returning "
           "(the commit) to the view's commit holding it.")
+
+# The systems part (esbench --system beside the peer's system_peer.py, alternating rounds): a
+# follower process application's catch-up and live latency, and the peer's aggregate cache.
+many = {}
+for r in rows:
+    if r.get("tag"):
+        many.setdefault(r["tag"], []).append(r)
+
+
+def med(tag, field):
+    """The median of `field` over the runs of `tag` (None if none has it)."""
+    vals = sorted(r[field] for r in many.get(tag, []) if isinstance(r.get(field), (int, float)))
+    return (vals[(len(vals) - 1) // 2] + vals[len(vals) // 2]) / 2 if vals else None
+
+
+def span(tag, field, fmt):
+    vals = sorted(r[field] for r in many.get(tag, []) if isinstance(r.get(field), (int, float)))
+    if not vals:
+        return "—"
+    return fmt(vals[0]) if len(vals) == 1 else f"{fmt(med(tag, field))} ({fmt(vals[0])}–{fmt(vals[-1])})"
+
+
+def ms(v):
+    return f"{v:.2f} ms"
+
+
+systems = [("SQLite FULL, encrypted", "sqlite-encrypted-full-system", "peer-sqlite-aes-openssl-system"),
+           ("SQLite FULL, plaintext", "sqlite-plain-full-system", "peer-sqlite-plain-system"),
+           ("PostgreSQL, encrypted", "pg-encrypted-system", None)]
+if any(many.get(ours) for _, ours, _ in systems):
+    print()
+    print("| follower (one invoice per Registered event) | measure | ours | peer | ours / peer |")
+    print("|---|---|---|---|---|")
+    for label, ours, peer in systems:
+        if not many.get(ours):
+            print(f"| {label} | (not run) | | | |")
+            continue
+        for name, field, fmt, better in [("catch-up, upstream ev/s", "system_catchup_ev_s", k, "higher"),
+                                         ("catch-up / W3d of the same run", "system_catchup_vs_w3d", lambda v: f"{v:.3f}×", "higher"),
+                                         ("live p50, leader commit → follower commit", "system_live_p50_ms", ms, "lower"),
+                                         ("live p99", "system_live_p99_ms", ms, "lower"),
+                                         ("leader save p50 (its own commit)", "system_live_save_p50_ms", ms, "lower")]:
+            peer_cell = span(peer, field, fmt) if peer and many.get(peer) else "—"
+            print(f"| {label} | {name} | {span(ours, field, fmt)} | {peer_cell} "
+                  f"| {ratio(med(ours, field), med(peer, field)) if peer else '—'} |")
+    runs = {t: len(many.get(t, [])) for _, o, p in systems for t in (o, p) if t}
+    print()
+    print("Medians over the runs (range in brackets): " + ", ".join(f"{t} ×{n}" for t, n in runs.items() if n) + ". "
+          "Catch-up: the follower from position 0 over the leader's whole log, batches of "
+          f"{med(systems[0][1], 'system_batch') or '?'}, one commit (invoice or none, with the tracking record) per upstream event. "
+          "Live: one leader save after another, each waited on until the follower has committed it. "
+          "For latencies a ratio below 1× is ours being faster.")
+
+# Repeated gets with and without an aggregate cache: the peer's (system_peer.py) beside ours
+# (esbench's cache phase, when its rows are there: fields cache_off_gets_s / cache_on_gets_s).
+cache_rows = [(t, rs) for t, rs in many.items() if any("cache_on_gets_s" in r for r in rs)]
+if cache_rows:
+    print()
+    print("| repeated gets | rounds | cache off gets/s | cache on gets/s | gain (on / off) | warm rounds gain |")
+    print("|---|---|---|---|---|---|")
+    for t, rs in sorted(cache_rows):
+        print(f"| {t} | {med(t, 'cache_rounds')} | {span(t, 'cache_off_gets_s', k)} | {span(t, 'cache_on_gets_s', k)} "
+              f"| {span(t, 'cache_gain', lambda v: f'{v:.2f}×')} | {span(t, 'cache_warm_gain', lambda v: f'{v:.2f}×')} |")
