@@ -19,7 +19,8 @@
 # wrote, upstream events/s, and live latency from a leader save's commit to the follower's
 # commit) alternating with the peer's Benchmarks/peer/system_peer.py (its ProcessApplication,
 # System and SingleThreadedRunner, and repeated gets with and without its aggregate cache),
-# SQLite encrypted and plaintext, and on PostgreSQL our encrypted run alone.
+# SQLite FULL encrypted and plaintext and NORMAL encrypted (where a commit is not an fsync), and
+# on PostgreSQL our encrypted run alone.
 #   --systems-only: only the systems part (SQLite, then PostgreSQL)
 # Needs gcc, python3, and
 # PostgreSQL's server binaries for the PostgreSQL part (skipped with a loud line if missing).
@@ -81,6 +82,8 @@ for round in $(seq 1 "$sys_rounds"); do
     emit "$(peer_system --variant aes-openssl --aggs $sys_aggs --live-saves $sys_live --db-dir "$work/peer-sys" --tag peer-sqlite-aes-openssl-system)"
     emit "$("$esbench" --workload "$workload" --db "$work/sys-plain.sqlite" --variant plain --sync full --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --tag sqlite-plain-full-system 2>/dev/null)"
     emit "$(peer_system --variant plain --aggs $sys_aggs --live-saves $sys_live --db-dir "$work/peer-sys" --tag peer-sqlite-plain-system)"
+    emit "$("$esbench" --workload "$workload" --db "$work/sys-encn.sqlite" --variant encrypted --sync normal --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --tag sqlite-encrypted-normal-system 2>/dev/null)"
+    emit "$(peer_system --variant aes-openssl --sqlite-sync normal --aggs $sys_aggs --live-saves $sys_live --db-dir "$work/peer-sys" --tag peer-sqlite-aes-openssl-normal-system)"
 done
 fi
 

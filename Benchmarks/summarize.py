@@ -145,6 +145,7 @@ def ms(v):
 
 systems = [("SQLite FULL, encrypted", "sqlite-encrypted-full-system", "peer-sqlite-aes-openssl-system"),
            ("SQLite FULL, plaintext", "sqlite-plain-full-system", "peer-sqlite-plain-system"),
+           ("SQLite NORMAL, encrypted", "sqlite-encrypted-normal-system", "peer-sqlite-aes-openssl-normal-system"),
            ("PostgreSQL, encrypted", "pg-encrypted-system", None)]
 if any(many.get(ours) for _, ours, _ in systems):
     print()
@@ -166,7 +167,7 @@ if any(many.get(ours) for _, ours, _ in systems):
     print()
     print("Medians over the runs (range in brackets): " + ", ".join(f"{t} ×{n}" for t, n in runs.items() if n) + ". "
           "Catch-up: the follower from position 0 over the leader's whole log, batches of "
-          f"{med(systems[0][1], 'system_batch') or '?'}, one commit (invoice or none, with the tracking record) per upstream event. "
+          f"{int(med(systems[0][1], 'system_batch') or 0) or '?'}, one commit (invoice or none, with the tracking record) per upstream event. "
           "Live: one leader save after another, each waited on until the follower has committed it. "
           "For latencies a ratio below 1× is ours being faster.")
 

@@ -24,6 +24,7 @@ like esbench's:
 
   venv/bin/python system_peer.py --workload W.jsonl.gz --variant aes-openssl --aggs 2000 --db-dir /tmp/x
   --variant: plain (JSON) | aes-openssl (ZlibCompressor + eventsourcing.cryptography:AESCipher)
+  --sqlite-sync normal|full: PRAGMA synchronous on every connection (default: SQLite's own)
 """
 from __future__ import annotations
 
@@ -122,6 +123,21 @@ def environment(variant: str, db_dir: str) -> dict[str, str]:
     return env
 
 
+def set_synchronous(mode: str) -> None:
+    """Every SQLite connection the library opens from now on gets PRAGMA synchronous=<mode>
+    (the library sets none, so SQLite's default applies: FULL on Debian's libsqlite3)."""
+    from eventsourcing.sqlite import SQLiteConnectionPool
+
+    create = SQLiteConnectionPool._create_connection
+
+    def create_with_mode(pool):
+        connection = create(pool)
+        connection._sqlite_conn.execute(f"PRAGMA synchronous={mode}")
+        return connection
+
+    SQLiteConnectionPool._create_connection = create_with_mode
+
+
 def quantile(sorted_values: list[float], q: float) -> float:
     """Nearest rank, as esbench's quantile."""
     if not sorted_values:
@@ -171,10 +187,12 @@ def run(args) -> dict:
             except FileNotFoundError:
                 pass
     env = environment(args.variant, args.db_dir)
+    if args.sqlite_sync != "default":
+        set_synchronous(args.sqlite_sync.upper())
     payloads = read_workload(args.workload, args.aggs, args.per_agg)
     n_events = sum(len(p) for p in payloads)
     res: dict = {"backend": "sqlite", "variant": args.variant, "aggs": len(payloads), "events": n_events,
-                 "peer": "eventsourcing"}
+                 "sqlite_sync": args.sqlite_sync, "peer": "eventsourcing"}
 
     # W1: the leader alone (not yet in a system), one save per event.
     app = Customers(env=env)
@@ -265,6 +283,8 @@ def main() -> None:
     ap.add_argument("--aggs", type=int, default=2000)
     ap.add_argument("--per-agg", type=int, default=10)
     ap.add_argument("--db-dir", default="/tmp/es-system-peer")
+    ap.add_argument("--sqlite-sync", choices=["default", "normal", "full"], default="default",
+                    help="PRAGMA synchronous on every connection (default: the library sets none)")
     ap.add_argument("--live-saves", type=int, default=2000)
     ap.add_argument("--cache-rounds", type=int, default=5)
     ap.add_argument("--tag", default="")
