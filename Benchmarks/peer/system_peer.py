@@ -17,10 +17,12 @@ like esbench's:
             processes a save's events in the saving thread, after the leader's commit, before
             save() returns; the latency is timed from the runner being told of the commit to
             the follower having recorded the invoice with its tracking record (p50/p99).
-  cache   repeated gets: a fresh application gets every customer --cache-rounds times over,
-          without an aggregate cache and with one big enough for all of them
-          (AGGREGATE_CACHE_MAXSIZE; the library's defaults otherwise, so a cached get still
-          fast-forwards from the database and returns a deep copy).
+  cache   repeated gets, as esbench --cache-rounds (CachePhase.swift): a fresh application gets
+          every customer --cache-rounds times over, without an aggregate cache and with one big
+          enough for all of them (AGGREGATE_CACHE_MAXSIZE; the library's defaults otherwise, so
+          a cached get still fast-forwards from the database and returns a deep copy), in
+          --cache-trials alternating pairs (off, on, off, on, ...); medians over the trials of
+          gets/s over all rounds and over the warm rounds 2...N.
 
   venv/bin/python system_peer.py --workload W.jsonl.gz --variant aes-openssl --aggs 2000 --db-dir /tmp/x
   --variant: plain (JSON) | aes-openssl (ZlibCompressor + eventsourcing.cryptography:AESCipher)
@@ -257,22 +259,32 @@ def run(args) -> dict:
         runner.stop()
     res["system_follower_size_bytes"] = os.path.getsize(os.path.join(args.db_dir, "invoices.db"))
 
-    # Repeated gets of the W1 customers, without and with an aggregate cache (alternating
-    # which goes first would need two runs; off runs first, each from a fresh application).
+    # Repeated gets of the W1 customers, without and with an aggregate cache, in alternating
+    # trials, each from a fresh application.
     if args.cache_rounds > 0:
-        gets = len(ids) * args.cache_rounds
-        off_all, off_warm = repeated_gets(env, ids, args.cache_rounds, args.per_agg, None)
-        on_all, on_warm = repeated_gets(env, ids, args.cache_rounds, args.per_agg, len(ids))
-        res["cache_rounds"] = args.cache_rounds
-        res["cache_gets"] = gets
-        res["cache_off_gets_s"] = gets / off_all
-        res["cache_on_gets_s"] = gets / on_all
-        res["cache_gain"] = off_all / on_all
-        if args.cache_rounds > 1:
-            warm = len(ids) * (args.cache_rounds - 1)
-            res["cache_off_warm_gets_s"] = warm / off_warm
-            res["cache_on_warm_gets_s"] = warm / on_warm
-            res["cache_warm_gain"] = off_warm / on_warm
+        rounds = max(2, args.cache_rounds)
+        gets, warm = len(ids) * rounds, len(ids) * (rounds - 1)
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        warm_rates: dict[bool, list[float]] = {False: [], True: []}
+        for trial in range(2 * args.cache_trials):
+            cached = trial % 2 == 1
+            total, warm_s = repeated_gets(env, ids, rounds, args.per_agg, len(ids) if cached else None)
+            rates[cached].append(gets / total)
+            warm_rates[cached].append(warm / warm_s)
+
+        def median(values: list[float]) -> float:
+            return sorted(values)[len(values) // 2]
+
+        res["cache_rounds"] = rounds
+        res["cache_trials"] = args.cache_trials
+        res["cache_off_gets_s"] = median(rates[False])
+        res["cache_on_gets_s"] = median(rates[True])
+        res["cache_gain"] = res["cache_on_gets_s"] / res["cache_off_gets_s"]
+        res["cache_off_warm_gets_s"] = median(warm_rates[False])
+        res["cache_on_warm_gets_s"] = median(warm_rates[True])
+        res["cache_warm_gain"] = res["cache_on_warm_gets_s"] / res["cache_off_warm_gets_s"]
+        res["cache_off_gets_s_trials"] = rates[False]
+        res["cache_on_gets_s_trials"] = rates[True]
     return res
 
 
@@ -286,11 +298,12 @@ def main() -> None:
     ap.add_argument("--sqlite-sync", choices=["default", "normal", "full"], default="default",
                     help="PRAGMA synchronous on every connection (default: the library sets none)")
     ap.add_argument("--live-saves", type=int, default=2000)
-    ap.add_argument("--cache-rounds", type=int, default=5)
+    ap.add_argument("--cache-rounds", type=int, default=5, help="0: no cache part; else at least 2")
+    ap.add_argument("--cache-trials", type=int, default=3, help="pairs of trials, cache off then on")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
-    if args.aggs < 1 or args.live_saves < 1 or args.cache_rounds < 0:
-        raise SystemExit("--aggs and --live-saves must be at least 1, --cache-rounds at least 0")
+    if args.aggs < 1 or args.live_saves < 1 or args.cache_rounds < 0 or args.cache_trials < 1:
+        raise SystemExit("--aggs, --live-saves and --cache-trials must be at least 1, --cache-rounds at least 0")
     res = run(args)
     res["tag"] = args.tag
     print(json.dumps(res, sort_keys=True), flush=True)
