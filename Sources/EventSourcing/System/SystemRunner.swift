@@ -119,8 +119,9 @@ public final class SystemRunner: Service, Sendable {
                         guard let process = self.system.processApplication(name) else { continue }
                         group.addTask { try await self.follow(process) }
                     }
-                    // The first failure cancels the others.
-                    try await group.waitForAll()
+                    // The first failure ends the group, which cancels the others (waitForAll
+                    // would wait for every follower first: one that is caught up waits for ever).
+                    while try await group.next() != nil {}
                 }
             }
         } catch is CancellationError {

@@ -101,6 +101,26 @@ struct SystemRunnerTests {
         }
     }
 
+    @Test("The first failure stops every follower of the runner and is thrown", .timeLimit(.minutes(2)))
+    func firstFailureStopsAll() async throws {
+        try await SystemFixture.with(.inMemory, names: ["orders", "invoices", "copies"]) { f in
+            let failing = PolicyProbe(), healthy = PolicyProbe()
+            let placed = try await placeOrders(try f.app("orders"), 6)
+            failing.state.withLock { $0.failAt = [placed[3].notificationID] }
+            let invoices = try ProcessApplication(name: "invoices", application: try f.app("invoices"), policy: InvoicingPolicy(probe: failing))
+            let copies = try ProcessApplication(name: "copies", application: try f.app("copies"), policy: InvoicingPolicy(probe: healthy))
+            let system = try System(members: [.application("orders", try f.app("orders")), .process(invoices), .process(copies)],
+                                    pipes: [["orders", "invoices"], ["orders", "copies"]])
+            let runner = try SystemRunner(system: system)
+            // "copies" alone would follow for ever: run() returns because the failure stopped it too.
+            let e = await #expect(throws: EventSourcingError.self) { try await runner.run() }
+            #expect(e?.code == .processFailed)
+            #expect(e?.message.contains("\"invoices\"") == true)
+            #expect(!runner.isRunning)
+            #expect(try await runner.position(of: "invoices", leader: "orders") == placed[2].notificationID)
+        }
+    }
+
     @Test("Several levels (orders -> invoices -> reports) and a follower with two leaders, which are taken in turn",
           arguments: RecorderFactory.all)
     func levelsAndTwoLeaders(_ factory: RecorderFactory) async throws {
