@@ -1,3 +1,4 @@
+import ESTestSupport
 import EventSourcing
 import Foundation
 import KeyManagement
@@ -260,6 +261,29 @@ struct PublishingTests {
         }
         await #expect(throws: CancellationError.self) { try await early.value }
         #expect(app.subscriberCount == 0)
+    }
+
+    @Test("a process application's saves (committed with its tracking record) are published like any save",
+          arguments: RecorderFactory.all)
+    func processApplicationSaves(_ factory: RecorderFactory) async throws {
+        try await SystemFixture.with(factory, names: ["orders", "invoices"]) { f in
+            let orders = try f.app("orders"), invoicesApp = try f.app("invoices")
+            let invoices = try ProcessApplication(name: "invoices", application: invoicesApp, policy: InvoicingPolicy(probe: PolicyProbe()))
+            let system = try System(members: [.application("orders", orders), .process(invoices)], pipes: [["orders", "invoices"]])
+            let published = invoicesApp.subscribe(to: SysInvoice.self)
+            let consumer = Task { try await Self.take(4, from: published) }
+            let placed = try await placeOrders(orders, 4)
+            try await runUntil(try SystemRunner(system: system), [("invoices", "orders", placed.last?.notificationID ?? 0)])
+            let got = try await consumer.value
+            let log = try await invoicesApp.notificationLog.read(start: 1, limit: 100).filter { $0.notification.topic == "SysInvoice.issued" }
+            #expect(got.map(\.notificationID) == log.map(\.notification.id))
+            #expect(got.map(\.originatorID) == log.map(\.notification.originatorID))
+            let orderIDs = got.compactMap { e -> UUID? in
+                guard case .issued(let orderID, _, _, _, _, _) = e.event else { return nil }
+                return orderID
+            }
+            #expect(orderIDs == placed.map(\.originatorID))
+        }
     }
 
     @Test("a buffer size out of range is refused by the first next()")
