@@ -74,7 +74,9 @@ public struct System: Sendable {
     /// (`[["orders", "invoices", "reports"], ["payments", "invoices"]]`: invoices follows
     /// orders and payments, reports follows invoices). A link given twice counts once.
     /// - Throws: `.invalidArgument`, before anything runs, naming what is wrong: a bad member
-    ///   name (``validate(name:)``), two members with one name, a pipe of fewer than two names,
+    ///   name (``validate(name:)``), two members with one name, two members on one recorder
+    ///   object (one notification log: each application needs a store of its own; two store
+    ///   objects over one database are not detected), a pipe of fewer than two names,
     ///   a name in a pipe that is no member, a follower that is not a process application, a
     ///   cycle (naming its members), a process application that follows nobody.
     public init(members: [Member], pipes: [[String]]) throws(EventSourcingError) {
@@ -85,6 +87,15 @@ public struct System: Sendable {
                 throw EventSourcingError(.invalidArgument, "system: two members are named \"\(m.name)\"; member names must be unique")
             }
             byName[m.name] = i
+        }
+        // One log per member: a follower of an application whose recorder it writes to would
+        // read its own events back (without end, if each makes another).
+        for (i, m) in members.enumerated() {
+            let recorder = m.application.recorder as AnyObject
+            if let other = members[..<i].first(where: { ($0.application.recorder as AnyObject) === recorder }) {
+                throw EventSourcingError(.invalidArgument,
+                    "system: members \"\(other.name)\" and \"\(m.name)\" share one recorder, so one notification log; give each application a store of its own")
+            }
         }
         var leaders: [String: [String]] = [:]
         var followers: [String: [String]] = [:]

@@ -28,7 +28,7 @@ struct SystemValidationTests {
         }
     }
 
-    @Test("Refused systems: cycle, unknown name, duplicate member, non-process follower, follower of nobody, one-name pipe")
+    @Test("Refused systems: cycle, unknown name, duplicate member, shared recorder, non-process follower, follower of nobody, one-name pipe")
     func refusedSystems() throws {
         let a = System.Member.application("orders", Self.app())
         let inv = try Self.process("invoices"), rep = try Self.process("reports")
@@ -64,6 +64,17 @@ struct SystemValidationTests {
         }
         Self.refused("a member name must not be empty") {
             _ = try System(members: [.application("", Self.app()), .process(inv)], pipes: [["", "invoices"]])
+        }
+        let shared = Self.app()
+        Self.refused("members \"orders\" and \"invoices\" share one recorder, so one notification log") {
+            let own = try ProcessApplication(name: "invoices", application: shared, policy: Nothing())
+            _ = try System(members: [.application("orders", shared), .process(own)], pipes: [["orders", "invoices"]])
+        }
+        Self.refused("members \"orders\" and \"shop\" share one recorder") {
+            let recorder = InMemoryRecorder()
+            _ = try System(members: [.application("orders", Application(recorder: recorder)),
+                                     .application("shop", Application(recorder: recorder)), .process(inv)],
+                           pipes: [["orders", "invoices"], ["shop", "invoices"]])
         }
         // A good one, for contrast.
         let system = try System(members: [a, .process(inv), .process(rep)], pipes: [["orders", "invoices", "reports"], ["orders", "invoices"]])
