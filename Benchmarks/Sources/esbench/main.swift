@@ -9,6 +9,8 @@
 // exactly-once read model over the log (and its ratio to W3d), then live save-to-view latency.
 // --system adds the system phase after that (SystemPhase.swift): a follower process application's
 // catch-up over the log (upstream events/s) and live latency from a leader save to the follower's commit.
+// --cache-rounds N adds the aggregate-cache phase after W2 (CachePhase.swift): N rounds of gets of
+// every aggregate, cache off and on in alternating trials.
 import BenchDomain
 import EventSourcing
 import EventSourcingPostgres
@@ -38,6 +40,8 @@ struct Options {
     var projectionBatch = 100
     var liveSaves = 2_000
     var system = false            // the system phase (SystemPhase.swift)
+    var cacheRounds = 0           // the aggregate-cache phase (CachePhase.swift); 0: not run
+    var cacheTrials = 3
 }
 
 func parseOptions() -> Options {
@@ -64,8 +68,10 @@ func parseOptions() -> Options {
         case "--projection-batch": o.projectionBatch = Int(it.next() ?? "") ?? o.projectionBatch
         case "--live-saves": o.liveSaves = max(1, Int(it.next() ?? "") ?? o.liveSaves)
         case "--system": o.system = true
+        case "--cache-rounds": o.cacheRounds = max(0, Int(it.next() ?? "") ?? 0)
+        case "--cache-trials": o.cacheTrials = max(1, Int(it.next() ?? "") ?? 3)
         case "--help", "-h":
-            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system] [--cache-rounds N [--cache-trials N]]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
@@ -325,6 +331,9 @@ func run() async throws {
     res["w2_s"] = w2Times[mid]
     res["w2_ev_s"] = Double(nEvents) / w2Times[mid]
     res["w2_proc_cpu_s"] = w2CPU[mid]
+
+    // The aggregate-cache phase: repeated gets of the same aggregates, cache off and on.
+    if o.cacheRounds > 0 { try await cachePhase(o, store: store, app: app, ids: ids, events: nEvents, res: &res) }
 
     // W3: the raw notification log, pages of 500.
     var start: Int64 = 1

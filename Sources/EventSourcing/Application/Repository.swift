@@ -29,8 +29,11 @@ public struct Repository: Sendable {
             return root
         }
         do {
-            // The cached version's own record too: its header names the key to check.
-            let stored = try await app.recorder.selectEvents(originatorID: id, after: root.version - 1, upTo: nil)
+            // The cached version's own record too: its header names the key to check. Newest
+            // first (then reversed): a store reads no data keys ahead for such a read, and the
+            // key of a hit is normally in the keyring's cache already.
+            let stored = Array(try await app.recorder.selectEvents(originatorID: id, after: root.version - 1,
+                                                                   order: .descending).reversed())
             guard let latest = stored.first, latest.originatorVersion == root.version, latest.topic != A.discardTopic else {
                 // The store no longer holds what the cache does (restored from a backup?): read it afresh.
                 cache.remove(id)
