@@ -20,7 +20,9 @@
 # commit) alternating with the peer's Benchmarks/peer/system_peer.py (its ProcessApplication,
 # System and SingleThreadedRunner, and repeated gets with and without its aggregate cache),
 # SQLite FULL encrypted and plaintext and NORMAL encrypted (where a commit is not an fsync), and
-# on PostgreSQL our encrypted run alone.
+# on PostgreSQL our encrypted run alone. The SQLite runs add the aggregate-cache phase
+# (--cache-rounds 5: every aggregate got 5 rounds in a row, cache off and on in alternating
+# trials) beside the peer's same part.
 #   --systems-only: only the systems part (SQLite, then PostgreSQL)
 # Needs gcc, python3, and
 # PostgreSQL's server binaries for the PostgreSQL part (skipped with a loud line if missing).
@@ -38,7 +40,7 @@ if [ ! -f "$workload" ]; then
 fi
 have_peer=false; [ -f "$shared/peer/bench_pyes.py" ] && have_peer=true
 aggs=10000; pg_aggs=2000; pg_only=false
-sys_aggs=2000; sys_live=2000; sys_rounds=2; systems_only=false
+sys_aggs=2000; sys_live=2000; sys_rounds=3; systems_only=false
 for a in "$@"; do
     case "$a" in
         --quick) aggs=2000; pg_aggs=500; sys_aggs=1000; sys_live=1000 ;;
@@ -78,12 +80,12 @@ peer_system() {
 if [ "$pg_only" = false ]; then
 log "systems: esbench --system and the peer's system_peer.py, alternating ($sys_rounds rounds, $sys_aggs aggregates, $sys_live live saves)"
 for round in $(seq 1 "$sys_rounds"); do
-    emit "$("$esbench" --workload "$workload" --db "$work/sys-enc.sqlite" --variant encrypted --sync full --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --tag sqlite-encrypted-full-system 2>/dev/null)"
-    emit "$(peer_system --variant aes-openssl --aggs $sys_aggs --live-saves $sys_live --db-dir "$work/peer-sys" --tag peer-sqlite-aes-openssl-system)"
-    emit "$("$esbench" --workload "$workload" --db "$work/sys-plain.sqlite" --variant plain --sync full --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --tag sqlite-plain-full-system 2>/dev/null)"
-    emit "$(peer_system --variant plain --aggs $sys_aggs --live-saves $sys_live --db-dir "$work/peer-sys" --tag peer-sqlite-plain-system)"
-    emit "$("$esbench" --workload "$workload" --db "$work/sys-encn.sqlite" --variant encrypted --sync normal --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --tag sqlite-encrypted-normal-system 2>/dev/null)"
-    emit "$(peer_system --variant aes-openssl --sqlite-sync normal --aggs $sys_aggs --live-saves $sys_live --db-dir "$work/peer-sys" --tag peer-sqlite-aes-openssl-normal-system)"
+    emit "$("$esbench" --workload "$workload" --db "$work/sys-enc.sqlite" --variant encrypted --sync full --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --cache-rounds 5 --tag sqlite-encrypted-full-system 2>/dev/null)"
+    emit "$(peer_system --variant aes-openssl --aggs $sys_aggs --live-saves $sys_live --cache-rounds 5 --db-dir "$work/peer-sys" --tag peer-sqlite-aes-openssl-system)"
+    emit "$("$esbench" --workload "$workload" --db "$work/sys-plain.sqlite" --variant plain --sync full --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --cache-rounds 5 --tag sqlite-plain-full-system 2>/dev/null)"
+    emit "$(peer_system --variant plain --aggs $sys_aggs --live-saves $sys_live --cache-rounds 5 --db-dir "$work/peer-sys" --tag peer-sqlite-plain-system)"
+    emit "$("$esbench" --workload "$workload" --db "$work/sys-encn.sqlite" --variant encrypted --sync normal --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --cache-rounds 5 --tag sqlite-encrypted-normal-system 2>/dev/null)"
+    emit "$(peer_system --variant aes-openssl --sqlite-sync normal --aggs $sys_aggs --live-saves $sys_live --cache-rounds 5 --db-dir "$work/peer-sys" --tag peer-sqlite-aes-openssl-normal-system)"
 done
 fi
 
