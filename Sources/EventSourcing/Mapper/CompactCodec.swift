@@ -24,15 +24,24 @@ enum CompactTag: UInt8 {
 
 /// Encodes `Encodable` values in the compact binary format.
 public struct CompactEncoder: Sendable {
+    /// Context for the values' `encode(to:)`, as `Encoder.userInfo` (the mapper passes its
+    /// personal-field sealer here, as it does to a `JSONEncoder`).
+    public let userInfo: [CodingUserInfoKey: any Sendable]
+    /// ``userInfo`` as `Encoder.userInfo` wants it, converted once.
+    nonisolated(unsafe) private let info: [CodingUserInfoKey: Any]
+
     /// Creates an encoder.
-    public init() {}
+    public init(userInfo: [CodingUserInfoKey: any Sendable] = [:]) {
+        self.userInfo = userInfo
+        self.info = userInfo.isEmpty ? [:] : userInfo.mapValues { $0 as Any }
+    }
 
     /// Encodes `value`.
     /// - Throws: `EncodingError` from the value's `encode(to:)`, or if it nests deeper than the
     ///   decoder accepts.
     public func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
         let root = CompactNode.Box()
-        try value.encode(to: CompactEncoding(box: root, codingPath: []))
+        try value.encode(to: CompactEncoding(box: root, codingPath: [], userInfo: info))
         var out: [UInt8] = []
         out.reserveCapacity(256)
         guard root.value.write(to: &out, depth: 0) else {
@@ -110,7 +119,14 @@ struct CompactEncoding: Encoder {
     var codingPath: [any CodingKey]
     /// How many containers enclose the value being encoded.
     var depth = 0
-    var userInfo: [CodingUserInfoKey: Any] { [:] }
+    let userInfo: [CodingUserInfoKey: Any]
+
+    init(box: CompactNode.Box, codingPath: [any CodingKey], depth: Int = 0, userInfo: [CodingUserInfoKey: Any]) {
+        self.box = box
+        self.codingPath = codingPath
+        self.depth = depth
+        self.userInfo = userInfo
+    }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
         let map: CompactNode.MapBox
@@ -118,7 +134,7 @@ struct CompactEncoding: Encoder {
             map = CompactNode.MapBox()
             box.value = .map(map)
         }
-        return KeyedEncodingContainer(CompactKeyedEncoder<Key>(map: map, codingPath: codingPath, depth: depth))
+        return KeyedEncodingContainer(CompactKeyedEncoder<Key>(map: map, codingPath: codingPath, depth: depth, userInfo: userInfo))
     }
 
     func unkeyedContainer() -> any UnkeyedEncodingContainer {
@@ -127,14 +143,15 @@ struct CompactEncoding: Encoder {
             array = CompactNode.ArrayBox()
             box.value = .array(array)
         }
-        return CompactUnkeyedEncoder(array: array, codingPath: codingPath, depth: depth)
+        return CompactUnkeyedEncoder(array: array, codingPath: codingPath, depth: depth, userInfo: userInfo)
     }
 
-    func singleValueContainer() -> any SingleValueEncodingContainer { CompactSingleEncoder(box: box, codingPath: codingPath, depth: depth) }
+    func singleValueContainer() -> any SingleValueEncodingContainer { CompactSingleEncoder(box: box, codingPath: codingPath, depth: depth, userInfo: userInfo) }
 
     /// The node for `value`, which sits inside `depth` containers. Nesting is refused here, as
     /// deep as the decoder reads and no deeper, before it can exhaust the stack.
-    static func node<T: Encodable>(_ value: T, path: [any CodingKey], depth: Int) throws -> CompactNode {
+    static func node<T: Encodable>(_ value: T, path: [any CodingKey], depth: Int,
+                                   userInfo: [CodingUserInfoKey: Any]) throws -> CompactNode {
         guard depth < CompactReader.maxDepth else {
             // The type, not the value: describing a value this deep would itself exhaust the stack.
             throw EncodingError.invalidValue(T.self, .init(codingPath: path,
@@ -147,7 +164,7 @@ struct CompactEncoding: Encoder {
         case let d as Double: return .double(d)
         default:
             let box = CompactNode.Box()
-            try value.encode(to: CompactEncoding(box: box, codingPath: path, depth: depth))
+            try value.encode(to: CompactEncoding(box: box, codingPath: path, depth: depth, userInfo: userInfo))
             return box.value
         }
     }
@@ -157,6 +174,7 @@ struct CompactKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     let map: CompactNode.MapBox
     var codingPath: [any CodingKey]
     var depth: Int
+    let userInfo: [CodingUserInfoKey: Any]
 
     mutating func encodeNil(forKey key: Key) throws { map.entries.append((key.stringValue, .null)) }
     mutating func encode(_ value: Bool, forKey key: Key) throws { map.entries.append((key.stringValue, .bool(value))) }
@@ -174,31 +192,31 @@ struct CompactKeyedEncoder<Key: CodingKey>: KeyedEncodingContainerProtocol {
     mutating func encode(_ value: UInt32, forKey key: Key) throws { map.entries.append((key.stringValue, .uint(UInt64(value)))) }
     mutating func encode(_ value: UInt64, forKey key: Key) throws { map.entries.append((key.stringValue, .uint(value))) }
     mutating func encode<T: Encodable>(_ value: T, forKey key: Key) throws {
-        map.entries.append((key.stringValue, try CompactEncoding.node(value, path: codingPath + [key], depth: depth + 1)))
+        map.entries.append((key.stringValue, try CompactEncoding.node(value, path: codingPath + [key], depth: depth + 1, userInfo: userInfo)))
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey key: Key) -> KeyedEncodingContainer<NestedKey> {
         let nested = CompactNode.MapBox()
         map.entries.append((key.stringValue, .map(nested)))
-        return KeyedEncodingContainer(CompactKeyedEncoder<NestedKey>(map: nested, codingPath: codingPath + [key], depth: depth + 1))
+        return KeyedEncodingContainer(CompactKeyedEncoder<NestedKey>(map: nested, codingPath: codingPath + [key], depth: depth + 1, userInfo: userInfo))
     }
 
     mutating func nestedUnkeyedContainer(forKey key: Key) -> any UnkeyedEncodingContainer {
         let nested = CompactNode.ArrayBox()
         map.entries.append((key.stringValue, .array(nested)))
-        return CompactUnkeyedEncoder(array: nested, codingPath: codingPath + [key], depth: depth + 1)
+        return CompactUnkeyedEncoder(array: nested, codingPath: codingPath + [key], depth: depth + 1, userInfo: userInfo)
     }
 
     mutating func superEncoder() -> any Encoder {
         let box = CompactNode.Box()
         map.entries.append(("super", .pending(box)))
-        return CompactEncoding(box: box, codingPath: codingPath + [AnyKey("super")], depth: depth + 1)
+        return CompactEncoding(box: box, codingPath: codingPath + [AnyKey("super")], depth: depth + 1, userInfo: userInfo)
     }
 
     mutating func superEncoder(forKey key: Key) -> any Encoder {
         let box = CompactNode.Box()
         map.entries.append((key.stringValue, .pending(box)))
-        return CompactEncoding(box: box, codingPath: codingPath + [key], depth: depth + 1)
+        return CompactEncoding(box: box, codingPath: codingPath + [key], depth: depth + 1, userInfo: userInfo)
     }
 }
 
@@ -206,6 +224,7 @@ struct CompactUnkeyedEncoder: UnkeyedEncodingContainer {
     let array: CompactNode.ArrayBox
     var codingPath: [any CodingKey]
     var depth: Int
+    let userInfo: [CodingUserInfoKey: Any]
     var count: Int { array.items.count }
 
     mutating func encodeNil() throws { array.items.append(.null) }
@@ -217,25 +236,25 @@ struct CompactUnkeyedEncoder: UnkeyedEncodingContainer {
     mutating func encode(_ value: UInt8) throws { array.items.append(.uint(UInt64(value))) }
     mutating func encode(_ value: UInt64) throws { array.items.append(.uint(value)) }
     mutating func encode<T: Encodable>(_ value: T) throws {
-        array.items.append(try CompactEncoding.node(value, path: codingPath, depth: depth + 1))
+        array.items.append(try CompactEncoding.node(value, path: codingPath, depth: depth + 1, userInfo: userInfo))
     }
 
     mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
         let nested = CompactNode.MapBox()
         array.items.append(.map(nested))
-        return KeyedEncodingContainer(CompactKeyedEncoder<NestedKey>(map: nested, codingPath: codingPath, depth: depth + 1))
+        return KeyedEncodingContainer(CompactKeyedEncoder<NestedKey>(map: nested, codingPath: codingPath, depth: depth + 1, userInfo: userInfo))
     }
 
     mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
         let nested = CompactNode.ArrayBox()
         array.items.append(.array(nested))
-        return CompactUnkeyedEncoder(array: nested, codingPath: codingPath, depth: depth + 1)
+        return CompactUnkeyedEncoder(array: nested, codingPath: codingPath, depth: depth + 1, userInfo: userInfo)
     }
 
     mutating func superEncoder() -> any Encoder {
         let box = CompactNode.Box()
         array.items.append(.pending(box))
-        return CompactEncoding(box: box, codingPath: codingPath, depth: depth + 1)
+        return CompactEncoding(box: box, codingPath: codingPath, depth: depth + 1, userInfo: userInfo)
     }
 }
 
@@ -243,6 +262,7 @@ struct CompactSingleEncoder: SingleValueEncodingContainer {
     let box: CompactNode.Box
     var codingPath: [any CodingKey]
     var depth: Int
+    let userInfo: [CodingUserInfoKey: Any]
 
     mutating func encodeNil() throws { box.value = .null }
     mutating func encode(_ value: Bool) throws { box.value = .bool(value) }
@@ -259,5 +279,5 @@ struct CompactSingleEncoder: SingleValueEncodingContainer {
     mutating func encode(_ value: UInt16) throws { box.value = .uint(UInt64(value)) }
     mutating func encode(_ value: UInt32) throws { box.value = .uint(UInt64(value)) }
     mutating func encode(_ value: UInt64) throws { box.value = .uint(value) }
-    mutating func encode<T: Encodable>(_ value: T) throws { box.value = try CompactEncoding.node(value, path: codingPath, depth: depth) }
+    mutating func encode<T: Encodable>(_ value: T) throws { box.value = try CompactEncoding.node(value, path: codingPath, depth: depth, userInfo: userInfo) }
 }

@@ -7,13 +7,18 @@
 /// constant times the input; a count that the remaining bytes cannot hold is refused before
 /// anything is allocated for it. A key repeated in a map decodes as its first entry.
 public struct CompactDecoder: Sendable {
+    /// Context for the values' `init(from:)`, as `Decoder.userInfo` (the mapper passes its
+    /// personal-field opener here, as it does to a `JSONDecoder`).
+    public var userInfo: [CodingUserInfoKey: any Sendable]
+
     /// Creates a decoder.
-    public init() {}
+    public init(userInfo: [CodingUserInfoKey: any Sendable] = [:]) { self.userInfo = userInfo }
 
     /// Decodes a `T` from `bytes`.
     /// - Throws: `DecodingError` for malformed input, a type mismatch, or trailing bytes.
     public func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
         let reader = try CompactReader(bytes)
+        if !userInfo.isEmpty { reader.userInfo = userInfo.mapValues { $0 as Any } }
         return try CompactValue(reader: reader, at: reader.root, codingPath: []).decode(T.self)
     }
 }
@@ -22,7 +27,7 @@ struct CompactDecoding: Decoder {
     let reader: CompactReader
     let at: CompactCursor
     var codingPath: [any CodingKey]
-    var userInfo: [CodingUserInfoKey: Any] { [:] }
+    var userInfo: [CodingUserInfoKey: Any] { reader.userInfo }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
         KeyedDecodingContainer(try CompactKeyedDecoder<Key>(reader: reader, at: at, codingPath: codingPath))

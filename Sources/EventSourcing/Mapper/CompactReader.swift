@@ -36,6 +36,8 @@ final class CompactReader {
     private var starts: [UInt32] = []
     private var ends: [UInt32] = []
     private var nexts: [UInt32] = []
+    /// The decoder's `userInfo`, handed to every value's `init(from:)`.
+    var userInfo: [CodingUserInfoKey: Any] = [:]
 
     /// The payload's length in bytes.
     var count: Int { bytes.count }

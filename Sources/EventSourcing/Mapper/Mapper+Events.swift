@@ -14,6 +14,9 @@ extension Mapper {
         let writeKey = events.isEmpty && discard == nil ? nil : try await sealingKey(for: keyScope, likelyNew: newScope)
         var out: [StoredEvent] = []
         out.reserveCapacity(events.count)
+        var pending = writeKey.flatMap { $0.minted == nil ? nil : [$0] } ?? []
+        let fields = fieldSealer(snapshot: false, writeKey: writeKey)
+        let encoder = RecordEncoder(configuration.encoding, fields: fields)
         for e in events {
             let topic = A.topic(of: e.event)
             guard topic.utf8.count > A.typeName.utf8.count + 1 else {
@@ -31,8 +34,14 @@ extension Mapper {
                                          originatorID: e.originatorID, originatorVersion: e.originatorVersion)
             }
             let json: [UInt8]
+            fields.record.originatorID = e.originatorID
+            fields.record.originatorVersion = e.originatorVersion
+            fields.record.topic = topic
             do {
-                json = try serialise(EventEnvelope<A>(v: A.eventSchemaVersion, t: e.timestamp.timeIntervalSince1970, e: e.event))
+                let envelope = EventEnvelope<A>(v: A.eventSchemaVersion, t: e.timestamp.timeIntervalSince1970, e: e.event)
+                json = try await sealingFields(fields, newKeys: &pending) { try encoder.encode(envelope) }
+            } catch let e as EventSourcingError {
+                throw e
             } catch {
                 throw EventSourcingError(.invalidArgument, "event could not be encoded: \(Self.describe(error))",
                                          originatorID: e.originatorID, originatorVersion: e.originatorVersion, topic: topic)
@@ -45,7 +54,6 @@ extension Mapper {
         if let discard {
             out.append(try sealDiscardMarker(of: A.self, originatorID: discard.id, version: discard.version, at: discard.at, key: writeKey))
         }
-        let pending = writeKey.flatMap { $0.minted == nil ? nil : [$0] } ?? []
         return EncodedBatch(events: out, newKeys: pending, published: events)
     }
 
@@ -55,7 +63,12 @@ extension Mapper {
     public func decode<A: Aggregate>(_ stored: StoredEvent, as type: A.Type, notificationID: Int64? = nil) async throws -> DomainEvent<A.Event> {
         try Self.checkTopic(stored, of: A.self, snapshot: false, notificationID: notificationID)
         let payload = try await openPayload(stored, snapshot: false, notificationID: notificationID)
-        return try Self.decodeEvent(payload, as: type, stored: stored, notificationID: notificationID)
+        guard payload.personalKeys != nil else {
+            return try Self.decodeEvent(payload, as: type, stored: stored, notificationID: notificationID)
+        }
+        return try await decodingFields(payload, stored: stored, notificationID: notificationID) {
+            try Self.decodeEvent($0, as: type, stored: stored, notificationID: notificationID, rethrowNeedsKeys: true)
+        }
     }
 
     /// Decrypts and decompresses a stored record, returning its payload as JSON (converted
@@ -139,16 +152,30 @@ extension Mapper {
                 throw record(.integrityFailure, "compressed payload is corrupt", stored, notificationID)
             }
         }
-        return Payload(bytes: body, encoding: header.flags.contains(.compact) ? .compact : .json)
+        var payload = Payload(bytes: body, encoding: header.flags.contains(.compact) ? .compact : .json)
+        if PersonalFieldFormat.mayContainFields(body) {
+            // Its personal fields' subject keys, fetched now so that decoding (sync) opens them.
+            try await fetchFieldKeys(for: &payload, stored: stored, recordScope: header.keyScope, notificationID: notificationID)
+        }
+        return payload
     }
 
     static func decodeEvent<A: Aggregate>(_ payload: Payload, as type: A.Type, stored: StoredEvent,
-                                         notificationID: Int64?) throws -> DomainEvent<A.Event> {
+                                         notificationID: Int64?, rethrowNeedsKeys: Bool = false) throws -> DomainEvent<A.Event> {
         do {
-            let env = try deserialise(StoredEventEnvelope<A>.self, payload)
-            let event = try env.e.value(currentVersion: A.eventSchemaVersion, encoding: payload.encoding, step: A.upcastEvent)
+            let fields = fieldOpener(payload, stored: stored, snapshot: false, notificationID: notificationID)
+            let env = try deserialise(StoredEventEnvelope<A>.self, payload, fields: fields)
+            let event = try env.e.value(currentVersion: A.eventSchemaVersion, encoding: payload.encoding, fields: fields,
+                                        step: A.upcastEvent)
             return DomainEvent(originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
                                timestamp: Date(timeIntervalSince1970: env.t), event: event)
+        } catch let need as PersonalFieldNeedsKeys {
+            guard rethrowNeedsKeys else {
+                throw EventSourcingError(.keyUnavailable, "a personal field names a data key that was not fetched when the record was read (written by an upcaster?)",
+                                         originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,
+                                         topic: stored.topic, notificationID: notificationID, keyScope: need.keys.first?.scope)
+            }
+            throw need
         } catch let e as EventSourcingError {
             var e = e
             e.originatorID = stored.originatorID

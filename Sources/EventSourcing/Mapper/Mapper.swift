@@ -33,6 +33,14 @@ public final class Mapper: Sendable {
         public var bytes: [UInt8]
         /// Their encoding.
         public var encoding: PayloadEncoding
+        /// The subject keys of its personal fields, fetched when it was opened (nil: none).
+        var personalKeys: PersonalFieldKeys? = nil
+
+        /// A payload.
+        public init(bytes: [UInt8], encoding: PayloadEncoding) {
+            self.bytes = bytes
+            self.encoding = encoding
+        }
     }
 
     /// The former name of ``Configuration``.
@@ -143,11 +151,49 @@ public final class Mapper: Sendable {
         }
     }
 
-    static func deserialise<T: Decodable>(_ type: T.Type, _ payload: Payload) throws -> T {
-        switch payload.encoding {
-        case .compact: return try CompactDecoder().decode(T.self, from: payload.bytes)
-        case .json: return try jsonDecoder.decode(T.self, from: Data(payload.bytes))
+    /// An encoder in the configured format whose `userInfo` holds `fields`, made once per batch.
+    enum RecordEncoder {
+        case compact(CompactEncoder)
+        case json(JSONEncoder)
+
+        init(_ encoding: PayloadEncoding, fields: PersonalFieldSealer) {
+            switch encoding {
+            case .compact: self = .compact(CompactEncoder(userInfo: [.personalFields: fields]))
+            case .json:
+                let encoder = JSONEncoder()
+                encoder.userInfo[.personalFields] = fields
+                self = .json(encoder)
+            }
         }
+
+        func encode<T: Encodable>(_ value: T) throws -> [UInt8] {
+            switch self {
+            case .compact(let e): return try e.encode(value)
+            case .json(let e): return Array(try e.encode(value))
+            }
+        }
+    }
+
+    static func deserialise<T: Decodable>(_ type: T.Type, _ payload: Payload, fields: PersonalFieldOpener? = nil) throws -> T {
+        switch payload.encoding {
+        case .compact:
+            guard let fields else { return try CompactDecoder().decode(T.self, from: payload.bytes) }
+            return try CompactDecoder(userInfo: [.personalFields: fields]).decode(T.self, from: payload.bytes)
+        case .json:
+            guard let fields else { return try jsonDecoder.decode(T.self, from: Data(payload.bytes)) }
+            let decoder = JSONDecoder()
+            decoder.userInfo[.personalFields] = fields
+            return try decoder.decode(T.self, from: Data(payload.bytes))
+        }
+    }
+
+    /// The opener for `payload`'s personal fields, or nil when opening found none.
+    static func fieldOpener(_ payload: Payload, stored: StoredEvent, snapshot: Bool, notificationID: Int64?) -> PersonalFieldOpener? {
+        guard let keys = payload.personalKeys else { return nil }
+        return PersonalFieldOpener(record: .init(snapshot: snapshot, originatorID: stored.originatorID,
+                                                 originatorVersion: stored.originatorVersion, topic: stored.topic,
+                                                 notificationID: notificationID, scope: keys.recordScope,
+                                                 encoding: payload.encoding), keys: keys)
     }
 
     /// The cipher's key for sealing `scope`'s records, or nil without a cipher.

@@ -34,15 +34,22 @@ enum StoredBody<T: Decodable>: Sendable where T: Sendable {
     /// The upcast tree is decoded through the payload's own encoding (compact or JSON), so every
     /// type keeps the representation it was written with (`Data`, `Decimal`, `URL`, … differ
     /// between the two).
-    func value(currentVersion: Int, encoding: Mapper.PayloadEncoding,
+    /// Personal fields (`fields`) in an upcast tree are read with their stored paths trusted: an
+    /// upcaster may rename or move a field (see ``Personal``).
+    func value(currentVersion: Int, encoding: Mapper.PayloadEncoding, fields: PersonalFieldOpener? = nil,
                step: (inout JSONValue, Int) throws -> Void) throws -> T {
         switch self {
         case .current(let v): return v
         case .older(let version, var json):
             for from in version..<currentVersion { try step(&json, from) }
+            fields?.trustStoredPaths = true
             switch encoding {
-            case .compact: return try CompactDecoder().decode(T.self, from: try CompactEncoder().encode(json))
-            case .json: return try Mapper.jsonDecoder.decode(T.self, from: try Mapper.jsonEncoder.encode(json))
+            case .compact:
+                return try Mapper.deserialise(T.self, Mapper.Payload(bytes: try CompactEncoder().encode(json), encoding: .compact),
+                                              fields: fields)
+            case .json:
+                return try Mapper.deserialise(T.self, Mapper.Payload(bytes: Array(try Mapper.jsonEncoder.encode(json)), encoding: .json),
+                                              fields: fields)
             }
         }
     }
