@@ -224,6 +224,8 @@ final class EventHub: Sendable {
         var nextTicket: UInt64 = 0
         var inFlight: Set<UInt64> = []
         var held: [Held] = []
+        /// The items in `held`.
+        var heldCount = 0
         var nextSubscriber: UInt64 = 0
         var subscribers: [UInt64: Subscriber] = [:]
     }
@@ -294,12 +296,40 @@ final class EventHub: Sendable {
     /// not settled themselves (what could precede them is above `M` too).
     private func complete(_ number: UInt64, items: [Item]) {
         var wake: [(CheckedContinuation<Item?, any Error>, Item)] = []
+        var fail: [(CheckedContinuation<Item?, any Error>, EventSourcingError)] = []
+        defer {
+            for (waiter, item) in wake { waiter.resume(returning: item) }
+            for (waiter, error) in fail { waiter.resume(throwing: error) }
+        }
         state.withLock { s in
             s.inFlight.remove(number)
             if !items.isEmpty, !s.subscribers.isEmpty {
                 s.held.append(Held(completedAt: s.nextTicket, items: items))
+                s.heldCount += items.count
             }
             guard !s.held.isEmpty else { return }
+            // A commit that stays in flight holds back every later one. Bounded like the
+            // subscribers' buffers: past the largest, what is held is dropped, counted, for
+            // every subscriber it was for (its sequence ends with the overflow error).
+            if s.heldCount > s.subscribers.values.lazy.map(\.bound).max() ?? 0 {
+                let dropped = s.held.flatMap(\.items)
+                s.held = []
+                s.heldCount = 0
+                for id in Array(s.subscribers.keys) {
+                    guard var sub = s.subscribers[id] else { continue }
+                    for item in dropped where sub.filter.admits(item.recording.topic) {
+                        sub.dropped += 1
+                        sub.firstDropped = min(sub.firstDropped ?? Int64.max, item.recording.notificationID)
+                    }
+                    if sub.dropped > 0, sub.count == 0, let waiter = sub.waiter {
+                        s.subscribers.removeValue(forKey: id)
+                        fail.append((waiter, Self.overflow(sub)))
+                    } else {
+                        s.subscribers[id] = sub
+                    }
+                }
+                return
+            }
             let low = s.inFlight.min() ?? UInt64.max
             let settled = s.held.lazy.filter { $0.completedAt <= low }.compactMap { $0.items.map(\.recording.notificationID).max() }.max()
             guard let settled else { return }
@@ -309,6 +339,7 @@ final class EventHub: Sendable {
                 s.held[i].items.removeAll { $0.recording.notificationID <= settled }
             }
             s.held.removeAll { $0.items.isEmpty }
+            s.heldCount -= release.count
             guard !release.isEmpty else { return }
             release.sort { $0.recording.notificationID < $1.recording.notificationID }
             for id in Array(s.subscribers.keys) {
@@ -322,13 +353,12 @@ final class EventHub: Sendable {
                         sub.inbox.append(item)
                     } else {
                         sub.dropped += 1
-                        if sub.firstDropped == nil { sub.firstDropped = item.recording.notificationID }
+                        sub.firstDropped = min(sub.firstDropped ?? Int64.max, item.recording.notificationID)
                     }
                 }
                 s.subscribers[id] = sub
             }
         }
-        for (waiter, item) in wake { waiter.resume(returning: item) }
     }
 
     // MARK: Subscribing side
@@ -382,7 +412,7 @@ final class EventHub: Sendable {
         let resume = sub.lastDelivered.map { "after: \($0), the last notification delivered" } ?? "after: the last notification id you processed"
         return EventSourcingError(.subscriptionOverflow,
             "the in-process subscription fell behind: its buffer of \(sub.bound) events was full, so \(sub.dropped) "
-            + "event\(sub.dropped == 1 ? " was" : "s were") dropped, from notification \(sub.firstDropped ?? 0) on, and it ended; "
+            + "event\(sub.dropped == 1 ? " was" : "s were") dropped (the first: notification \(sub.firstDropped ?? 0)) and it ended; "
             + "to follow the store durably and resume, use NotificationLog.subscribe(\(resume))",
             notificationID: sub.firstDropped)
     }

@@ -220,6 +220,65 @@ struct PublishingTests {
         #expect(try await Self.take(7, from: other).map(\.notificationID) == Array(1...7))
     }
 
+    @Test("a commit that stays in flight holds back later ones only up to the buffer bound; past it they are dropped, counted")
+    func stuckCommit() async throws {
+        // The first commit returns 1.5 s after it committed; five more commit and return meanwhile.
+        let app = try await Self.encryptedApp(DelayingRecorder(InMemoryRecorder(), after: { $0 == 0 ? .milliseconds(1500) : .zero }))
+        let small = app.subscribe(to: Dog.self, bufferSize: 3)
+        let large = app.subscribe(to: Dog.self, bufferSize: 100)
+        let first = Task {
+            var d = try AggregateRoot<Dog>(.registered(name: "first"))
+            try await app.save(&d)
+        }
+        let waiting = Task {
+            var it = small.makeAsyncIterator()
+            var got: [Int64] = []
+            do {
+                while let e = try await it.next() { got.append(e.notificationID) }
+                return (got, nil as EventSourcingError?)
+            } catch let e as EventSourcingError {
+                return (got, e)
+            }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        for i in 0..<5 {
+            var d = try AggregateRoot<Dog>(.registered(name: "later-\(i)"))
+            try await app.save(&d)   // never blocked by the commit in flight
+        }
+        // Five held behind the first commit: within the larger buffer, so kept, and released in
+        // order when it returns; the small subscriber's waiter takes 1, its buffer 2...4.
+        try await first.value
+        let (got, error) = try await waiting.value
+        #expect(got == [1, 2, 3, 4])
+        #expect(error?.code == .subscriptionOverflow)
+        #expect(error?.message.contains("2 events were dropped") == true)
+        #expect(try await Self.take(6, from: large).map(\.notificationID) == Array(1...6))
+
+        // Past the largest buffer, what is held is dropped, and a waiting consumer learns of it at once.
+        let app2 = try await Self.encryptedApp(DelayingRecorder(InMemoryRecorder(), after: { $0 == 0 ? .seconds(30) : .zero }))
+        let only = app2.subscribe(to: Dog.self, bufferSize: 3)
+        let stuck = Task {
+            var d = try AggregateRoot<Dog>(.registered(name: "stuck"))
+            try await app2.save(&d)
+        }
+        let waiting2 = Task { () -> EventSourcingError? in
+            var it2 = only.makeAsyncIterator()
+            do { _ = try await it2.next(); return nil } catch let e as EventSourcingError { return e }
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        for i in 0..<4 {
+            var d = try AggregateRoot<Dog>(.registered(name: "behind-\(i)"))
+            try await app2.save(&d)
+        }
+        let e = try #require(try await waiting2.value)   // long before the stuck commit returns
+        #expect(e.code == .subscriptionOverflow)
+        #expect(e.notificationID == 2)
+        #expect(e.message.contains("4 events were dropped"), "\(e)")
+        #expect(app2.subscriberCount == 0)
+        stuck.cancel()
+        _ = try? await stuck.value
+    }
+
     @Test("cancelling the consumer ends its sequence and removes the subscription; so does dropping it")
     func cancellation() async throws {
         let app = try await Self.encryptedApp(InMemoryRecorder())
