@@ -39,7 +39,7 @@ extension Mapper {
             fields.record.topic = topic
             do {
                 let envelope = EventEnvelope<A>(v: A.eventSchemaVersion, t: e.timestamp.timeIntervalSince1970, e: e.event)
-                json = try await sealingFields(fields, newKeys: &pending) { try encoder.encode(envelope) }
+                json = try await sealingFields(envelope, encoder, fields, newKeys: &pending)
             } catch let e as EventSourcingError {
                 throw e
             } catch {

@@ -18,7 +18,7 @@ extension Mapper {
             let envelope = SnapshotEnvelope<A>(v: A.snapshotSchemaVersion, c: root.createdOn.timeIntervalSince1970,
                                                m: root.modifiedOn.timeIntervalSince1970, s: root.state)
             let encoder = RecordEncoder(configuration.encoding, fields: fields)
-            json = try await sealingFields(fields, newKeys: &minted) { try encoder.encode(envelope) }
+            json = try await sealingFields(envelope, encoder, fields, newKeys: &minted)
         } catch let e as EventSourcingError {
             throw e
         } catch {

@@ -164,12 +164,22 @@ extension Mapper {
     /// `newKeys` to persist with the records) and runs it again.
     /// - Throws: ``EventSourcingError`` `.shredded` naming the subject's scope and the record,
     ///   `.keyUnavailable`; what `encode` throws.
-    func sealingFields(_ sealer: PersonalFieldSealer, newKeys: inout [SealingKey],
-                       _ encode: () throws -> [UInt8]) async throws -> [UInt8] {
-        for _ in 0..<4 {
+    func sealingFields<T: Encodable>(_ value: T, _ encoder: RecordEncoder, _ sealer: PersonalFieldSealer,
+                                     newKeys: inout [SealingKey]) async throws -> [UInt8] {
+        sealer.paths = nil
+        for _ in 0..<5 {
             sealer.missing = []
             sealer.fields = 0
-            let bytes = try encode()
+            sealer.needsPaths = false
+            let bytes = try encoder.encode(value)
+            if sealer.needsPaths {
+                sealer.collecting = true
+                sealer.collected = []
+                defer { sealer.collecting = false }
+                _ = try CompactEncoder(userInfo: [.personalFields: sealer]).encode(value)
+                sealer.paths = sealer.collected
+                continue
+            }
             guard !sealer.missing.isEmpty else { return bytes }
             for subject in sealer.missing {
                 let key: SealingKey

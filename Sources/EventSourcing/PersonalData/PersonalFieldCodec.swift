@@ -20,6 +20,15 @@ final class PersonalFieldSealer: @unchecked Sendable {
     let refuse: Bool
     /// How many fields were sealed or written redacted in the current record.
     var fields = 0
+    /// JSON payloads: `JSONEncoder` reports coding paths without the keys of nested containers
+    /// (an enum case's associated values lose the case name), so the paths come from a compact
+    /// pass over the same value (``collecting``), in encoding order.
+    var paths: [[String]]? = nil
+    /// The compact pass that only collects the fields' paths (nothing is sealed).
+    var collecting = false
+    /// Set by a JSON pass that met a personal field before the paths were collected.
+    var needsPaths = false
+    var collected: [[String]] = []
 
     init(record: PersonalFieldFormat.Record, refuse: Bool) {
         self.record = record
@@ -32,7 +41,21 @@ final class PersonalFieldSealer: @unchecked Sendable {
     }
 
     func encode<V>(_ field: Personal<V>, to encoder: any Encoder) throws {
-        let path = encoder.codingPath.map(\.stringValue)
+        var path = PersonalFieldFormat.path(encoder.codingPath)
+        if collecting {
+            collected.append(path)
+            return
+        }
+        if record.encoding == .json {
+            guard let paths else {
+                needsPaths = true
+                return
+            }
+            guard fields < paths.count, paths[fields].last == path.last, PersonalFieldFormat.isSubsequence(path, of: paths[fields]) else {
+                throw error(.invalidArgument, "the value's personal fields are not encoded in the same order twice: encode(to:) must be deterministic")
+            }
+            path = paths[fields]
+        }
         let where_ = "the personal field at \(path.joined(separator: "."))"
         guard !refuse else {
             throw error(.plaintextRejected, "\(where_) needs a cipher to be sealed: a mapper without a keyring never writes personal fields")
@@ -98,7 +121,7 @@ final class PersonalFieldOpener: @unchecked Sendable {
 
     func decode<V>(_ type: Personal<V>.Type, from decoder: any Decoder) throws -> Personal<V> {
         typealias K = PersonalFieldFormat.Key
-        let here = decoder.codingPath.map(\.stringValue)
+        let here = PersonalFieldFormat.path(decoder.codingPath)
         let where_ = "the personal field at \(here.joined(separator: "."))"
         let c: KeyedDecodingContainer<K>
         let explicit: String?

@@ -13,8 +13,8 @@ import KeyManagement
 /// - `s`: the data subject (key scope) when the field names one; absent for the record's own
 ///   key scope (the scope in the record's header).
 /// - `k`: the version of the subject's data key that sealed the field.
-/// - `p`: the field's coding path as written, one string per coding key (`["e", "placed",
-///   "customer"]`; JSON payloads also name array items `"Index 0"`, compact ones do not).
+/// - `p`: the field's coding path, one string per coding key (`["e", "placed", "customer"]`),
+///   array items left out (so in both encodings a field has the same path).
 /// - `c`: standard base64 (with padding) of the 12-byte nonce, the AES-256-GCM ciphertext and
 ///   the 16-byte tag. The plaintext is the field value's encoding in the record's payload
 ///   encoding (compact bytes, or JSON text).
@@ -74,6 +74,26 @@ enum PersonalFieldFormat {
 
     private static func append(_ v: UInt64, bytes: Int, to aad: inout [UInt8]) {
         for shift in stride(from: (bytes - 1) * 8, through: 0, by: -8) { aad.append(UInt8(truncatingIfNeeded: v >> UInt64(shift))) }
+    }
+
+    /// A field's path: its coding keys' string values, without the keys of array items
+    /// (`JSONDecoder` names them `"Index 0"`, the compact codec not at all), so both encodings
+    /// give a field the same path. Items of one array therefore share a path.
+    static func path(_ codingPath: [any CodingKey]) -> [String] {
+        var out: [String] = []
+        out.reserveCapacity(codingPath.count)
+        for key in codingPath {
+            if let i = key.intValue, key.stringValue == "Index \(i)" { continue }
+            out.append(key.stringValue)
+        }
+        return out
+    }
+
+    /// Whether `a`'s segments appear in `b` in order (compared by their exact bytes).
+    static func isSubsequence(_ a: [String], of b: [String]) -> Bool {
+        var i = 0
+        for segment in b where i < a.count && ExactScope(segment) == ExactScope(a[i]) { i += 1 }
+        return i == a.count
     }
 
     /// Whether `payload` may hold a personal field (it holds the marker key's bytes).
