@@ -21,6 +21,8 @@ public final class ProcessingContext: Sendable {
         var root: any Sendable
         var encoder: EventWriter.Encoder
         var afterCommit: @Sendable () async -> Void
+        /// Whether the collected root ends with a discard (``AggregateRoot/discard(at:)``).
+        var discarded: Bool
     }
 
     private struct State {
@@ -47,28 +49,38 @@ public final class ProcessingContext: Sendable {
                 throw EventSourcingError(.aggregateTypeMismatch,
                     "the aggregate was collected in this processing context as another type than \(A.typeName)", originatorID: id)
             }
+            if root.isDiscarded {
+                // As the repository answers once the discard is saved.
+                throw EventSourcingError(.aggregateNotFound,
+                    "no such aggregate: it was discarded in this processing context at version \(root.version)",
+                    originatorID: id, originatorVersion: root.version, topic: A.discardTopic)
+            }
             root.markSaved(through: root.version)
             return root
         }
         return try await application.repository.get(A.self, id: id)
     }
 
-    /// Whether aggregate `id` was collected in this context or exists in the follower's store.
+    /// Whether aggregate `id` was collected in this context (and not discarded here) or exists
+    /// in the follower's store.
     public func contains(_ id: UUID) async throws -> Bool {
-        if state.withLock({ $0.entries[id] != nil }) { return true }
+        if let collected = state.withLock({ $0.entries[id] }) { return !collected.discarded }
         return try await application.repository.contains(id)
     }
 
     /// Queues `root`'s pending events for the commit with the tracking record and marks them
     /// saved (as ``Application/save(_:)`` does, but nothing is written before the policy returns).
     /// Collecting the same aggregate again (after ``get(_:id:)`` here, or with the same root)
-    /// adds its new events; ``get(_:id:)`` sees them all.
+    /// adds its new events; ``get(_:id:)`` sees them all. A discard (``AggregateRoot/discard(at:)``)
+    /// is collected too: its marker commits after the root's events, and ``get(_:id:)`` and
+    /// ``contains(_:)`` then answer as the repository does for a discarded aggregate.
     /// - Throws: `.invalidArgument` after the context's events were committed (a context is for
     ///   one call of the policy); `.aggregateTypeMismatch` when `root.id` was collected here as
     ///   another type; `.concurrencyConflict` when the root does not continue the events
     ///   collected for it here (it was got before them). `root` is unchanged then.
     public func collect<A: Aggregate>(_ root: inout AggregateRoot<A>) throws {
-        guard !root.pendingEvents.isEmpty else { return }
+        let discard = root.pendingDiscard
+        guard !root.pendingEvents.isEmpty || discard != nil else { return }
         let snapshot = root
         let mapper = application.mapper
         let app = application
@@ -79,7 +91,9 @@ public final class ProcessingContext: Sendable {
                     originatorID: snapshot.id)
             }
             var combined = snapshot
-            var firstVersion = snapshot.version - snapshot.pendingEvents.count + 1
+            // The discard marker, when pending, takes the version after the pending events.
+            let pendingCount = snapshot.pendingEvents.count + (discard == nil ? 0 : 1)
+            var firstVersion = snapshot.version - pendingCount + 1
             if let existing = s.entries[snapshot.id] {
                 guard let earlier = existing.root as? AggregateRoot<A> else {
                     throw EventSourcingError(.aggregateTypeMismatch,
@@ -101,7 +115,15 @@ public final class ProcessingContext: Sendable {
                             originatorID: snapshot.id, originatorVersion: e.originatorVersion)
                     }
                 }
-                firstVersion = earlier.version - earlier.pendingEvents.count + 1
+                if let discard {
+                    do { try combined.discard(at: discard.at) } catch {
+                        throw EventSourcingError(.invalidEvent,
+                            "a discard collected again in this processing context did not follow the events collected before it (\(type(of: error)))",
+                            originatorID: snapshot.id, originatorVersion: discard.version)
+                    }
+                }
+                let earlierPending = earlier.pendingEvents.count + (earlier.pendingDiscard == nil ? 0 : 1)
+                firstVersion = earlier.version - earlierPending + 1
             } else {
                 s.order.append(snapshot.id)
             }
@@ -113,9 +135,11 @@ public final class ProcessingContext: Sendable {
                 root: final,
                 encoder: { optimistic in
                     try await mapper.encode(final.pendingEvents, of: A.self, keyScope: final.keyScope,
-                                            newScope: optimistic && newScope)
+                                            newScope: optimistic && newScope,
+                                            discard: final.pendingDiscard.map { (final.id, $0.version, $0.at) })
                 },
-                afterCommit: { await app.autoSnapshot(final, savedFrom: savedFrom) })
+                afterCommit: { await app.autoSnapshot(final, savedFrom: savedFrom) },
+                discarded: final.isDiscarded)
         }
         root.markSaved(through: snapshot.version)
     }
