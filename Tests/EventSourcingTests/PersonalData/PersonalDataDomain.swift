@@ -56,3 +56,18 @@ struct PDPlain: Aggregate, Equatable {
         if case .noted(let s) = event { notes.append(s) }
     }
 }
+
+/// Personal fields in arrays, dictionaries, optionals and nested structs.
+struct PDContacts: Aggregate, Equatable {
+    static let typeName = "PDContacts"
+    struct Card: Codable, Sendable, Equatable {
+        var label: String
+        var phone: Personal<String>
+    }
+    enum Event: Codable, Sendable, Equatable {
+        case listed(names: [Personal<String>], byRole: [String: Personal<String>], nick: Personal<String>?, card: Card,
+                    born: Personal<Date>, id: Personal<UUID>, tags: Personal<[String]>)
+    }
+    var event: Event?
+    mutating func apply(_ event: Event) throws { self.event = event }
+}

@@ -1,3 +1,5 @@
+import ESTestSupport
+import ESTestTags
 import EventSourcing
 import Foundation
 import KeyManagement
@@ -25,6 +27,14 @@ struct PersonalFieldTests {
             let order = try await Self.placeOrder(t.app)
             let loaded = try await t.app.repository.get(PDOrder.self, id: order.id)
             #expect(loaded.state == order.state)
+            // Sealed inside the record: the record's own decrypted payload does not hold them.
+            let stored = try await t.store.recorder.selectEvents(EventQuery(originatorID: order.id))
+            #expect(stored.count == 2)
+            let outer = try await t.app.mapper.open(stored[0], snapshot: false)
+            #expect(bytes(outer, contain: Array("$pf".utf8)))
+            for s in ["Ada Lovelace", "Analytical", "Marylebone", "Bob Courier"] {
+                #expect(!bytes(outer, contain: Array(s.utf8)), "\(s) is sealed under its subject's key")
+            }
             #expect(loaded.state.customer?.value == "Ada Lovelace")
             #expect(loaded.state.customer?.isRedacted == false)
             #expect(loaded.state.courier?.subject == "subject-B")
@@ -35,6 +45,16 @@ struct PersonalFieldTests {
     @Test("shred the customer: amount and status intact, the customer's fields replaced, the courier's intact; then the courier too",
           arguments: encrypted)
     func shredCustomerThenCourier(_ factory: AppFactory) async throws {
+        try await Self.shredCustomerThenCourierBody(factory)
+    }
+
+    @Test("PostgreSQL: shred the customer, then the courier; the order still loads with the business data intact",
+          .tags(.postgres), .enabled(if: PostgresTestServer.available))
+    func shredOnPostgres() async throws {
+        try await Self.shredCustomerThenCourierBody(AppFactory(recorder: .postgres, encrypted: true))
+    }
+
+    static func shredCustomerThenCourierBody(_ factory: AppFactory) async throws {
         try await factory.withFreshApp { t in
             let order = try await Self.placeOrder(t.app)
             _ = try await t.app.shred(keyScope: "subject-A")
@@ -59,5 +79,49 @@ struct PersonalFieldTests {
             #expect(both.state.courier?.isRedacted == true)
             #expect(both.state.courier?.value == "")
         }
+    }
+
+    static let encodings: [(AppFactory, Mapper.PayloadEncoding)] = encrypted.flatMap { [($0, .compact), ($0, .json)] }
+
+    @Test("arrays, dictionaries, optionals, nested structs and other value types, in both payload encodings: read back, then redacted per subject",
+          arguments: encodings)
+    func shapes(_ factory: AppFactory, _ encoding: Mapper.PayloadEncoding) async throws {
+        let store = try await factory.recorder.make()
+        let keyring = try await Keyring.open(store: store.keyStore ?? InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
+        let app = Application(recorder: store.recorder, snapshots: store.snapshots,
+                              mapper: Mapper(keyring: keyring, configuration: .init(encoding: encoding)))
+        let born = Date(timeIntervalSince1970: 1_000_000)
+        let uuid = UUID()
+        let event = PDContacts.Event.listed(
+            names: [Personal("Ann One", subject: "s-1"), Personal("Ben Two", subject: "s-2"), Personal("Cat Three", subject: "s-1")],
+            byRole: ["owner": Personal("Dee Four", subject: "s-2"), "admin": Personal("Eve Five", subject: "s-1")],
+            nick: Personal("Fifi", subject: "s-2"),
+            card: .init(label: "work", phone: Personal("+44 1", subject: "s-1")),
+            born: Personal(born, subject: "s-1"), id: Personal(uuid, subject: "s-2"),
+            tags: Personal(["vip"], subject: "s-1"))
+        var root = try AggregateRoot<PDContacts>(event)
+        try await app.save(&root)
+        let stored = try #require(try await store.recorder.selectEvents(EventQuery(originatorID: root.id)).first)
+        let outer = try await app.mapper.open(stored, snapshot: false)
+        for s in ["Ann One", "Ben Two", "Dee Four", "Eve Five", "Fifi", "+44 1", "vip", uuid.uuidString] {
+            #expect(!bytes(outer, contain: Array(s.utf8)), "\(s) sealed, not in the record's payload")
+        }
+        #expect(try await app.repository.get(PDContacts.self, id: root.id).state.event == event)
+
+        _ = try await app.shred(keyScope: "s-1")
+        let after = try await app.repository.get(PDContacts.self, id: root.id)
+        guard case .listed(let names, let byRole, let nick, let card, let bornField, let id, let tags)? = after.state.event else {
+            Issue.record("no event")
+            return
+        }
+        #expect(names.map(\.isRedacted) == [true, false, true])
+        #expect(names.map(\.value) == ["", "Ben Two", ""])
+        #expect(byRole["owner"]?.value == "Dee Four" && byRole["admin"]?.isRedacted == true)
+        #expect(nick?.value == "Fifi")
+        #expect(card.label == "work" && card.phone.isRedacted && card.phone.value == "")
+        #expect(bornField.isRedacted && bornField.value == Date(timeIntervalSince1970: 0))
+        #expect(id.value == uuid && !id.isRedacted)
+        #expect(tags.isRedacted && tags.value == [])
+        try await store.close()
     }
 }
