@@ -40,8 +40,10 @@ extension Application {
     ///
     /// The subscription starts when this method returns: events whose commit completes later are
     /// delivered, earlier ones are not.
-    /// - Parameter bufferSize: 1 to ``maxSubscriberBufferSize`` events; another value makes the
-    ///   first `next()` throw ``EventSourcingError/Code/invalidArgument``.
+    /// - Parameters:
+    ///   - type: the aggregate type whose events are delivered.
+    ///   - bufferSize: 1 to ``maxSubscriberBufferSize`` events; another value makes the first
+    ///     `next()` throw ``EventSourcingError/Code/invalidArgument``.
     public func subscribe<A: Aggregate>(to type: A.Type, bufferSize: Int = Application.defaultSubscriberBufferSize)
         -> PublishedEvents<A> {
         PublishedEvents(handle: SubscriberHandle(hub: hub, filter: .eventsOf(A.typeName + "."), bufferSize: bufferSize))

@@ -61,7 +61,7 @@ extension Application {
     ///   aggregate with its id was there already (nothing written; `root` unchanged). Only the
     ///   id is compared: the existing aggregate is not read.
     /// - Throws: `.invalidArgument` for a root that is not new (its first pending event is not
-    ///   version 1); as ``save(_:)``.
+    ///   version 1); as `save(_:)`.
     @discardableResult
     public func saveIfNew<A: Aggregate>(_ root: inout AggregateRoot<A>) async throws -> Bool {
         guard root.pendingEvents.first?.originatorVersion == 1 else {

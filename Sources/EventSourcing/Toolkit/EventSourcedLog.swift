@@ -86,6 +86,7 @@ public struct EventSourcedLog<Entry: Codable & Sendable>: Sendable {
 
     /// Appends `value` at the next position, in a save of its own.
     /// - Parameters:
+    ///   - value: the entry.
     ///   - keyScope: the data subject the entry belongs to (sealed under its key, erased by its
     ///     shred); nil for the log's own scope. A UUID-shaped scope is used in lowercase, the
     ///     form aggregate ids are stored under.
