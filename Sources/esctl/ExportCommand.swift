@@ -10,10 +10,14 @@ struct Export: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Subject access export: every event of a key scope, decrypted, with id, version, topic and time.",
         discussion: """
-            Exits 67, naming the record, if any event of the scope cannot be read or decrypted:
-            an export is never silently partial. With --output the file appears only when the
-            export is complete (mode 0600); on standard output the events before the failing one
-            have been written, so check the exit code. Unencrypted (plaintext) events carry no key
+            Personal fields: the subject's own are shown in its events (another subject's are
+            withheld), and every other record of the store is scanned for the subject's personal
+            fields in other subjects' aggregates, listed after the events.
+            Exits 67, naming the record, if any event of the scope (or any record scanned for
+            the subject's fields) cannot be read or decrypted: an export is never silently
+            partial. With --output the file appears only when the export is complete (mode
+            0600); on standard output the events before the failing one have been written, so
+            check the exit code. Unencrypted (plaintext) events carry no key
             scope and are not exported: a warning says how many the store holds, and how many of
             them belong to the exported aggregates.
             """)
@@ -39,9 +43,21 @@ struct Export: AsyncParsableCommand {
         var recordedAt: String?
 
         enum CodingKeys: String, CodingKey {
-            case topic, event
+            case kind, topic, event
             case notificationID = "notification_id", originatorID = "originator_id", originatorVersion = "originator_version"
             case schemaVersion = "schema_version", recordedAt = "recorded_at"
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode("event", forKey: .kind)
+            try c.encode(notificationID, forKey: .notificationID)
+            try c.encode(originatorID, forKey: .originatorID)
+            try c.encode(originatorVersion, forKey: .originatorVersion)
+            try c.encode(topic, forKey: .topic)
+            try c.encode(schemaVersion, forKey: .schemaVersion)
+            try c.encode(event, forKey: .event)
+            try c.encodeIfPresent(recordedAt, forKey: .recordedAt)
         }
     }
 
@@ -66,10 +82,14 @@ struct Export: AsyncParsableCommand {
                 }
                 let sink = try ExportSink(output: output)
                 do {
-                    let (done, plaintext) = try await export(session, to: sink, asDocument: asDocument)
+                    let (done, scan, plaintext) = try await export(session, to: sink, asDocument: asDocument)
                     try sink.commit(to: output, overwrite: overwrite)
-                    if let output { Terminal.info("exported \(done) events of key scope \(scope) to \(output) (mode 0600)") }
+                    if let output {
+                        let elsewhere = scan.fields > 0 ? " and \(scan.fields) of its personal fields in other subjects' records" : ""
+                        Terminal.info("exported \(done) events of key scope \(scope)\(elsewhere) to \(output) (mode 0600)")
+                    }
                     if let warning = plaintext.warning { Terminal.error("warning: " + warning) }
+                    if let warning = scan.warning { Terminal.error("warning: " + warning) }
                 } catch {
                     sink.discard()
                     throw error
@@ -114,7 +134,7 @@ struct Export: AsyncParsableCommand {
         }
     }
 
-    private func export(_ session: Session, to sink: ExportSink, asDocument: Bool) async throws -> (Int, Plaintext) {
+    private func export(_ session: Session, to sink: ExportSink, asDocument: Bool) async throws -> (Int, PersonalFieldExport.ScanResult, Plaintext) {
         let total = try await session.store.countEvents(keyScope: scope)
         let progress = Progress("exporting", total: total)
         let pretty = JSONEncoder()
@@ -167,17 +187,32 @@ struct Export: AsyncParsableCommand {
                 be read (run 'esctl verify' to name the others)
                 """)
         }
+        // The subject's personal fields in other subjects' records (SECURITY.md §5.16).
+        if asDocument { try sink.write("\n  ],\n  \"personal_fields\" : [") }
+        var written = 0
+        let scan = try await PersonalFieldExport.scan(session, scope: scope) { field in
+            let data = try pretty.encode(field)
+            if asDocument {
+                let text = String(decoding: data, as: UTF8.self)
+                let indented = text.split(separator: "\n", omittingEmptySubsequences: false).map { "    " + $0 }.joined(separator: "\n")
+                try sink.write((written == 0 ? "\n" : ",\n") + indented)
+                written += 1
+            } else {
+                try sink.write(data + Data("\n".utf8))
+            }
+        }
         let plaintext = try await Plaintext.count(session.store, aggregates: aggregates)
         if asDocument {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.withoutEscapingSlashes]
             let scopeText = String(decoding: try encoder.encode(scope), as: UTF8.self)
-            try sink.write((done == 0 ? "\n" : "\n") + "  ],\n  \"exported_at\" : \"\(JSONOut.date(Date()))\",\n"
+            try sink.write("\n  ],\n  \"exported_at\" : \"\(JSONOut.date(Date()))\",\n"
                 + "  \"plaintext_events_in_store\" : \(plaintext.inStore),\n"
                 + "  \"plaintext_events_of_exported_aggregates\" : \(plaintext.ofExportedAggregates),\n"
+                + "  \"records_not_searched\" : \(scan.unreadableCount),\n"
                 + "  \"scope\" : \(scopeText)\n}\n")
         }
-        return (done, plaintext)
+        return (done, scan, plaintext)
     }
 
     /// One event decrypted into its export record; a failure names the record (exit 67).
@@ -185,10 +220,16 @@ struct Export: AsyncParsableCommand {
         let envelope: JSONValue
         do {
             let bytes = try await session.app.mapper.open(n.storedEvent, snapshot: false, notificationID: n.id)
-            envelope = try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
-            guard case .object = envelope else {
+            var decoded = try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+            guard case .object = decoded else {
                 throw EventSourcingError(.decodingFailed, "payload is not a JSON object")
             }
+            if PersonalFieldExport.mayHoldFields(bytes) {
+                decoded = try await PersonalFieldExport.resolve(decoded, n, mapper: session.app.mapper, scope: scope)
+            }
+            envelope = decoded
+        } catch let e as CLIError {
+            throw e
         } catch let e as EventSourcingError where e.code == .shredded {
             throw CLIError(exitCode: Exit.scopeShredded, message: "key scope \(scope) was shredded during the export; the export is incomplete")
         } catch {

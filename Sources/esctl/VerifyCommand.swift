@@ -11,11 +11,13 @@ struct VerificationReport {
         var originatorVersion: Int?
         var topic: String?
         var keyScope: String?
+        /// The personal field that fails (its stored coding path), when the record itself opens.
+        var field: [String]? = nil
         var code: String
         var message: String
 
         enum CodingKeys: String, CodingKey {
-            case kind, topic, message
+            case kind, topic, message, field
             case notificationID = "notification_id", originatorID = "originator_id", originatorVersion = "originator_version"
             case keyScope = "key_scope", code = "error"
         }
@@ -28,6 +30,7 @@ struct VerificationReport {
             try c.encode(originatorVersion, forKey: .originatorVersion)
             try c.encode(topic, forKey: .topic)
             try c.encode(keyScope, forKey: .keyScope)
+            try c.encode(field, forKey: .field)
             try c.encode(code, forKey: .code)
             try c.encode(message, forKey: .message)
         }
@@ -40,6 +43,7 @@ struct VerificationReport {
             if let originatorVersion { parts.append("version \(originatorVersion)") }
             if let topic { parts.append("topic \(topic)") }
             parts.append("scope " + (keyScope ?? "-"))
+            if let field { parts.append("field " + field.joined(separator: ".")) }
             return "FAIL \(kind) " + parts.joined(separator: ", ") + ": \(code): \(message)"
         }
     }
@@ -68,9 +72,67 @@ struct VerificationReport {
         }
     }
 
+    /// Personal fields (SECURITY.md §5.16) of the records that open.
+    struct FieldCounts: Encodable {
+        var ok = 0
+        /// Their subject was shredded (or they were written redacted): erased on purpose.
+        var redacted = 0
+        var failing = 0
+
+        var total: Int { ok + redacted + failing }
+        var line: String { "\(ok) ok, \(redacted) redacted, \(failing) failing" }
+    }
+
+    /// A personal field whose subject was shredded: where it is, and whose it was.
+    struct RedactedField: Encodable {
+        var kind: String
+        var notificationID: Int64?
+        var originatorID: UUID
+        var originatorVersion: Int
+        var topic: String
+        var field: [String]
+        var subject: String
+        var shreddedAt: Date?
+
+        enum CodingKeys: String, CodingKey {
+            case kind, topic, field, subject
+            case notificationID = "notification_id", originatorID = "originator_id", originatorVersion = "originator_version"
+            case shreddedAt = "shredded_at"
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(kind, forKey: .kind)
+            try c.encode(notificationID, forKey: .notificationID)
+            try c.encode(originatorID.uuidString.lowercased(), forKey: .originatorID)
+            try c.encode(originatorVersion, forKey: .originatorVersion)
+            try c.encode(topic, forKey: .topic)
+            try c.encode(field, forKey: .field)
+            try c.encode(subject, forKey: .subject)
+            try c.encode(shreddedAt.map(JSONOut.date), forKey: .shreddedAt)
+        }
+
+        var line: String {
+            var parts: [String] = []
+            if let notificationID { parts.append("notification \(notificationID)") }
+            parts.append("aggregate \(originatorID.uuidString.lowercased())")
+            parts.append("version \(originatorVersion)")
+            parts.append("topic \(topic)")
+            parts.append("field " + field.joined(separator: "."))
+            let when = shreddedAt.map { " shredded at " + JSONOut.date($0) } ?? " shredded"
+            return "REDACTED \(kind) " + parts.joined(separator: ", ") + ": subject \(subject)\(when)"
+        }
+    }
+
+    /// How many redacted fields are named one by one; the count covers them all.
+    static let redactedListed = 1_000
+
     var events = Counts()
     var snapshots = Counts()
+    var fields = FieldCounts()
     var failures: [Failure] = []
+    /// The first ``redactedListed`` redacted fields, in the order read.
+    var redacted: [RedactedField] = []
 
     var eventsOK: Int { events.ok }
     var eventsShredded: Int { events.shredded }
@@ -80,10 +142,45 @@ struct VerificationReport {
     struct JSON: Encodable {
         var events: Counts
         var snapshots: Counts
+        var fields: FieldCounts
         var failures: [Failure]
+        var redactedFields: [RedactedField]
+
+        enum CodingKeys: String, CodingKey {
+            case events, snapshots, fields, failures
+            case redactedFields = "redacted_fields"
+        }
     }
 
-    var json: JSON { JSON(events: events, snapshots: snapshots, failures: failures) }
+    var json: JSON { JSON(events: events, snapshots: snapshots, fields: fields, failures: failures, redactedFields: redacted) }
+
+    /// Counts a record that opened, with its personal fields: a field that fails makes the
+    /// record fail, named with the field; a redacted one is counted and named as such.
+    private mutating func tally(_ checked: Reader.Checked, kind: String, _ s: StoredEvent, _ id: Int64?,
+                                counts: WritableKeyPath<VerificationReport, Counts>) {
+        var failed = false
+        for f in checked.fields {
+            switch f.outcome {
+            case .value:
+                fields.ok += 1
+            case .redacted(let r):
+                fields.redacted += 1
+                if redacted.count < Self.redactedListed {
+                    redacted.append(RedactedField(kind: kind, notificationID: id, originatorID: s.originatorID,
+                                                  originatorVersion: s.originatorVersion, topic: s.topic, field: f.path,
+                                                  subject: r.subject, shreddedAt: r.shreddedAt))
+                }
+            case .failed(let e):
+                fields.failing += 1
+                failed = true
+                failures.append(Failure(kind: kind, notificationID: id, originatorID: s.originatorID,
+                                        originatorVersion: s.originatorVersion, topic: s.topic,
+                                        keyScope: e.keyScope ?? f.subject, field: f.path, code: e.code.description,
+                                        message: e.message))
+            }
+        }
+        if failed { self[keyPath: counts].failing += 1 } else { self[keyPath: counts].count(checked.outcome) }
+    }
 
     /// Decrypts, decompresses and parses every record of the session's store.
     ///
@@ -140,7 +237,8 @@ struct VerificationReport {
             guard let last = page.last else { break }
             for s in page {
                 do {
-                    report.snapshots.count(try await reader.check(s, snapshot: true, notificationID: nil))
+                    report.tally(try await reader.check(s, snapshot: true, notificationID: nil), kind: "snapshot", s, nil,
+                                 counts: \.snapshots)
                 } catch {
                     report.failures.append(failure("snapshot", s, nil, error))
                     report.snapshots.failing += 1
@@ -155,7 +253,8 @@ struct VerificationReport {
     private mutating func check(_ page: [StoredNotification], _ reader: Reader) async {
         for n in page {
             do {
-                events.count(try await reader.check(n.storedEvent, snapshot: false, notificationID: n.id))
+                tally(try await reader.check(n.storedEvent, snapshot: false, notificationID: n.id), kind: "event", n.storedEvent,
+                      n.id, counts: \.events)
             } catch {
                 failures.append(Self.failure("event", n.storedEvent, n.id, error))
                 events.failing += 1
@@ -178,21 +277,31 @@ struct VerificationReport {
             plaintextMapper = Mapper(keyring: session.keyring, configuration: Mapper.Configuration(plaintextReads: .allowed))
         }
 
+        /// A readable record, and its personal fields each opened (or redacted, or failing).
+        struct Checked {
+            var outcome: Outcome
+            var fields: [PersonalFieldReading] = []
+        }
+
         /// - Throws: why the record cannot be read (never `.shredded` or `.plaintextRejected`).
-        func check(_ record: StoredEvent, snapshot: Bool, notificationID: Int64?) async throws -> Outcome {
+        func check(_ record: StoredEvent, snapshot: Bool, notificationID: Int64?) async throws -> Checked {
             if !snapshot, ErasureRecord.isErasure(topic: record.topic) {
                 // Never decrypted: read by its strict decoder; a malformed one is a failure.
                 _ = try ErasureRecord(decoding: record, notificationID: notificationID)
-                return .erased
+                return Checked(outcome: .erased)
             }
             do {
-                try VerificationReport.checkJSON(try await mapper.open(record, snapshot: snapshot, notificationID: notificationID))
-                return .ok
+                let text = try await mapper.open(record, snapshot: snapshot, notificationID: notificationID)
+                try VerificationReport.checkJSON(text)
+                guard PersonalFieldExport.mayHoldFields(text) else { return Checked(outcome: .ok) }
+                // Opened a second time, with every field: only records that hold one pay for it.
+                return Checked(outcome: .ok,
+                               fields: try await mapper.personalFields(of: record, snapshot: snapshot, notificationID: notificationID))
             } catch let e as EventSourcingError where e.code == .shredded {
-                return .shredded
+                return Checked(outcome: .shredded)
             } catch let e as EventSourcingError where e.code == .plaintextRejected {
                 try VerificationReport.checkJSON(try await plaintextMapper.open(record, snapshot: snapshot, notificationID: notificationID))
-                return .plaintext
+                return Checked(outcome: .plaintext)
             }
         }
     }
@@ -234,6 +343,11 @@ struct Verify: AsyncParsableCommand {
                 } else {
                     print("events:    " + report.events.line)
                     print("snapshots: " + report.snapshots.line)
+                    if report.fields.total > 0 { print("fields:    " + report.fields.line) }
+                    for r in report.redacted { print(r.line) }
+                    if report.fields.redacted > report.redacted.count {
+                        print("(\(report.fields.redacted - report.redacted.count) more redacted fields are counted, not listed)")
+                    }
                     for f in report.failures { print(f.line) }
                 }
                 if report.plaintext > 0 {
