@@ -104,6 +104,9 @@ extension Mapper {
         } catch {
             var e = Self.translate(error, stored: stored, scope: id.scope.scope)
             e.notificationID = notificationID
+            if (error as? KeyManagementError)?.code == .keyNotFound {
+                e.message = "a personal field names data key v\(id.version) of its subject, which does not exist: tampered or corrupt, or keys lost"
+            }
             guard e.code == .shredded else { throw e }
             keys.entries[id] = .shredded(e.shreddedAt)
         }

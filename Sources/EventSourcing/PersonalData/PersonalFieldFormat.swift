@@ -1,3 +1,10 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Foundation
 import KeyManagement
 
@@ -98,13 +105,18 @@ enum PersonalFieldFormat {
 
     /// Whether `payload` may hold a personal field (it holds the marker key's bytes).
     static func mayContainFields(_ payload: [UInt8]) -> Bool {
-        let n = payload.count
-        guard n >= 3 else { return false }
+        guard payload.count >= 3 else { return false }
         return payload.withUnsafeBufferPointer { p in
-            var i = 0
-            while i + 2 < n {
-                if p[i] == 0x24, p[i + 1] == 0x70, p[i + 2] == 0x66 { return true }
-                i += 1
+            // Every '$' is a candidate; memchr skips to each (vectorised), so a payload without
+            // one costs a single scan.
+            guard let base = p.baseAddress else { return false }
+            var offset = 0
+            let end = p.count - 2
+            while offset < end {
+                guard let hit = memchr(base + offset, 0x24, end - offset) else { return false }
+                let i = base.distance(to: hit.assumingMemoryBound(to: UInt8.self))
+                if p[i + 1] == 0x70, p[i + 2] == 0x66 { return true }
+                offset = i + 1
             }
             return false
         }

@@ -216,4 +216,44 @@ struct PersonalFieldLifecycleTests {
             #expect(after.state.birth?.value == PDBirth(year: 1906, day: 0), "keeps the year")
         }
     }
+
+    @Test("a snapshot is the first record to name a subject: its key is minted and stored, and the shred redacts the field",
+          arguments: encrypted)
+    func snapshotMintsSubjectKey(_ factory: AppFactory) async throws {
+        try await factory.withFreshApp { t in
+            var member = try AggregateRoot<PDMember>(.joined(name: "Hedy Lamarr", subject: "subject-H"))
+            try await t.app.save(&member)
+            try await t.app.takeSnapshot(PDMember.self, id: member.id)
+            let keyring = try #require(t.keyring)
+            _ = try await keyring.openingKey(scope: "subject-H", version: 1)
+            let snap = try #require(try await t.store.snapshots.selectSnapshot(originatorID: member.id, lte: nil))
+            #expect(try await t.app.mapper.decodeSnapshot(snap, as: PDMember.self).state.name?.value == "Hedy Lamarr")
+            _ = try await t.app.shred(keyScope: "subject-H")
+            let after = try await t.app.mapper.decodeSnapshot(snap, as: PDMember.self)
+            #expect(after.state.name?.isRedacted == true)
+        }
+    }
+
+    @Test("records without personal fields, even holding the marker's bytes, read as before")
+    func markerBytesInPlainRecords() async throws {
+        try await AppFactory(recorder: .inMemory, encrypted: true).withFreshApp { t in
+            var plain = try AggregateRoot<PDPlain>(.noted("$pf"))
+            try plain.record(.noted("{\"$pf\":1,\"k\":1}"))
+            try await t.app.save(&plain)
+            #expect(try await t.app.repository.get(PDPlain.self, id: plain.id).state.notes == ["$pf", "{\"$pf\":1,\"k\":1}"])
+            let items = try await t.app.notificationLog.read(start: 1, limit: 10)
+            #expect(try items.map { try $0.event(as: PDPlain.self).event } == [.noted("$pf"), .noted("{\"$pf\":1,\"k\":1}")])
+        }
+    }
+}
+
+/// A member whose state, not its events, holds a personal field: a snapshot is the first
+/// record to seal one for the subject.
+struct PDMember: Aggregate {
+    static let typeName = "PDMember"
+    enum Event: Codable, Sendable { case joined(name: String, subject: String) }
+    var name: Personal<String>?
+    mutating func apply(_ event: Event) throws {
+        if case .joined(let name, let subject) = event { self.name = Personal(name, subject: subject) }
+    }
 }
