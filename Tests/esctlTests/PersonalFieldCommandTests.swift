@@ -59,6 +59,13 @@ struct Deliveries {
 }
 
 enum PersonalFieldStore {
+    /// Initialises the workspace's store and seeds it.
+    static func seeded(_ ws: Workspace) async throws -> (Deliveries, MasterKey) {
+        try await ws.initStore()
+        let key = try MasterKey(contentsOfFile: ws.keyPath)
+        return (try await seed(ws.storePath, key: key), key)
+    }
+
     /// Seeds three deliveries: 4 events (10 personal fields) and a snapshot of Eve's (3 fields).
     static func seed(_ path: String, key: MasterKey) async throws -> Deliveries {
         let (store, _, app) = try await Stores.open(path, keys: [key])

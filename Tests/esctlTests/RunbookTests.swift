@@ -316,6 +316,13 @@ enum Scenario {
             try await Stores.seedPlaintext(ws.storePath, seeded: s)
             return try await ws.esctl(ws.with() + ["verify"])
         },
+        Entry(phrase: "does not open: its tag does not match", needs: .nothing) { ws in
+            let (d, key) = try await PersonalFieldStore.seeded(ws)
+            let sealed = try await PersonalFieldStore.sealedField(ws.storePath, key: key, aggregate: d.adaFirst, version: 1,
+                                                                  case: "placed", field: "courier")
+            _ = try await PersonalFieldStore.appendCopy(ws.storePath, key: key, aggregate: d.eveOrder, field: sealed)
+            return try await ws.esctl(ws.with() + ["verify"])
+        },
         // §13.6
         Entry(phrase: "this export is not all of the subject's data", needs: .nothing) { ws in
             let s = try await seeded(ws)
@@ -326,6 +333,13 @@ enum Scenario {
             let s = try await seeded(ws)
             try await Stores.seedPlaintext(ws.storePath, seeded: s)
             return try await ws.esctl(ws.with() + ["export", s.bobScope])
+        },
+        Entry(phrase: "may not hold all of the subject's personal fields", needs: .nothing) { ws in
+            let (d, _) = try await PersonalFieldStore.seeded(ws)
+            for nid in [d.id(d.adaFirst, 2), d.id(d.adaSecond, 1)] {
+                _ = try await Py.run(Py.corrupt, [ws.storePath, "\(nid)", "3"], in: ws)
+            }
+            return try await ws.esctl(ws.with() + ["export", Deliveries.bob])
         },
         Entry(phrase: "this receipt does not cover", needs: .nothing) { ws in
             let s = try await seeded(ws)
