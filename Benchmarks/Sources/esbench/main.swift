@@ -11,6 +11,8 @@
 // catch-up over the log (upstream events/s) and live latency from a leader save to the follower's commit.
 // --cache-rounds N adds the aggregate-cache phase after W2 (CachePhase.swift): N rounds of gets of
 // every aggregate, cache off and on in alternating trials.
+// --personal-fields runs only the personal-fields phase (PersonalFieldsPhase.swift): per-record
+// encode and decode with 0, 1 and 5 personal fields beside the whole-record pipeline.
 import BenchDomain
 import EventSourcing
 import EventSourcingPostgres
@@ -42,6 +44,9 @@ struct Options {
     var system = false            // the system phase (SystemPhase.swift)
     var cacheRounds = 0           // the aggregate-cache phase (CachePhase.swift); 0: not run
     var cacheTrials = 3
+    var personalFields = false    // the personal-fields phase alone (PersonalFieldsPhase.swift)
+    var pfRecords = 1_000
+    var pfRounds = 7
 }
 
 func parseOptions() -> Options {
@@ -70,8 +75,11 @@ func parseOptions() -> Options {
         case "--system": o.system = true
         case "--cache-rounds": o.cacheRounds = max(0, Int(it.next() ?? "") ?? 0)
         case "--cache-trials": o.cacheTrials = max(1, Int(it.next() ?? "") ?? 3)
+        case "--personal-fields": o.personalFields = true
+        case "--pf-records": o.pfRecords = Int(it.next() ?? "") ?? o.pfRecords
+        case "--pf-rounds": o.pfRounds = Int(it.next() ?? "") ?? o.pfRounds
         case "--help", "-h":
-            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system] [--cache-rounds N [--cache-trials N]]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system] [--cache-rounds N [--cache-trials N]] [--personal-fields [--pf-records N] [--pf-rounds N]]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
@@ -245,6 +253,7 @@ func writeAggregates(_ app: Application, _ payloads: ArraySlice<[Payload]>) asyn
 
 func run() async throws {
     let o = parseOptions()
+    if o.personalFields { return try await personalFieldsPhase(o) }
     try FileManager.default.createDirectory(atPath: URL(fileURLWithPath: o.db).deletingLastPathComponent().path,
                                             withIntermediateDirectories: true)
     removeDB(o.db)
