@@ -124,4 +124,31 @@ struct PersonalFieldTests {
         #expect(tags.isRedacted && tags.value == [])
         try await store.close()
     }
+
+    @Test("concurrent saves naming the same new subject: one key is minted and stored, every order reads back", arguments: encrypted)
+    func concurrentNewSubject(_ factory: AppFactory) async throws {
+        try await factory.withFreshApp { t in
+            let ids = try await withThrowingTaskGroup(of: UUID.self) { group in
+                for i in 0..<8 {
+                    group.addTask {
+                        var order = try AggregateRoot<PDOrder>(PDOrder.place(customer: "Customer \(i)", customerSubject: "subject-new",
+                                                                             street: "\(i) Street", city: "Town",
+                                                                             courier: "Courier \(i)", courierSubject: "courier-\(i % 2)",
+                                                                             amount: i))
+                        try await t.app.save(&order)
+                        return order.id
+                    }
+                }
+                return try await group.reduce(into: [UUID]()) { $0.append($1) }
+            }
+            for id in ids {
+                let order = try await t.app.repository.get(PDOrder.self, id: id)
+                #expect(order.state.customer?.value == "Customer \(order.state.amount)")
+                #expect(order.state.courier?.value == "Courier \(order.state.amount)")
+            }
+            let keyring = try #require(t.keyring)
+            _ = try await keyring.openingKey(scope: "subject-new", version: 1)
+            await #expect(throws: (any Error).self) { _ = try await keyring.openingKey(scope: "subject-new", version: 2) }
+        }
+    }
 }
