@@ -15,7 +15,8 @@ public struct PersonalFieldReading: Sendable {
         case failed(EventSourcingError)
     }
 
-    /// The field's coding path as stored (`p`), or where it sits in the payload for a redacted one.
+    /// The field's coding path as stored (`p`), or where it sits in the payload (array items
+    /// left out, as in `p`) for a field written redacted, which stores none.
     public var path: [String]
     /// The data subject whose key seals it (the record's own key scope when it names none).
     public var subject: String
@@ -62,11 +63,8 @@ extension Mapper {
                 path.removeLast()
             }
         case .array(let items):
-            for (i, child) in items.enumerated() {
-                path.append(String(i))
-                collect(child, &path, &found)
-                path.removeLast()
-            }
+            // Array items are left out of paths, as in stored paths (`p`).
+            for child in items { collect(child, &path, &found) }
         default: return
         }
     }
