@@ -15,6 +15,8 @@ struct Delivery: Aggregate {
         case rerouted(courier: Personal<String>)
         /// A sealed field copied in as plain data: how a tampered or moved field looks to a reader.
         case copied(field: JSONValue)
+        /// Several personal values in one array (their items share a path).
+        case noted(names: [Personal<String>])
     }
 
     var customerID = ""
@@ -35,7 +37,7 @@ struct Delivery: Aggregate {
             self.amount = amount
         case .rerouted(let courier):
             self.courier = courier
-        case .copied:
+        case .copied, .noted:
             break
         }
     }
@@ -116,6 +118,24 @@ enum PersonalFieldStore {
         do {
             var root = try await app.repository.get(Delivery.self, id: aggregate)
             try root.record(.copied(field: field))
+            let saved = try await app.save(&root)
+            await store.close()
+            return try #require(saved.last?.notificationID)
+        } catch {
+            await store.close()
+            throw error
+        }
+    }
+
+    /// Appends `event` to `aggregate` with a mapper of `encoding`; returns its notification id.
+    static func append(_ path: String, key: MasterKey, aggregate: UUID, _ event: Delivery.Event,
+                       encoding: Mapper.PayloadEncoding = .compact) async throws -> Int64 {
+        let (store, keyring, _) = try await Stores.open(path, keys: [key])
+        do {
+            let app = Application(recorder: store, snapshots: store,
+                                  mapper: Mapper(keyring: keyring, configuration: .init(encoding: encoding)), logger: Stores.quiet)
+            var root = try await app.repository.get(Delivery.self, id: aggregate)
+            try root.record(event)
             let saved = try await app.save(&root)
             await store.close()
             return try #require(saved.last?.notificationID)
@@ -273,6 +293,31 @@ struct PersonalFieldCommandTests {
         #expect(ada.status == 0, "\(ada.summary)")
         #expect(ada.stdout.contains("Ada Lovelace") && !ada.stdout.contains("Bob"))
         #expect(try Self.lines(ada).count == 3)
+    }
+
+    @Test("export: items of one array of personal fields, of two subjects, in a JSON-encoded record, each in its place")
+    func exportArrayAndJSON() async throws {
+        let (ws, d, key) = try await Self.seeded()
+        let names: [Personal<String>] = [Personal("Ada Alias"), Personal("Kim Karma", subject: Deliveries.kim), Personal("Ada Again"),
+                                         Personal("Kim Kestrel", subject: Deliveries.kim)]
+        let compact = try await PersonalFieldStore.append(ws.storePath, key: key, aggregate: d.adaSecond, .noted(names: names))
+        let json = try await PersonalFieldStore.append(ws.storePath, key: key, aggregate: d.adaFirst, .noted(names: names), encoding: .json)
+        let ada = try Self.lines(try await ws.esctl(ws.with() + ["export", Deliveries.ada]))
+        let withheld: [String: Any] = ["withheld": "personal data of another data subject"]
+        for nid in [compact, json] {
+            let line = try #require(ada.first { $0["notification_id"] as? Int == Int(nid) }, "notification \(nid) not exported")
+            let items = try #require((line["event"] as? [String: Any])?["noted"] as? [String: Any])["names"] as? [Any]
+            #expect(items?.count == 4)
+            #expect(items?[0] as? String == "Ada Alias" && items?[2] as? String == "Ada Again", "\(line)")
+            #expect((items?[1] as? [String: String]) == (withheld as? [String: String]) && (items?[3] as? [String: String]) == (withheld as? [String: String]))
+        }
+        let kim = try Self.lines(try await ws.esctl(ws.with() + ["export", Deliveries.kim]))
+        let noted = kim.filter { $0["topic"] as? String == "Delivery.noted" }
+        #expect(noted.map { $0["notification_id"] as? Int } == [Int(compact), Int(compact), Int(json), Int(json)])
+        #expect(noted.map { $0["value"] as? String } == ["Kim Karma", "Kim Kestrel", "Kim Karma", "Kim Kestrel"])
+        #expect(noted.allSatisfy { $0["path"] as? [String] == ["e", "noted", "names"] })
+        let verify = try await ws.esctl(ws.with() + ["verify"])
+        #expect(verify.status == 0 && verify.stdout.contains("fields:    21 ok, 0 redacted, 0 failing"), "\(verify.summary) \(verify.stdout)")
     }
 
     // MARK: verify
