@@ -387,16 +387,16 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         let deadline = clock.now + min(max(timeout, .zero), .seconds(365 * 86_400))
         let topics = self.topics
         let failuresBefore = state.withLock { $0.failures }
+        var target = FollowerProgress(log: log, topics: topics, target: notificationID)
         while true {
             let seen = progress.generation
             let (running, known, failure, failures) = state.withLock { ($0.running, $0.position, $0.failure, $0.failures) }
             // A run that stopped on a failure during this wait: it will not get there.
             if !running, failures != failuresBefore, let failure { throw failure }
-            var position: Int64
+            let position: Int64
             if running, let known { position = known } else { position = try await store.projectionPosition(name) ?? 0 }
-            if position >= notificationID { return }
-            // Nothing this projection reads between its position and the target: up to date.
-            if try await log.select(start: position + 1, limit: 1, stop: notificationID, topics: topics).isEmpty { return }
+            // At the target, or nothing this projection reads between its position and it.
+            if try await target.reached(position) { return }
             let left = deadline - clock.now
             guard left > .zero else {
                 var why = running ? "" : " (no run of this runner is under way in this process)"

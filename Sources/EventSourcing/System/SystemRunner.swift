@@ -403,14 +403,14 @@ public final class SystemRunner: Service, Sendable {
         let clock = ContinuousClock()
         let deadline = clock.now + min(max(timeout, .zero), .seconds(365 * 86_400))
         let failuresBefore = state.withLock { $0.failures }
+        var target = FollowerProgress(log: log, topics: topics, target: notificationID)
         while true {
             let seen = progress.generation
             let (running, known, failure, failures) = state.withLock { ($0.running && runsHere, $0.positions[name], $0.failure, $0.failures) }
             if failures != failuresBefore, let failure { throw failure }
             let position: Int64
             if running, let known { position = known } else { position = try await recorder.maxTrackingID(name) ?? 0 }
-            if position >= notificationID { return }
-            if try await log.select(start: position + 1, limit: 1, stop: notificationID, topics: topics).isEmpty { return }
+            if try await target.reached(position) { return }
             let left = deadline - clock.now
             guard left > .zero else {
                 let why = running ? "" : " (it is not run by this runner in this process now)"

@@ -65,4 +65,43 @@ struct SystemWaitingTests {
         #expect(!runner.isRunning)
         #expect(probe.state.withLock { $0.processed.count } == 5)
     }
+    @Test("A wait across a long catch-up reads the leader's log once per page of the items it waits for, not once per event the follower processes")
+    func waitDuringCatchUpReadsLittle() async throws {
+        let orders = CountingLogRecorder()
+        let ordersApp = Application(recorder: orders)
+        // A slow policy (up to 2 ms an event): the waiter wakes at nearly every step.
+        let probe = PolicyProbe(jitter: .milliseconds(2))
+        let invoices = try ProcessApplication(name: "invoices", application: Application(recorder: InMemoryRecorder()),
+                                              policy: InvoicingPolicy(probe: probe))
+        let system = try System(members: [.application("orders", ordersApp), .process(invoices)], pipes: [["orders", "invoices"]])
+        let placed = try await placeOrders(ordersApp, 300)
+        let last = try #require(placed.last?.notificationID)
+        // The runner alone, to the end: its own reads of the leader's log (the position is
+        // polled in the follower's store, which is not the leader's).
+        let alone = try SystemRunner(system: system, batchSize: 100)
+        let aloneRun = Task { try await alone.run() }
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(120)
+        while try await alone.position(of: "invoices", leader: "orders") != last, clock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        aloneRun.cancel()
+        try await aloneRun.value
+        // Again from the start, on a fresh follower store, with a wait running the whole time.
+        let fresh = try ProcessApplication(name: "invoices", application: Application(recorder: InMemoryRecorder()),
+                                           policy: InvoicingPolicy(probe: probe))
+        let again = try System(members: [.application("orders", ordersApp), .process(fresh)], pipes: [["orders", "invoices"]])
+        let runnerReads = orders.reads.withLock { $0 }
+        orders.reads.withLock { $0 = 0 }
+        let runner = try SystemRunner(system: again, batchSize: 100)
+        let run = Task { try await runner.run() }
+        try await runner.wait(for: "invoices", toProcess: last, of: "orders", timeout: .seconds(120))
+        let withWait = orders.reads.withLock { $0 }
+        run.cancel()
+        try await run.value
+        // The wait's own reads: one page of 100 ids per 100 invoices, and the log's end (a
+        // read per step would be about 300).
+        #expect(withWait - runnerReads <= 12, "the runner read the log \(runnerReads) times alone, \(withWait) times with a wait")
+        #expect(try await runner.position(of: "invoices", leader: "orders") == last)
+    }
 }
