@@ -325,8 +325,10 @@ struct Verify: AsyncParsableCommand {
         abstract: "Decrypt every event and snapshot; count ok / shredded / plaintext / failing and name each failing record.",
         discussion: """
             Exits 67 if any record fails (tampered, corrupt, unreadable, or its key is missing), or
-            is not encrypted (plaintext: no shred can erase it). Changes nothing: a SQLite store is
-            opened read-only.
+            is not encrypted (plaintext: no shred can erase it). Personal fields are opened too:
+            one whose subject was shredded is counted and named as redacted (REDACTED lines), not
+            as a failure; one that does not open fails its record, naming the field. Changes
+            nothing: a SQLite store is opened read-only.
             """)
 
     @OptionGroup(title: "Global options") var global: GlobalOptions
