@@ -162,6 +162,7 @@ extension Keyring {
             let exact = ExactScope(scope)
             s.evict(exact)
             s.shredded[exact] = tombstone.shreddedAt
+            s.erasures &+= 1
         }
         logger.debug("shredded key scope", metadata: ["scope": "\(scope)", "versions": "\(tombstone.destroyedVersions.count)"])
         return tombstone

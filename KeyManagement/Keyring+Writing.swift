@@ -80,6 +80,15 @@ extension Keyring {
 
     /// Forgets everything cached for `scope` (after a conflict, or a change made by another process).
     public func invalidate(scope: String) {
-        state.withLock { $0.evict(ExactScope(scope)) }
+        state.withLock { s in
+            s.evict(ExactScope(scope))
+            s.erasures &+= 1
+        }
     }
+
+    /// A counter that moves on every shred through this keyring and every
+    /// ``invalidate(scope:)`` (a change another process made): a cache of data decrypted with
+    /// this keyring's keys (an application's aggregate cache) that was filled at an older
+    /// value may hold what a shred has erased since, and must be read afresh.
+    public var shredGeneration: UInt64 { state.withLock { $0.erasures } }
 }

@@ -33,6 +33,8 @@ public final class Keyring: Sendable {
         /// same one until it is persisted or invalidated, so one save of several aggregates of a
         /// new subject mints one key, not several.
         var minted: [ExactScope: (key: DataKey, wrapped: WrappedDataKey)] = [:]
+        /// Counts the shreds and invalidations seen (``Keyring/shredGeneration``).
+        var erasures: UInt64 = 0
 
         mutating func put(_ key: DataKey) {
             tick &+= 1

@@ -18,6 +18,10 @@ import Synchronization
 ///   hit asks the cipher for the key of the aggregate's latest record, so a shred by another
 ///   application sharing the keyring is seen too (from another process: as soon as this
 ///   process's keyring no longer holds the key, exactly as for uncached reads).
+/// - Any shred through the application's keyring (by any application sharing it) makes every
+///   aggregate cached before it a miss (``RecordCipher/erasureGeneration``): a cached state can
+///   hold personal fields of other subjects (``Personal``), whose shred the aggregate's own key
+///   does not show. A root read before a shred and saved after it is cached only as of its read.
 /// - Cached aggregates are values: each get returns its own copy; two tasks getting the same id
 ///   both get a correct, up-to-date state.
 ///
@@ -47,6 +51,8 @@ public final class AggregateCache: Sendable {
         var root: any Sendable
         var version: Int
         var scope: String
+        /// The root's ``AggregateRoot/cacheGeneration``: a hit at another generation is a miss.
+        var generation: UInt64?
         var prev: Int
         var next: Int
     }
@@ -113,11 +119,16 @@ public final class AggregateCache: Sendable {
         state.withLock { $0.index[id] != nil }
     }
 
-    /// A copy of the cached root of `id`, made most recently used; nil when absent or cached as
-    /// another type.
-    func get<A: Aggregate>(_ id: UUID, as type: A.Type) -> AggregateRoot<A>? {
+    /// A copy of the cached root of `id`, made most recently used; nil when absent, cached as
+    /// another type, or cached at another erasure generation than `generation` (then it is
+    /// removed: a shred since may have erased some of its fields).
+    func get<A: Aggregate>(_ id: UUID, as type: A.Type, generation: UInt64?) -> AggregateRoot<A>? {
         state.withLock { s in
             guard let i = s.index[id], let root = s.slots[i].root as? AggregateRoot<A> else { return nil }
+            guard s.slots[i].generation == generation else {
+                s.remove(id)
+                return nil
+            }
             if s.head != i {
                 s.unlink(i)
                 s.pushFront(i)
@@ -135,6 +146,7 @@ public final class AggregateCache: Sendable {
                 s.slots[i].root = root
                 s.slots[i].version = root.version
                 s.slots[i].scope = root.keyScope
+                s.slots[i].generation = root.cacheGeneration
                 if s.head != i {
                     s.unlink(i)
                     s.pushFront(i)
@@ -142,7 +154,8 @@ public final class AggregateCache: Sendable {
                 return
             }
             if s.index.count >= maxEntries, s.tail >= 0 { s.remove(s.slots[s.tail].id) }
-            let entry = Entry(id: root.id, root: root, version: root.version, scope: root.keyScope, prev: -1, next: -1)
+            let entry = Entry(id: root.id, root: root, version: root.version, scope: root.keyScope,
+                              generation: root.cacheGeneration, prev: -1, next: -1)
             let i: Int
             if let f = s.free.popLast() {
                 s.slots[f] = entry
@@ -158,8 +171,9 @@ public final class AggregateCache: Sendable {
 }
 
 extension Application {
-    /// After a commit: the aggregate cache takes the saved root (or drops a discarded one).
-    func didSave<A: Aggregate>(_ root: AggregateRoot<A>) {
+    /// After a commit: the aggregate cache takes the saved root (or drops a discarded one), under
+    /// the older of the generation it was read at and `generation`, the one its save began at.
+    func didSave<A: Aggregate>(_ root: AggregateRoot<A>, generation: UInt64?) {
         guard let aggregateCache else { return }
         guard !root.isDiscarded, root.version > 0 else {
             aggregateCache.remove(root.id)
@@ -167,6 +181,11 @@ extension Application {
         }
         var saved = root
         saved.markSaved(through: root.version)
+        if let read = root.cacheGeneration, let began = generation {
+            saved.cacheGeneration = min(read, began)
+        } else {
+            saved.cacheGeneration = root.cacheGeneration ?? generation
+        }
         aggregateCache.put(saved.withStoredTimestamps())
     }
 }

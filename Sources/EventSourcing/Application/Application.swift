@@ -77,9 +77,10 @@ public final class Application: Sendable {
     @discardableResult
     public func save<A: Aggregate>(_ root: inout AggregateRoot<A>) async throws -> [Recording] {
         let snapshot = root
+        let generation = erasureGeneration
         let recordings = try await commit([encoder(for: snapshot)])
         root.markSaved(through: snapshot.version)
-        await autoSnapshot(snapshot, savedFrom: snapshot.version - snapshot.pendingEvents.count)
+        await autoSnapshot(snapshot, savedFrom: snapshot.version - snapshot.pendingEvents.count, generation: generation)
         return recordings
     }
 
@@ -87,11 +88,12 @@ public final class Application: Sendable {
     @discardableResult
     public func save<A: Aggregate, B: Aggregate>(_ a: inout AggregateRoot<A>, _ b: inout AggregateRoot<B>) async throws -> [Recording] {
         let (sa, sb) = (a, b)
+        let generation = erasureGeneration
         let recordings = try await commit([encoder(for: sa), encoder(for: sb)])
         a.markSaved(through: sa.version)
         b.markSaved(through: sb.version)
-        await autoSnapshot(sa, savedFrom: sa.version - sa.pendingEvents.count)
-        await autoSnapshot(sb, savedFrom: sb.version - sb.pendingEvents.count)
+        await autoSnapshot(sa, savedFrom: sa.version - sa.pendingEvents.count, generation: generation)
+        await autoSnapshot(sb, savedFrom: sb.version - sb.pendingEvents.count, generation: generation)
         return recordings
     }
 
@@ -100,13 +102,14 @@ public final class Application: Sendable {
     public func save<A: Aggregate, B: Aggregate, C: Aggregate>(_ a: inout AggregateRoot<A>, _ b: inout AggregateRoot<B>,
                                                                _ c: inout AggregateRoot<C>) async throws -> [Recording] {
         let (sa, sb, sc) = (a, b, c)
+        let generation = erasureGeneration
         let recordings = try await commit([encoder(for: sa), encoder(for: sb), encoder(for: sc)])
         a.markSaved(through: sa.version)
         b.markSaved(through: sb.version)
         c.markSaved(through: sc.version)
-        await autoSnapshot(sa, savedFrom: sa.version - sa.pendingEvents.count)
-        await autoSnapshot(sb, savedFrom: sb.version - sb.pendingEvents.count)
-        await autoSnapshot(sc, savedFrom: sc.version - sc.pendingEvents.count)
+        await autoSnapshot(sa, savedFrom: sa.version - sa.pendingEvents.count, generation: generation)
+        await autoSnapshot(sb, savedFrom: sb.version - sb.pendingEvents.count, generation: generation)
+        await autoSnapshot(sc, savedFrom: sc.version - sc.pendingEvents.count, generation: generation)
         return recordings
     }
 
@@ -114,9 +117,10 @@ public final class Application: Sendable {
     @discardableResult
     public func save<A: Aggregate>(_ roots: inout [AggregateRoot<A>]) async throws -> [Recording] {
         let snapshot = roots
+        let generation = erasureGeneration
         let recordings = try await commit(snapshot.map { encoder(for: $0) })
         for i in roots.indices { roots[i].markSaved(through: snapshot[i].version) }
-        for r in snapshot { await autoSnapshot(r, savedFrom: r.version - r.pendingEvents.count) }
+        for r in snapshot { await autoSnapshot(r, savedFrom: r.version - r.pendingEvents.count, generation: generation) }
         return recordings
     }
 
@@ -157,8 +161,13 @@ public final class Application: Sendable {
         try await EventWriter(mapper: mapper, recorder: recorder).store(snapshotOf: root, in: snapshots)
     }
 
-    func autoSnapshot<A: Aggregate>(_ root: AggregateRoot<A>, savedFrom oldVersion: Int) async {
-        didSave(root)   // the aggregate cache (AggregateCache.swift)
+    /// The cipher's ``RecordCipher/erasureGeneration`` (nil without a cipher, or one that cannot tell).
+    var erasureGeneration: UInt64? { mapper.cipher?.erasureGeneration ?? nil }
+
+    /// After a save: the aggregate cache takes the saved root, then an automatic snapshot is taken
+    /// when due. `generation` is ``erasureGeneration`` as the save began.
+    func autoSnapshot<A: Aggregate>(_ root: AggregateRoot<A>, savedFrom oldVersion: Int, generation: UInt64?) async {
+        didSave(root, generation: generation)   // the aggregate cache (AggregateCache.swift)
         guard !root.isDiscarded, let interval = intervalsByType[A.typeName], let snapshotRecorder,
               root.version / interval > oldVersion / interval else { return }
         do {

@@ -23,7 +23,7 @@ public struct Repository: Sendable {
     /// The latest version of `id` through the cache: a hit is brought up to date from the
     /// records after its version, a miss is loaded and cached. Any failure removes the entry.
     private func cached<A: Aggregate>(_ type: A.Type, id: UUID, in cache: AggregateCache) async throws -> AggregateRoot<A> {
-        guard var root = cache.get(id, as: A.self) else {
+        guard var root = cache.get(id, as: A.self, generation: app.erasureGeneration) else {
             let root = try await load(A.self, id: id, version: nil)
             cache.put(root)
             return root
@@ -77,6 +77,8 @@ public struct Repository: Sendable {
         if let version, version < 1 {
             throw EventSourcingError(.invalidArgument, "version must be at least 1", originatorID: id, originatorVersion: version)
         }
+        // Taken before anything is read: a shred during the read makes the cached root stale.
+        let generation = app.erasureGeneration
         var root = AggregateRoot<A>(id: id)
         if let snapshots = app.snapshotRecorder, let snap = try await snapshots.selectSnapshot(originatorID: id, lte: version) {
             do {
@@ -101,6 +103,7 @@ public struct Repository: Sendable {
             throw EventSourcingError(.aggregateNotFound, "no such aggregate" + (version.map { " at or below version \($0)" } ?? ""),
                                      originatorID: id, originatorVersion: version)
         }
+        root.cacheGeneration = generation
         return root
     }
 

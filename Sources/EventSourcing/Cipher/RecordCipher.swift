@@ -60,6 +60,14 @@ public protocol RecordCipher: Sendable {
     /// Forgets what is cached for `scope` (after `KeyManagementError.Code.keyExists`: another
     /// writer created its key). The default does nothing.
     func invalidate(scope: String)
+
+    /// A counter that moves whenever a key scope this cipher served may have been shredded or
+    /// changed (a shred, an invalidation), or nil when the cipher cannot tell. An application's
+    /// aggregate cache reads an aggregate afresh when the counter moved since it was cached: a
+    /// cached state can hold personal fields of another subject than the aggregate's own
+    /// (``Personal``), whose shred its own key does not show. The default is nil: the cache then
+    /// checks only the key of the aggregate's latest record on each hit.
+    var erasureGeneration: UInt64? { get }
 }
 
 extension RecordCipher {
@@ -79,6 +87,8 @@ extension RecordCipher {
     public func didPersist(_ keys: [SealingKey]) {}
 
     public func invalidate(scope: String) {}
+
+    public var erasureGeneration: UInt64? { nil }
 }
 
 extension Keyring: RecordCipher {
@@ -102,4 +112,6 @@ extension Keyring: RecordCipher {
         guard !minted.isEmpty else { return }
         didPersist(minted, material: keys.map(\.key))
     }
+
+    public var erasureGeneration: UInt64? { shredGeneration }
 }

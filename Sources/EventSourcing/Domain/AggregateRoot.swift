@@ -26,6 +26,10 @@ public struct AggregateRoot<A: Aggregate>: Sendable {
     public private(set) var discardedOn: Date?
     /// Whether ``discard(at:)``'s marker is recorded but not saved yet.
     var discardPending = false
+    /// The cipher's ``RecordCipher/erasureGeneration`` when this root was read from the store
+    /// (nil for a root made in this process, or a cipher that cannot tell): the aggregate cache
+    /// keeps a saved root only under the older of this and the save's own generation.
+    var cacheGeneration: UInt64?
 
     /// Starts a new aggregate with its creation event.
     /// - Throws: whatever `apply` throws for the event.

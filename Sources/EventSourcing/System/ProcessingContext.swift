@@ -129,6 +129,7 @@ public final class ProcessingContext: Sendable {
             }
             let final = combined
             let savedFrom = firstVersion - 1
+            let generation = app.erasureGeneration
             // A new aggregate keyed by its own (random) id has a new scope (as Application.save).
             let newScope = savedFrom == 0 && final.keyScope == AggregateRoot<A>.ownScope(final.id)
             s.entries[snapshot.id] = Entry(
@@ -138,7 +139,7 @@ public final class ProcessingContext: Sendable {
                                             newScope: optimistic && newScope,
                                             discard: final.pendingDiscard.map { (final.id, $0.version, $0.at) })
                 },
-                afterCommit: { await app.autoSnapshot(final, savedFrom: savedFrom) },
+                afterCommit: { await app.autoSnapshot(final, savedFrom: savedFrom, generation: generation) },
                 discarded: final.isDiscarded)
         }
         root.markSaved(through: snapshot.version)
