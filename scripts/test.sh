@@ -74,7 +74,7 @@ if [ -z "${ES_POSTGRES_URL:-}" ] && [ -z "${ES_SKIP_POSTGRES:-}" ]; then
             || { cat "$pg_dir/initdb.log" >&2; exit 1; }
         rm -f "$pg_dir/pw"
         as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
-            -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on" start >/dev/null \
+            -o "-p $port -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=500 -c fsync=on" start >/dev/null \
             || { cat "$pg_dir/server.log" >&2; exit 1; }
         export ES_POSTGRES_URL="postgres://estest:$password@127.0.0.1:$port/postgres"
         # For tests that restart the server mid-run.

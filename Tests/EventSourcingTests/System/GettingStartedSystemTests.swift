@@ -70,7 +70,7 @@ struct GettingStartedSystem {
 
         var ada = try AggregateRoot<Customer>(.registered(subjectID: "subj-7f3a9c", name: "Ada", email: "ada@example.org"))
         let saved = try await customers.save(&ada)
-        try await runner.wait(for: "welcomes", toProcess: saved.last!.notificationID, of: "customers", timeout: .seconds(5))
+        try await runner.wait(for: "welcomes", toProcess: saved.last!.notificationID, of: "customers", timeout: .seconds(60))
         print(try await welcomes.notificationLog.read(start: 1, limit: 10).count)   // 1: her welcome
 
         try await customers.shred(keyScope: "subj-7f3a9c")
