@@ -1,5 +1,6 @@
 import ESTestTags
 import EventSourcing
+import EventSourcingPostgres
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
@@ -396,5 +397,61 @@ struct PersonalFieldCommandTests {
         // Kim's export fails on it too: it claims to be hers and does not open.
         let kim = try await ws.esctl(ws.with() + ["export", Deliveries.kim])
         #expect(kim.status == CLI.Code.verificationFailed && kim.stderr.contains("notification \(nid)"), "\(kim.summary)")
+    }
+}
+
+@Suite("esctl and personal fields on PostgreSQL", .enabled(if: PostgresServer.enabled), .tags(.postgres, .multiProcess))
+struct PersonalFieldPostgresCommandTests {
+    @Test("export finds a courier's fields in customers' orders and verify counts them redacted after the courier's shred, on PostgreSQL")
+    func exportAndVerify() async throws {
+        let base = try #require(PostgresServer.url, "CI=true but ES_POSTGRES_URL is not set")
+        let schema = "esctl_pf_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
+        var config = try PostgresStore.Configuration(url: base)
+        config.tls = .disable
+        config.schema = schema
+        let password = try #require(config.password)
+        let storeURL = "postgres://\(config.username)@\(config.host):\(config.port)/\(config.database)?sslmode=disable&schema=\(schema)"
+        let ws = try Workspace()
+        let env = ["PGPASSWORD": password]
+        let opts = ["--store", storeURL, "--master-key-file", ws.keyPath]
+        let initResult = try await ws.esctl(["--store", storeURL, "init", "--new-master-key-file", ws.keyPath], env: env)
+        try #require(initResult.status == 0, "\(initResult.summary)")
+        ws.learnKeyFiles()
+        let key = try MasterKey(contentsOfFile: ws.keyPath)
+
+        let store = try await PostgresStore(configuration: config)
+        let keyring = try await Keyring.open(store: store, masterKeys: [key])
+        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring))
+        var ada = try AggregateRoot<Delivery>(Delivery.placed(Deliveries.ada, "Ada Lovelace", "12 Analytical Row",
+                                                              courier: Deliveries.bob, "Bob Courier", amount: 120))
+        var eve = try AggregateRoot<Delivery>(Delivery.placed(Deliveries.eve, "Eve Online", "3 Byte Street",
+                                                              courier: Deliveries.bob, "Bob Courier", amount: 50))
+        do {
+            try await app.save(&ada, &eve)
+        } catch {
+            await store.close()
+            throw error
+        }
+
+        let bob = try await ws.esctl(opts + ["export", Deliveries.bob], env: env)
+        #expect(bob.status == 0, "\(bob.summary)")
+        let fields = try PersonalFieldCommandTests.lines(bob)
+        #expect(fields.map { $0["originator_id"] as? String } == [ada.id, eve.id].map { $0.uuidString.lowercased() })
+        #expect(fields.allSatisfy { $0["value"] as? String == "Bob Courier" && $0["kind"] as? String == "personal_field" })
+        #expect(!bob.stdout.contains("Ada") && !bob.stdout.contains("Eve"))
+        let adaExport = try await ws.esctl(opts + ["export", Deliveries.ada], env: env)
+        #expect(adaExport.status == 0 && adaExport.stdout.contains("Ada Lovelace") && !adaExport.stdout.contains("Bob"), "\(adaExport.summary)")
+
+        do {
+            _ = try await app.shred(keyScope: Deliveries.bob)
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+        let verify = try await ws.esctl(opts + ["verify"], env: env)
+        #expect(verify.status == 0, "\(verify.summary)")
+        #expect(verify.stdout.contains("fields:    4 ok, 2 redacted, 0 failing"), "\(verify.stdout)")
+        #expect(verify.stdout.split(separator: "\n").filter { $0.hasPrefix("REDACTED event") }.count == 2, "\(verify.stdout)")
     }
 }
