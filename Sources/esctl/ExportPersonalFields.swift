@@ -118,13 +118,11 @@ enum PersonalFieldExport {
             }
             return .object(out)
         case .array(let items):
+            // Array positions are not part of a field's path (stored paths leave them out, and
+            // so does the library's location of a field written redacted, which has none).
             var out: [JSONValue] = []
             out.reserveCapacity(items.count)
-            for (i, item) in items.enumerated() {
-                at.append(String(i))
-                out.append(try replace(item, &at, &queues, n, scope))
-                at.removeLast()
-            }
+            for item in items { out.append(try replace(item, &at, &queues, n, scope)) }
             return .array(out)
         default:
             return value

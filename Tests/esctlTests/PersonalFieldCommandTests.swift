@@ -321,6 +321,33 @@ struct PersonalFieldCommandTests {
         #expect(verify.status == 0 && verify.stdout.contains("fields:    21 ok, 0 redacted, 0 failing"), "\(verify.summary) \(verify.stdout)")
     }
 
+    @Test("export: a field written redacted (copied after its subject's shred, in an array) is withheld in the customer's export, not a failure")
+    func exportWrittenRedacted() async throws {
+        let (ws, d, key) = try await Self.seeded()
+        try await PersonalFieldStore.shred(ws.storePath, key: key, scope: Deliveries.bob)
+        // Eve's order read after Bob's shred: its courier is redacted; copied into Ada's order, in an array.
+        let (store, _, app) = try await Stores.open(ws.storePath, keys: [key])
+        let courier: Personal<String>
+        do {
+            courier = try #require(try await app.repository.get(Delivery.self, id: d.eveOrder).state.courier)
+            await store.close()
+        } catch {
+            await store.close()
+            throw error
+        }
+        #expect(courier.isRedacted)
+        let nid = try await PersonalFieldStore.append(ws.storePath, key: key, aggregate: d.adaSecond,
+                                                      .noted(names: [Personal("Ada Alias"), courier]))
+        let r = try await ws.esctl(ws.with() + ["export", Deliveries.ada])
+        #expect(r.status == 0, "\(r.summary)")
+        let line = try #require(try Self.lines(r).first { $0["notification_id"] as? Int == Int(nid) })
+        let items = ((line["event"] as? [String: Any])?["noted"] as? [String: Any])?["names"] as? [Any]
+        #expect(items?.first as? String == "Ada Alias")
+        #expect((items?.last as? [String: Any])?["withheld"] as? String == "personal data of another data subject", "\(line)")
+        let verify = try await ws.esctl(ws.with() + ["verify"])
+        #expect(verify.status == 0 && verify.stdout.contains(", 4 redacted, 0 failing"), "\(verify.stdout)")
+    }
+
     // MARK: verify
 
     @Test("verify counts personal fields; after a shred they are counted and named as redacted, not as failures")
