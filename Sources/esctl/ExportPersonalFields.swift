@@ -17,18 +17,26 @@ enum PersonalFieldExport {
     static func sameScope(_ a: String, _ b: String) -> Bool { a.utf8.elementsEqual(b.utf8) }
 
     /// Whether a record's JSON text may hold a personal field: the marker key `"$pf"` in it.
-    static func mayHoldFields(_ text: [UInt8]) -> Bool {
-        let marker: [UInt8] = Array("\"$pf\"".utf8)
-        guard text.count >= marker.count else { return false }
-        return text.withUnsafeBufferPointer { t in
-            var i = 0
-            while i + marker.count <= t.count {
-                if t[i] == marker[0], t[i + 1] == marker[1], t[i + 2] == marker[2], t[i + 3] == marker[3], t[i + 4] == marker[4] {
-                    return true
+    static func mayHoldFields(_ text: [UInt8]) -> Bool { contains(text, Array("\"$pf\"".utf8)) }
+
+    /// Whether a payload, JSON or compact, may hold a personal field: the bytes `$pf` in it.
+    static func mayHoldMarker(_ payload: [UInt8]) -> Bool { contains(payload, Array("$pf".utf8)) }
+
+    private static func contains(_ bytes: [UInt8], _ needle: [UInt8]) -> Bool {
+        guard let first = needle.first, bytes.count >= needle.count else { return false }
+        return bytes.withUnsafeBufferPointer { b in
+            needle.withUnsafeBufferPointer { m in
+                var i = 0
+                while i + m.count <= b.count {
+                    if b[i] == first {
+                        var j = 1
+                        while j < m.count, b[i + j] == m[j] { j += 1 }
+                        if j == m.count { return true }
+                    }
+                    i += 1
                 }
-                i += 1
+                return false
             }
-            return false
         }
     }
 
@@ -271,8 +279,9 @@ enum PersonalFieldExport {
         let readings: [PersonalFieldReading]
         let text: [UInt8]
         do {
-            text = try await mapper.open(n.storedEvent, snapshot: false, notificationID: n.id)
-            guard mayHoldFields(text) else { return }
+            // The payload in its own encoding: most records hold no field, and are not converted to JSON.
+            guard mayHoldMarker(try await mapper.openPayload(n.storedEvent, snapshot: false, notificationID: n.id).bytes) else { return }
+            text = try await mapper.open(n.storedEvent, snapshot: false, notificationID: n.id)   // a malformed payload fails here
             readings = try await mapper.personalFields(of: n.storedEvent, snapshot: false, notificationID: n.id)
         } catch let e as EventSourcingError where e.code == .shredded || e.code == .plaintextRejected {
             return
