@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
 need_pkgs=()
-for p in libssl-dev zlib1g-dev libsqlite3-dev pkg-config; do
+for p in libssl-dev zlib1g-dev libsqlite3-dev pkg-config python3-cryptography; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
