@@ -1,6 +1,7 @@
 import ESTestTags
 import EventSourcing
 import EventSourcingSQLite
+import EventSourcingPostgres
 import Foundation
 import KeyManagement
 import Testing
@@ -214,5 +215,89 @@ struct ErasuresCommandTests {
         #expect(try ErasureList(contentsOfFile: path).erasures.isEmpty)
         let u = try await ws.esctl(ws.with() + ["erasures", "export", "--overwrite"])
         #expect(u.status == CLI.Code.usage, "\(u.summary)")
+    }
+}
+
+@Suite("esctl erasures on PostgreSQL: pg_dump, shred, pg_restore, apply", .enabled(if: PostgresServer.enabled),
+       .tags(.postgres, .multiProcess))
+struct ErasuresPostgresCommandTests {
+    /// The directory of the server's client programs (pg_dump, pg_restore): beside the pg_ctl
+    /// scripts/test.sh names, else the newest installed PostgreSQL.
+    static func clientBin() throws -> URL {
+        if let ctl = ProcessInfo.processInfo.environment["ES_POSTGRES_CTL"], !ctl.isEmpty {
+            return URL(fileURLWithPath: ctl).deletingLastPathComponent()
+        }
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
+        let newest = try #require(versions.compactMap(Int.init).max(), "no PostgreSQL client programs in /usr/lib/postgresql")
+        return URL(fileURLWithPath: "/usr/lib/postgresql/\(newest)/bin")
+    }
+
+    @Test("Back up the schema, shred, restore it, apply the exported list: the subject reads as shredded, verify passes; a second apply changes nothing",
+          .timeLimit(.minutes(5)))
+    func dumpShredRestoreApply() async throws {
+        let base = try #require(PostgresServer.url, "CI=true but ES_POSTGRES_URL is not set")
+        let schema = "erasures_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(12).lowercased()
+        var config = try PostgresStore.Configuration(url: base)
+        config.tls = .disable
+        config.schema = schema
+        let password = try #require(config.password)
+        let storeURL = "postgres://\(config.username)@\(config.host):\(config.port)/\(config.database)?sslmode=disable&schema=\(schema)"
+        let database = "postgresql://\(config.username)@\(config.host):\(config.port)/\(config.database)"
+        let ws = try Workspace()
+        let env = ["PGPASSWORD": password]
+        let opts = ["--store", storeURL, "--master-key-file", ws.keyPath]
+        let bin = try Self.clientBin()
+        func tool(_ name: String, _ args: [String]) async throws -> CLI.Result {
+            let r = try CLI.start(bin.appendingPathComponent(name), args, env: CLI.cleanEnvironment(home: ws.dir.path, extra: env),
+                                  cwd: ws.dir, scratch: ws.dir)
+            return await r.wait()
+        }
+
+        let initResult = try await ws.esctl(["--store", storeURL, "init", "--new-master-key-file", ws.keyPath], env: env)
+        try #require(initResult.status == 0, "\(initResult.summary)")
+        ws.learnKeyFiles()
+        let key = try MasterKey(contentsOfFile: ws.keyPath)
+        let store = try await PostgresStore(configuration: config)
+        let keyring = try await Keyring.open(store: store, masterKeys: [key])
+        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring))
+        var a1 = try AggregateRoot<Account>(.opened(owner: "subject-pg", name: "Ada Lovelace"))
+        try a1.record(.renamed(name: "Ada King"))
+        var bob = try AggregateRoot<Account>(.opened(owner: "", name: "Bob Builder"))
+        try await app.save(&a1, &bob)
+        await store.close()
+
+        let dump = ws.path("backup.dump")
+        let backup = try await tool("pg_dump", ["--dbname=\(database)", "--schema=\(schema)", "--format=custom", "--file=\(dump)"])
+        try #require(backup.status == 0, "pg_dump: \(backup.summary)")
+        let shred = try await ws.esctl(opts + ["keys", "shred", "subject-pg", "--yes"], env: env)
+        try #require(shred.status == 0, "\(shred.summary)")
+        let listPath = ws.path("erasures.json")
+        let export = try await ws.esctl(opts + ["erasures", "export", "--output", listPath], env: env)
+        try #require(export.status == 0, "\(export.summary)")
+        let restore = try await tool("pg_restore", ["--dbname=\(database)", "--clean", "--if-exists", dump])
+        try #require(restore.status == 0, "pg_restore: \(restore.summary)")
+        let show = try await ws.esctl(opts + ["keys", "show", "subject-pg", "--json"], env: env)
+        #expect(try parseJSONObject(show)["status"] as? String == "active", "the restored schema has the subject's key")
+
+        let apply = try await ws.esctl(opts + ["erasures", "apply", listPath, "--json"], env: env)
+        try #require(apply.status == 0, "\(apply.summary)")
+        let report = try parseJSONObject(apply)
+        #expect(report["shredded"] as? Int == 1)
+        #expect((report["erasures"] as? [[String: Any]])?.first?["events_affected"] as? Int == 2)
+        let verify = try await ws.esctl(opts + ["verify", "--json"], env: env)
+        #expect(verify.status == 0, "\(verify.summary)")
+        let events = try #require(try parseJSONObject(verify)["events"] as? [String: Any])
+        #expect(events["shredded"] as? Int == 2 && events["ok"] as? Int == 1 && events["erased"] as? Int == 1, "\(events)")
+
+        let before = try await ws.esctl(opts + ["keys", "list", "--json"], env: env)
+        let statsBefore = try await ws.esctl(opts + ["stats", "--json"], env: env)
+        let second = try await ws.esctl(opts + ["erasures", "apply", listPath], env: env)
+        #expect(second.status == 0, "\(second.summary)")
+        #expect(second.stdout.hasPrefix("already shredded"), "\(second.stdout)")
+        #expect(try await ws.esctl(opts + ["keys", "list", "--json"], env: env).stdout == before.stdout)
+        #expect(try await ws.esctl(opts + ["stats", "--json"], env: env).stdout == statsBefore.stdout)
+
+        let cleanup = try await PostgresStore(configuration: config)
+        try await cleanup.destroy()
     }
 }
