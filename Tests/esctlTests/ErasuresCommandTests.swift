@@ -158,7 +158,7 @@ struct ErasuresCommandTests {
             ("a scope of 256 bytes", "{\(header), \"version\": 1, \"erasures\": [\(entry(s.subject)), \(entry(String(repeating: "x", count: 256)))]}",
              CLI.Code.usage, "erasure 2 of the list does not name a valid key scope"),
             ("a repeated scope", "{\(header), \"version\": 1, \"erasures\": [\(entry(s.subject)), \(entry(s.bobScope)), \(entry(s.subject))]}",
-             CLI.Code.usage, "erasures 1 and 3 of the list name the same key scope"),
+             CLI.Code.usage, "erasures 1 and 3 of the list name the same key scope, \(s.subject)"),
             ("a missing file", nil, CLI.Code.usage, "cannot read the erasure list"),
         ]
         let before = storeFiles(ws)

@@ -78,11 +78,11 @@ public struct ErasureList: Sendable, Hashable {
             }
             if let first = seen.updateValue(i + 1, forKey: ExactScope(e.keyScope)) {
                 throw EventSourcingError(.invalidArgument,
-                    "erasures \(first) and \(i + 1) of the list name the same key scope", keyScope: e.keyScope)
+                    "erasures \(first) and \(i + 1) of the list name the same key scope, \(e.keyScope)", keyScope: e.keyScope)
             }
             guard ErasureTime.string(e.shreddedAt) != nil else {
                 throw EventSourcingError(.invalidArgument,
-                    "erasure \(i + 1) of the list has a shred time outside the years 0001–9999", keyScope: e.keyScope)
+                    "erasure \(i + 1) of the list (key scope \(e.keyScope)) has a shred time outside the years 0001–9999", keyScope: e.keyScope)
             }
         }
         guard ErasureTime.string(exportedAt) != nil else {
@@ -192,7 +192,8 @@ public struct ErasureList: Sendable, Hashable {
             guard let at = ErasureTime.date(item.shreddedAt) else {
                 let named = (try? KeyScope.validate(item.scope)) != nil ? item.scope : nil
                 throw EventSourcingError(.invalidArgument,
-                    "erasure \(i + 1) of the list: \"shredded_at\" is not an ISO 8601 time", keyScope: named)
+                    "erasure \(i + 1) of the list" + (named.map { " (key scope \($0))" } ?? "")
+                        + ": \"shredded_at\" is not an ISO 8601 time", keyScope: named)
             }
             entries.append(Entry(keyScope: item.scope, shreddedAt: at))
         }
