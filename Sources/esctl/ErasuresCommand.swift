@@ -8,9 +8,9 @@ struct Erasures: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Export a store's erasures, and re-apply them to a restored backup.",
         discussion: """
-            A backup restored after some erasures brings their scopes back. 'erasures export'
-            writes the live store's erasures (every tombstone: key scope and shred time; no
-            personal data, no key material) as a versioned JSON list; 'erasures apply FILE'
+            A backup restored after some erasures brings their scopes back. 'erasures export' \
+            writes the live store's erasures (every tombstone: key scope and shred time; no \
+            personal data, no key material) as a versioned JSON list; 'erasures apply FILE' \
             shreds each of them in the restored store. See Docs/Operations.md §10.4.
             """,
         subcommands: [ErasuresExport.self, ErasuresApply.self]
@@ -21,10 +21,10 @@ struct ErasuresExport: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "export",
         abstract: "Write the store's erasures (key scope and shred time of every tombstone) as JSON.",
         discussion: """
-            The list holds no personal data and no key material, only key scope ids and times
-            (format: Docs/Operations.md §12.9). It goes to standard output, or with --output to
-            a new file (mode 0600) that appears only when complete. Reads only: a SQLite store
-            keeps every byte. A store with more tombstones than a list may hold (500000) is
+            The list holds no personal data and no key material, only key scope ids and times \
+            (format: Docs/Operations.md §12.9). It goes to standard output, or with --output to \
+            a new file (mode 0600) that appears only when complete. Reads only: a SQLite store \
+            keeps every byte. A store with more tombstones than a list may hold (500000) is \
             refused (exit 64).
             """)
 
@@ -63,16 +63,16 @@ struct ErasuresApply: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "apply",
         abstract: "Shred every key scope of an erasure list (from 'erasures export') in this store.",
         discussion: """
-            For each scope of the list: a scope this store has a key for is shredded; one it
-            never had is tombstoned ahead of time (no record can ever be written under it);
-            one already shredded is left alone. Each shred writes its erasure record. Prints
-            one line per scope (or JSON with --json); --dry-run says what it would do and
+            For each scope of the list: a scope this store has a key for is shredded; one it \
+            never had is tombstoned ahead of time (no record can ever be written under it); \
+            one already shredded is left alone. Each shred writes its erasure record. Prints \
+            one line per scope (or JSON with --json); --dry-run says what it would do and \
             changes nothing. Running it again changes nothing.
 
-            The whole file is checked before anything is changed: a file that is not an
-            erasure list, a newer format version, an invalid or repeated key scope, or a file
-            over 64 MiB or 500000 entries is refused with exit 64, a wrong master key with 65,
-            and the store keeps every byte. A failure part-way (say, a lost connection) leaves
+            The whole file is checked before anything is changed: a file that is not an \
+            erasure list, a newer format version, an invalid or repeated key scope, or a file \
+            over 64 MiB or 500000 entries is refused with exit 64, a wrong master key with 65, \
+            and the store keeps every byte. A failure part-way (say, a lost connection) leaves \
             the scopes shredded so far shredded: apply the same file again to finish.
             """)
 
