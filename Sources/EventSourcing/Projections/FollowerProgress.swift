@@ -41,3 +41,34 @@ struct FollowerProgress: Sendable {
         return false
     }
 }
+
+/// A page of a follower's read of the log, and how far the log was looked at for it.
+struct FollowerPage: Sendable {
+    var items: [LogItem]
+    /// The id up to which the log was looked at: past the last item when a topic filter
+    /// skipped ids of other topics.
+    var scanned: Int64
+}
+
+extension NotificationLog {
+    /// The topics a follower (a projection, a process application) reads: its own plus the
+    /// erasure records' (``ErasureRecord/topic``), or every topic when it names none.
+    static func followerTopics(_ own: [String]) -> [String] {
+        guard !own.isEmpty else { return [] }
+        return own.contains(ErasureRecord.topic) ? own : own + [ErasureRecord.topic]
+    }
+
+    /// Reads up to `limit` items of `topics` after `scanned`, for a follower. With a topic
+    /// filter, a page bounded by the log's last id that comes back short has looked at every id
+    /// up to that one (ids become visible in ascending order, as subscriptions assume): the
+    /// page's `scanned` moves there, so a wake-up does not scan those ids again.
+    func readFollowerPage(after scanned: Int64, topics: [String], limit: Int) async throws -> FollowerPage {
+        guard scanned < Int64.max else { return FollowerPage(items: [], scanned: scanned) }
+        if topics.isEmpty {
+            return FollowerPage(items: try await read(start: scanned + 1, limit: limit), scanned: scanned)
+        }
+        guard let last = try await maxNotificationID, last > scanned else { return FollowerPage(items: [], scanned: scanned) }
+        let items = try await read(start: scanned + 1, limit: limit, stop: last, topics: topics)
+        return FollowerPage(items: items, scanned: items.count < limit ? last : scanned)
+    }
+}

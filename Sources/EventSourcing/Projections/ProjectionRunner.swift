@@ -90,11 +90,7 @@ public final class ProjectionRunner<P: Projection>: Sendable {
 
     /// The topics read from the log: the projection's, plus the erasure records' (all topics
     /// when the projection names none).
-    public var topics: [String] {
-        let own = projection.topics
-        guard !own.isEmpty else { return [] }
-        return own.contains(ErasureRecord.topic) ? own : own + [ErasureRecord.topic]
-    }
+    public var topics: [String] { NotificationLog.followerTopics(projection.topics) }
 
     /// Whether ``run()`` is under way.
     public var isRunning: Bool { state.withLock { $0.running } }
@@ -211,7 +207,7 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         // never cancelled, only awaited: PostgreSQL closes the connection of a cancelled query,
         // which can fail the next call that gets it from the pool; the cancellation is seen
         // once the page is read. A run ends with no read of its own still running.
-        var prefetch: Task<Page, any Error>?
+        var prefetch: Task<FollowerPage, any Error>?
         do {
             try await followLog(from: &position, scanned: &scanned, topics: topics, prefetch: &prefetch)
         } catch {
@@ -221,11 +217,11 @@ public final class ProjectionRunner<P: Projection>: Sendable {
     }
 
     private func followLog(from position: inout Int64, scanned: inout Int64, topics: [String],
-                           prefetch: inout Task<Page, any Error>?) async throws {
+                           prefetch: inout Task<FollowerPage, any Error>?) async throws {
         let log = application.notificationLog
         while scanned < Int64.max {
             try Task.checkCancellation()
-            let page: Page
+            let page: FollowerPage
             do {
                 let pending = prefetch ?? Task { [scanned] in try await self.readPage(after: scanned, topics: topics) }
                 prefetch = nil
@@ -254,25 +250,10 @@ public final class ProjectionRunner<P: Projection>: Sendable {
         try await Task.sleep(for: .seconds(365 * 86_400))
     }
 
-    /// A batch read from the log, and how far the log was looked at for it.
-    private struct Page: Sendable {
-        var items: [LogItem]
-        var scanned: Int64
-    }
-
-    /// Reads up to ``batchSize`` items of `topics` after `scanned`. With a topic filter, a
-    /// page bounded by the log's last id that comes back short has looked at every id up to that
-    /// one (ids become visible in ascending order, as subscriptions assume): `scanned` moves
-    /// there, so a wake-up does not scan those ids again.
-    private func readPage(after scanned: Int64, topics: [String]) async throws -> Page {
-        let log = application.notificationLog
-        guard scanned < Int64.max else { return Page(items: [], scanned: scanned) }
-        if topics.isEmpty {
-            return Page(items: try await log.read(start: scanned + 1, limit: batchSize), scanned: scanned)
-        }
-        guard let last = try await log.maxNotificationID, last > scanned else { return Page(items: [], scanned: scanned) }
-        let items = try await log.read(start: scanned + 1, limit: batchSize, stop: last, topics: topics)
-        return Page(items: items, scanned: items.count < batchSize ? last : scanned)
+    /// Reads up to ``batchSize`` items of `topics` after `scanned`
+    /// (``NotificationLog/readFollowerPage(after:topics:limit:)``).
+    private func readPage(after scanned: Int64, topics: [String]) async throws -> FollowerPage {
+        try await application.notificationLog.readFollowerPage(after: scanned, topics: topics, limit: batchSize)
     }
 
     /// Applies `items` (ascending ids after `position`) in one batch; returns the new position.

@@ -148,12 +148,6 @@ public final class SystemRunner: Service, Sendable {
         var scanned: Int64
     }
 
-    /// A page read from a leader, and how far the log was looked at for it.
-    private struct Page: Sendable {
-        var items: [LogItem]
-        var scanned: Int64
-    }
-
     private func follow(_ process: ProcessApplication) async throws {
         guard let recorder = process.application.recorder as? any ProcessRecorder else { return }
         var cursors: [Cursor] = []
@@ -173,7 +167,7 @@ public final class SystemRunner: Service, Sendable {
             // One page of each leader in turn: a backlog of one does not starve the others.
             for i in cursors.indices {
                 let page = try await uncancelled { [batchSize, cursor = cursors[i]] in
-                    try await Self.readPage(cursor.log, after: cursor.scanned, topics: topics, limit: batchSize)
+                    try await cursor.log.readFollowerPage(after: cursor.scanned, topics: topics, limit: batchSize)
                 }
                 for item in page.items {
                     try Task.checkCancellation()
@@ -191,23 +185,7 @@ public final class SystemRunner: Service, Sendable {
 
     /// The topics read from the leaders: the policy's, plus the erasure records' (all topics when
     /// the policy names none).
-    static func topics(of policy: any ProcessPolicy) -> [String] {
-        let own = policy.topics
-        guard !own.isEmpty else { return [] }
-        return own.contains(ErasureRecord.topic) ? own : own + [ErasureRecord.topic]
-    }
-
-    /// Reads up to `limit` items of `topics` after `scanned` (as the projection runner does: a
-    /// short page with a topic filter has looked at every id up to the log's last).
-    private static func readPage(_ log: NotificationLog, after scanned: Int64, topics: [String], limit: Int) async throws -> Page {
-        guard scanned < Int64.max else { return Page(items: [], scanned: scanned) }
-        if topics.isEmpty {
-            return Page(items: try await log.read(start: scanned + 1, limit: limit), scanned: scanned)
-        }
-        guard let last = try await log.maxNotificationID, last > scanned else { return Page(items: [], scanned: scanned) }
-        let items = try await log.read(start: scanned + 1, limit: limit, stop: last, topics: topics)
-        return Page(items: items, scanned: items.count < limit ? last : scanned)
-    }
+    static func topics(of policy: any ProcessPolicy) -> [String] { NotificationLog.followerTopics(policy.topics) }
 
     /// Runs `body` in a task of its own that the caller's cancellation does not cancel (a
     /// PostgreSQL query cancelled mid-way closes its connection): the cancellation is seen
