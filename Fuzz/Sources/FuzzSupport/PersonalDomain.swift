@@ -35,6 +35,13 @@ public struct PersonalAggregate: Aggregate {
     /// Records are sealed under ``Records/scope``, the subject of the fields that name none.
     public var dataSubject: String? { Records.scope }
 
+    /// Schema 2, with schema 1 the same shape: a record whose envelope says 1 goes through the
+    /// upcast path (personal fields read with their stored paths trusted).
+    public static var eventSchemaVersion: Int { 2 }
+    public static var snapshotSchemaVersion: Int { 2 }
+    public static func upcastEvent(_ json: inout JSONValue, from version: Int) throws {}
+    public static func upcastSnapshot(_ json: inout JSONValue, from version: Int) throws {}
+
     public mutating func apply(_ event: Event) throws {
         switch event {
         case .joined(let name, _, let contacts, _):
@@ -121,7 +128,8 @@ public enum PersonalRecords {
     /// Every sample event of ``PersonalAggregate``, a snapshot with sealed fields, a snapshot
     /// taken after ``PersonalAggregate/shreddedSubject``'s shred (its fields written redacted)
     /// and a discard marker, in both encodings, compressed and not, written by the library's
-    /// own mapper on a key store where no subject is shredded yet.
+    /// own mapper on a key store where no subject is shredded yet; and the uncompressed JSON
+    /// events and snapshots again with schema version 1 in their envelopes.
     public static func bodies() async throws -> [Body] {
         var out: [Body] = []
         for encoding in [Mapper.PayloadEncoding.compact, .json] {
@@ -148,7 +156,17 @@ public enum PersonalRecords {
                 if let marker = try await recorder.selectEvents(originatorID: root.id, order: .descending, limit: 1).first {
                     records.append(marker)
                 }
-                out += try records.map(body(of:))
+                let written = try records.map(body(of:))
+                out += written
+                // The JSON records again as schema 1 (the same shape), so seeds reach the upcast path.
+                if encoding == .json, compressor == nil {
+                    let v2 = Array(#""v":2"#.utf8), v1 = Array(#""v":1"#.utf8)
+                    for var b in written {
+                        guard let i = b.body.indices.dropLast(v2.count - 1).first(where: { b.body[$0..<$0 + v2.count].elementsEqual(v2) }) else { continue }
+                        b.body.replaceSubrange(i..<i + v2.count, with: v1)
+                        out.append(b)
+                    }
+                }
             }
         }
         return out
