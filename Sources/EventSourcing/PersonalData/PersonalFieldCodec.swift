@@ -170,9 +170,21 @@ final class PersonalFieldOpener: @unchecked Sendable {
         case .plaintext(let plaintext):
             let value: V
             do { value = try PersonalFieldFormat.decodeValue(V.self, plaintext, record.encoding) } catch {
-                throw self.error(.decodingFailed, "\(where_) does not decode as \(V.self): \(Mapper.describe(error))", scope: subject)
+                throw self.error(.decodingFailed, "\(where_) does not decode as \(V.self): \(Self.describeInValue(error))", scope: subject)
             }
             return Personal(value, subject: explicit, replacement: replacement)
+        }
+    }
+
+    /// What went wrong decoding a field's plaintext, without the coding path inside it (a
+    /// dictionary key there is part of the personal value) and without any key name.
+    static func describeInValue(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound: return "a key is missing inside the value"
+        case DecodingError.typeMismatch(let type, _): return "expected \(type) inside the value"
+        case DecodingError.valueNotFound(let type, _): return "missing \(type) inside the value"
+        case DecodingError.dataCorrupted: return "malformed data inside the value"
+        default: return "\(type(of: error))"
         }
     }
 
