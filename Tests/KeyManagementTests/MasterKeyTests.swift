@@ -105,11 +105,17 @@ struct MasterKeyTests {
 
     @Test("The process environment is read by default")
     func processEnvironmentIsTheDefault() throws {
-        let name = "KM_TEST_MASTER_KEY_\(UUID().uuidString.replacingOccurrences(of: "-", with: "_"))"
-        setenv(name, Data(Self.rawBytes).base64EncodedString(), 1)
-        defer { unsetenv(name) }
-        let key = try MasterKey(environmentVariable: name)
-        #expect(key.material.constantTimeEquals(TestSupport.material(Self.rawBytes)))
+        // No setenv here: changing the environment while another test spawns a child races
+        // Foundation's Process.run, which copies the environment (a CI run crashed in its
+        // memcpy). A variable the test process already has, set but not key material, shows
+        // the default reads the process environment: refused as invalid key material, where an
+        // environment without it (the next test) is keySourceUnavailable.
+        let name = try #require(["PATH", "HOME", "PWD"].first { ProcessInfo.processInfo.environment[$0]?.isEmpty == false },
+                                "the test process has none of PATH, HOME, PWD")
+        let e = #expect(throws: KeyManagementError.self) { try MasterKey(environmentVariable: name) }
+        #expect(e?.code == .invalidKeyMaterial)
+        let absent = #expect(throws: KeyManagementError.self) { try MasterKey(environmentVariable: name, environment: [:]) }
+        #expect(absent?.code == .keySourceUnavailable)
     }
 
     @Test("An unset or empty environment variable is keySourceUnavailable; a bad value is invalidKeyMaterial")
