@@ -12,6 +12,9 @@ public struct PersonalAggregate: Aggregate {
     public static let otherSubject = "fuzz-subject-other"
     /// A data subject the targets' key store has crypto-shredded (its fields read redacted).
     public static let shreddedSubject = "fuzz-subject-shredded"
+    /// In the plaintext of the ``Event/tagged(labels:counts:)`` fields only (keys and values):
+    /// no error message may hold it.
+    public static let secretMarker = "pii-"
 
     public struct Contact: Codable, Sendable, Equatable {
         public var label: String
@@ -22,6 +25,8 @@ public struct PersonalAggregate: Aggregate {
         case joined(name: Personal<String>, referrer: Personal<String>?, contacts: [Personal<String>], age: Int)
         case moved(address: Personal<FuzzAggregate.Address>, previous: Personal<String>?)
         case noted(Contact, witnesses: [Personal<Int>]?, scores: [String: Personal<Double>])
+        /// Dictionaries keyed by personal data (every key and string holds ``secretMarker``).
+        case tagged(labels: Personal<[String: String]>, counts: Personal<[String: Int]>)
         case left
     }
 
@@ -49,6 +54,7 @@ public struct PersonalAggregate: Aggregate {
             self.contacts += contacts
         case .moved(let address, _): self.address = address
         case .noted(let contact, _, _): notes.append(contact)
+        case .tagged: break
         case .left: contacts = []
         }
     }
@@ -68,6 +74,8 @@ public struct PersonalAggregate: Aggregate {
                    witnesses: [Personal(7, subject: shredded), Personal(-1)],
                    scores: ["a": Personal(1.5, subject: other), "": Personal(-0.0, subject: shredded)]),
             .noted(Contact(label: "", phone: Personal("")), witnesses: nil, scores: [:]),
+            .tagged(labels: Personal(["pii-key": "pii-value", "pii-k2": "pii-v2"], subject: other),
+                    counts: Personal(["pii-count": 1], subject: other)),
             .left,
         ]
     }()
@@ -82,6 +90,8 @@ public enum PersonalRecords {
         public var flags: StateHeader.Flags
         public var body: [UInt8]
         public var topic: String
+        /// Whether decoding it fails (`.decodingFailed`): fields swapped on purpose.
+        public var fails = false
     }
 
     /// A fixed 32-byte key per scope (never a real key), so that records written by one
@@ -165,6 +175,18 @@ public enum PersonalRecords {
                         guard let i = b.body.indices.dropLast(v2.count - 1).first(where: { b.body[$0..<$0 + v2.count].elementsEqual(v2) }) else { continue }
                         b.body.replaceSubrange(i..<i + v2.count, with: v1)
                         out.append(b)
+                        // The tagged event with its two fields swapped (same subject): on the upcast
+                        // path their stored paths are trusted, so both open and fail to decode as
+                        // the other's type (whose message once held a dictionary key of the plaintext).
+                        if case .object(var env) = try JSONDecoder().decode(JSONValue.self, from: Data(b.body)),
+                           case .object(var e)? = env["e"], case .object(var tagged)? = e["tagged"] {
+                            (tagged["labels"], tagged["counts"]) = (tagged["counts"], tagged["labels"])
+                            e["tagged"] = .object(tagged)
+                            env["e"] = .object(e)
+                            b.body = Array(try JSONEncoder().encode(JSONValue.object(env)))
+                            b.fails = true
+                            out.append(b)
+                        }
                     }
                 }
             }

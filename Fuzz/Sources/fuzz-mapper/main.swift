@@ -12,7 +12,8 @@
 //   flags and a body to seal). Bit 2 also set (6, 7): under the discard topic, read as a
 //   discard marker (`Repository.contains`) instead of decoded.
 // Invariants: nothing traps; every failure is an EventSourcingError naming the record (also a
-// personal field's failure that `Mapper.personalFields` reports).
+// personal field's failure that `Mapper.personalFields` reports), whose description holds
+// nothing of a personal field's plaintext (`PersonalAggregate.secretMarker`).
 import EventSourcing
 import Foundation
 import FuzzSupport
@@ -98,7 +99,14 @@ func personalSelfCheck(_ mapper: Mapper, _ key: DataKey) async throws {
             continue
         }
         let snapshot = b.flags.contains(.snapshot)
-        if snapshot { _ = try await mapper.decodeSnapshot(s, as: PersonalAggregate.self) } else { _ = try await mapper.decode(s, as: PersonalAggregate.self) }
+        if b.fails {
+            var failure: (any Error)?
+            do { _ = try await mapper.decode(s, as: PersonalAggregate.self) } catch { failure = error }
+            guard let e = failure as? EventSourcingError, e.code == .decodingFailed else {
+                Fuzz.fail("self-check: a personal seed with swapped fields does not fail with decodingFailed: \(String(describing: failure))")
+            }
+            check(Result<Void, any Error>.failure(e), s, "self-check decode")
+        } else if snapshot { _ = try await mapper.decodeSnapshot(s, as: PersonalAggregate.self) } else { _ = try await mapper.decode(s, as: PersonalAggregate.self) }
         for r in try await mapper.personalFields(of: s, snapshot: snapshot) {
             switch r.outcome {
             case .value: opened += 1
@@ -107,8 +115,8 @@ func personalSelfCheck(_ mapper: Mapper, _ key: DataKey) async throws {
             }
         }
     }
-    guard opened > 0, redacted > 0, writtenRedacted > 0, markers == 4 else {
-        Fuzz.fail("self-check: personal seeds read \(opened) opened, \(redacted) redacted, \(writtenRedacted) written redacted fields, \(markers) markers")
+    guard opened > 0, redacted > 0, writtenRedacted > 0, markers == 4, bodies.count == 4 * 9 + 8 + 1 else {
+        Fuzz.fail("self-check: \(bodies.count) personal seeds read \(opened) opened, \(redacted) redacted, \(writtenRedacted) written redacted fields, \(markers) markers")
     }
 }
 
@@ -117,6 +125,10 @@ func check(_ result: Result<some Any, any Error>, _ stored: StoredEvent, _ what:
     guard let e = error as? EventSourcingError else { Fuzz.fail("\(what) threw \(type(of: error)): \(error)") }
     guard e.originatorID == stored.originatorID, e.originatorVersion == stored.originatorVersion else {
         Fuzz.fail("\(what) failed without naming the record: \(e)")
+    }
+    // Only the sealed plaintext of personal fields holds the marker (never the outer payload).
+    guard !"\(e)".contains(PersonalAggregate.secretMarker) else {
+        Fuzz.fail("\(what) failed with a message that repeats a personal field's plaintext: \(e)")
     }
 }
 
