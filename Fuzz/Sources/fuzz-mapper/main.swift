@@ -10,7 +10,7 @@
 //   hold `Personal` fields (own subject, another subject, a shredded subject); byte 1 is its
 //   originator version (personal fields are bound to it), then as above (even: a state, odd:
 //   flags and a body to seal). Bit 2 also set (6, 7): under the discard topic, read as a
-//   discard marker (`Repository.contains`) instead of decoded.
+//   discard marker (`Repository.contains` and `get`) instead of decoded.
 // Invariants: nothing traps; every failure is an EventSourcingError naming the record (also a
 // personal field's failure that `Mapper.personalFields` reports), whose description holds
 // nothing of a personal field's plaintext (`PersonalAggregate.secretMarker`).
@@ -141,6 +141,12 @@ func testPersonal(_ stored: StoredEvent, snapshot: Bool, discard: Bool) {
             _ = try await recorder.insertEvents([stored])
             return try await Application(recorder: recorder, mapper: mapper).repository.contains(stored.originatorID)
         }, stored, "repository.contains")
+        // And as `get` reads it: "no such aggregate: discarded at …", with the marker's time.
+        check(Fuzz.run {
+            let recorder = InMemoryRecorder()
+            _ = try await recorder.insertEvents([stored])
+            return try await Application(recorder: recorder, mapper: mapper).repository.get(PersonalAggregate.self, id: stored.originatorID)
+        }, stored, "repository.get")
         return
     }
     if snapshot {
