@@ -67,7 +67,14 @@ extension Mapper {
         }
     }
 
+    /// The coding path, with every dictionary key left out: a dictionary's keys are data (an
+    /// index keyed by e-mail address), where property and case names are the schema's. Swift's
+    /// `Dictionary` codes its keys with the standard library's own key type.
     private static func path(_ p: [any CodingKey]) -> String {
-        p.isEmpty ? "top level" : p.map(\.stringValue).joined(separator: ".")
+        p.isEmpty ? "top level" : p.map { isDictionaryKey($0) ? "[key]" : $0.stringValue }.joined(separator: ".")
+    }
+
+    static func isDictionaryKey(_ key: any CodingKey) -> Bool {
+        String(reflecting: type(of: key)).contains("DictionaryCodingKey")
     }
 }
