@@ -43,6 +43,10 @@ struct RecorderFactory: Sendable, CustomStringConvertible {
     static let postgres = RecorderFactory(name: "postgres") {
         var config = try PostgresTestServer.configuration()
         config.schema = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(16).lowercased()
+        // A small pool: the whole suite runs hundreds of these stores at once in one process, and
+        // past about 1,300 open descriptors Foundation's Process.run (the esctl tests spawn the
+        // binary) overflowed a buffer and crashed the test process in two CI runs.
+        config.poolSize = 3
         let store = try await PostgresStore(configuration: config)
         return Store(recorder: store, snapshots: store, keyStore: store, close: { try await store.destroy() })
     }
