@@ -31,7 +31,11 @@ struct RecorderFactory: Sendable, CustomStringConvertible {
     static let sqliteFile = RecorderFactory(name: "sqlite") {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("es-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let store = try SQLiteStore(path: dir.appendingPathComponent("events.sqlite").path)
+        // Two readers (each reader connection holds three descriptors: database, WAL, shared
+        // memory): the whole suite runs hundreds of these stores at once in one process (see
+        // `postgres` below for what too many descriptors did).
+        let store = try SQLiteStore(path: dir.appendingPathComponent("events.sqlite").path,
+                                    configuration: .init(readers: 2))
         return Store(recorder: store, snapshots: store, keyStore: store, close: {
             await store.close()
             try? FileManager.default.removeItem(at: dir)
