@@ -83,37 +83,30 @@ struct EventWriter: Sendable {
         }
     }
 
-    /// Inserts `events`, with `keys` in the same transaction when the recorder shares the
-    /// cipher's key store's transactions, else after persisting `keys` on their own (a failure
-    /// between the two leaves a key without records, never records without their key).
+    /// Inserts `events` (with `tracking` when given: ``commit(_:tracking:plain:)`` checked the
+    /// recorder is a ``ProcessRecorder``), with `keys` in the same transaction when the recorder
+    /// shares the cipher's key store's transactions, else after persisting `keys` on their own (a
+    /// failure between the two leaves a key without records, never records without their key).
     private func insert(_ events: [StoredEvent], keys: [SealingKey], tracking: Tracking?) async throws -> [Int64] {
-        if let tracking, let process = recorder as? any ProcessRecorder {
-            return try await insert(events, keys: keys, tracking: tracking, into: process)
+        let process = tracking == nil ? nil : recorder as? any ProcessRecorder
+        if !keys.isEmpty, let cipher = mapper.cipher {
+            if let keyStore = cipher.keyStore, let combined = recorder as? any KeyCommittingRecorder,
+               combined.sharesTransactions(with: keyStore) {
+                let minted = keys.compactMap(\.minted)
+                let ids: [Int64]?
+                if let tracking {
+                    ids = try await (combined as? any KeyCommittingProcessRecorder)?.insertEvents(events, newKeys: minted, tracking: tracking)
+                } else {
+                    ids = try await combined.insertEvents(events, newKeys: minted)
+                }
+                if let ids {
+                    cipher.didPersist(keys)
+                    return ids
+                }
+            }
+            try await cipher.persist(keys)
         }
-        guard !keys.isEmpty, let cipher = mapper.cipher else { return try await recorder.insertEvents(events) }
-        if let keyStore = cipher.keyStore, let combined = recorder as? any KeyCommittingRecorder,
-           combined.sharesTransactions(with: keyStore) {
-            let ids = try await combined.insertEvents(events, newKeys: keys.compactMap(\.minted))
-            cipher.didPersist(keys)
-            return ids
-        }
-        try await cipher.persist(keys)
+        if let tracking, let process { return try await process.insertEvents(events, tracking: tracking) }
         return try await recorder.insertEvents(events)
-    }
-
-    /// ``insert(_:keys:tracking:)`` with a tracking record: events and tracking in one
-    /// transaction, with the minted keys too when the recorder shares the key store's
-    /// transactions, else after persisting the keys on their own (as above).
-    private func insert(_ events: [StoredEvent], keys: [SealingKey], tracking: Tracking,
-                        into process: any ProcessRecorder) async throws -> [Int64] {
-        guard !keys.isEmpty, let cipher = mapper.cipher else { return try await process.insertEvents(events, tracking: tracking) }
-        if let keyStore = cipher.keyStore, let combined = recorder as? any KeyCommittingProcessRecorder,
-           combined.sharesTransactions(with: keyStore) {
-            let ids = try await combined.insertEvents(events, newKeys: keys.compactMap(\.minted), tracking: tracking)
-            cipher.didPersist(keys)
-            return ids
-        }
-        try await cipher.persist(keys)
-        return try await process.insertEvents(events, tracking: tracking)
     }
 }
