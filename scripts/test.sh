@@ -95,4 +95,14 @@ else
     scripts/docs.sh
 fi
 log "running tests"
-swift test --skip-build "$@"
+if [ $# -gt 0 ]; then
+    swift test --skip-build "$@"
+else
+    # The esctl suites spawn the esctl binary through Foundation's Process, whose run() crashed
+    # (a memcpy into an unmapped page) when the other suites held ~1,350 descriptors open in the
+    # same test process: they run in a test process of their own, after the rest.
+    status=0
+    swift test --skip-build --skip 'esctlTests\.' || status=$?
+    swift test --skip-build --filter 'esctlTests\.' || status=$?
+    exit $status
+fi
