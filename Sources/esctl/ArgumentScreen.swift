@@ -90,6 +90,13 @@ enum ArgumentScreen {
             let a = arguments[i]
             if a == "--" { positionals += arguments[(i + 1)...]; break }
             guard a.hasPrefix("--") else {
+                if a.hasPrefix("-"), Secrets.looksLikeKey(a) {
+                    // A URL-safe base64 key can begin with "-": the parser would read it as short
+                    // options (one of them perhaps -h). Refuse it without echoing it.
+                    return CLIError(exitCode: Exit.usage, message: """
+                        an argument looks like a key: esctl never takes a key as an argument (give --master-key-file PATH                         or --master-key-stdin). A scope that begins with "-" goes after "--". The value is not shown
+                        """)
+                }
                 if !a.hasPrefix("-") || a == "-" { positionals.append(a) }
                 i += 1
                 continue
