@@ -57,6 +57,7 @@ extension PostgresStore {
 
     /// A page of snapshots in `(originatorID, version)` order after `cursor`.
     public func selectSnapshots(after cursor: SnapshotCursor?, limit: Int) async throws -> [StoredEvent] {
+        guard limit > 0 else { return [] }   // PostgreSQL refuses a negative LIMIT
         let s = schema
         let lim = Int64(limit)
         return try await run { client in

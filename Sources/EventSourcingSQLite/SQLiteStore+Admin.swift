@@ -7,6 +7,7 @@ extension SQLiteStore {
     ///   (an originator id that is not 16 bytes, a version that is not an integer, …): such a
     ///   row is never skipped or read as 0, so a cursor over the pages always moves on.
     public func selectSnapshots(after cursor: SnapshotCursor?, limit: Int) async throws -> [StoredEvent] {
+        guard limit > 0 else { return [] }   // SQLite reads a negative LIMIT as none
         let sql = "SELECT originator_id, originator_version, topic, state FROM snapshots"
             + (cursor == nil ? "" : " WHERE (originator_id, originator_version) > (?, ?)")
             + " ORDER BY originator_id, originator_version LIMIT ?"
