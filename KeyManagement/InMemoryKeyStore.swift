@@ -109,4 +109,17 @@ public final class InMemoryKeyStore: KeyStore {
             return t
         }
     }
+
+    public func retireDataKeys(scope: String, below version: UInt32) async throws -> [UInt32] {
+        let exact = ExactScope(scope)
+        return try state.withLock { (s) throws(KeyManagementError) -> [UInt32] in
+            if let t = s.tombstones[exact] {
+                throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, shreddedAt: t.shreddedAt)
+            }
+            let retired = try Self.versionsToRetire((s.keys[exact] ?? []).map(\.version), scope: scope, below: version)
+            guard !retired.isEmpty else { return [] }
+            s.keys[exact]?.removeAll { $0.version < version }
+            return retired
+        }
+    }
 }

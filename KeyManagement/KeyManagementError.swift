@@ -40,6 +40,13 @@ public struct KeyManagementError: Error, Sendable, Hashable, CustomStringConvert
         /// 2^31 − 1 bytes OpenSSL takes in one call, scrypt parameters beyond their bounds, or a
         /// scope whose data key is already at version 2^32 − 1.
         public static let limitExceeded = Code("limitExceeded")
+        /// The data-key version asked for was retired (destroyed after the scope's records were
+        /// re-encrypted under a newer version): names the scope and version. Not a corrupt
+        /// record: the version is below the scope's minimum decryption version.
+        public static let keyRetired = Code("keyRetired")
+        /// The key store does not implement this operation (for example retiring data-key
+        /// versions, ``KeyStore/retireDataKeys(scope:below:)``); nothing was changed.
+        public static let unsupported = Code("unsupported")
 
         public var description: String { raw }
     }

@@ -59,6 +59,42 @@ public protocol KeyStore: Sendable {
     /// Returns the tombstone.
     /// - Throws: ``KeyManagementError/Code/shredded`` if it was already shredded.
     func shred(scope: String, at time: Date) async throws -> Tombstone
+    /// Destroys the stored versions of `scope`'s data key below `version` (retiring them after
+    /// re-encryption), atomically, never the newest version; returns the versions destroyed,
+    /// lowest first (empty when none was below). The lowest version left is then the scope's
+    /// minimum decryption version: a read of a version below it is ``KeyManagementError/Code/keyRetired``.
+    ///
+    /// The store checks nothing about records: `Application.retireKeyVersions(keyScope:below:)`
+    /// first checks that no record still needs a version below `version`.
+    /// - Throws: ``KeyManagementError/Code/invalidArgument`` if `version` is above the newest
+    ///   stored version (that would destroy the one that seals new records),
+    ///   ``KeyManagementError/Code/shredded``, ``KeyManagementError/Code/keyNotFound`` for a
+    ///   scope with no key, ``KeyManagementError/Code/unsupported`` (the default): nothing is
+    ///   changed then.
+    func retireDataKeys(scope: String, below version: UInt32) async throws -> [UInt32]
+}
+
+extension KeyStore {
+    /// Refuses: a store written before retiring existed keeps every version.
+    public func retireDataKeys(scope: String, below version: UInt32) async throws -> [UInt32] {
+        throw KeyManagementError(.unsupported, "this key store cannot retire data-key versions; nothing was changed",
+                                 scope: scope, keyVersion: version)
+    }
+
+    /// Checks a retirement against the stored versions (lowest first) before anything changes:
+    /// the versions below `version` to destroy.
+    /// - Throws: as ``retireDataKeys(scope:below:)`` does (`.keyNotFound`, `.invalidArgument`).
+    public static func versionsToRetire(_ stored: [UInt32], scope: String, below version: UInt32) throws(KeyManagementError) -> [UInt32] {
+        guard let newest = stored.max() else {
+            throw KeyManagementError(.keyNotFound, "the scope has no data key; nothing was retired", scope: scope)
+        }
+        guard version <= newest else {
+            throw KeyManagementError(.invalidArgument,
+                "cannot retire versions below v\(version): the newest version is v\(newest), which is never retired; nothing was retired",
+                scope: scope, keyVersion: version)
+        }
+        return stored.filter { $0 < version }.sorted()
+    }
 }
 
 extension KeyStore {

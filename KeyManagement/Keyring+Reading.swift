@@ -32,6 +32,14 @@ extension Keyring {
                 state.withLock { $0.shredded[exact] = t.shreddedAt }
                 throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: t.shreddedAt)
             }
+            // Versions are numbered from 1 and only retiring removes the lowest ones: a version
+            // from 1 up to below the lowest one stored was retired (the scope's minimum
+            // decryption version). Version 0 never existed.
+            if let lowest = stored.map(\.version).min(), version >= 1, version < lowest {
+                throw KeyManagementError(.keyRetired,
+                    "data key v\(version) of the scope was retired (its minimum decryption version is v\(lowest))",
+                    scope: scope, keyVersion: version)
+            }
             throw KeyManagementError(.keyNotFound, "no such data key", scope: scope, keyVersion: version)
         }
         let key = try unwrap(record)

@@ -75,6 +75,18 @@ public struct EventSourcingError: Error, Sendable, Hashable, CustomStringConvert
         /// many; the error's ``notificationID`` is the first dropped. The events are in the
         /// notification log: follow it with `NotificationLog.subscribe(after:)` to resume.
         public static let subscriptionOverflow = Code("subscriptionOverflow")
+        /// The record (or a personal field in it) names a data-key version that was retired
+        /// after the scope was re-encrypted: below its minimum decryption version. Names the
+        /// record and key scope; the message names the version. Not a corrupt record.
+        public static let keyRetired = Code("keyRetired")
+        /// Re-encryption or retiring found a record that still needs a data-key version below
+        /// the one asked to retire (the message names the scope, the lowest version still
+        /// needed and a record): nothing was retired. Re-encrypt the scope first.
+        public static let keyVersionInUse = Code("keyVersionInUse")
+        /// The operation needs something the application's recorder, snapshot store or cipher
+        /// does not offer (a recorder that cannot rewrite records, a cipher that is not a
+        /// `Keyring`): nothing was changed.
+        public static let unsupported = Code("unsupported")
 
         public var description: String { raw }
     }

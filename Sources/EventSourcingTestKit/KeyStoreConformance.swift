@@ -51,6 +51,7 @@ public struct KeyStoreConformance: Sendable {
         case pagingEachKeyOnce
         case concurrentInsertsOneWinner
         case shredRacingInserts
+        case retireOldVersions
 
         /// What the behaviour is, in a sentence.
         public var summary: String {
@@ -71,6 +72,7 @@ public struct KeyStoreConformance: Sendable {
             case .pagingEachKeyOnce: "dataKeys(after:limit:) pages strictly after the cursor, each key once, a scope's versions together and ascending"
             case .concurrentInsertsOneWinner: "of concurrent inserts of one (scope, version), exactly one wins; the others throw keyExists"
             case .shredRacingInserts: "a shred racing inserts of new versions leaves no key of the scope, and every insert either was destroyed or refused"
+            case .retireOldVersions: "retireDataKeys destroys only the scope's versions below the one given, never the newest, refuses a shredded or unknown scope; or throws unsupported and changes nothing"
             }
         }
 
@@ -119,6 +121,7 @@ public struct KeyStoreConformance: Sendable {
         case .pagingEachKeyOnce: pagingEachKeyOnce
         case .concurrentInsertsOneWinner: concurrentInsertsOneWinner
         case .shredRacingInserts: shredRacingInserts
+        case .retireOldVersions: retireOldVersions
         }
     }
 }

@@ -74,7 +74,7 @@ enum ArgumentScreen {
     static let keyFileOptions: Set<String> = ["--master-key-file", "--new-master-key-file"]
 
     static let commands = ["init", "keys", "verify", "export", "erasures", "stats", "projections", "scrub", "demo", "help"]
-    static let keysCommands = ["list", "show", "rotate", "rotate-master", "shred", "help"]
+    static let keysCommands = ["list", "show", "rotate", "rotate-master", "shred", "reencrypt", "retire", "help"]
 
     /// `--name=value` as (`--name`, `value`); anything else as (itself, nil).
     static func split(_ argument: String) -> (String, String?) {

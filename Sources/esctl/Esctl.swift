@@ -15,6 +15,8 @@ enum Exit {
     static let scopeNotFound: Int32 = 68
     static let scopeShredded: Int32 = 69
     static let storeLocked: Int32 = 70
+    /// `keys retire`: a record or personal field still uses a version below the one asked.
+    static let keyVersionInUse: Int32 = 72
     static let interrupted: Int32 = 130
 }
 
@@ -42,6 +44,7 @@ struct Esctl: AsyncParsableCommand {
               68  key scope not found
               69  key scope already shredded
               70  store locked by another process
+              72  key version still in use: re-encrypt before retiring it (keys retire)
               130 interrupted
             """,
         version: "0.1.0",
@@ -118,8 +121,9 @@ struct Esctl: AsyncParsableCommand {
             case .databaseLocked: return (Exit.storeLocked, e.message)
             case .invalidArgument: return (Exit.usage, e.message)
             case .keyScopeNotFound: return (Exit.scopeNotFound, e.message + (e.keyScope.map { " (scope \($0))" } ?? ""))
-            case .integrityFailure, .keyUnavailable:
+            case .integrityFailure, .keyUnavailable, .keyRetired:
                 return (Exit.verificationFailed, e.description + " (run 'esctl verify' for the full list)")
+            case .keyVersionInUse: return (Exit.keyVersionInUse, e.message)
             default: return (Exit.failure, e.description)
             }
         default:
@@ -137,6 +141,7 @@ struct CLIError: Error {
 struct Keys: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "List, show, rotate and shred data keys; rotate the master key.",
-        subcommands: [KeysList.self, KeysShow.self, KeysRotate.self, KeysRotateMaster.self, KeysShred.self]
+        subcommands: [KeysList.self, KeysShow.self, KeysRotate.self, KeysRotateMaster.self, KeysShred.self,
+                      KeysReencrypt.self, KeysRetire.self]
     )
 }

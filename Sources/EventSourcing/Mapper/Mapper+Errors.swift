@@ -40,6 +40,10 @@ extension Mapper {
             code = .integrityFailure
             message = "the record names data key v\(k.keyVersion ?? 0) of its scope, which does not exist: header tampered or corrupt, or keys lost"
         case .keyNotFound: code = .keyUnavailable
+        case .keyRetired:
+            code = .keyRetired
+            message = "the record names data key v\(k.keyVersion ?? 0) of its scope, which was retired after re-encryption "
+                + "(below the scope's minimum decryption version)"
         case .invalidScope where stored != nil: code = .integrityFailure
         case .invalidScope: code = .invalidArgument
         default: code = .recorderFailure

@@ -1,0 +1,309 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+import Testing
+
+/// Re-encryption under a scope's newest data-key version and retiring old versions (issue 17),
+/// on every backend.
+@Suite("Re-encryption and retiring key versions")
+struct ReencryptionTests {
+    static let encrypted: [AppFactory] = RecorderFactory.all.map { AppFactory(recorder: $0, encrypted: true) }
+
+    /// Every encrypted record of the store (events, then snapshots), with the header's scope and version.
+    struct Seen: Equatable {
+        var events: [StoredNotification]
+        var snapshots: [StoredEvent]
+    }
+
+    static func everything(_ t: TestApp) async throws -> Seen {
+        let events = try await t.store.recorder.selectNotifications(start: 1, limit: 100_000, stop: nil, topics: [])
+        let rewriting = try #require(t.store.recorder as? any RecordRewriting)
+        let snapshots = try await rewriting.selectSnapshots(after: nil, limit: 100_000)
+        return Seen(events: events, snapshots: snapshots)
+    }
+
+    static func header(_ state: [UInt8]) throws -> StateHeader {
+        guard case .success(let (h, _)) = StateHeader.parse(state) else { throw EventSourcingError(.integrityFailure, "no header") }
+        return h
+    }
+
+    /// Saves `count` customers of `person` (two events each) and a snapshot of the first.
+    static func customers(_ app: Application, person: String, count: Int) async throws -> [UUID] {
+        var ids: [UUID] = []
+        for i in 0..<count {
+            var c = try AggregateRoot<Customer>(.registered(personID: person, name: "N\(i)", email: "\(i)@x"))
+            try c.record(.changedEmail("new\(i)@x"))
+            try await app.save(&c)
+            ids.append(c.id)
+        }
+        try await app.takeSnapshot(Customer.self, id: ids[0])
+        return ids
+    }
+
+    /// A keyring over the same key store with nothing cached: what another process sees.
+    static func freshApp(_ t: TestApp, masterKey: MasterKey) async throws -> Application {
+        let keyring = try await Keyring.open(store: t.keyring!.store, masterKeys: [masterKey])
+        return Application(recorder: t.store.recorder, snapshots: t.store.snapshots, mapper: Mapper(keyring: keyring))
+    }
+
+    @Test("rotate, re-encrypt, retire: every record of the scope names the new version, reads back equal; old key rows are gone",
+          arguments: encrypted)
+    func rotateReencryptRetire(_ factory: AppFactory) async throws {
+        let master = try MasterKey.generate()
+        try await factory.withFreshApp(masterKey: master) { t in
+            let ids = try await Self.customers(t.app, person: "p-1", count: 3)
+            let others = try await Self.customers(t.app, person: "p-2", count: 2)
+            let before = try await Self.everything(t)
+            let states = try await ids.asyncMap { try await t.app.repository.get(Customer.self, id: $0).state }
+            let oldRecord = try #require(before.events.first { Self.scope($0.state) == "p-1" })
+
+            #expect(try await t.keyring!.rotate(scope: "p-1") == 2)
+            let report = try await t.app.reencrypt(keyScope: "p-1", pageSize: 2)
+            #expect(report.eventsRewritten == 6)
+            #expect(report.snapshotsRewritten == 1)
+            #expect(report.targetVersion == 2)
+            #expect(report.eventsExamined == before.events.count)
+            let after = try await Self.everything(t)
+            // Coordinates unchanged: ids, topics, versions; the scope's records name v2; the other scope's bytes are untouched.
+            #expect(after.events.map(\.id) == before.events.map(\.id))
+            #expect(after.events.map(\.topic) == before.events.map(\.topic))
+            #expect(after.events.map(\.originatorVersion) == before.events.map(\.originatorVersion))
+            for (b, a) in zip(before.events, after.events) {
+                if Self.scope(b.state) == "p-1" {
+                    #expect(try Self.header(a.state).keyVersion == 2)
+                    #expect(try Self.header(a.state).keyScope == "p-1")
+                    #expect(a.state != b.state)
+                    #expect(a.state.count == b.state.count)
+                } else {
+                    #expect(a.state == b.state)
+                }
+            }
+            for s in after.snapshots where Self.scope(s.state) == "p-1" { #expect(try Self.header(s.state).keyVersion == 2) }
+            #expect(after.snapshots.filter { Self.scope($0.state) == "p-2" } == before.snapshots.filter { Self.scope($0.state) == "p-2" })
+
+            // Idempotent.
+            let again = try await t.app.reencrypt(keyScope: "p-1")
+            #expect(again.rewritten == 0)
+            #expect(try await Self.everything(t) == after)
+
+            // Retire v1: reads still work, from a keyring with nothing cached too.
+            #expect(try await t.app.retireKeyVersions(keyScope: "p-1", below: 2) == [1])
+            #expect(try await t.keyring!.store.dataKeys(scope: "p-1").map(\.version) == [2])
+            #expect(try await t.keyring!.store.dataKeys(scope: "p-2").map(\.version) == [1])
+            let fresh = try await Self.freshApp(t, masterKey: master)
+            for (id, state) in zip(ids, states) {
+                #expect(try await fresh.repository.get(Customer.self, id: id).state == state)
+                #expect(try await t.app.repository.get(Customer.self, id: id).state == state)
+            }
+            for id in others { _ = try await fresh.repository.get(Customer.self, id: id) }
+            // A record still under v1 (a copy from before) now fails as retired, not as corrupt.
+            for app in [fresh, t.app] {
+                let error = await #expect(throws: EventSourcingError.self) {
+                    _ = try await app.mapper.decode(oldRecord.storedEvent, as: Customer.self)
+                }
+                #expect(error?.code == .keyRetired)
+                #expect(error?.keyScope == "p-1")
+                #expect(error?.message.contains("v1") == true)
+            }
+            // New saves to the scope keep working (under v2).
+            var more = try AggregateRoot<Customer>(.registered(personID: "p-1", name: "M", email: "m@x"))
+            try await t.app.save(&more)
+            #expect(try await fresh.repository.get(Customer.self, id: more.id).state.name == "M")
+        }
+    }
+
+    static func scope(_ state: [UInt8]) -> String? { StateHeader.peekKeyScope(state) }
+
+    @Test("retire is refused, changing nothing, while one record still uses an old version", arguments: encrypted)
+    func retireRefusedWhileInUse(_ factory: AppFactory) async throws {
+        try await factory.withFreshApp { t in
+            _ = try await Self.customers(t.app, person: "p-1", count: 2)
+            _ = try await t.keyring!.rotate(scope: "p-1")
+            var late = try AggregateRoot<Customer>(.registered(personID: "p-1", name: "L", email: "l@x"))
+            try await t.app.save(&late)   // under v2
+            let before = try await Self.everything(t)
+            let keysBefore = try await t.keyring!.store.dataKeys(scope: "p-1")
+            let error = await #expect(throws: EventSourcingError.self) {
+                try await t.app.retireKeyVersions(keyScope: "p-1", below: 2)
+            }
+            #expect(error?.code == .keyVersionInUse)
+            #expect(error?.keyScope == "p-1")
+            #expect(error?.message.contains("v1") == true)
+            #expect(error?.originatorID != nil)
+            #expect(try await Self.everything(t) == before)
+            #expect(try await t.keyring!.store.dataKeys(scope: "p-1") == keysBefore)
+            #expect(try await t.app.lowestKeyVersionInUse(keyScope: "p-1") == 1)
+
+            // Above the newest version, or a scope that is not there: refused, nothing changed.
+            let above = await #expect(throws: EventSourcingError.self) { try await t.app.retireKeyVersions(keyScope: "p-1", below: 3) }
+            #expect(above?.code == .invalidArgument)
+            let unknown = await #expect(throws: EventSourcingError.self) { try await t.app.retireKeyVersions(keyScope: "p-404", below: 2) }
+            #expect(unknown?.code == .keyScopeNotFound)
+            let unknownReencrypt = await #expect(throws: EventSourcingError.self) { try await t.app.reencrypt(keyScope: "p-404") }
+            #expect(unknownReencrypt?.code == .keyScopeNotFound)
+            _ = try await t.app.shred(keyScope: "p-1")
+            let afterShred = try await Self.everything(t)
+            let shredded = await #expect(throws: EventSourcingError.self) { try await t.app.reencrypt(keyScope: "p-1") }
+            #expect(shredded?.code == .shredded)
+            let shreddedRetire = await #expect(throws: EventSourcingError.self) { try await t.app.retireKeyVersions(keyScope: "p-1", below: 2) }
+            #expect(shreddedRetire?.code == .shredded)
+            let badPage = await #expect(throws: EventSourcingError.self) { try await t.app.reencryptAll(pageSize: 0) }
+            #expect(badPage?.code == .invalidArgument)
+            #expect(try await Self.everything(t) == afterShred)
+            // The whole-store pass skips the shredded scope's records and counts them.
+            let all = try await t.app.reencryptAll()
+            #expect(all.rewritten == 0)
+            #expect(all.skippedShredded == 5)   // p-1's five events (the shred deleted its snapshot)
+        }
+    }
+
+    @Test("re-encryption runs while another task keeps saving to the same scope", arguments: encrypted)
+    func online(_ factory: AppFactory) async throws {
+        try await factory.withFreshApp { t in
+            let ids = try await Self.customers(t.app, person: "p-1", count: 10)
+            _ = try await t.keyring!.rotate(scope: "p-1")
+            let app = t.app
+            let writer = Task {
+                var saved = 0
+                for i in 0..<40 {
+                    var c = try await app.repository.get(Customer.self, id: ids[i % ids.count])
+                    try c.record(.changedEmail("w\(i)@x"))
+                    try await app.save(&c)
+                    saved += 1
+                }
+                return saved
+            }
+            // Two passes at once as well: each record is rewritten once.
+            async let first = t.app.reencrypt(keyScope: "p-1", pageSize: 3)
+            async let second = t.app.reencrypt(keyScope: "p-1", pageSize: 5)
+            let (a, b) = try await (first, second)
+            #expect(try await writer.value == 40)
+            #expect(a.conflictsLeft == 0 && b.conflictsLeft == 0)
+            #expect(a.eventsRewritten + b.eventsRewritten <= 20)
+            // Whatever the writer saved meanwhile was sealed under v2 (the keyring rotated), so
+            // the scope is now entirely under v2.
+            let final = try await t.app.reencrypt(keyScope: "p-1")
+            #expect(a.eventsRewritten + b.eventsRewritten + final.eventsRewritten == 20)
+            for n in try await Self.everything(t).events where Self.scope(n.state) == "p-1" {
+                #expect(try Self.header(n.state).keyVersion == 2)
+            }
+            #expect(try await t.app.retireKeyVersions(keyScope: "p-1", below: 2) == [1])
+            for id in ids { _ = try await t.app.repository.get(Customer.self, id: id) }
+        }
+    }
+
+    @Test("a re-encryption cancelled between pages leaves old and new versions; a rerun finishes", arguments: encrypted)
+    func interruptedThenRerun(_ factory: AppFactory) async throws {
+        try await factory.withFreshApp { t in
+            let ids = try await Self.customers(t.app, person: "p-1", count: 6)
+            _ = try await t.keyring!.rotate(scope: "p-1")
+            let app = t.app
+            let pages = ReencryptionPageCounter()
+            let task = Task {
+                try await app.reencrypt(keyScope: "p-1", pageSize: 2) { _ in
+                    if pages.increment() == 2 { withUnsafeCurrentTask { $0?.cancel() } }
+                }
+            }
+            await #expect(throws: CancellationError.self) { _ = try await task.value }
+            let versions = try await Self.everything(t).events.filter { Self.scope($0.state) == "p-1" }
+                .map { try Self.header($0.state).keyVersion }
+            #expect(versions.contains(1) && versions.contains(2))
+            let rerun = try await t.app.reencrypt(keyScope: "p-1", pageSize: 2)
+            #expect(rerun.eventsRewritten == versions.filter { $0 == 1 }.count)
+            #expect(try await t.app.reencrypt(keyScope: "p-1").rewritten == 0)
+            #expect(try await t.app.retireKeyVersions(keyScope: "p-1", below: 2) == [1])
+            for id in ids { _ = try await t.app.repository.get(Customer.self, id: id) }
+        }
+    }
+
+    @Test("a subject's personal fields in another aggregate's records are re-sealed; retire counts them",
+          arguments: encrypted, [Mapper.PayloadEncoding.compact, .json])
+    func personalFields(_ factory: AppFactory, _ encoding: Mapper.PayloadEncoding) async throws {
+        let master = try MasterKey.generate()
+        try await factory.withFreshApp(masterKey: master) { t in
+            let app = Application(recorder: t.store.recorder, snapshots: t.store.snapshots,
+                                  mapper: Mapper(keyring: t.keyring, configuration: .init(encoding: encoding)))
+            let order = try await PersonalFieldTests.placeOrder(app)
+            try await app.takeSnapshot(PDOrder.self, id: order.id)
+            let before = try await Self.everything(t)
+            _ = try await t.keyring!.rotate(scope: "subject-A")
+            let refused = await #expect(throws: EventSourcingError.self) {
+                try await app.retireKeyVersions(keyScope: "subject-A", below: 2)
+            }
+            #expect(refused?.code == .keyVersionInUse)
+            #expect(refused?.message.contains("personal field") == true)
+            #expect(refused?.originatorID == order.id)
+
+            let report = try await app.reencrypt(keyScope: "subject-A")
+            // The placed event and the snapshot each hold two fields of subject-A (customer, address).
+            #expect(report.personalFieldsRewritten == 4)
+            #expect(report.eventsRewritten == 1)
+            #expect(report.snapshotsRewritten == 1)
+            let after = try await Self.everything(t)
+            #expect(after.events.map(\.id) == before.events.map(\.id))
+            for n in after.events {
+                // The order's own header is untouched: same scope, same version.
+                #expect(try Self.header(n.state).keyScope == order.id.uuidString.lowercased())
+                #expect(try Self.header(n.state).keyVersion == 1)
+                for f in try await app.mapper.personalFields(of: n.storedEvent, snapshot: false, notificationID: n.id) {
+                    #expect(f.keyVersion == (f.subject == "subject-A" ? 2 : 1))
+                }
+            }
+            for s in after.snapshots {
+                for f in try await app.mapper.personalFields(of: s, snapshot: true) {
+                    #expect(f.keyVersion == (f.subject == "subject-A" ? 2 : 1))
+                }
+            }
+            #expect(try await app.reencrypt(keyScope: "subject-A").rewritten == 0)
+            #expect(try await app.retireKeyVersions(keyScope: "subject-A", below: 2) == [1])
+            let fresh = try await Self.freshApp(t, masterKey: master)
+            let loaded = try await fresh.repository.get(PDOrder.self, id: order.id)
+            #expect(loaded.state == order.state)
+            let fromEvents = try await fresh.repository.get(PDOrder.self, id: order.id, version: order.version)
+            #expect(fromEvents.state == order.state)
+            // The other subject is untouched and still reads.
+            #expect(loaded.state.courier?.value == "Bob Courier")
+            // Shredding subject-A afterwards still redacts its fields.
+            _ = try await fresh.shred(keyScope: "subject-A")
+            #expect(try await fresh.repository.get(PDOrder.self, id: order.id).state.customer?.isRedacted == true)
+        }
+    }
+
+    @Test("reencryptAll moves every rotated scope, records and fields, and leaves unrotated ones byte for byte", arguments: encrypted)
+    func all(_ factory: AppFactory) async throws {
+        try await factory.withFreshApp { t in
+            _ = try await Self.customers(t.app, person: "p-1", count: 2)
+            _ = try await Self.customers(t.app, person: "p-2", count: 2)
+            let order = try await PersonalFieldTests.placeOrder(t.app)
+            let before = try await Self.everything(t)
+            _ = try await t.keyring!.rotate(scope: "p-1")
+            _ = try await t.keyring!.rotate(scope: "subject-B")
+            _ = try await t.keyring!.rotate(scope: order.id.uuidString.lowercased())
+            let report = try await t.app.reencryptAll(pageSize: 3)
+            #expect(report.eventsRewritten == 4 + 2)
+            #expect(report.personalFieldsRewritten == 1)
+            let after = try await Self.everything(t)
+            for (b, a) in zip(before.events, after.events) where Self.scope(b.state) == "p-2" { #expect(a.state == b.state) }
+            for scope in ["p-1", "subject-B", order.id.uuidString.lowercased()] {
+                #expect(try await t.app.retireKeyVersions(keyScope: scope, below: 2) == [1])
+            }
+            #expect(try await t.app.reencryptAll().rewritten == 0)
+            _ = try await t.app.repository.get(PDOrder.self, id: order.id)
+        }
+    }
+}
+
+/// A thread-safe counter for callbacks.
+final class ReencryptionPageCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func increment() -> Int { lock.lock(); defer { lock.unlock() }; n += 1; return n }
+}
+
+extension Sequence where Element: Sendable {
+    func asyncMap<T>(_ body: (Element) async throws -> T) async rethrows -> [T] {
+        var out: [T] = []
+        for e in self { out.append(try await body(e)) }
+        return out
+    }
+}
