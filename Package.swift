@@ -39,13 +39,16 @@ let package = Package(
                        providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
+        // PKCS#11 types and constants only (header written from the specification): modules are
+        // loaded at run time with dlopen, so nothing links against one.
+        .systemLibrary(name: "CPKCS11", path: "Sources/CPKCS11"),
 
         // Internal concurrency primitives (no product): the bounded resource pool and the batching queue.
         .target(name: "ESConcurrency", swiftSettings: strict),
 
         // The security kernel: AEAD, key material, master and data keys, key stores.
         .target(name: "KeyManagement",
-                dependencies: ["COpenSSL", "ESConcurrency", .product(name: "Logging", package: "swift-log"),
+                dependencies: ["COpenSSL", "CPKCS11", "ESConcurrency", .product(name: "Logging", package: "swift-log"),
                                .product(name: "CoreMetrics", package: "swift-metrics"),
                                .product(name: "Tracing", package: "swift-distributed-tracing")],
                 path: "KeyManagement",

@@ -30,6 +30,10 @@ public struct KeyManagementError: Error, Sendable, Hashable, CustomStringConvert
         public static let invalidScope = Code("invalidScope")
         /// A key source (file, environment variable) is missing or unreadable.
         public static let keySourceUnavailable = Code("keySourceUnavailable")
+        /// A master key held outside this process could not be used: its PKCS#11 module, token,
+        /// PIN or key object, or its helper command, failed, refused or did not answer in time.
+        /// Not a wrong key (that is ``wrongMasterKey``): nothing about the store is known yet.
+        public static let keySourceFailed = Code("keySourceFailed")
         /// The key store itself failed (I/O, corruption).
         public static let storeFailure = Code("storeFailure")
         /// OpenSSL reported an internal failure.

@@ -67,14 +67,14 @@ extension Keyring {
     ///   without making progress, reports more rewraps than it was given, or still returns keys
     ///   under an old master key after ``maxRotationPasses`` passes (nothing is retired then).
     @discardableResult
-    public func rotateMasterKey(to newKey: MasterKey, pageSize: Int = 500,
+    public func rotateMasterKey(to newKey: any KeyEncryptionKey, pageSize: Int = 500,
                                 progress: (@Sendable (RotationProgress) -> Void)? = nil) async throws -> RotationProgress {
         try await instruments.run(Observability.SpanName.rotateMasterKey, counting: instruments.masterKeyRotations) {
             try await rewrapAll(under: newKey, pageSize: pageSize, progress: progress)
         }
     }
 
-    private func rewrapAll(under newKey: MasterKey, pageSize: Int,
+    private func rewrapAll(under newKey: any KeyEncryptionKey, pageSize: Int,
                            progress: (@Sendable (RotationProgress) -> Void)?) async throws -> RotationProgress {
         guard pageSize >= 1 else {
             throw KeyManagementError(.invalidArgument, "the page size must be at least 1, got \(pageSize)")

@@ -38,7 +38,7 @@ extension Keyring {
     }
 
     func mint(scope: String, version: UInt32) throws -> (DataKey, WrappedDataKey) {
-        let primary = try state.withLock { (s) throws(KeyManagementError) -> MasterKey in
+        let primary = try state.withLock { (s) throws(KeyManagementError) -> any KeyEncryptionKey in
             guard let k = s.masterKeys[s.primaryID] else {
                 throw KeyManagementError(.keyUnavailable, "the primary master key is not loaded")
             }
@@ -55,26 +55,41 @@ extension Keyring {
                 scope: record.scope, keyVersion: record.version)
         }
         let w = record.wrapped
-        guard w.count == AES256GCM.nonceLength + 32 + AES256GCM.tagLength else {
+        // A local key's wrapped data key is exactly nonce | key | tag; other kinds' are the
+        // token's or the helper's bytes, of their own length.
+        if kek is MasterKey, w.count != AES256GCM.nonceLength + 32 + AES256GCM.tagLength {
             throw KeyManagementError(.authenticationFailed, "wrapped data key has the wrong length",
                                      scope: record.scope, keyVersion: record.version)
         }
         let aad = KeyScope.wrappingAAD(scope: record.scope, version: record.version, kekID: record.kekID)
-        guard var raw = try AES256GCM.open(w, from: AES256GCM.nonceLength, key: kek.material,
-                                           nonce: Array(w[0..<AES256GCM.nonceLength]), aadParts: [aad]) else {
+        let opened: [UInt8]?
+        do throws(KeyManagementError) {
+            opened = try kek.unwrap(w, aad: aad)
+        } catch {
+            throw KeyManagementError(error.code, error.message, scope: record.scope, keyVersion: record.version)
+        }
+        guard var raw = opened else {
             throw KeyManagementError(.authenticationFailed, "wrapped data key failed its integrity check",
+                                     scope: record.scope, keyVersion: record.version)
+        }
+        guard raw.count == 32 else {
+            LibCrypto.cleanse(&raw)
+            throw KeyManagementError(.authenticationFailed, "wrapped data key has the wrong length",
                                      scope: record.scope, keyVersion: record.version)
         }
         return DataKey(scope: record.scope, version: record.version, material: KeyMaterial(consuming: &raw))
     }
 
-    static func wrap(_ key: DataKey, with kek: MasterKey, createdAt: Date) throws(KeyManagementError) -> WrappedDataKey {
-        let nonce = try AES256GCM.randomNonce()
+    static func wrap(_ key: DataKey, with kek: any KeyEncryptionKey, createdAt: Date) throws(KeyManagementError) -> WrappedDataKey {
         let aad = KeyScope.wrappingAAD(scope: key.scope, version: key.version, kekID: kek.id)
         let sealed = try key.material.withUnsafeBytes { (raw) throws(KeyManagementError) -> [UInt8] in
             var plain = Array(raw)
             defer { LibCrypto.cleanse(&plain) }
-            return try AES256GCM.seal(plain, key: kek.material, nonce: nonce, aadParts: [aad], prefix: nonce)
+            do throws(KeyManagementError) {
+                return try kek.wrap(plain, aad: aad)
+            } catch {
+                throw KeyManagementError(error.code, error.message, scope: key.scope, keyVersion: key.version)
+            }
         }
         return WrappedDataKey(scope: key.scope, version: key.version, kekID: kek.id, wrapped: sealed, createdAt: createdAt)
     }
@@ -83,18 +98,26 @@ extension Keyring {
 
     static func checkAAD(_ kekID: String) -> [UInt8] { Array("ESKCV1".utf8) + Array(kekID.utf8) }
 
-    static func makeCheck(for key: MasterKey) throws(KeyManagementError) -> MasterKeyCheck {
-        let nonce = try AES256GCM.randomNonce()
-        let sealed = try AES256GCM.seal(checkPlaintext, key: key.material, nonce: nonce,
-                                        aadParts: [checkAAD(key.id)], prefix: nonce)
+    static func makeCheck(for key: any KeyEncryptionKey) throws(KeyManagementError) -> MasterKeyCheck {
+        let sealed = try key.wrap(checkPlaintext, aad: checkAAD(key.id))
         return MasterKeyCheck(kekID: key.id, sealed: sealed, kdf: key.kdf, createdAt: Date())
     }
 
-    static func verify(_ check: MasterKeyCheck, with key: MasterKey) -> Bool {
+    /// Whether `check` opens with `key`: false for a wrong key or tampered bytes.
+    /// - Throws: ``KeyManagementError`` only when the key cannot be reached (a token, a helper).
+    static func verify(_ check: MasterKeyCheck, with key: any KeyEncryptionKey) throws(KeyManagementError) -> Bool {
         let s = check.sealed
-        guard s.count > AES256GCM.nonceLength + AES256GCM.tagLength else { return false }
-        let plain = try? AES256GCM.open(s, from: AES256GCM.nonceLength, key: key.material,
-                                        nonce: Array(s[0..<AES256GCM.nonceLength]), aadParts: [checkAAD(key.id)])
-        return plain.flatMap { $0 } == checkPlaintext
+        if key is MasterKey, s.count <= AES256GCM.nonceLength + AES256GCM.tagLength { return false }
+        let opened: [UInt8]?
+        do {
+            opened = try key.unwrap(s, aad: checkAAD(key.id))
+        } catch {
+            // A local key cannot be unreachable: whatever fails opening its check is a mismatch.
+            if key is MasterKey { return false }
+            throw error
+        }
+        guard var plain = opened else { return false }
+        defer { LibCrypto.cleanse(&plain) }
+        return plain == checkPlaintext
     }
 }

@@ -21,7 +21,7 @@ public final class Keyring: Sendable {
     /// Every map of scopes is keyed by ``ExactScope``, never by `String`: canonically equivalent
     /// spellings of a scope are different scopes with different keys.
     struct State {
-        var masterKeys: [String: MasterKey]
+        var masterKeys: [String: any KeyEncryptionKey]
         var primaryID: String
         var capacity: Int
         var tick: UInt64 = 0
@@ -86,21 +86,24 @@ public final class Keyring: Sendable {
         }
     }
 
-    private init(store: any KeyStore, masterKeys: [MasterKey], primaryID: String, cacheCapacity: Int, logger: Logger) {
+    private init(store: any KeyStore, masterKeys: [any KeyEncryptionKey], primaryID: String, cacheCapacity: Int, logger: Logger) {
         self.store = store
         self.logger = logger
-        var byID: [String: MasterKey] = [:]
+        var byID: [String: any KeyEncryptionKey] = [:]
         for k in masterKeys { byID[k.id] = k }
         state = Mutex(State(masterKeys: byID, primaryID: primaryID, capacity: max(1, cacheCapacity)))
     }
 
     /// Opens a key store with the given master keys, the first of which wraps new data keys.
     ///
+    /// The keys may be of any kind (``MasterKey``, ``PKCS11MasterKey``, ``CommandMasterKey``,
+    /// or your own ``KeyEncryptionKey``); an array of ``MasterKey`` is passed as it is.
     /// An empty store is initialised with a check record for the first master key. Otherwise
     /// every given key must match a check record in the store.
     /// - Throws: ``KeyManagementError/Code/wrongMasterKey`` if a key does not open this store,
-    ///   before anything is written; ``KeyManagementError/Code/invalidKeyMaterial`` for no keys.
-    public static func open(store: any KeyStore, masterKeys: [MasterKey], cacheCapacity: Int = 4096,
+    ///   before anything is written; ``KeyManagementError/Code/invalidKeyMaterial`` for no keys;
+    ///   what a key throws when it cannot be reached (a token, a helper), before anything is written.
+    public static func open(store: any KeyStore, masterKeys: [any KeyEncryptionKey], cacheCapacity: Int = 4096,
                             logger: Logger = Logger(label: "eventsourcing.keyring")) async throws -> Keyring {
         guard let primary = masterKeys.first else {
             throw KeyManagementError(.invalidKeyMaterial, "at least one master key is needed")
@@ -111,7 +114,7 @@ public final class Keyring: Sendable {
             logger.debug("initialised key store", metadata: ["kek": "\(primary.id)"])
         } else {
             for key in masterKeys {
-                guard let check = checks.first(where: { $0.kekID == key.id }), verify(check, with: key) else {
+                guard let check = checks.first(where: { $0.kekID == key.id }), try verify(check, with: key) else {
                     throw KeyManagementError(.wrongMasterKey,
                         "master key \(key.id) does not open this key store (it knows \(checks.map(\.kekID).joined(separator: ", ")))")
                 }

@@ -51,8 +51,10 @@ extension PostgresStore {
     /// Throws `.plaintextRejected` naming `record` if the store has a master key (unless
     /// ``PostgresStore/Configuration/allowsPlaintextWrites``). A store that has a master key keeps it
     /// (rotation adds the new check before retiring the old), so a positive answer is cached.
+    /// A store told to refuse unencrypted records for good (``refusePlaintextWrites()``) refuses
+    /// them also with `allowsPlaintextWrites`.
     func refusePlaintext(_ record: StoredEvent, snapshot: Bool) async throws {
-        guard !configuration.allowsPlaintextWrites else { return }
+        guard !configuration.allowsPlaintextWrites else { return try await refuseIfPlaintextRefused(record, snapshot: snapshot) }
         if !hasMasterKey.load(ordering: .relaxed) {
             let s = schema
             let found: Bool = try await run { client in

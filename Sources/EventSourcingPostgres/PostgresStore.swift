@@ -46,6 +46,8 @@ public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyComm
     let closed = Atomic<Bool>(false)
     /// Whether the store was seen to have a master-key check (see ``refusePlaintext(_:snapshot:)``).
     let hasMasterKey = Atomic<Bool>(false)
+    /// Whether the store was seen to refuse unencrypted records for good (PostgresStore+PlaintextRefusal.swift).
+    let plaintextRefused = Atomic<Bool>(false)
     /// Whether lone reads may use the prepared statement, which finds the tables through
     /// `search_path`: false when the setting did not reach the server (see ``checkSearchPath()``).
     let preparedReads = Atomic<Bool>(true)

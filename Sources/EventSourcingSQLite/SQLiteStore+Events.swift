@@ -26,8 +26,8 @@ extension SQLiteStore {
     static func insertRows(_ events: [StoredEvent], newKeys: [WrappedDataKey], refusePlaintext: Bool,
                            _ conn: SQLiteConnection) throws -> [Int64] {
         // A shred's erasure record is the one plaintext record such a store takes (exactly its format).
-        if refusePlaintext, let e = events.first(where: { $0.keyScope == nil && !ErasureRecord.matches($0) }) {
-            try SQLiteStore.refusePlaintext(e, snapshot: false, conn)
+        if let e = events.first(where: { $0.keyScope == nil && !ErasureRecord.matches($0) }) {
+            try SQLiteStore.refusePlaintext(e, snapshot: false, migrating: !refusePlaintext, conn)
         }
         for key in newKeys { try SQLiteStore.insertDataKey(key, conn) }
         // A scope shredded by another process must not get new records under a key this
@@ -177,11 +177,23 @@ extension SQLiteStore {
         }
     }
 
-    /// Throws `.plaintextRejected` naming `record` if the store has a master key.
-    static func refusePlaintext(_ record: StoredEvent, snapshot: Bool, _ conn: SQLiteConnection) throws {
-        let s = try conn.statement("SELECT EXISTS (SELECT 1 FROM master_key_checks)")
+    /// Throws `.plaintextRejected` naming `record` if the store has a master key (unless
+    /// `migrating`: opened with ``Configuration/allowsPlaintextWrites``), or if it was told to
+    /// refuse unencrypted records for good (``refusePlaintextWrites()``, whatever `migrating`).
+    /// Read in the write's own transaction, only for a save that holds an unencrypted record: a
+    /// refusal set by another process is seen at once, and encrypted saves never pay for it.
+    static func refusePlaintext(_ record: StoredEvent, snapshot: Bool, migrating: Bool = false, _ conn: SQLiteConnection) throws {
+        let s = try conn.statement("SELECT EXISTS (SELECT 1 FROM master_key_checks), "
+            + "EXISTS (SELECT 1 FROM es_meta WHERE key = '\(plaintextRefusedKey)' AND value = 1)")
         defer { s.reset() }
-        guard try s.step(), s.int(0) == 1 else { return }
+        guard try s.step() else { return }
+        if s.int(1) == 1 {
+            throw EventSourcingError(.plaintextRejected,
+                "unencrypted \(snapshot ? "snapshot" : "event") refused: this store was encrypted and refuses unencrypted records "
+                + "for good, also when opened with allowsPlaintextWrites (give the application's Mapper a Keyring)",
+                originatorID: record.originatorID, originatorVersion: record.originatorVersion, topic: record.topic)
+        }
+        guard !migrating, s.int(0) == 1 else { return }
         throw EventSourcingError(.plaintextRejected,
             "unencrypted \(snapshot ? "snapshot" : "event") refused: this store has a master key, so its records must be "
             + "encrypted (give the application's Mapper a Keyring, or open the store with allowsPlaintextWrites for a migration)",

@@ -6,8 +6,8 @@ extension SQLiteStore {
     public func insertSnapshot(_ snapshot: StoredEvent) async throws {
         let refusePlaintext = !configuration.allowsPlaintextWrites
         try await write { conn in
-            if refusePlaintext, snapshot.keyScope == nil {
-                try SQLiteStore.refusePlaintext(snapshot, snapshot: true, conn)
+            if snapshot.keyScope == nil {
+                try SQLiteStore.refusePlaintext(snapshot, snapshot: true, migrating: !refusePlaintext, conn)
             }
             // A process with a stale cached key must not leave a snapshot of a shredded scope.
             if let scope = snapshot.keyScope, let t = try SQLiteStore.tombstone(scope, conn) {

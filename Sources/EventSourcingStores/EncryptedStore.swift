@@ -143,7 +143,7 @@ public final class EncryptedStore: Sendable {
     ///   `.databaseUnavailable`, `.databaseCorrupt`, `.unsupportedSchema`, …), and
     ///   `KeyManagementError` `.wrongMasterKey` (before anything is written) or
     ///   `.invalidKeyMaterial` for no keys. The database is closed again when opening fails.
-    public static func open(_ location: StoreURL, masterKeys: [MasterKey], options: Options = Options()) async throws -> EncryptedStore {
+    public static func open(_ location: StoreURL, masterKeys: [any KeyEncryptionKey], options: Options = Options()) async throws -> EncryptedStore {
         guard !masterKeys.isEmpty else {
             throw KeyManagementError(.invalidKeyMaterial, "at least one master key is needed to open \(location)")
         }
@@ -161,7 +161,7 @@ public final class EncryptedStore: Sendable {
     /// The database is not closed when this throws: the caller opened it.
     /// - Throws: `KeyManagementError` `.wrongMasterKey` (before anything is
     ///   written) or `.invalidKeyMaterial` for no keys; what the store throws.
-    public static func open(backend: Backend, masterKeys: [MasterKey],
+    public static func open(backend: Backend, masterKeys: [any KeyEncryptionKey],
                             options: Options = Options()) async throws -> EncryptedStore {
         let store = backend.store
         // The store is its own key store: a scope's first key commits with its first events.

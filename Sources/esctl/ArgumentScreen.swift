@@ -73,7 +73,7 @@ enum ArgumentScreen {
     /// Options whose value is the path of a key file.
     static let keyFileOptions: Set<String> = ["--master-key-file", "--new-master-key-file"]
 
-    static let commands = ["init", "keys", "verify", "export", "erasures", "stats", "projections", "scrub", "demo", "help"]
+    static let commands = ["init", "keys", "verify", "export", "erasures", "encrypt", "stats", "projections", "scrub", "demo", "help"]
     static let keysCommands = ["list", "show", "rotate", "rotate-master", "shred", "reencrypt", "retire", "help"]
 
     /// `--name=value` as (`--name`, `value`); anything else as (itself, nil).

@@ -48,7 +48,7 @@ struct Esctl: AsyncParsableCommand {
               130 interrupted
             """,
         version: "0.1.0",
-        subcommands: [Init.self, Keys.self, Verify.self, Export.self, Erasures.self, Stats.self, Projections.self, Scrub.self, Demo.self]
+        subcommands: [Init.self, Keys.self, Verify.self, Export.self, Erasures.self, Encrypt.self, Stats.self, Projections.self, Scrub.self, Demo.self]
     )
 
     @OptionGroup(title: "Global options") var global: GlobalOptions

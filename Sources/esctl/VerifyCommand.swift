@@ -145,10 +145,12 @@ struct VerificationReport {
         var fields: FieldCounts
         var failures: [Failure]
         var redactedFields: [RedactedField]
+        /// Whether the store refuses unencrypted records for good (it was encrypted: `esctl encrypt`).
+        var plaintextWritesRefused: Bool?
 
         enum CodingKeys: String, CodingKey {
             case events, snapshots, fields, failures
-            case redactedFields = "redacted_fields"
+            case redactedFields = "redacted_fields", plaintextWritesRefused = "plaintext_writes_refused"
         }
     }
 
@@ -325,7 +327,9 @@ struct Verify: AsyncParsableCommand {
         abstract: "Decrypt every event and snapshot; count ok / shredded / plaintext / failing and name each failing record.",
         discussion: """
             Exits 67 if any record fails (tampered, corrupt, unreadable, or its key is missing), or
-            is not encrypted (plaintext: no shred can erase it). Personal fields are opened too:
+            is not encrypted (plaintext: no shred can erase it; 'esctl encrypt' seals them). The
+            'plaintext:' line says whether every record is encrypted and whether the store
+            refuses plaintext writes. Personal fields are opened too:
             one whose subject was shredded is counted and named as redacted (REDACTED lines), not
             as a failure; one that does not open fails its record, naming the field. Changes
             nothing: a SQLite store is opened read-only.
@@ -340,8 +344,11 @@ struct Verify: AsyncParsableCommand {
             try await StoreAccess(options: global).withSession(.readOnly) { session in
                 let total = try await session.store.maxNotificationID() ?? 0
                 let report = try await VerificationReport.run(session, progress: Progress("verifying", total: Int(total)))
+                let refused = try await (session.store as? any PlaintextRefusing)?.refusesPlaintextWrites()
                 if json {
-                    try JSONOut.print(report.json)
+                    var out = report.json
+                    out.plaintextWritesRefused = refused
+                    try JSONOut.print(out)
                 } else {
                     print("events:    " + report.events.line)
                     print("snapshots: " + report.snapshots.line)
@@ -351,9 +358,13 @@ struct Verify: AsyncParsableCommand {
                         print("(\(report.fields.redacted - report.redacted.count) more redacted fields are counted, not listed)")
                     }
                     for f in report.failures { print(f.line) }
+                    print("plaintext: " + (report.plaintext == 0 ? "none, every event and snapshot is encrypted"
+                                                                  : "\(report.plaintext) records are not encrypted")
+                          + (refused == true ? "; the store refuses plaintext writes for good" : ""))
                 }
                 if report.plaintext > 0 {
-                    Terminal.error("unencrypted (plaintext) records, which no shred can erase: \(report.plaintext) (see Docs/Operations.md §8)")
+                    Terminal.error("unencrypted (plaintext) records, which no shred can erase: \(report.plaintext) "
+                                   + "(esctl encrypt seals them: Docs/Operations.md §16)")
                 }
                 failed = !report.failures.isEmpty || report.plaintext > 0
             }

@@ -1,0 +1,114 @@
+import ESTestTags
+import EventSourcing
+import EventSourcingSQLite
+import Foundation
+import KeyManagement
+import Testing
+
+/// `esctl encrypt` on a store an application wrote without a keyring.
+@Suite("esctl encrypt", .tags(.multiProcess))
+struct EncryptCommandTests {
+    /// A plaintext SQLite store (uncompressed, so the names stand in the file): accounts of two
+    /// owners and ownerless ones, with a snapshot. Returns the ids by owner ("" for none) and the names.
+    static func writePlaintext(_ ws: Workspace) async throws -> (owners: [UUID: String], names: [String]) {
+        let store = try SQLiteStore(path: ws.storePath)
+        let app = Application(recorder: store, snapshots: store, mapper: Mapper(configuration: .init(compressor: nil)))
+        var owners: [UUID: String] = [:]
+        var names: [String] = []
+        for i in 0..<12 {
+            let owner = i < 4 ? "owner-ada" : i < 6 ? "owner-bob" : ""
+            let name = "Plain Person \(i) \(UUID().uuidString.prefix(8))"
+            var a = try AggregateRoot<Account>(.opened(owner: owner, name: name))
+            let renamed = "Renamed Person \(i) \(UUID().uuidString.prefix(8))"
+            try a.record(.renamed(name: renamed))
+            try await app.save(&a)
+            if i % 5 == 0 { try await app.takeSnapshot(Account.self, id: a.id) }
+            owners[a.id] = owner
+            names += [name, renamed]
+        }
+        await store.close()
+        return (owners, names)
+    }
+
+    static func found(_ ws: Workspace, _ names: [String]) -> [String] {
+        var out: [String] = []
+        for suffix in ["", "-wal", "-shm"] {
+            let bytes = ws.bytes(ws.storePath + suffix) ?? Data()
+            out += names.filter { bytes.range(of: Data($0.utf8)) != nil }.map { "\(suffix.isEmpty ? "db" : suffix): \($0)" }
+        }
+        return out
+    }
+
+    @Test("init, encrypt --subjects, verify: every record sealed under its owner or its own id, no name left in the files, plaintext refused, a second run seals nothing")
+    func encryptThenVerify() async throws {
+        let ws = try Workspace()
+        let (owners, names) = try await Self.writePlaintext(ws)
+        #expect(!Self.found(ws, names).isEmpty, "the names stand in the plaintext file")
+        try await ws.initStore()
+
+        let before = try await ws.esctl(ws.with() + ["verify"])
+        #expect(before.status == 67, "\(before.summary)")
+        #expect(before.stdout.contains("plaintext: 27 records are not encrypted\n"), "\(before.stdout)")
+
+        let csv = "# aggregate id,scope\n" + owners.filter { !$0.value.isEmpty }.map { "\($0.key.uuidString),\($0.value)" }.joined(separator: "\n") + "\n"
+        try Data(csv.utf8).write(to: URL(fileURLWithPath: ws.path("subjects.csv")))
+        let r = try await ws.esctl(ws.with() + ["encrypt", "--subjects", ws.path("subjects.csv"), "--page-size", "5", "--json"])
+        #expect(r.status == 0, "\(r.summary)")
+        let json = try #require(try JSONSerialization.jsonObject(with: r.stdoutData) as? [String: Any], "\(r.stdout)")
+        let events = try #require(json["events"] as? [String: Any])
+        let snapshots = try #require(json["snapshots"] as? [String: Any])
+        #expect(events["encrypted"] as? Int == 24 && events["already_encrypted"] as? Int == 0)
+        #expect(snapshots["encrypted"] as? Int == 3)
+        #expect(json["plaintext_left"] as? Int == 0 && json["plaintext_refused"] as? Bool == true)
+        #expect(json["residue_pending"] as? Bool == false && json["failed"] as? Int == 0)
+        #expect((json["scopes"] as? [String: Int])?["owner-ada"] == 4 * 2 + 1)
+        #expect(json["keys_created"] as? Int == 2 + 6)
+        #expect(Self.found(ws, names).isEmpty, "names left in the files: \(Self.found(ws, names))")
+
+        let after = try await ws.esctl(ws.with() + ["verify"])
+        #expect(after.status == 0, "\(after.summary)")
+        #expect(after.stdout.contains("plaintext: none, every event and snapshot is encrypted; the store refuses plaintext writes for good"), "\(after.stdout)")
+
+        let again = try await ws.esctl(ws.with() + ["encrypt"])
+        #expect(again.status == 0, "\(again.summary)")
+        #expect(again.stdout.contains("events:    0 encrypted, 24 already encrypted"), "\(again.stdout)")
+
+        // Each account's records are under its owner, or its own id; plaintext is refused.
+        let store = try SQLiteStore(path: ws.storePath, configuration: .init(allowsPlaintextWrites: true))
+        for (id, owner) in owners {
+            for e in try await store.selectEvents(originatorID: id) {
+                #expect(StateHeader.peekKeyScope(e.state) == (owner.isEmpty ? id.uuidString.lowercased() : owner))
+            }
+        }
+        var late = try AggregateRoot<Account>(.opened(owner: "", name: "late"))
+        await #expect(throws: EventSourcingError.self) { try await Application(recorder: store).save(&late) }
+        await store.close()
+    }
+
+    @Test("A bad --subjects file is refused (64) naming the line, before the store changes")
+    func badSubjects() async throws {
+        let ws = try Workspace()
+        _ = try await Self.writePlaintext(ws)
+        try await ws.initStore()
+        let id = UUID().uuidString
+        let cases: [(String, String)] = [
+            ("not-a-uuid,owner\n", "line 1: the aggregate id is not a UUID"),
+            ("\(id),owner\n\(id.lowercased()),other\n", "line 2: aggregate \(id.lowercased()) is listed twice"),
+            ("\(id)\n", "line 1 is not AGGREGATE-ID,SCOPE"),
+            ("\(id),\n", "line 1: the scope is empty"),
+            ("{\"\(id)\": 3}", "is not a string"),
+            ("{\"\(id)\": \"\(String(repeating: "s", count: 256))\"}", "longer than 255 bytes"),
+        ]
+        let before = ws.bytes(ws.storePath)
+        for (i, (content, message)) in cases.enumerated() {
+            let path = ws.path("subjects-\(i)")
+            try Data(content.utf8).write(to: URL(fileURLWithPath: path))
+            let r = try await ws.esctl(ws.with() + ["encrypt", "--subjects", path])
+            #expect(r.status == 64, "\(r.summary)")
+            #expect(r.stderr.contains(message), "\(r.summary)")
+        }
+        #expect(ws.bytes(ws.storePath) == before)
+        let missing = try await ws.esctl(ws.with() + ["encrypt", "--page-size", "0"])
+        #expect(missing.status == 64, "\(missing.summary)")
+    }
+}
