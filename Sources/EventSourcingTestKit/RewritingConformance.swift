@@ -2,7 +2,7 @@ import EventSourcing
 import Foundation
 import KeyManagement
 
-/// The behaviour every ``RecordRewriting`` recorder must show (the primitive under
+/// The behaviour every `RecordRewriting` recorder must show (the primitive under
 /// re-encryption): the suite the library runs against its in-memory, SQLite and PostgreSQL
 /// recorders, beside ``RecorderConformance``.
 ///

@@ -4,6 +4,9 @@ import EventSourcingSQLite
 import Foundation
 import KeyManagement
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `esctl keys reencrypt` and `esctl keys retire` (Operations.md §15).
 @Suite("esctl keys reencrypt and keys retire")
@@ -108,8 +111,8 @@ struct ReencryptCommandTests {
         }
     }
 
-    @Test("a reencrypt killed mid-way (SIGKILL) leaves v1 and v2 records; the same command run again finishes", .tags(.multiProcess))
-    func killedThenRerun() async throws {
+    /// A store with 4,000 events of one subject whose key was rotated: long enough a pass to stop mid-way.
+    static func bigRotatedStore() async throws -> (Workspace, MasterKey) {
         let ws = try Workspace()
         try await ws.initStore()
         let key = try MasterKey(contentsOfFile: ws.keyPath)
@@ -127,27 +130,36 @@ struct ReencryptCommandTests {
         }
         await store.close()
         #expect(try await ws.esctl(ws.with() + ["keys", "rotate", "subject-big"]).status == 0)
+        return (ws, key)
+    }
 
-        let args = ws.with() + ["keys", "reencrypt", "subject-big", "--page-size", "5"]
+    /// Starts `args`, and sends `signal` once the first page rewritten under v2 is committed.
+    static func signalledMidway(_ ws: Workspace, _ args: [String], signal: Int32) async throws -> (CLI.Result, Bool) {
         let running = try ws.start(args)
-        // Kill it once the first rewritten page is committed.
         let watcher = try SQLiteStore(path: ws.storePath)
-        var killedMidway = false
+        var midway = false
         for _ in 0..<2_000 {
             let page = try await watcher.selectNotifications(start: 1, limit: 50, stop: nil, topics: [])
             if page.contains(where: { n in
                 if case .success(let (h, _)) = StateHeader.parse(n.state) { return h.keyVersion == 2 }
                 return false
             }) {
-                running.kill9()
-                killedMidway = true
+                if signal == SIGKILL { running.kill9() } else { _ = kill(running.pid, signal) }
+                midway = true
                 break
             }
             try await Task.sleep(for: .milliseconds(2))
         }
         await watcher.close()
-        let killed = await ws.finish(running, args: args)
-        try #require(killedMidway && killed.signalled, "the re-encryption was not killed mid-way: \(killed.summary)")
+        return (await ws.finish(running, args: args), midway)
+    }
+
+    @Test("a reencrypt killed mid-way (SIGKILL) leaves v1 and v2 records; the same command run again finishes", .tags(.multiProcess))
+    func killedThenRerun() async throws {
+        let (ws, key) = try await Self.bigRotatedStore()
+        let args = ws.with() + ["keys", "reencrypt", "subject-big", "--page-size", "5"]
+        let (killed, midway) = try await Self.signalledMidway(ws, args, signal: SIGKILL)
+        try #require(midway && killed.signalled, "the re-encryption was not killed mid-way: \(killed.summary)")
         let versions = try await Self.headers(ws.storePath, key: key).map(\.version)
         #expect(versions.contains(1) && versions.contains(2), "after the kill: \(versions.filter { $0 == 2 }.count) of \(versions.count) at v2")
 
@@ -159,5 +171,19 @@ struct ReencryptCommandTests {
         let retire = try await ws.esctl(ws.with() + ["keys", "retire", "subject-big", "--below", "2", "--yes"])
         #expect(retire.status == 0 && retire.stdout.contains("retired v1"), "\(retire.summary)")
         #expect(try await ws.esctl(ws.with() + ["verify"]).status == 0)
+    }
+
+    @Test("Ctrl-C (SIGINT) mid-way exits 130 and says how to resume; the rerun finishes", .tags(.multiProcess))
+    func interruptSaysHowToResume() async throws {
+        let (ws, key) = try await Self.bigRotatedStore()
+        let args = ws.with() + ["keys", "reencrypt", "subject-big", "--page-size", "5"]
+        let (r, midway) = try await Self.signalledMidway(ws, args, signal: SIGINT)
+        try #require(midway, "not interrupted mid-way: \(r.summary)")
+        #expect(r.status == 130, "\(r.summary)")
+        let last = r.stderrLines.last ?? ""
+        #expect(last.contains("interrupted: the re-encryption of key scope subject-big is unfinished"), "\(r.summary)")
+        #expect(last.contains("Run the same command again") && last.contains("esctl keys reencrypt subject-big"), "\(r.summary)")
+        #expect(try await ws.esctl(args).status == 0)
+        #expect(try await Self.headers(ws.storePath, key: key).allSatisfy { $0.version == 2 })
     }
 }

@@ -269,6 +269,36 @@ struct ReencryptionTests {
         }
     }
 
+    @Test("a process still sealing under its cached old version: retire refuses until a rerun re-encrypts its records",
+          arguments: encrypted)
+    func staleWriter(_ factory: AppFactory) async throws {
+        let master = try MasterKey.generate()
+        try await factory.withFreshApp(masterKey: master) { t in
+            _ = try await Self.customers(t.app, person: "p-1", count: 2)
+            // Another process: its own keyring over the same key store, v1 cached as p-1's current version.
+            let other = try await Self.freshApp(t, masterKey: master)
+            var warm = try AggregateRoot<Customer>(.registered(personID: "p-1", name: "W", email: "w@x"))
+            try await other.save(&warm)
+            _ = try await t.keyring!.rotate(scope: "p-1")
+            #expect(try await t.app.reencrypt(keyScope: "p-1").eventsRewritten == 5)
+            // The other process has not learnt of the rotation: it writes under v1 after the pass.
+            var stale = try AggregateRoot<Customer>(.registered(personID: "p-1", name: "S", email: "s@x"))
+            try await other.save(&stale)
+            let written = try #require(try await t.store.recorder.selectEvents(originatorID: stale.id).first)
+            #expect(try Self.header(written.state).keyVersion == 1)
+            let refused = await #expect(throws: EventSourcingError.self) {
+                try await t.app.retireKeyVersions(keyScope: "p-1", below: 2)
+            }
+            #expect(refused?.code == .keyVersionInUse)
+            #expect(refused?.originatorID == stale.id)
+            #expect(try await t.keyring!.store.dataKeys(scope: "p-1").map(\.version) == [1, 2])
+            // Run again: the late record moves to v2, and retiring succeeds.
+            #expect(try await t.app.reencrypt(keyScope: "p-1").eventsRewritten == 1)
+            #expect(try await t.app.retireKeyVersions(keyScope: "p-1", below: 2) == [1])
+            #expect(try await t.app.repository.get(Customer.self, id: stale.id).state.name == "S")
+        }
+    }
+
     @Test("reencryptAll moves every rotated scope, records and fields, and leaves unrotated ones byte for byte", arguments: encrypted)
     func all(_ factory: AppFactory) async throws {
         try await factory.withFreshApp { t in
