@@ -53,7 +53,7 @@ struct KeysReencrypt: AsyncParsableCommand {
             try check()
             try await StoreAccess(options: global).withSession(.readWrite, beforeWriting: { session, _, _ in
                 guard let scope else { return }
-                try KeyScope.validate(scope)
+                try KeysRetire.validScope(scope)
                 try await KeysRetire.refuseMissing(scope, session.store)
             }) { session in
                 let last = try await session.store.maxNotificationID() ?? 0
@@ -130,6 +130,13 @@ struct KeysRetire: AsyncParsableCommand {
         }
     }
 
+    /// Exit 64 for what is not a key scope (empty, over 255 bytes, a control character).
+    static func validScope(_ scope: String) throws {
+        do { try KeyScope.validate(scope) } catch {
+            throw CLIError(exitCode: Exit.usage, message: "not a key scope: \(error.message); nothing was changed")
+        }
+    }
+
     /// Exit 69 for a shredded scope, 68 for one that never had a key.
     static func refuseMissing(_ scope: String, _ store: any AdminStore) async throws {
         let s = try await ScopeSummary.load(scope, from: store)
@@ -147,7 +154,7 @@ struct KeysRetire: AsyncParsableCommand {
             // Every refusal (unknown, shredded, a version still in use, not confirmed) is made on
             // the read-only session, before the store is opened for writing.
             try await StoreAccess(options: global).withSession(.readWrite, beforeWriting: { session, _, _ in
-                try KeyScope.validate(scope)
+                try KeysRetire.validScope(scope)
                 try await Self.refuseMissing(scope, session.store)
                 let versions = try await session.keyring.storedVersions(scope: scope)
                 if let newest = versions.last, below > newest {
