@@ -11,6 +11,17 @@ public final class InMemoryKeyStore: KeyStore {
         var checks: [MasterKeyCheck] = []
         var keys: [ExactScope: [WrappedDataKey]] = [:]
         var tombstones: [ExactScope: Tombstone] = [:]
+        /// The key-change feed (``KeyChangeFeed``): the newest ``KeyChange/retained`` entries.
+        var changes: [KeyChange] = []
+        var lastSeq: Int64 = 0
+        /// Encryptions reserved per key version (``KeyUsageCounter``).
+        var reserved: [ExactScope: [UInt32: UInt64]] = [:]
+
+        mutating func record(_ scope: String, _ kind: KeyChangeKind, at time: Date) {
+            lastSeq += 1
+            changes.append(KeyChange(seq: lastSeq, scope: scope, kind: kind, at: time))
+            if changes.count > Int(KeyChange.retained) { changes.removeFirst(changes.count - Int(KeyChange.retained)) }
+        }
     }
 
     private let state = Mutex(State())
@@ -47,6 +58,7 @@ public final class InMemoryKeyStore: KeyStore {
             }
             s.keys[scope, default: []].append(key)
             s.keys[scope]?.sort { $0.version < $1.version }
+            if key.version > 1 { s.record(key.scope, .rotate, at: key.createdAt) }
         }
     }
 
@@ -106,6 +118,8 @@ public final class InMemoryKeyStore: KeyStore {
             let versions = (s.keys.removeValue(forKey: exact) ?? []).map(\.version)
             let t = Tombstone(scope: scope, shreddedAt: time, destroyedVersions: versions)
             s.tombstones[exact] = t
+            s.reserved.removeValue(forKey: exact)
+            s.record(scope, .shred, at: time)
             return t
         }
     }
@@ -121,5 +135,44 @@ public final class InMemoryKeyStore: KeyStore {
             s.keys[exact]?.removeAll { $0.version < version }
             return retired
         }
+    }
+}
+
+extension InMemoryKeyStore: KeyChangeFeed {
+    public func keyChangeMark() async throws -> Int64 {
+        state.withLock { $0.lastSeq }
+    }
+
+    public func keyChanges(after seq: Int64, limit: Int) async throws -> KeyChangePage {
+        state.withLock { s in
+            let gap = seq < s.lastSeq && (s.changes.first.map { $0.seq > seq + 1 } ?? true)
+            return KeyChangePage(changes: Array(s.changes.lazy.filter { $0.seq > seq }.prefix(max(1, limit))), gap: gap)
+        }
+    }
+
+    /// Records a change made outside ``shred(scope:at:)`` and ``insertDataKey(_:)`` (retiring
+    /// old versions), under the same lock as the change when called from within the store.
+    public func recordKeyChange(scope: String, kind: KeyChangeKind, at time: Date = Date()) {
+        state.withLock { $0.record(scope, kind, at: time) }
+    }
+}
+
+extension InMemoryKeyStore: KeyUsageCounter {
+    public func reserveEncryptions(scope: String, version: UInt32, count: UInt64, limit: UInt64) async throws -> UInt64? {
+        state.withLock { s in
+            let exact = ExactScope(scope)
+            guard let now = s.reserved[exact]?[version] else {
+                guard let total = KeyUsage.initialTotal(count: count, limit: limit) else { return nil }
+                s.reserved[exact, default: [:]][version] = total
+                return total
+            }
+            guard count <= limit, now <= limit - count else { return nil }
+            s.reserved[exact, default: [:]][version] = now + count
+            return now + count
+        }
+    }
+
+    public func reservedEncryptions(scope: String) async throws -> [UInt32: UInt64] {
+        state.withLock { $0.reserved[ExactScope(scope)] ?? [:] }
     }
 }

@@ -36,6 +36,8 @@ extension Keyring {
         state.withLock { s in
             s.put(key)
             s.current[ExactScope(scope)] = key.version
+            // Created here: its first block of encryptions is this key ring's (KeyUsage.firstBlock).
+            s.budget[CacheKey(scope: ExactScope(scope), version: key.version)] = KeyUsage.firstBlock(limit: s.encryptionLimit)
         }
         logger.debug("rotated data key", metadata: ["scope": "\(scope)", "version": "\(key.version)"])
         return key.version

@@ -12,6 +12,8 @@ extension Keyring {
     ///   ``KeyManagementError/Code/keyUnavailable`` if its master key is not loaded.
     public func readKey(scope: String, version: UInt32) async throws -> DataKey {
         let exact = ExactScope(scope)
+        // Shreds and retirements made by other processes first (at most once per interval).
+        try await refreshKeyChangesIfDue()
         if let hit = state.withLock({ $0.get(exact, version) }) {
             instruments.cacheHit()
             return hit
@@ -21,6 +23,8 @@ extension Keyring {
         if let when = state.withLock({ $0.shredded[exact] }) {
             throw KeyManagementError(.shredded, "the scope was shredded", scope: scope, keyVersion: version, shreddedAt: when)
         }
+        // A shred applied while the store is read makes what it returns stale: not cached then.
+        let generation = state.withLock { $0.erasures }
         var stored = try await store.dataKeys(scope: scope, reading: version)
         if stored.contains(where: { !ExactScope.same($0.scope, scope) }) {
             // An answer from keys read ahead that mixed up canonically equivalent spellings (a
@@ -43,7 +47,7 @@ extension Keyring {
             throw KeyManagementError(.keyNotFound, "no such data key", scope: scope, keyVersion: version)
         }
         let key = try unwrap(record)
-        state.withLock { $0.put(key) }
+        state.withLock { s in if s.erasures == generation { s.put(key) } }
         return key
     }
 

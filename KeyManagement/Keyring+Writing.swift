@@ -18,6 +18,8 @@ extension Keyring {
     /// and with ``KeyManagementError/Code/shredded`` if the scope was shredded.
     package func writeKey(for scope: String, likelyNew: Bool = false) async throws -> WriteKey {
         let exact = ExactScope(scope)
+        // Shreds and rotations made by other processes first (at most once per interval).
+        try await refreshKeyChangesIfDue()
         if let hit = cachedCurrent(exact) { return WriteKey(key: hit, pending: nil) }
         if let m = state.withLock({ $0.minted[exact] }) { return WriteKey(key: m.key, pending: m.wrapped) }
         try KeyScope.validate(scope)
@@ -27,10 +29,13 @@ extension Keyring {
             }
             return try mintFirst(scope: scope)
         }
+        let generation = state.withLock { $0.erasures }
         let stored = try Keyring.only(scope, try await store.dataKeys(scope: scope))
         if let latest = stored.last {
             let key = try unwrap(latest)
             state.withLock { s in
+                // Not cached if a shred was applied meanwhile (the store answered before it).
+                guard s.erasures == generation else { return }
                 s.put(key)
                 s.current[exact] = max(s.current[exact] ?? 0, key.version)
             }

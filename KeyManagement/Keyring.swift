@@ -10,6 +10,10 @@ import Synchronization
 public final class Keyring: Sendable {
     /// Where wrapped keys, checks and tombstones live.
     public let store: any KeyStore
+    /// The store as a ``KeyChangeFeed``, if it is one (cast once, not on every key use).
+    let changeFeed: (any KeyChangeFeed)?
+    /// The store as a ``KeyUsageCounter``, if it is one.
+    let usageCounter: (any KeyUsageCounter)?
     let logger: Logger
     let state: Mutex<State>
     /// Metrics and tracer, bound at creation (see ``Observability``).
@@ -35,6 +39,17 @@ public final class Keyring: Sendable {
         var minted: [ExactScope: (key: DataKey, wrapped: WrappedDataKey)] = [:]
         /// Counts the shreds and invalidations seen (``Keyring/shredGeneration``).
         var erasures: UInt64 = 0
+        /// The key-change feed's position this keyring has applied (nil: not read yet), when it
+        /// is due to be checked next, and how often (Keyring+Changes.swift).
+        var feedMark: Int64?
+        var nextFeedCheck: ContinuousClock.Instant?
+        var refreshInterval: Duration = Keyring.defaultKeyChangeRefreshInterval
+        /// Encryptions this key ring has reserved and not used yet, per version (Keyring+Usage.swift).
+        var budget: [CacheKey: UInt64] = [:]
+        var encryptionLimit: UInt64 = KeyUsage.defaultLimit
+        var encryptionBlock: UInt64 = KeyUsage.defaultBlock
+        /// Encryptions counted per version when the store counts nothing (this process only).
+        var processTotals: [CacheKey: UInt64] = [:]
 
         mutating func put(_ key: DataKey) {
             tick &+= 1
@@ -68,6 +83,7 @@ public final class Keyring: Sendable {
             for ck in cache.keys where ck.scope == scope { cache.removeValue(forKey: ck) }
             current.removeValue(forKey: scope)
             minted.removeValue(forKey: scope)
+            for ck in budget.keys where ck.scope == scope { budget.removeValue(forKey: ck) }
         }
     }
 
@@ -88,6 +104,8 @@ public final class Keyring: Sendable {
 
     private init(store: any KeyStore, masterKeys: [any KeyEncryptionKey], primaryID: String, cacheCapacity: Int, logger: Logger) {
         self.store = store
+        self.changeFeed = store as? any KeyChangeFeed
+        self.usageCounter = store as? any KeyUsageCounter
         self.logger = logger
         var byID: [String: any KeyEncryptionKey] = [:]
         for k in masterKeys { byID[k.id] = k }

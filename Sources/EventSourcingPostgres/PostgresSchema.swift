@@ -255,6 +255,7 @@ extension PostgresStore {
         return [PostgresSchema.plaintextIndex(s), PostgresSchema.trackingTable(s),
                 PostgresSchema.insertSavesFunction(s), PostgresSchema.readAggregatesFunction(s)]
             + PostgresSchema.commitNotification(s, channel: commitChannel)
+            + PostgresSchema.keyChangeFunctions(s)
             + PostgresSchema.trackingFunctions(s)
     }
 
@@ -275,6 +276,7 @@ extension PostgresStore {
             SELECT (SELECT value FROM \(s).es_meta WHERE key = 'schema_version') = \(PostgresStore.schemaVersion)
                AND (SELECT value FROM \(s).es_meta WHERE key = 'start_fingerprint') = \(fingerprint)
                AND to_regclass('\(s).tracking') IS NOT NULL
+               AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'tombstones_key_change' AND tgrelid = to_regclass('\(s).tombstones'))
                AND EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'events_notify_commit' AND tgrelid = to_regclass('\(s).events'))
             """)
         do {
@@ -317,6 +319,11 @@ extension PostgresStore {
                 }
                 if found < 1 {
                     for statement in PostgresSchema.version1(s) {
+                        try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
+                    }
+                }
+                if found < 2 {
+                    for statement in PostgresSchema.version2(s) {
                         try await conn.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
                     }
                 }

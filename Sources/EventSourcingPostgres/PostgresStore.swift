@@ -17,7 +17,7 @@ import Synchronization
 /// scopes' new data keys and the events, each save in its own subtransaction so each fails alone.
 public final class PostgresStore: ApplicationRecorder, SnapshotRecorder, KeyCommittingRecorder, KeyStore, KeyScopeCounting {
     /// The schema version this code writes.
-    public static let schemaVersion = 1
+    public static let schemaVersion = 2
 
     /// The connection settings (password redacted in `description`).
     public let configuration: PostgresStore.Configuration

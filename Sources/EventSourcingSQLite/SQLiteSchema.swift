@@ -134,6 +134,8 @@ extension SQLiteStore {
             notification_id INTEGER NOT NULL
         ) WITHOUT ROWID;
         """,
+        // 5: the key-change feed and the encryption counts (SQLiteStore+KeyChanges.swift).
+        keyChangesSchema,
     ]
 
     /// Schema 3's migration: `data_keys` as a rowid table, its rows copied in order (a new table

@@ -233,6 +233,8 @@ extension SQLiteStore {
             // its own shred. Convert it again, in this transaction (its stale copies go with the
             // old table's pages), then erase.
             try conn.execute(rowidDataKeys)
+            // Dropping the old table dropped its trigger: the feed keeps recording rotations.
+            try conn.execute(rotationTrigger)
             erase = try conn.statement(sql)
         }
         erase.bind(1, scope)

@@ -87,7 +87,7 @@ public final class SQLiteStore: ApplicationRecorder, SnapshotRecorder, KeyCommit
     }
 
     /// The schema version this code writes.
-    public static let schemaVersion = 4
+    public static let schemaVersion = 5
 
     /// The database file.
     public let path: String

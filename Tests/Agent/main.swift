@@ -119,6 +119,7 @@ do {
     case "writer": try await writer(Array(arguments.dropFirst()))
     case "pg-writer": try await pgWriter(Array(arguments.dropFirst()))
     case "sys-follower": try await systemFollower(Array(arguments.dropFirst()))
+    case "shred-watch": try await shredWatch(Array(arguments.dropFirst()))
     default: fail("unknown command; use save-loop or writer")
     }
 } catch {
@@ -204,4 +205,74 @@ func systemFollower(_ args: [String]) async throws {
     let runner = try SystemRunner(system: system, only: ["invoices"], batchSize: 7)
     emit("READY")
     try await runner.run()
+}
+
+// MARK: - shred-watch (added for the key-change feed tests: a shred reaches another process)
+//
+//   es-test-agent shred-watch sqlite DBPATH KEYFILE AGGREGATE_ID [no-feed]
+//   es-test-agent shred-watch postgres URL SCHEMA KEYFILE AGGREGATE_ID [no-feed]
+//       Opens the store (with the aggregate cache on), reads AGGREGATE_ID once (its key and
+//       the aggregate are cached from then on), prints `READY`, then reads it in a loop, about
+//       every millisecond. Prints `SHREDDED <ms since 1970>` when a read first fails with
+//       `.shredded` and exits 0; any other failure is printed as `ERROR <code>` (exit 1).
+//       With `no-feed`, the key store is wrapped so that the key ring cannot see its
+//       key-change feed (the weaker guarantee of a store without one).
+
+/// A key store that hides the feed of the store it wraps (every call passes through).
+struct FeedlessKeyStore: KeyStore {
+    let base: any KeyStore
+    func masterKeyChecks() async throws -> [MasterKeyCheck] { try await base.masterKeyChecks() }
+    func insertMasterKeyCheck(_ check: MasterKeyCheck) async throws { try await base.insertMasterKeyCheck(check) }
+    func deleteMasterKeyCheck(kekID: String) async throws { try await base.deleteMasterKeyCheck(kekID: kekID) }
+    func dataKeys(scope: String) async throws -> [WrappedDataKey] { try await base.dataKeys(scope: scope) }
+    func insertDataKey(_ key: WrappedDataKey) async throws { try await base.insertDataKey(key) }
+    func rewrapDataKey(_ key: WrappedDataKey, previousKEKID: String) async throws -> Bool {
+        try await base.rewrapDataKey(key, previousKEKID: previousKEKID)
+    }
+    func dataKeys(after cursor: DataKeyCursor?, limit: Int) async throws -> [WrappedDataKey] {
+        try await base.dataKeys(after: cursor, limit: limit)
+    }
+    func tombstone(scope: String) async throws -> Tombstone? { try await base.tombstone(scope: scope) }
+    func tombstones() async throws -> [Tombstone] { try await base.tombstones() }
+    func shred(scope: String, at time: Date) async throws -> Tombstone { try await base.shred(scope: scope, at: time) }
+}
+
+func shredWatch(_ args: [String]) async throws {
+    let usage = "usage: shred-watch sqlite DBPATH KEYFILE AGGREGATE_ID [no-feed] | shred-watch postgres URL SCHEMA KEYFILE AGGREGATE_ID [no-feed]"
+    let store: any ApplicationRecorder & SnapshotRecorder & KeyStore
+    let keyFile: String
+    let idText: String
+    var rest: ArraySlice<String>
+    switch args.first {
+    case "sqlite" where args.count >= 4:
+        store = try SQLiteStore(path: args[1])
+        (keyFile, idText, rest) = (args[2], args[3], args[4...])
+    case "postgres" where args.count >= 5:
+        var config = try PostgresStore.Configuration(url: args[1])
+        config.schema = args[2]
+        config.poolSize = 2
+        store = try await PostgresStore(configuration: config)
+        (keyFile, idText, rest) = (args[3], args[4], args[5...])
+    default:
+        fail(usage)
+    }
+    guard let id = UUID(uuidString: idText) else { fail(usage) }
+    let feed = rest.first != "no-feed"
+    let keyStore: any KeyStore = feed ? store : FeedlessKeyStore(base: store)
+    let keyring = try await Keyring.open(store: keyStore, masterKeys: [try MasterKey(contentsOfFile: keyFile)])
+    let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring), cache: .lru(maxEntries: 100))
+    _ = try await app.repository.get(Ledger.self, id: id)
+    emit("READY")
+    while true {
+        do {
+            _ = try await app.repository.get(Ledger.self, id: id)
+        } catch let e as EventSourcingError where e.code == .shredded {
+            emit("SHREDDED \(Int64(Date().timeIntervalSince1970 * 1000))")
+            exit(0)
+        } catch let e as EventSourcingError {
+            emit("ERROR \(e.code)")
+            exit(1)
+        }
+        try await Task.sleep(for: .milliseconds(1))
+    }
 }

@@ -31,7 +31,8 @@ extension PostgresTests {
                     "SELECT table_name::text FROM information_schema.tables WHERE table_schema = \(config.schema) ORDER BY 1").decode(String.self) {
                     tables.append(t)
                 }
-                #expect(tables == ["data_keys", "es_meta", "events", "master_key_checks", "snapshots", "tombstones", "tracking"])
+                #expect(tables == ["data_keys", "es_meta", "events", "key_changes", "key_usage", "master_key_checks", "snapshots",
+                                   "tombstones", "tracking"])
                 // A second store over the same client opens the existing schema.
                 let again = try await PostgresStore(client: client, configuration: config)
                 #expect(try await again.maxNotificationID() == 4)

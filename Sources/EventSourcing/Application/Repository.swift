@@ -23,6 +23,10 @@ public struct Repository: Sendable {
     /// The latest version of `id` through the cache: a hit is brought up to date from the
     /// records after its version, a miss is loaded and cached. Any failure removes the entry.
     private func cached<A: Aggregate>(_ type: A.Type, id: UUID, in cache: AggregateCache) async throws -> AggregateRoot<A> {
+        // Shreds made by other processes move the generation before it is compared.
+        do { try await app.mapper.cipher?.checkKeyChanges() } catch let e as EventSourcingError { throw e } catch {
+            throw EventSourcingError(.recorderFailure, "the key store's key-change feed could not be read: \(error)", originatorID: id)
+        }
         guard var root = cache.get(id, as: A.self, generation: app.erasureGeneration) else {
             let root = try await load(A.self, id: id, version: nil)
             cache.put(root)

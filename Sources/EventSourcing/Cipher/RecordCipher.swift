@@ -38,6 +38,11 @@ public protocol RecordCipher: Sendable {
     ///   `.invalidScope`, …) or ``EventSourcingError``; the mapper names the scope.
     func sealingKey(for scope: String, likelyNew: Bool) async throws -> SealingKey
 
+    /// The same, for `encryptions` records about to be sealed under the key: a cipher that
+    /// counts its keys' encryptions (`Keyring`, SECURITY.md §10) reserves them, rotating the
+    /// scope first when its current key has no room left. The default ignores the count.
+    func sealingKey(for scope: String, likelyNew: Bool, encryptions: Int) async throws -> SealingKey
+
     /// Key `version` of `scope`, as named by a record's authenticated header.
     /// - Throws: `KeyManagementError` (`.shredded`, `.keyNotFound`, `.keyUnavailable`, …) or
     ///   ``EventSourcingError``; the mapper names the record.
@@ -68,9 +73,20 @@ public protocol RecordCipher: Sendable {
     /// (``Personal``), whose shred its own key does not show. The default is nil: the cache then
     /// checks only the key of the aggregate's latest record on each hit.
     var erasureGeneration: UInt64? { get }
+
+    /// Applies key changes made by other processes (shreds above all) if it is time to look,
+    /// so that ``erasureGeneration`` reflects them: an application calls it before it trusts
+    /// its aggregate cache. `Keyring` reads its store's key-change feed at most once per
+    /// refresh interval. The default does nothing.
+    /// - Throws: what the key store throws when it cannot be read.
+    func checkKeyChanges() async throws
 }
 
 extension RecordCipher {
+    public func sealingKey(for scope: String, likelyNew: Bool, encryptions: Int) async throws -> SealingKey {
+        try await sealingKey(for: scope, likelyNew: likelyNew)
+    }
+
     public var keyStore: (any KeyStore)? { nil }
 
     public func persist(_ keys: [SealingKey]) async throws {
@@ -89,11 +105,18 @@ extension RecordCipher {
     public func invalidate(scope: String) {}
 
     public var erasureGeneration: UInt64? { nil }
+
+    public func checkKeyChanges() async throws {}
 }
 
 extension Keyring: RecordCipher {
     public func sealingKey(for scope: String, likelyNew: Bool) async throws -> SealingKey {
         let w = try await writeKey(for: scope, likelyNew: likelyNew)
+        return SealingKey(key: w.key, minted: w.pending)
+    }
+
+    public func sealingKey(for scope: String, likelyNew: Bool, encryptions: Int) async throws -> SealingKey {
+        let w = try await writeKey(for: scope, likelyNew: likelyNew, encryptions: encryptions)
         return SealingKey(key: w.key, minted: w.pending)
     }
 
@@ -114,4 +137,6 @@ extension Keyring: RecordCipher {
     }
 
     public var erasureGeneration: UInt64? { shredGeneration }
+
+    public func checkKeyChanges() async throws { try await refreshKeyChangesIfDue() }
 }

@@ -46,6 +46,8 @@ extension Mapper {
                 + "(below the scope's minimum decryption version)"
         case .invalidScope where stored != nil: code = .integrityFailure
         case .invalidScope: code = .invalidArgument
+        // More records in one save than one data key may seal (Keyring.encryptionLimit).
+        case .limitExceeded: code = .invalidArgument
         default: code = .recorderFailure
         }
         return EventSourcingError(code, message, originatorID: stored?.originatorID,

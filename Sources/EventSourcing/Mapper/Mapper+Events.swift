@@ -11,7 +11,8 @@ extension Mapper {
     /// - Throws: ``EventSourcingError`` with `.shredded` for a shredded scope, `.keyUnavailable`.
     package func encode<A: Aggregate>(_ events: [DomainEvent<A.Event>], of type: A.Type, keyScope: String,
                                       newScope: Bool = false, discard: (id: UUID, version: Int, at: Date)? = nil) async throws -> EncodedBatch {
-        let writeKey = events.isEmpty && discard == nil ? nil : try await sealingKey(for: keyScope, likelyNew: newScope)
+        let writeKey = events.isEmpty && discard == nil ? nil
+            : try await sealingKey(for: keyScope, likelyNew: newScope, encryptions: events.count + (discard == nil ? 0 : 1))
         var out: [StoredEvent] = []
         out.reserveCapacity(events.count)
         var pending = writeKey.flatMap { $0.minted == nil ? nil : [$0] } ?? []

@@ -197,9 +197,10 @@ public final class Mapper: Sendable {
     }
 
     /// The cipher's key for sealing `scope`'s records, or nil without a cipher.
-    func sealingKey(for scope: String, likelyNew: Bool) async throws(EventSourcingError) -> SealingKey? {
+    func sealingKey(for scope: String, likelyNew: Bool, encryptions: Int = 1) async throws(EventSourcingError) -> SealingKey? {
         guard let cipher else { return nil }
-        do { return try await cipher.sealingKey(for: scope, likelyNew: likelyNew) } catch {
+        // The number of records (or fields) to be sealed under it, for a cipher that counts them.
+        do { return try await cipher.sealingKey(for: scope, likelyNew: likelyNew, encryptions: encryptions) } catch {
             throw Self.translate(error, stored: nil, scope: scope)
         }
     }
