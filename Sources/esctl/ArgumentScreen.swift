@@ -49,6 +49,8 @@ enum Secrets {
             let value = inline ?? (i + 1 < arguments.count ? arguments[i + 1] : nil)
             if ArgumentScreen.keyValueOptions.contains(name), let value { out.append(value) }
             if ArgumentScreen.keyFileOptions.contains(name), let value, !isEvidentlyPath(value) { out.append(value) }
+            // A pkcs11: URI with a PIN in it: the whole value is never shown.
+            if ArgumentScreen.keyURIOptions.contains(name), let value, value.contains("pin-value") { out.append(value) }
             i += 1
         }
         return out
@@ -69,9 +71,13 @@ enum ArgumentScreen {
     /// Options that do not exist but that someone may try in order to give a key directly.
     static let keyValueOptions: Set<String> = ["--master-key", "--new-master-key", "--key", "--master-key-base64", "--master-key-value"]
     /// Options that take a value (so that value is not taken for a command name).
-    static let valueOptions: Set<String> = ["--store", "--master-key-file", "--new-master-key-file", "--format", "--output", "--dir"]
-    /// Options whose value is the path of a key file.
-    static let keyFileOptions: Set<String> = ["--master-key-file", "--new-master-key-file"]
+    static let valueOptions: Set<String> = ["--store", "--master-key-file", "--new-master-key-file", "--format", "--output", "--dir",
+                                            "--master-key-uri", "--new-master-key-uri", "--master-key-command", "--new-master-key-command"]
+    /// Options whose value is the path of a key file (or of a master key command: a key typed
+    /// there is refused and never shown, the same way).
+    static let keyFileOptions: Set<String> = ["--master-key-file", "--new-master-key-file", "--master-key-command", "--new-master-key-command"]
+    /// Options whose value is a `pkcs11:` URI.
+    static let keyURIOptions: Set<String> = ["--master-key-uri", "--new-master-key-uri"]
 
     static let commands = ["init", "keys", "verify", "export", "erasures", "encrypt", "stats", "projections", "scrub", "demo", "help"]
     static let keysCommands = ["list", "show", "rotate", "rotate-master", "shred", "reencrypt", "retire", "help"]
@@ -137,6 +143,16 @@ enum ArgumentScreen {
                 the value given to \(option) looks like a key, not a path: give the path of the key file \
                 (or pipe the key to --master-key-stdin). The value is not shown
                 """)
+        }
+        if keyURIOptions.contains(option), value.contains("pin-value") {
+            return CLIError(exitCode: Exit.usage, message: """
+                the value given to \(option) holds a pin-value: esctl never takes a PIN as an argument (other local users \
+                can read arguments, and shells keep them in history). Use pin-source=file:PATH in the URI, or set \
+                ESCTL_PKCS11_PIN. The value is not shown
+                """)
+        }
+        if keyURIOptions.contains(option), keyLike {
+            return CLIError(exitCode: Exit.usage, message: "the value given to \(option) looks like a key, not a pkcs11: URI. The value is not shown")
         }
         if option == "--store", keyLike {
             return CLIError(exitCode: Exit.usage, message: "the value given to --store looks like a key, not a store URL (sqlite:PATH or postgres://…). The value is not shown")

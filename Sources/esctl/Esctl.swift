@@ -15,6 +15,7 @@ enum Exit {
     static let scopeNotFound: Int32 = 68
     static let scopeShredded: Int32 = 69
     static let storeLocked: Int32 = 70
+    static let keySourceFailed: Int32 = 71
     /// `keys retire`: a record or personal field still uses a version below the one asked.
     static let keyVersionInUse: Int32 = 72
     static let interrupted: Int32 = 130
@@ -31,7 +32,10 @@ struct Esctl: AsyncParsableCommand {
             from --store or ESCTL_STORE. Arguments are visible to other local users: put no
             password in --store; use ESCTL_STORE, or leave it out of the URL and set PGPASSWORD.
             The master key comes from --master-key-file, from ESCTL_MASTER_KEY (base64), from
-            standard input (--master-key-stdin), or from a passphrase (--passphrase). It is never
+            standard input (--master-key-stdin), or from a passphrase (--passphrase); or it stays in
+            a PKCS#11 token (--master-key-uri pkcs11:…, ESCTL_MASTER_KEY_URI; PIN from the URI's
+            pin-source or ESCTL_PKCS11_PIN) or with a helper command (--master-key-command PATH,
+            ESCTL_MASTER_KEY_COMMAND). The key itself is never
             taken as an argument value. Data goes to stdout; messages and progress to stderr.
 
             Exit codes:
@@ -44,6 +48,7 @@ struct Esctl: AsyncParsableCommand {
               68  key scope not found
               69  key scope already shredded
               70  store locked by another process
+              71  the master key's PKCS#11 token or helper command failed
               72  key version still in use: re-encrypt before retiring it (keys retire)
               130 interrupted
             """,
@@ -107,7 +112,8 @@ struct Esctl: AsyncParsableCommand {
             switch e.code {
             case .wrongMasterKey: return (Exit.wrongMasterKey, "wrong master key: \(e.message)")
             case .shredded: return (Exit.scopeShredded, "key scope \(e.scope ?? "") is shredded")
-            case .keySourceUnavailable, .invalidKeyMaterial: return (Exit.usage, e.message)
+            case .keySourceUnavailable, .invalidKeyMaterial, .invalidArgument: return (Exit.usage, e.message)
+            case .keySourceFailed: return (Exit.keySourceFailed, "master key source failed: \(e.message)")
             case .keyNotFound: return (Exit.scopeNotFound, e.message + (e.scope.map { " (scope \($0))" } ?? ""))
             case .keyUnavailable:
                 return (Exit.verificationFailed, e.message + (e.scope.map { " (scope \($0))" } ?? ""))

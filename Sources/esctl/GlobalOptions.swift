@@ -16,4 +16,14 @@ struct GlobalOptions: ParsableArguments {
 
     @Flag(name: .long, help: "Derive the master key from a passphrase (prompted without echo on a TTY, else one line of stdin).")
     var passphrase = false
+
+    @Option(name: .long, help: ArgumentHelp("""
+        The master key in a PKCS#11 token (HSM): pkcs11:token=LABEL;object=KEY?module-path=/path/module.so&pin-source=file:/path/pin         (RFC 7512). The PIN comes from pin-source or $ESCTL_PKCS11_PIN, never from the URI.
+        """, valueName: "uri"))
+    var masterKeyURI: String?
+
+    @Option(name: .long, help: ArgumentHelp("""
+        A program that wraps and unwraps data keys over stdin/stdout (SECURITY.md §5.17: Vault transit, a KMS).         A path, run without a shell.
+        """, valueName: "path"))
+    var masterKeyCommand: String?
 }

@@ -22,6 +22,10 @@ struct Init: AsyncParsableCommand {
 
             Everything is checked, and the key or passphrase read, before the store is created:
             a refused init leaves no store and no key file behind.
+
+            --master-key-uri pkcs11:… and --master-key-command PATH create the store with a key
+            in a PKCS#11 token or held by a helper command; --new-master-key-uri pkcs11:… first
+            creates a new AES-256 key in the token (not extractable; refused if the label exists).
             """
     )
 
@@ -29,6 +33,9 @@ struct Init: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Write a new random master key to this file (must not exist; created with mode 0600).",
                                valueName: "path"))
     var newMasterKeyFile: String?
+    @Option(name: .customLong("new-master-key-uri"),
+            help: ArgumentHelp("Create a new AES-256 key in a PKCS#11 token (pkcs11: URI; refused if it exists) and use it.", valueName: "uri"))
+    var newMasterKeyURI: String?
     @Flag(help: "Accept a passphrase that fails the strength rules (see below).") var allowWeakPassphrase = false
     @Flag(help: "Print the result as JSON.") var json = false
 
@@ -56,10 +63,11 @@ struct Init: AsyncParsableCommand {
         try await Esctl.guarded {
             let access = StoreAccess(options: global)
             let sqlite = try access.sqlitePath()
-            let given = [newMasterKeyFile != nil, global.masterKeyFile != nil, global.masterKeyStdin, global.passphrase].filter { $0 }
+            let given = [newMasterKeyFile != nil, global.masterKeyFile != nil, global.masterKeyStdin, global.passphrase,
+                         newMasterKeyURI != nil, global.masterKeyURI != nil, global.masterKeyCommand != nil].filter { $0 }
             guard given.count <= 1 else {
                 throw CLIError(exitCode: Exit.usage,
-                    message: "give one key option to init: --new-master-key-file, --master-key-file, --master-key-stdin or --passphrase")
+                    message: "give one key option to init: --new-master-key-file, --master-key-file, --master-key-stdin, --passphrase, --new-master-key-uri, --master-key-uri or --master-key-command")
             }
 
             // 1. The store must not be initialised (read without changing it).
@@ -88,7 +96,7 @@ struct Init: AsyncParsableCommand {
 
     private func initialise(_ access: StoreAccess, sqlite: String?, postgres: (any AdminStore)?) async throws {
         // 2. The key, before anything is created.
-        let key: MasterKey
+        let key: any KeyEncryptionKey
         var writeTo: String?
         let source: String
         if global.passphrase {
@@ -116,6 +124,18 @@ struct Init: AsyncParsableCommand {
             }
             key = try MasterKey(contentsOfFile: path)
             source = "file"
+        } else if let uri = newMasterKeyURI {
+            var pin: [UInt8]? = access.environment[MasterKeySources.pinVariable].map { Array($0.utf8) }
+            let parsed = try PKCS11URI(parsing: uri)
+            if parsed.pinSource != nil { pin = nil }
+            key = try PKCS11MasterKey.generate(uri: parsed, pin: &pin)
+            Terminal.info("created AES-256 key '\((key as? PKCS11MasterKey)?.label ?? "")' in the PKCS#11 token (not extractable)")
+            source = "pkcs11"
+        } else if global.masterKeyURI != nil || global.masterKeyCommand != nil
+                    || (newMasterKeyFile == nil && access.environment["ESCTL_MASTER_KEY"] == nil
+                        && (access.environment["ESCTL_MASTER_KEY_URI"] != nil || access.environment["ESCTL_MASTER_KEY_COMMAND"] != nil)) {
+            key = try access.masterKey(kdf: nil)
+            source = key is PKCS11MasterKey ? "pkcs11" : "command"
         } else if global.masterKeyStdin || (newMasterKeyFile == nil && access.environment["ESCTL_MASTER_KEY"] != nil) {
             key = try access.masterKey(kdf: nil)
             source = global.masterKeyStdin ? "stdin" : "environment"
@@ -133,7 +153,7 @@ struct Init: AsyncParsableCommand {
         }
 
         // 3. The new key file, then the store; a failure removes what this run created.
-        if let writeTo { try key.writeKeyFile(to: writeTo) }
+        if let writeTo, let local = key as? MasterKey { try local.writeKeyFile(to: writeTo) }
         let created = sqlite.map { !FileManager.default.fileExists(atPath: $0) } ?? false
         do {
             let store: any AdminStore

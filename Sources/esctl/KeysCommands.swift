@@ -225,6 +225,11 @@ struct KeysRotateMaster: AsyncParsableCommand {
         discussion: """
             The new key is read from --new-master-key-file, which must exist. With --create, a
             missing file is created with a new random key (mode 0600); an existing one is used.
+            Or the new key is in a PKCS#11 token (--new-master-key-uri pkcs11:…; with --create a
+            missing key is created in the token, not extractable; the PIN comes from the URI's
+            pin-source, else $ESCTL_NEW_PKCS11_PIN, else $ESCTL_PKCS11_PIN), or held by a helper
+            command (--new-master-key-command PATH). The old key is given as for every command,
+            so any kind rotates to any kind.
             Safe to interrupt (Ctrl-C, a crash, a lost connection): run the same command again
             to finish. Until it finishes, every data key opens with either the old or the new
             master key; afterwards only the new one opens the store, and the old key can be
@@ -233,8 +238,12 @@ struct KeysRotateMaster: AsyncParsableCommand {
 
     @OptionGroup(title: "Global options") var global: GlobalOptions
     @Option(help: ArgumentHelp("File with the new master key.", valueName: "path"))
-    var newMasterKeyFile: String
-    @Flag(help: "Create --new-master-key-file with a new random key if it does not exist.") var create = false
+    var newMasterKeyFile: String?
+    @Option(name: .customLong("new-master-key-uri"), help: ArgumentHelp("The new master key in a PKCS#11 token (pkcs11: URI).", valueName: "uri"))
+    var newMasterKeyURI: String?
+    @Option(help: ArgumentHelp("A helper command holding the new master key (a path, run without a shell).", valueName: "path"))
+    var newMasterKeyCommand: String?
+    @Flag(help: "Create --new-master-key-file with a new random key, or the --new-master-key-uri key in its token, if it does not exist.") var create = false
 
     func run() async throws {
         try await Esctl.guarded {
@@ -245,20 +254,42 @@ struct KeysRotateMaster: AsyncParsableCommand {
                 // An earlier run may have finished, or been interrupted just after retiring the
                 // old key: if the new key alone opens the store and wraps every data key, the
                 // job is done and rerunning the same command succeeds.
-                guard FileManager.default.fileExists(atPath: newMasterKeyFile),
-                      let newKey = try? MasterKey(contentsOfFile: newMasterKeyFile),
+                guard let newKey = try? loadNewKey(access, create: false),
                       try await alreadyRotated(access, to: newKey) else { throw e }
                 print("master key already rotated to \(newKey.id): nothing left to rewrap")
             }
         }
     }
 
+    /// The one new-key option given.
+    private var newKeyArgument: String {
+        MasterKeySources.argument(file: newMasterKeyFile, uri: newMasterKeyURI, command: newMasterKeyCommand, prefix: "new-")
+    }
+
+    /// The new key from --new-master-key-uri or --new-master-key-command (a file is read by `newKey`).
+    private func loadNewKey(_ access: StoreAccess, create: Bool) throws -> any KeyEncryptionKey {
+        if let uri = newMasterKeyURI {
+            return try MasterKeySources.pkcs11(uri, environment: access.environment,
+                                               pinVariables: ["ESCTL_NEW_PKCS11_PIN", MasterKeySources.pinVariable], create: create)
+        }
+        if let path = newMasterKeyCommand { return try MasterKeySources.command(path, environment: access.environment) }
+        guard let path = newMasterKeyFile, FileManager.default.fileExists(atPath: path) else {
+            throw CLIError(exitCode: Exit.usage, message: "no new master key file")
+        }
+        return try MasterKey(contentsOfFile: path)
+    }
+
     private func rotate(_ access: StoreAccess) async throws {
-        var chosen: MasterKey?
+        let given = [newMasterKeyFile != nil, newMasterKeyURI != nil, newMasterKeyCommand != nil].filter { $0 }.count
+        guard given == 1 else {
+            throw CLIError(exitCode: Exit.usage,
+                message: "give the new master key with one of --new-master-key-file, --new-master-key-uri or --new-master-key-command")
+        }
+        var chosen: (any KeyEncryptionKey)?
         // The store and the current key are checked first, and an unfinished rotation to
         // another key is refused, before any key file is written or the store is opened for writing.
         try await access.withSession(.readWrite, beforeWriting: { _, key, checks in
-            chosen = try newKey(current: key, checks: checks)
+            chosen = try newKey(access, current: key, checks: checks)
         }) { session in
             guard let newKey = chosen else { return }
             let old = session.keyring.primaryMasterKeyID
@@ -268,7 +299,7 @@ struct KeysRotateMaster: AsyncParsableCommand {
             let interrupt = await Self.onInterrupt(progress: progress, message: """
                 interrupted: the rotation from master key \(old) to \(newKey.id) is unfinished; every data key still opens \
                 with one of the two keys. Run the same command again to finish it \
-                (esctl keys rotate-master --new-master-key-file \(newMasterKeyFile) with the old key)
+                (esctl keys rotate-master \(newKeyArgument) with the old key)
                 """)
             defer {
                 interrupt.cancel()
@@ -290,9 +321,23 @@ struct KeysRotateMaster: AsyncParsableCommand {
 
     /// The new key: read from the file, or created with --create. Refused, before anything is
     /// written, when it is the current key or when a rotation to another key is unfinished.
-    private func newKey(current: MasterKey, checks: [MasterKeyCheck]) throws -> MasterKey {
+    private func newKey(_ access: StoreAccess, current: any KeyEncryptionKey, checks: [MasterKeyCheck]) throws -> any KeyEncryptionKey {
         let others = checks.filter { $0.kekID != current.id }
         let pending = others.map(\.kekID).joined(separator: ", ")
+        guard let newMasterKeyFile else {
+            // A token or a helper: the same refusals as for a file, before anything is written.
+            let key = try loadNewKey(access, create: create)
+            guard key.id != current.id else {
+                throw CLIError(exitCode: Exit.usage, message: "the new master key is the current one (\(key.id))")
+            }
+            if !others.isEmpty, !others.contains(where: { $0.kekID == key.id }) {
+                throw CLIError(exitCode: Exit.usage, message: """
+                    a rotation to master key \(pending) is unfinished: finish it first by running rotate-master again with \
+                    the key that holds \(pending). Nothing was changed
+                    """)
+            }
+            return key
+        }
         let exists = FileManager.default.fileExists(atPath: newMasterKeyFile)
         if !exists, !create {
             var message = "no key file at \(newMasterKeyFile): rotate-master reads the new key from an existing file; add --create to write a new random key there"
@@ -340,7 +385,7 @@ struct KeysRotateMaster: AsyncParsableCommand {
     }
 
     /// Whether `newKey` is the store's only master key and wraps every data key.
-    private func alreadyRotated(_ access: StoreAccess, to newKey: MasterKey) async throws -> Bool {
+    private func alreadyRotated(_ access: StoreAccess, to newKey: any KeyEncryptionKey) async throws -> Bool {
         // Only reads: a SQLite store is opened read-only.
         let store = try await access.openStore(readOnly: true)
         do {

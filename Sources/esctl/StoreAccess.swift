@@ -123,15 +123,22 @@ struct StoreAccess {
     /// Whether any master-key source was given.
     var keyGiven: Bool {
         options.masterKeyFile != nil || options.masterKeyStdin || options.passphrase || environment["ESCTL_MASTER_KEY"] != nil
+            || options.masterKeyURI != nil || options.masterKeyCommand != nil
+            || environment["ESCTL_MASTER_KEY_URI"] != nil || environment["ESCTL_MASTER_KEY_COMMAND"] != nil
     }
 
     /// The master key from exactly one source.
-    func masterKey(kdf: KDFParameters?) throws -> MasterKey {
-        let sources = [options.masterKeyFile != nil, options.masterKeyStdin, options.passphrase].filter { $0 }.count
+    func masterKey(kdf: KDFParameters?) throws -> any KeyEncryptionKey {
+        let sources = [options.masterKeyFile != nil, options.masterKeyStdin, options.passphrase,
+                       options.masterKeyURI != nil, options.masterKeyCommand != nil].filter { $0 }.count
         guard sources <= 1 else {
-            throw CLIError(exitCode: Exit.usage, message: "give one master key source: --master-key-file, --master-key-stdin or --passphrase")
+            throw CLIError(exitCode: Exit.usage, message: """
+                give one master key source: --master-key-file, --master-key-stdin, --passphrase, --master-key-uri or --master-key-command
+                """)
         }
         if let path = options.masterKeyFile { return try MasterKey(contentsOfFile: path) }
+        if let uri = options.masterKeyURI { return try MasterKeySources.pkcs11(uri, environment: environment) }
+        if let path = options.masterKeyCommand { return try MasterKeySources.command(path, environment: environment) }
         if options.masterKeyStdin {
             var bytes = Terminal.readAll()
             defer { for i in bytes.indices { bytes[i] = 0 } }
@@ -143,10 +150,19 @@ struct StoreAccess {
             }
             return try MasterKey(passphrase: readPassphrase(prompt: "Passphrase: "), parameters: kdf)
         }
+        let fromEnvironment = ["ESCTL_MASTER_KEY", "ESCTL_MASTER_KEY_URI", "ESCTL_MASTER_KEY_COMMAND"].filter { environment[$0] != nil }
+        guard fromEnvironment.count <= 1 else {
+            throw CLIError(exitCode: Exit.usage, message: "set one of \(fromEnvironment.joined(separator: ", ")), not several")
+        }
         if environment["ESCTL_MASTER_KEY"] != nil {
             return try MasterKey(environmentVariable: "ESCTL_MASTER_KEY", environment: environment)
         }
-        var message = "no master key: pass --master-key-file PATH, --master-key-stdin or --passphrase, or set ESCTL_MASTER_KEY"
+        if let uri = environment["ESCTL_MASTER_KEY_URI"] { return try MasterKeySources.pkcs11(uri, environment: environment) }
+        if let path = environment["ESCTL_MASTER_KEY_COMMAND"] { return try MasterKeySources.command(path, environment: environment) }
+        var message = """
+            no master key: pass --master-key-file PATH, --master-key-stdin, --passphrase, --master-key-uri pkcs11:… or \
+            --master-key-command PATH, or set ESCTL_MASTER_KEY
+            """
         if let beside = try? defaultKeyPath(), FileManager.default.fileExists(atPath: beside) {
             message += "; the key file esctl init writes for this store is \(beside): --master-key-file \(beside)"
         }
@@ -186,7 +202,7 @@ struct StoreAccess {
     }
 
     /// Throws `wrongMasterKey` unless every key matches one of `checks`; writes nothing.
-    static func verify(_ keys: [MasterKey], against checks: [MasterKeyCheck]) async throws {
+    static func verify(_ keys: [any KeyEncryptionKey], against checks: [MasterKeyCheck]) async throws {
         let probe = InMemoryKeyStore()
         for c in checks { try await probe.insertMasterKeyCheck(c) }
         _ = try await Keyring.open(store: probe, masterKeys: keys, logger: Logger(label: "esctl.keycheck"))
@@ -212,8 +228,8 @@ struct StoreAccess {
     /// shredded scope, a missing confirmation. (PostgreSQL: one connection pool throughout.)
     /// - Parameter beforeWriting: sees the read-only session, the verified key and the store's
     ///   checks; throws to refuse. Only for `.readWrite`.
-    func withSession(_ access: Access, extraKeys: [MasterKey] = [],
-                     beforeWriting: ((Session, MasterKey, [MasterKeyCheck]) async throws -> Void)? = nil,
+    func withSession(_ access: Access, extraKeys: [any KeyEncryptionKey] = [],
+                     beforeWriting: ((Session, any KeyEncryptionKey, [MasterKeyCheck]) async throws -> Void)? = nil,
                      _ body: (Session) async throws -> Void) async throws {
         let postgres = try sqlitePath() == nil
         let reading = try await openStore(readOnly: true)
@@ -248,7 +264,7 @@ struct StoreAccess {
     }
 
     /// A session over `store`, opened with `keys` (already verified against its checks).
-    private static func session(on store: any AdminStore, keys: [MasterKey]) async throws -> Session {
+    private static func session(on store: any AdminStore, keys: [any KeyEncryptionKey]) async throws -> Session {
         let backend: EncryptedStore.Backend
         switch store {
         case let s as SQLiteStore: backend = .sqlite(s)

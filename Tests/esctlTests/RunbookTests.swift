@@ -476,6 +476,14 @@ enum Scenario {
             return try await ws.esctl(ws.with() + ["export", s.subject])
         },
         70: { ws in try await locked(ws) },
+        71: { ws in
+            // A helper command that exits before answering (no PKCS#11 token needed).
+            _ = try await seeded(ws)
+            let helper = ws.path("failing-helper.sh")
+            try Data("#!/bin/sh\nexit 3\n".utf8).write(to: URL(fileURLWithPath: helper))
+            chmod(helper, 0o755)
+            return try await ws.esctl(["--store", ws.storeURL, "--master-key-command", helper, "keys", "list"])
+        },
         130: { ws in try await interrupted(ws) },
     ]
 
@@ -506,7 +514,7 @@ struct RunbookTests {
     @Test("The runbook's exit-code table lists the codes `esctl --help` lists, with the same meanings, and each has a scenario")
     func exitCodeTable() async throws {
         let table = Runbook.exitTable
-        #expect(table.map(\.code) == [0, 1, 64, 65, 66, 67, 68, 69, 70, 130], "\(table.map(\.code))")
+        #expect(table.map(\.code) == [0, 1, 64, 65, 66, 67, 68, 69, 70, 71, 72, 130], "\(table.map(\.code))")
         let ws = try Workspace()
         let help = try await ws.esctl(["--help"])
         let helpCodes: [(Int32, String)] = help.stdout.split(separator: "\n").compactMap { line in
