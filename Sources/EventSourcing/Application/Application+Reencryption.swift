@@ -349,7 +349,20 @@ struct ReencryptionPass {
         var attempt = 1
         while !pending.isEmpty {
             let rewrites = pending.map(\.0)
-            let replaced = snapshot ? try await rewriter.rewriteSnapshots(rewrites) : try await rewriter.rewriteEvents(rewrites)
+            let replaced: Int
+            do {
+                replaced = snapshot ? try await rewriter.rewriteSnapshots(rewrites) : try await rewriter.rewriteEvents(rewrites)
+            } catch let e as KeyManagementError where e.code == .shredded && e.scope != nil {
+                // A scope of the page was shredded since it was read (the recorder refused the
+                // whole batch, changing nothing): its records are left alone, the rest go again.
+                let scope = e.scope ?? ""
+                remember(shredded: scope)
+                let before = pending.count
+                pending.removeAll { ExactScope.same($0.0.keyScope ?? "", scope) }
+                guard pending.count < before else { throw Mapper.translate(e, stored: nil, scope: scope) }
+                report.skippedShredded += before - pending.count
+                continue
+            }
             guard replaced >= 0, replaced <= rewrites.count else {
                 throw EventSourcingError(.recorderFailure, "the recorder reports \(replaced) records rewritten for a batch of \(rewrites.count)")
             }

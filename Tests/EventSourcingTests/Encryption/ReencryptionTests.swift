@@ -299,6 +299,35 @@ struct ReencryptionTests {
         }
     }
 
+    @Test("a scope shredded between a page's read and its rewrite: the recorder refuses the batch, the pass skips that scope and rewrites the rest",
+          arguments: RecorderFactory.all.filter(\.commitsKeys).map { AppFactory(recorder: $0, encrypted: true) })
+    func shredDuringPass(_ factory: AppFactory) async throws {
+        try await factory.withFreshApp { t in
+            _ = try await Self.customers(t.app, person: "p-1", count: 2)
+            _ = try await Self.customers(t.app, person: "p-2", count: 2)
+            _ = try await t.keyring!.rotate(scope: "p-1")
+            _ = try await t.keyring!.rotate(scope: "p-2")
+            let before = try await Self.everything(t)
+            let inner = try #require(t.store.recorder as? any ApplicationRecorder & SnapshotRecorder & RecordRewriting)
+            let keyring = t.keyring!
+            let recorder = ShredsBeforeFirstRewrite(inner) { _ = try await keyring.shred(scope: "p-2") }
+            let app = Application(recorder: recorder, snapshots: recorder, mapper: t.app.mapper)
+            let report = try await app.reencryptAll(pageSize: 100)
+            #expect(recorder.shredded)
+            #expect(report.eventsRewritten == 4)
+            #expect(report.skippedShredded >= 4)
+            let after = try await Self.everything(t)
+            for b in before.events {
+                let a = try #require(after.events.first { $0.id == b.id })
+                switch Self.scope(b.state) {
+                case "p-1": #expect(try Self.header(a.state).keyVersion == 2)
+                case "p-2": #expect(a.state == b.state)
+                default: break
+                }
+            }
+        }
+    }
+
     @Test("reencryptAll moves every rotated scope, records and fields, and leaves unrotated ones byte for byte", arguments: encrypted)
     func all(_ factory: AppFactory) async throws {
         try await factory.withFreshApp { t in
@@ -335,5 +364,48 @@ extension Sequence where Element: Sendable {
         var out: [T] = []
         for e in self { out.append(try await body(e)) }
         return out
+    }
+}
+
+/// A recorder that runs `action` (a shred) once, just before its first rewrite: a shred that
+/// lands between a re-encryption page's read and its rewrite.
+final class ShredsBeforeFirstRewrite: ApplicationRecorder, SnapshotRecorder, RecordRewriting, @unchecked Sendable {
+    let inner: any ApplicationRecorder & SnapshotRecorder & RecordRewriting
+    let action: @Sendable () async throws -> Void
+    private let lock = NSLock()
+    private var fired = false
+    var shredded: Bool { lock.lock(); defer { lock.unlock() }; return fired }
+
+    init(_ inner: any ApplicationRecorder & SnapshotRecorder & RecordRewriting, action: @escaping @Sendable () async throws -> Void) {
+        self.inner = inner
+        self.action = action
+    }
+
+    private func fireOnce() async throws {
+        let first: Bool = { lock.lock(); defer { lock.unlock() }; defer { fired = true }; return !fired }()
+        if first { try await action() }
+    }
+
+    func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] { try await inner.insertEvents(events) }
+    func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] { try await inner.selectEvents(query) }
+    func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {
+        try await inner.selectNotifications(start: start, limit: limit, stop: stop, topics: topics)
+    }
+    func maxNotificationID() async throws -> Int64? { try await inner.maxNotificationID() }
+    func insertSnapshot(_ snapshot: StoredEvent) async throws { try await inner.insertSnapshot(snapshot) }
+    func selectSnapshot(originatorID: UUID, lte: Int?) async throws -> StoredEvent? {
+        try await inner.selectSnapshot(originatorID: originatorID, lte: lte)
+    }
+    func deleteSnapshots(keyScope: String) async throws -> Int { try await inner.deleteSnapshots(keyScope: keyScope) }
+    func rewriteEvents(_ rewrites: [RecordRewrite]) async throws -> Int {
+        try await fireOnce()
+        return try await inner.rewriteEvents(rewrites)
+    }
+    func rewriteSnapshots(_ rewrites: [RecordRewrite]) async throws -> Int {
+        try await fireOnce()
+        return try await inner.rewriteSnapshots(rewrites)
+    }
+    func selectSnapshots(after cursor: SnapshotCursor?, limit: Int) async throws -> [StoredEvent] {
+        try await inner.selectSnapshots(after: cursor, limit: limit)
     }
 }
