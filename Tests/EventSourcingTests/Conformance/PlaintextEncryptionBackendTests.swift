@@ -1,0 +1,79 @@
+import EventSourcing
+import Foundation
+import KeyManagement
+import Synchronization
+import Testing
+
+/// Encrypting a plaintext store on every backend (in-memory, SQLite, PostgreSQL): the same pass,
+/// with an encrypted application saving meanwhile.
+@Suite("Encrypting a plaintext store on every backend")
+struct PlaintextEncryptionBackendTests {
+    @Test("Every record sealed under its aggregate's scope while the application keeps saving; reads unchanged; a second pass seals nothing",
+          arguments: RecorderFactory.all)
+    func encryptOnline(_ factory: RecorderFactory) async throws {
+        let store = try await factory.make()
+        do {
+            let history = try await PlaintextHistory.write(recorder: store.recorder, snapshots: store.snapshots)
+            let plain = Application(recorder: store.recorder, snapshots: store.snapshots)
+            var before: [UUID: [String]] = [:]
+            for id in history.patients { before[id] = try await plain.repository.get(EncPatient.self, id: id).notes }
+
+            let keyring = try await Keyring.open(store: store.keyStore ?? InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
+            let app = Application(recorder: store.recorder, snapshots: store.snapshots,
+                                  mapper: Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed)))
+            let done = Atomic<Bool>(false)
+            let saved = Atomic<Int>(0)
+            let writer = Task {
+                var n = 0
+                while !done.load(ordering: .acquiring) {
+                    n += 1
+                    let id = history.patients[n % history.patients.count]
+                    var p = try await app.repository.get(EncPatient.self, id: id)
+                    try p.record(.noted("live-\(n)"))
+                    try await app.save(&p)
+                    saved.add(1, ordering: .releasing)
+                    try await Task.sleep(for: .milliseconds(1))
+                }
+                return n
+            }
+            // The pass starts once the application has saved, and runs while it goes on saving.
+            while saved.load(ordering: .acquiring) == 0 { try await Task.sleep(for: .milliseconds(1)) }
+            let report = try await app.encryptPlaintextRecords(aggregateTypes: [EncPatient.self, EncNote.self],
+                                                               options: .init(pageSize: 2))
+            done.store(true, ordering: .releasing)
+            _ = try await writer.value
+            #expect(saved.load(ordering: .acquiring) > 0)
+            #expect(report.failed == 0, "\(report.failures)")
+            #expect(report.eventsEncrypted == history.events && report.snapshotsEncrypted == history.snapshots)
+            #expect(report.plaintextRefused == (store.recorder is any PlaintextRefusing))
+
+            // Every event in the log and every snapshot is sealed, patients' under their subject.
+            let log = try await store.recorder.selectNotifications(start: 1, limit: 10_000, stop: nil, topics: [])
+            for n in log {
+                let scope = try #require(StateHeader.peekKeyScope(n.state), "notification \(n.id) is not encrypted")
+                if let i = history.patients.firstIndex(of: n.originatorID) {
+                    #expect(scope == (i < 2 ? "subject-a" : "subject-b"))
+                } else {
+                    #expect(scope == n.originatorID.uuidString.lowercased())
+                }
+            }
+            for id in history.patients {
+                let snap = try #require(try await store.snapshots.selectSnapshot(originatorID: id, lte: nil))
+                #expect(StateHeader.peekKeyScope(snap.state) != nil)
+            }
+            // Reads refusing plaintext give the history plus the live notes.
+            let strict = Application(recorder: store.recorder, snapshots: store.snapshots, mapper: Mapper(keyring: keyring))
+            for id in history.patients {
+                let notes = try await strict.repository.get(EncPatient.self, id: id).notes
+                #expect(Array(notes.prefix(before[id]?.count ?? 0)) == before[id])
+                #expect(notes.dropFirst(before[id]?.count ?? 0).allSatisfy { $0.hasPrefix("live-") })
+            }
+            let again = try await app.encryptPlaintextRecords(aggregateTypes: [EncPatient.self, EncNote.self])
+            #expect(again.encrypted == 0 && again.failed == 0)
+        } catch {
+            try await store.close()
+            throw error
+        }
+        try await store.close()
+    }
+}
