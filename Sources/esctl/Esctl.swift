@@ -49,7 +49,7 @@ struct Esctl: AsyncParsableCommand {
               69  key scope already shredded
               70  store locked by another process
               71  the master key's PKCS#11 token or helper command failed
-              72  key version still in use: re-encrypt before retiring it (keys retire)
+              72  key version still in use
               130 interrupted
             """,
         version: "0.1.0",

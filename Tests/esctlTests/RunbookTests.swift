@@ -484,6 +484,12 @@ enum Scenario {
             chmod(helper, 0o755)
             return try await ws.esctl(["--store", ws.storeURL, "--master-key-command", helper, "keys", "list"])
         },
+        72: { ws in
+            // Retiring v1 while the subject's records still use it (rotated, not re-encrypted).
+            let s = try await seeded(ws)
+            _ = try await ws.esctl(ws.with() + ["keys", "rotate", s.subject])
+            return try await ws.esctl(ws.with() + ["keys", "retire", s.subject, "--below", "2", "--yes"])
+        },
         130: { ws in try await interrupted(ws) },
     ]
 
