@@ -275,8 +275,10 @@ struct ReencryptionTests {
         let master = try MasterKey.generate()
         try await factory.withFreshApp(masterKey: master) { t in
             _ = try await Self.customers(t.app, person: "p-1", count: 2)
-            // Another process: its own keyring over the same key store, v1 cached as p-1's current version.
+            // Another process: its own keyring over the same key store, v1 cached as p-1's current
+            // version, and its next look at the key-change feed an hour away.
             let other = try await Self.freshApp(t, masterKey: master)
+            other.mapper.keyring?.keyChangeRefreshInterval = .seconds(3600)
             var warm = try AggregateRoot<Customer>(.registered(personID: "p-1", name: "W", email: "w@x"))
             try await other.save(&warm)
             _ = try await t.keyring!.rotate(scope: "p-1")
