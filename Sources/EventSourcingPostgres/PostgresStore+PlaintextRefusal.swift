@@ -3,10 +3,10 @@ import Foundation
 import PostgresNIO
 import Synchronization
 
-/// The refusal of unencrypted records after a store was encrypted (``PlaintextRefusing``): a row
+/// The refusal of unencrypted records after a store was encrypted (`PlaintextRefusing`): a row
 /// of `es_meta` (no schema change). A store with a master key refuses unencrypted records anyway
-/// (``refusePlaintext(_:snapshot:)``); the row matters to stores opened with
-/// ``PostgresStore/Configuration/allowsPlaintextWrites`` for a migration, which read it before
+/// (`refusePlaintext(_:snapshot:)`); the row matters to stores opened with
+/// `allowsPlaintextWrites` for a migration, which read it before
 /// a save that holds an unencrypted record until they have seen it set (it is never unset).
 extension PostgresStore: PlaintextRefusing {
     /// The `es_meta` key whose value 1 makes the store refuse unencrypted records for good.

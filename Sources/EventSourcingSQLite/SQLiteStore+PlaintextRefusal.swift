@@ -1,9 +1,9 @@
 import EventSourcing
 import Foundation
 
-/// The refusal of unencrypted records after a store was encrypted (``PlaintextRefusing``): a row
+/// The refusal of unencrypted records after a store was encrypted (`PlaintextRefusing`): a row
 /// of `es_meta` (no schema change), read by each save that holds an unencrypted record, in its
-/// own transaction (``refusePlaintext(_:snapshot:migrating:_:)``).
+/// own transaction (`refusePlaintext(_:snapshot:migrating:_:)`).
 extension SQLiteStore: PlaintextRefusing {
     /// The `es_meta` key whose value 1 makes the store refuse unencrypted records for good.
     static let plaintextRefusedKey = "plaintext_refused"
