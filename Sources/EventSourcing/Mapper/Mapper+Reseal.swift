@@ -414,7 +414,7 @@ enum PersonalFieldSplice {
                   let k = byKey[K.keyVersion.rawValue], let c = byKey[K.ciphertext.rawValue] else { return }
             // Fields sit inside other values: a marker object found inside a field's own
             // members (only a forged payload has one) was recorded first and is dropped here.
-            found.removeAll { $0.versionRange.lowerBound >= members.first!.key.lowerBound }
+            if let start = members.first?.key.lowerBound { found.removeAll { $0.versionRange.lowerBound >= start } }
             guard let version = UInt32(String(decoding: b[k], as: UTF8.self)) else { throw malformed("bad key version") }
             let text = try decodedKey(c)
             let subject = try byKey[K.subject.rawValue].map { try decodedKey($0) }
