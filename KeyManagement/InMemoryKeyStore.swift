@@ -133,6 +133,7 @@ public final class InMemoryKeyStore: KeyStore {
             let retired = try Self.versionsToRetire((s.keys[exact] ?? []).map(\.version), scope: scope, below: version)
             guard !retired.isEmpty else { return [] }
             s.keys[exact]?.removeAll { $0.version < version }
+            s.record(scope, .retire, at: Date())   // the key-change feed
             return retired
         }
     }

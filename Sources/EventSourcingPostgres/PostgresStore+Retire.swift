@@ -38,6 +38,9 @@ extension PostgresStore {
                 try await conn.query(
                     "DELETE FROM \(unescaped: s).data_keys WHERE scope = \(scope) AND version < \(Int64(version))",
                     logger: self.logger)
+                // Other processes drop their cached copies (the key-change feed, SECURITY.md §5.18).
+                try await conn.query(PostgresStore.recordKeyChange(scope: scope, kind: .retire, at: Date(), schema: s),
+                                     logger: self.logger)
                 return retired
             }
         }

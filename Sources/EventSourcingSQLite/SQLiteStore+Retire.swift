@@ -31,11 +31,14 @@ extension SQLiteStore {
             } catch let error as EventSourcingError where error.message.contains("no such column: rowid") {
                 // The key table is in its schema-2 layout again (see eraseDataKeys): convert it.
                 try conn.execute(SQLiteStore.rowidDataKeys)
+                try conn.execute(SQLiteStore.rotationTrigger)   // dropped with the old table
                 erase = try conn.statement(sql)
             }
             erase.bind(1, scope)
             erase.bind(2, Int64(version))
             try erase.run()
+            // Other processes drop their cached copies (the key-change feed, SECURITY.md §5.18).
+            try SQLiteStore.recordKeyChange(scope: scope, kind: .retire, at: Date(), conn)
             return retired
         }
         if !retired.isEmpty {

@@ -330,6 +330,26 @@ struct ReencryptionTests {
         }
     }
 
+    @Test("another process drops a retired version from its cache once it reads the key-change feed", arguments: encrypted)
+    func otherProcessDropsRetired(_ factory: AppFactory) async throws {
+        let master = try MasterKey.generate()
+        try await factory.withFreshApp(masterKey: master) { t in
+            let ids = try await Self.customers(t.app, person: "p-1", count: 1)
+            let old = try #require(try await t.store.recorder.selectEvents(originatorID: ids[0]).first)
+            // Another process reads the record: v1 is in its cache.
+            let other = try await Self.freshApp(t, masterKey: master)
+            other.mapper.keyring?.keyChangeRefreshInterval = .zero
+            _ = try await other.mapper.decode(old, as: Customer.self)
+            _ = try await t.keyring!.rotate(scope: "p-1")
+            _ = try await t.app.reencrypt(keyScope: "p-1")
+            #expect(try await t.app.retireKeyVersions(keyScope: "p-1", below: 2) == [1])
+            // A copy of the old record (a backup, say) no longer opens there either.
+            let error = await #expect(throws: EventSourcingError.self) { _ = try await other.mapper.decode(old, as: Customer.self) }
+            #expect(error?.code == .keyRetired)
+            #expect(try await other.repository.get(Customer.self, id: ids[0]).state.personID == "p-1")
+        }
+    }
+
     @Test("reencryptAll moves every rotated scope, records and fields, and leaves unrotated ones byte for byte", arguments: encrypted)
     func all(_ factory: AppFactory) async throws {
         try await factory.withFreshApp { t in
