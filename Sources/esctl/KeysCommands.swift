@@ -26,6 +26,7 @@ struct ScopeSummary {
         var status: String
         var versions: [Version]
         var currentVersion: Int?
+        var minimumVersion: Int?
         var kekIDs: [String]
         var createdAt: String?
         var rotatedAt: String?
@@ -35,7 +36,7 @@ struct ScopeSummary {
 
         enum CodingKeys: String, CodingKey {
             case scope, status, versions, events
-            case currentVersion = "current_version", kekIDs = "kek_ids", createdAt = "created_at", rotatedAt = "rotated_at"
+            case currentVersion = "current_version", minimumVersion = "minimum_version", kekIDs = "kek_ids", createdAt = "created_at", rotatedAt = "rotated_at"
             case shreddedAt = "shredded_at", destroyedVersions = "destroyed_versions"
         }
 
@@ -46,6 +47,7 @@ struct ScopeSummary {
             try c.encode(versions, forKey: .versions)
             // These are always present, null when they do not apply.
             try c.encode(currentVersion, forKey: .currentVersion)
+            try c.encode(minimumVersion, forKey: .minimumVersion)
             try c.encode(kekIDs, forKey: .kekIDs)
             try c.encode(createdAt, forKey: .createdAt)
             try c.encode(rotatedAt, forKey: .rotatedAt)
@@ -60,6 +62,7 @@ struct ScopeSummary {
         JSON(scope: scope, status: tombstone == nil ? "active" : "shredded",
              versions: versions.map { .init(version: Int($0.version), kekID: $0.kekID, createdAt: JSONOut.date($0.createdAt)) },
              currentVersion: versions.last.map { Int($0.version) },
+             minimumVersion: versions.first.map { Int($0.version) },
              kekIDs: kekIDs,
              createdAt: versions.first.map { JSONOut.date($0.createdAt) },
              rotatedAt: versions.count > 1 ? versions.last.map { JSONOut.date($0.createdAt) } : nil,
@@ -80,7 +83,9 @@ struct ScopeSummary {
         let kek = kekIDs.joined(separator: ",")
         let created = versions.first.map { JSONOut.date($0.createdAt) } ?? "-"
         let rotated = versions.count > 1 ? versions.last.map { JSONOut.date($0.createdAt) } ?? "-" : "-"
-        return "\(scope)  v\(versions.last?.version ?? 0)  kek \(kek)  created \(created)  rotated \(rotated)"
+        // The minimum decryption version, when versions below it were retired (keys retire).
+        let minimum = versions.first.map { $0.version > 1 ? " (min v\($0.version))" : "" } ?? ""
+        return "\(scope)  v\(versions.last?.version ?? 0)\(minimum)  kek \(kek)  created \(created)  rotated \(rotated)"
     }
 
     static func load(_ scope: String, from store: any KeyStore) async throws -> ScopeSummary {

@@ -74,7 +74,12 @@ struct ReencryptCommandTests {
         let verify = try await ws.esctl(ws.with() + ["verify"])
         #expect(verify.status == 0, "\(verify.summary)")
         let show = try await ws.esctl(ws.with() + ["keys", "show", s.subject, "--json"])
-        #expect(show.status == 0 && !show.stdout.contains("\"version\" : 1"), "\(show.stdout)")
+        let shown = try #require(try JSONSerialization.jsonObject(with: show.stdoutData) as? [String: Any], "\(show.summary)")
+        #expect(shown["minimum_version"] as? Int == 2 && shown["current_version"] as? Int == 2)
+        #expect((shown["versions"] as? [[String: Any]])?.compactMap { $0["version"] as? Int } == [2])
+        let list = try await ws.esctl(ws.with() + ["keys", "list"])
+        #expect(list.stdout.split(separator: "\n").contains { $0.hasPrefix("\(s.subject)  v2 (min v2)  kek ") }, "\(list.stdout)")
+        #expect(list.stdout.split(separator: "\n").contains { $0.hasPrefix("\(s.bobScope)  v1  kek ") }, "\(list.stdout)")
         // --all finds nothing left to do.
         let all = try await ws.esctl(ws.with() + ["keys", "reencrypt", "--all", "--json"])
         #expect(try JSONDecoder().decode(ReencryptJSON.self, from: all.stdoutData).events_rewritten == 0, "\(all.summary)")
