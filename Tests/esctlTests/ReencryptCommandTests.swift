@@ -194,4 +194,16 @@ struct ReencryptCommandTests {
         #expect(try await ws.esctl(args).status == 0)
         #expect(try await Self.headers(ws.storePath, key: key).allSatisfy { $0.version == 2 })
     }
+
+    @Test("on a terminal a progress bar counts notifications up to the log's end; the report goes to stdout", .tags(.multiProcess),
+          .timeLimit(.minutes(5)))
+    func progressOnATerminal() async throws {
+        let (ws, _) = try await Self.bigRotatedStore()
+        let r = try await ws.esctlOnTerminal(ws.with() + ["keys", "reencrypt", "subject-big", "--page-size", "20"])
+        #expect(r.status == 0, "\(r.summary)")
+        let bars = RotateMasterSafetyTests.bars(in: String(decoding: r.stderrData, as: UTF8.self))
+        #expect(!bars.isEmpty, "no progress bar was drawn: \(r.summary)")
+        for bar in bars { #expect(bar.total == 4000 && bar.done <= bar.total, "the bar shows \(bar.done)/\(bar.total)") }
+        #expect(r.stdout.contains("rewrote 4000 of 4000 events"), "\(r.stdout)")
+    }
 }
