@@ -24,12 +24,12 @@ import Glibc
 /// call starts it again. What the helper writes to standard error is read (so it never blocks)
 /// and counted, but never shown: it may hold secrets.
 ///
-/// The ``id`` is `cmd-` and 16 hex digits of SHA-256 over the id the helper reports, so the
+/// The ``id`` is `cmd-` and 12 hex digits of SHA-256 over the id the helper reports, so the
 /// same helper key (a Vault key name, a KMS key ARN) always has the same id.
 public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
     // @unchecked: every mutable field is inside `process`, a Mutex.
 
-    /// The stable id (`cmd-` + 16 hex digits).
+    /// The stable id (`cmd-` + 12 hex digits: 16 characters, like a local key's).
     public let id: String
     /// The id the helper reported (not secret: a key name).
     public let helperKeyID: String
@@ -322,14 +322,15 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
             drainStderr()
             var status: Int32 = 0
             var how = "closed its output"
-            for _ in 0..<50 {
+            // It closed its output: it is exiting. Up to a second for its status.
+            for _ in 0..<250 {
                 let r = waitpid(pid, &status, WNOHANG)
                 if r == pid {
                     stopped = true
                     if status & 0x7f == 0 { how = "exited with status \((status >> 8) & 0xff)" } else { how = "was killed by signal \(status & 0x7f)" }
                     break
                 }
-                usleep(2_000)
+                usleep(4_000)
             }
             let err = stderrBytes > 0 ? " (it wrote \(stderrBytes) bytes to standard error, not shown: they may hold secrets)" : ""
             return KeyManagementError(.keySourceFailed, "\(label) \(how) \(when)\(err)")

@@ -43,8 +43,12 @@ extension KeyEncryptionKey {
     public var kdf: KDFParameters? { nil }
 }
 
-/// Ids of master keys that live outside the process: a prefix naming the kind, then 16 hex
-/// digits of SHA-256 over a domain label and what identifies the key.
+/// Ids of master keys that live outside the process: a 4-character prefix naming the kind, then
+/// 12 hex digits of SHA-256 over a domain label and what identifies the key: 16 characters,
+/// like a local key's id, so that a rewrap from one kind to another keeps the `kek_id` column's
+/// size (SQLite rewraps in place only when the row keeps its size: see SQLiteStore's
+/// `eraseDataKeys`). 48 bits tell apart the few master keys of one store; the prefix (`p`,
+/// `c` and `-` are not hex digits) keeps them apart from local keys' ids.
 enum KeyEncryptionKeyID {
     /// The longest id a master key may have.
     static let maxLength = 64
@@ -56,7 +60,7 @@ enum KeyEncryptionKeyID {
             withUnsafeBytes(of: UInt32(truncatingIfNeeded: part.count).bigEndian) { input.append(contentsOf: $0) }
             input.append(contentsOf: part)
         }
-        return prefix + LibCrypto.sha256(input).prefix(8).map { String(format: "%02x", $0) }.joined()
+        return prefix + LibCrypto.sha256(input).prefix(6).map { String(format: "%02x", $0) }.joined()
     }
 
     /// Whether `id` may be stored as a master-key id: 1 to 64 printable ASCII characters.

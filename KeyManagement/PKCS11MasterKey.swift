@@ -14,7 +14,7 @@ import Glibc
 /// - Wrapped bytes: `iv (12) | ciphertext | tag (16)`, the same layout as a local key's: the
 ///   IV comes from OpenSSL's RNG (a token's own IV generation is not used, so the layout is
 ///   the same everywhere), the tag is 128 bits, the associated data is the keyring's.
-/// - ``id``: `p11-` and 16 hex digits of SHA-256 over the key object's CKA_LABEL and CKA_ID,
+/// - ``id``: `p11-` and 12 hex digits of SHA-256 over the key object's CKA_LABEL and CKA_ID,
 ///   read from the token. Not the token's serial: a key replicated to every member of an HSM
 ///   cluster has one id. A different key given the same label and id does not open the store:
 ///   its check record fails (``KeyManagementError/Code/wrongMasterKey``).

@@ -10,13 +10,15 @@
 #   ES_POSTGRES_URL      use this server instead of starting one
 #   ES_SKIP_POSTGRES=1   (not with CI) run without PostgreSQL; the PostgreSQL tests say so loudly
 #   ES_SKIP_DOCS=1       (not with CI) skip generating the documentation (scripts/docs.sh)
+#   (SoftHSM2: the PKCS#11 tests use tokens of their own in a temporary token directory, set up
+#   here with SOFTHSM2_CONF; CI=true fails when softhsm2 is missing instead of skipping them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
 
 need_pkgs=()
-for p in libssl-dev zlib1g-dev libsqlite3-dev pkg-config python3-cryptography; do
+for p in libssl-dev zlib1g-dev libsqlite3-dev pkg-config python3-cryptography softhsm2; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
@@ -36,7 +38,9 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 pg_dir=""
+hsm_dir=""
 cleanup() {
+    if [ -n "$hsm_dir" ] && [ -d "$hsm_dir" ]; then rm -rf "$hsm_dir"; fi
     if [ -n "$pg_dir" ] && [ -d "$pg_dir" ]; then
         log "stopping PostgreSQL"
         as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
@@ -82,6 +86,22 @@ if [ -z "${ES_POSTGRES_URL:-}" ] && [ -z "${ES_SKIP_POSTGRES:-}" ]; then
         export ES_POSTGRES_DATA="$pg_dir/data"
         export ES_POSTGRES_RUN_AS="$pg_user"
     fi
+fi
+
+# SoftHSM2 reads SOFTHSM2_CONF when a test process first loads it, and the test processes never
+# change their environment: the configuration, with a token directory of its own, is made here.
+# The tests create their tokens in it (the esctl tests make their own per workspace).
+softhsm_module=/usr/lib/softhsm/libsofthsm2.so
+if [ -f "$softhsm_module" ] && command -v softhsm2-util >/dev/null; then
+    hsm_dir=$(mktemp -d /tmp/es-softhsm.XXXXXX)
+    mkdir "$hsm_dir/tokens"
+    printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' "$hsm_dir" > "$hsm_dir/softhsm2.conf"
+    export SOFTHSM2_CONF="$hsm_dir/softhsm2.conf"
+    export ES_SOFTHSM2_MODULE="$softhsm_module"
+elif [ "${CI:-}" = "true" ]; then
+    log "SoftHSM2 is not installed and CI=true: failing"; exit 1
+else
+    log "!!! SoftHSM2 is not installed: the PKCS#11 tests will be SKIPPED (set CI=true to fail instead) !!!"
 fi
 
 log "building (debug, with tests)"
