@@ -350,6 +350,26 @@ struct ReencryptionTests {
         }
     }
 
+    @Test("without a keyring, or over a recorder that cannot rewrite records, both refuse with unsupported and change nothing")
+    func unsupported() async throws {
+        let memory = InMemoryRecorder()
+        let keyring = try await Keyring.open(store: InMemoryKeyStore(), masterKeys: [try MasterKey.generate()])
+        let app = Application(recorder: memory, snapshots: memory, mapper: Mapper(keyring: keyring))
+        _ = try await Self.customers(app, person: "p-1", count: 1)
+        _ = try await keyring.rotate(scope: "p-1")
+        let before = try await memory.selectNotifications(start: 1, limit: 100, stop: nil, topics: [])
+        let plain = Application(recorder: memory, snapshots: memory, mapper: Mapper())
+        let wrapped = NotRewriting(memory)
+        let notRewriting = Application(recorder: wrapped, snapshots: nil, mapper: Mapper(keyring: keyring))
+        for (what, target) in [("no keyring", plain), ("not RecordRewriting", notRewriting)] {
+            let error = await #expect(throws: EventSourcingError.self, "\(what)") { _ = try await target.reencrypt(keyScope: "p-1") }
+            #expect(error?.code == .unsupported, "\(what)")
+        }
+        let noKeyring = await #expect(throws: EventSourcingError.self) { try await plain.retireKeyVersions(keyScope: "p-1", below: 2) }
+        #expect(noKeyring?.code == .unsupported)
+        #expect(try await memory.selectNotifications(start: 1, limit: 100, stop: nil, topics: []) == before)
+    }
+
     @Test("reencryptAll moves every rotated scope, records and fields, and leaves unrotated ones byte for byte", arguments: encrypted)
     func all(_ factory: AppFactory) async throws {
         try await factory.withFreshApp { t in
@@ -430,4 +450,16 @@ final class ShredsBeforeFirstRewrite: ApplicationRecorder, SnapshotRecorder, Rec
     func selectSnapshots(after cursor: SnapshotCursor?, limit: Int) async throws -> [StoredEvent] {
         try await inner.selectSnapshots(after: cursor, limit: limit)
     }
+}
+
+/// An application recorder that is not `RecordRewriting`.
+final class NotRewriting: ApplicationRecorder {
+    let inner: InMemoryRecorder
+    init(_ inner: InMemoryRecorder) { self.inner = inner }
+    func insertEvents(_ events: [StoredEvent]) async throws -> [Int64] { try await inner.insertEvents(events) }
+    func selectEvents(_ query: EventQuery) async throws -> [StoredEvent] { try await inner.selectEvents(query) }
+    func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {
+        try await inner.selectNotifications(start: start, limit: limit, stop: stop, topics: topics)
+    }
+    func maxNotificationID() async throws -> Int64? { try await inner.maxNotificationID() }
 }
