@@ -15,7 +15,8 @@ import KeyManagement
 /// }
 /// ```
 ///
-/// The suite stores made-up wrapped keys (60 bytes of one repeated value), never real key
+/// The suite stores made-up wrapped keys (one repeated value; 60 bytes, other lengths for
+/// ``Behaviour/wrappedKeysOfAnyLength``), never real key
 /// material, and never prints wrapped bytes: a failure names scopes, versions and master-key ids.
 /// Scopes are compared by their exact UTF-8 bytes, as `KeyStore` requires.
 public struct KeyStoreConformance: Sendable {
@@ -52,6 +53,7 @@ public struct KeyStoreConformance: Sendable {
         case concurrentInsertsOneWinner
         case shredRacingInserts
         case retireOldVersions
+        case wrappedKeysOfAnyLength
 
         /// What the behaviour is, in a sentence.
         public var summary: String {
@@ -72,6 +74,7 @@ public struct KeyStoreConformance: Sendable {
             case .pagingEachKeyOnce: "dataKeys(after:limit:) pages strictly after the cursor, each key once, a scope's versions together and ascending"
             case .concurrentInsertsOneWinner: "of concurrent inserts of one (scope, version), exactly one wins; the others throw keyExists"
             case .shredRacingInserts: "a shred racing inserts of new versions leaves no key of the scope, and every insert either was destroyed or refused"
+            case .wrappedKeysOfAnyLength: "wrapped keys and check records of any length from 1 to 8,192 bytes (a helper command's) and master-key ids such as cmd-… or p11-… come back byte for byte, also after a rewrap to another length"
             case .retireOldVersions: "retireDataKeys destroys only the scope's versions below the one given, never the newest, refuses a shredded or unknown scope; or throws unsupported and changes nothing"
             }
         }
@@ -122,6 +125,7 @@ public struct KeyStoreConformance: Sendable {
         case .concurrentInsertsOneWinner: concurrentInsertsOneWinner
         case .shredRacingInserts: shredRacingInserts
         case .retireOldVersions: retireOldVersions
+        case .wrappedKeysOfAnyLength: wrappedKeysOfAnyLength
         }
     }
 }
@@ -339,6 +343,37 @@ extension KeyStoreConformance {
 // MARK: - Rewrapping
 
 extension KeyStoreConformance {
+    /// A master key held by a helper command (CommandMasterKey) returns wrapped keys of its own
+    /// length, up to 8,192 bytes; ids of tokens and helpers are `p11-…` and `cmd-…`.
+    static let wrappedKeysOfAnyLength: Body = { c, store in
+        let lengths = [1, 59, 61, 89, 255, 4096, 8192]
+        for (i, n) in lengths.enumerated() {
+            let key = WrappedDataKey(scope: "subject-\(i)", version: 1, kekID: "cmd-0123456789ab",
+                                     wrapped: Array(repeating: UInt8(truncatingIfNeeded: n), count: n), createdAt: date)
+            try await store.insertDataKey(key)
+            let back = try await store.dataKeys(scope: key.scope)
+            try c.require(same(back, [key]), "a wrapped key of \(n) bytes stored and returned byte for byte", observed: describe(back))
+        }
+        // A rewrap from a helper's 89 bytes to a token's 60, and from 60 to 8,192.
+        try c.equal(try await store.rewrapDataKey(wrapped("subject-3", 1, "p11-0123456789ab", 7), previousKEKID: "cmd-0123456789ab"), true,
+                    "a rewrap to a wrapped key of another length")
+        let rewrapped = try await store.dataKeys(scope: "subject-3")
+        try c.require(same(rewrapped, [wrapped("subject-3", 1, "p11-0123456789ab", 7)]), "the 60-byte wrapping stored", observed: describe(rewrapped))
+        let long = WrappedDataKey(scope: "subject-3", version: 1, kekID: "cmd-ba9876543210",
+                                  wrapped: Array(repeating: 9, count: 8192), createdAt: date)
+        try c.equal(try await store.rewrapDataKeys([DataKeyRewrap(long, previousKEKID: "p11-0123456789ab")]), 1,
+                    "a batch rewrap to a wrapped key of 8,192 bytes")
+        let longBack = try await store.dataKeys(scope: "subject-3")
+        try c.require(same(longBack, [long]), "the 8,192-byte wrapping stored", observed: describe(longBack))
+        let check = MasterKeyCheck(kekID: "cmd-0123456789ab", sealed: Array(repeating: 3, count: 4000), kdf: nil, createdAt: date)
+        try await store.insertMasterKeyCheck(check)
+        let checks = try await store.masterKeyChecks()
+        try c.require(checks.count == 1 && checks[0].kekID == check.kekID && checks[0].sealed == check.sealed,
+                      "a check record of 4,000 bytes under a cmd-… id returned byte for byte",
+                      observed: checks.map { "\($0.kekID) \($0.sealed.count) bytes" }.joined(separator: ", "))
+        try c.equal(try await allKeys(store, c).count, lengths.count, "the number of keys")
+    }
+
     static let rewrapOneKey: Body = { c, store in
         try await store.insertDataKey(wrapped("subject-1", 1, "old", 1))
         try c.equal(try await store.rewrapDataKey(wrapped("subject-1", 1, "new", 2), previousKEKID: "other"), false,
