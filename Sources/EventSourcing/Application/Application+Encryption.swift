@@ -171,7 +171,9 @@ extension Application {
     /// Then, when the recorder is ``ErasureResidueScrubbing`` (SQLite), the old plaintext bytes
     /// are removed from its files (``PlaintextEncryption/Report/residue`` says whether that was
     /// held up). PostgreSQL keeps them in dead row versions until VACUUM: SECURITY.md §7.8.
-    /// - Parameter progress: called after each page.
+    /// - Parameters:
+    ///   - options: the page size, scopes, and what to do afterwards.
+    ///   - progress: called after each page.
     /// - Throws: ``EventSourcingError`` `.invalidArgument` without a cipher, when the recorder
     ///   (or the snapshot recorder) is not ``RecordRewriting``, or for a page size out of range,
     ///   before anything is changed; `CancellationError` between pages; the store's errors (the
@@ -250,6 +252,11 @@ extension Application {
     /// creation event's ``Aggregate/dataSubject`` (else its own id), read by decoding its first
     /// event as the type whose ``Aggregate/typeName`` its topic names. An aggregate of a type not
     /// listed gets ``PlaintextEncryption/Options/resolveScope``'s answer, else its own id.
+    /// - Parameters:
+    ///   - aggregateTypes: the application's aggregate types (at least those with a data subject).
+    ///   - options: as for ``encryptPlaintextRecords(options:progress:)``; its `resolveScope` is
+    ///     asked for aggregates of other types.
+    ///   - progress: called after each page.
     /// - Throws: as ``encryptPlaintextRecords(options:progress:)``; a creation event that does
     ///   not decode fails that aggregate's records (reported, left as they are).
     public func encryptPlaintextRecords(aggregateTypes: [any Aggregate.Type], options: PlaintextEncryption.Options = .init(),
@@ -421,7 +428,14 @@ struct PlaintextPass {
         if !minted.isEmpty {
             // A scope's first key is stored before any record sealed under it.
             do {
-                try await cipher.persist(minted)
+                if let keyStore = cipher.keyStore, let combined = app.recorder as? any KeyCommittingRecorder,
+                   combined.sharesTransactions(with: keyStore) {
+                    // The page's new keys in one transaction of the store (no event), not one each.
+                    _ = try await combined.insertEvents([], newKeys: minted.compactMap(\.minted))
+                    cipher.didPersist(minted)
+                } else {
+                    try await cipher.persist(minted)
+                }
             } catch let e as KeyManagementError where e.code == .keyExists {
                 // Another writer created one of these scopes' first key: seal under its key.
                 for k in minted { cipher.invalidate(scope: k.key.scope) }
