@@ -33,11 +33,14 @@ struct ScopeSummary {
         var shreddedAt: String?
         var destroyedVersions: [Int]?
         var events: Int?
+        /// `keys show`: encryptions reserved per version, for the versions with a stored count.
+        var encryptionsReserved: [String: UInt64]?
 
         enum CodingKeys: String, CodingKey {
             case scope, status, versions, events
             case currentVersion = "current_version", minimumVersion = "minimum_version", kekIDs = "kek_ids", createdAt = "created_at", rotatedAt = "rotated_at"
             case shreddedAt = "shredded_at", destroyedVersions = "destroyed_versions"
+            case encryptionsReserved = "encryptions_reserved"
         }
 
         func encode(to encoder: any Encoder) throws {
@@ -55,6 +58,7 @@ struct ScopeSummary {
             // These only where they apply.
             try c.encodeIfPresent(destroyedVersions, forKey: .destroyedVersions)
             try c.encodeIfPresent(events, forKey: .events)
+            try c.encodeIfPresent(encryptionsReserved, forKey: .encryptionsReserved)
         }
     }
 
@@ -172,13 +176,22 @@ struct KeysShow: AsyncParsableCommand {
                     throw CLIError(exitCode: Exit.scopeNotFound, message: "no key scope '\(scope)'")
                 }
                 let events = try await session.store.countEvents(keyScope: scope)
+                // Encryptions reserved per version (SECURITY.md §10); a version without a stored
+                // count has at most its first block (4,096) reserved.
+                let counts = try await (session.store as? any KeyUsageCounter)?.reservedEncryptions(scope: scope) ?? [:]
                 if json {
                     var j = s.json
                     j.events = events
+                    j.encryptionsReserved = Dictionary(uniqueKeysWithValues: counts.map { (String($0.key), $0.value) })
                     try JSONOut.print(j)
                 } else {
                     print(s.line)
                     print("events: \(events)")
+                    if !s.versions.isEmpty {
+                        print("encryptions reserved: " + s.versions.map { v in
+                            "v\(v.version) " + (counts[v.version].map(String.init) ?? "at most \(KeyUsage.firstBlock(limit: KeyUsage.defaultLimit))")
+                        }.joined(separator: ", "))
+                    }
                 }
             }
         }

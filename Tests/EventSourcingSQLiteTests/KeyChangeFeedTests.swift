@@ -42,7 +42,7 @@ struct KeyChangeFeedSQLiteTests {
         await s.store.close()
     }
 
-    @Test("A store opened at schema 5 records shreds and rotations in key_changes, in order, and nothing else")
+    @Test("A store opened at schema 5 records shreds and rotations and retirements in key_changes, in order, and nothing else")
     func feedRecordsShredsAndRotations() async throws {
         let dir = try TempDir("keyfeed-rows")
         let s = try await EncryptedStore.open(dir.path("e.sqlite"), masterKey: MasterKey.generate())
@@ -52,12 +52,13 @@ struct KeyChangeFeedSQLiteTests {
         try await s.app.save(&a, &b)
         #expect(try await s.store.keyChangeMark() == base, "a new scope's first key is no change")
         _ = try await s.keyring.rotate(scope: a.keyScope)
+        #expect(try await s.keyring.retire(scope: a.keyScope, below: 2) == [1])
         _ = try await s.app.shred(aggregateID: b.id)
         let page = try await s.store.keyChanges(after: base, limit: 10)
         #expect(!page.gap)
-        #expect(page.changes.map(\.kind) == [.rotate, .shred])
-        #expect(page.changes.map(\.scope) == [a.keyScope, b.keyScope])
-        #expect(page.changes.map(\.seq) == [base + 1, base + 2])
+        #expect(page.changes.map(\.kind) == [.rotate, .retire, .shred])
+        #expect(page.changes.map(\.scope) == [a.keyScope, a.keyScope, b.keyScope])
+        #expect(page.changes.map(\.seq) == [base + 1, base + 2, base + 3])
         await s.store.close()
     }
 }

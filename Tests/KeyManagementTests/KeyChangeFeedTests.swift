@@ -178,3 +178,17 @@ struct KeyChangeFeedTests {
         #expect(try await store.keyChangeMark() == 2 + KeyChange.retained)
     }
 }
+
+@Suite("Keyring: retired versions through the key-change feed")
+struct RetireThroughFeedTests {
+    @Test("Versions retired through another key ring are no longer served from this one's cache")
+    func retireElsewhereIsSeen() async throws {
+        let (reader, writer) = try await KeyChangeFeedTests.pair(InMemoryKeyStore())
+        reader.keyChangeRefreshInterval = .zero
+        #expect(try await writer.rotate(scope: "alice") == 2)
+        #expect(try await writer.retire(scope: "alice", below: 2) == [1])
+        let e = await #expect(throws: KeyManagementError.self) { try await reader.readKey(scope: "alice", version: 1) }
+        #expect(e?.code == .keyRetired)
+        #expect(try await reader.readKey(scope: "alice", version: 2).version == 2)
+    }
+}
