@@ -218,8 +218,15 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
             if let closeFrom = Self.addCloseFrom { _ = closeFrom(&actions, 3) }
             let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
             defer { for p in argv { free(p) } }
+            // Its own process group, so that stopping it also stops what it started (a shell
+            // script's `curl`, say): a hung helper leaves nothing behind.
+            var attributes = posix_spawnattr_t()
+            posix_spawnattr_init(&attributes)
+            defer { posix_spawnattr_destroy(&attributes) }
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+            posix_spawnattr_setpgroup(&attributes, 0)
             var pid: pid_t = 0
-            let rc = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+            let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
             close(pair[1])
             close(err[1])
             guard rc == 0 else {
@@ -347,6 +354,7 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
                 if waitpid(pid, &status, WNOHANG) == pid { return }
                 usleep(2_000)
             }
+            kill(-pid, SIGKILL)
             kill(pid, SIGKILL)
             while waitpid(pid, &status, 0) == -1, errno == EINTR {}
         }

@@ -4,7 +4,8 @@
 Holds an AES-256 key in a file and wraps with AES-256-GCM (nonce | ciphertext | tag).
   kek-helper.py --key PATH [--id NAME] [--mode MODE] [--log PATH]
 MODE makes it misbehave on wrap/unwrap requests (the id request is always answered unless
-MODE begins with "id-"): ok, exit1, garbage, huge, hang, refuse, twolines, id-exit, id-none.
+MODE begins with "id-"): ok, exit1, garbage, huge, hang, hang-child, refuse, twolines,
+id-exit, id-none.
 --log appends each request's op to PATH (to count requests and processes).
 """
 import base64, json, os, sys, time
@@ -54,6 +55,14 @@ for line in sys.stdin:
         except BrokenPipeError:
             sys.exit(0)
     if mode == "hang":
+        time.sleep(3600)
+    if mode == "hang-child":
+        # A child of its own that hangs too: stopping the helper must stop it as well.
+        import subprocess
+        child = subprocess.Popen(["sleep", "3600"])
+        if log:
+            with open(log, "a") as f:
+                f.write("child %d\n" % child.pid)
         time.sleep(3600)
     if mode == "refuse":
         answer({"error": "permission denied for s.SECRET"}); continue

@@ -157,6 +157,24 @@ struct CommandMasterKeyTests {
         #expect(e5?.code == .keySourceFailed)
     }
 
+    @Test("A helper that hangs is stopped with everything it started (its process group)")
+    func hangingHelperLeavesNothingBehind() throws {
+        let h = try Helper()
+        defer { h.remove() }
+        let kek = try h.start(mode: "hang-child", timeout: .milliseconds(500))
+        let e = #expect(throws: KeyManagementError.self) { try kek.wrap(Array(repeating: 1, count: 32), aad: [1]) }
+        #expect(e?.code == .keySourceFailed)
+        let child = try #require(h.requests().first { $0.hasPrefix("child ") }.flatMap { Int32($0.dropFirst(6)) })
+        // Killed by the time the call returned; reaped by init soon after.
+        var gone = false
+        for _ in 0..<100 where !gone {
+            gone = kill(child, 0) != 0 || (try? String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8))?.contains(") Z ") == true
+            if !gone { usleep(20_000) }
+        }
+        #expect(gone, "the helper's child \(child) still runs")
+        if !gone { kill(child, SIGKILL) }
+    }
+
     @Test("A helper that died is started again on the next request")
     func restartsAfterFailure() async throws {
         let h = try Helper()
