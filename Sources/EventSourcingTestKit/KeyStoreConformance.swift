@@ -54,6 +54,8 @@ public struct KeyStoreConformance: Sendable {
         case shredRacingInserts
         case retireOldVersions
         case wrappedKeysOfAnyLength
+        case keyChangeFeed
+        case encryptionCounts
 
         /// What the behaviour is, in a sentence.
         public var summary: String {
@@ -75,6 +77,8 @@ public struct KeyStoreConformance: Sendable {
             case .concurrentInsertsOneWinner: "of concurrent inserts of one (scope, version), exactly one wins; the others throw keyExists"
             case .shredRacingInserts: "a shred racing inserts of new versions leaves no key of the scope, and every insert either was destroyed or refused"
             case .wrappedKeysOfAnyLength: "wrapped keys and check records of any length from 1 to 8,192 bytes (a helper command's) and master-key ids such as cmd-… or p11-… come back byte for byte, also after a rewrap to another length"
+            case .keyChangeFeed: "a KeyChangeFeed records a rotation, a shred and a retirement (not a first key, not a refused change) at consecutive positions, by exact scope; a store without the feed passes"
+            case .encryptionCounts: "a KeyUsageCounter adds reservations atomically from the implicit first block, refuses one past the limit changing nothing, keeps spellings apart and forgets a shredded scope; a store without counts passes"
             case .retireOldVersions: "retireDataKeys destroys only the scope's versions below the one given, never the newest, refuses a shredded or unknown scope; or throws unsupported and changes nothing"
             }
         }
@@ -126,6 +130,8 @@ public struct KeyStoreConformance: Sendable {
         case .shredRacingInserts: shredRacingInserts
         case .retireOldVersions: retireOldVersions
         case .wrappedKeysOfAnyLength: wrappedKeysOfAnyLength
+        case .keyChangeFeed: keyChangeFeed
+        case .encryptionCounts: encryptionCounts
         }
     }
 }
