@@ -192,3 +192,52 @@ struct RetireThroughFeedTests {
         #expect(try await reader.readKey(scope: "alice", version: 2).version == 2)
     }
 }
+
+@Suite("Keyring: encryption limit")
+struct EncryptionLimitTests {
+    /// Seals `n` records one at a time through `keyring` (persisting a minted key), returning each record's version.
+    static func seal(_ n: Int, _ scope: String, _ keyring: Keyring) async throws -> [UInt32] {
+        var out: [UInt32] = []
+        for _ in 0..<n {
+            let w = try await keyring.writeKey(for: scope, encryptions: 1)
+            if w.pending != nil { try await keyring.persist([w]) }
+            out.append(w.key.version)
+        }
+        return out
+    }
+
+    @Test("Two key rings on one store, reserving one at a time under a limit of 5, never seal more than 5 records under one version between them")
+    func twoKeyringsShareTheLimit() async throws {
+        let store = InMemoryKeyStore()
+        let master = try MasterKey.generate()
+        let a = try await Keyring.open(store: store, masterKeys: [master])
+        let b = try await Keyring.open(store: store, masterKeys: [master])
+        for k in [a, b] {
+            k.encryptionLimit = 5
+            k.encryptionBlock = 1
+            k.keyChangeRefreshInterval = .zero
+        }
+        var versions: [UInt32] = []
+        for round in 0..<12 { versions += try await Self.seal(round % 3 + 1, "alice", round % 2 == 0 ? a : b) }
+        let perVersion = Dictionary(grouping: versions, by: { $0 }).mapValues(\.count)
+        #expect(perVersion.values.allSatisfy { $0 <= 5 }, "\(perVersion)")
+        #expect(perVersion.count >= 5)
+        let stored = try await store.reservedEncryptions(scope: "alice")
+        #expect(stored.values.allSatisfy { $0 <= 5 })
+    }
+
+    @Test("A store that counts nothing: the limit holds per key ring (rotation after 5), and a batch above the limit is refused naming the scope")
+    func storeWithoutCounts() async throws {
+        let k = try await Keyring.open(store: FeedlessStore(base: InMemoryKeyStore()), masterKeys: [try MasterKey.generate()])
+        k.encryptionLimit = 5
+        #expect(try await Self.seal(7, "bob", k) == [1, 1, 1, 1, 1, 2, 2])
+        #expect(try await k.encryptionCounts(scope: "bob")[1] == nil, "v1 used only its first block")
+        let e = await #expect(throws: KeyManagementError.self) { try await k.writeKey(for: "bob", encryptions: 6) }
+        #expect(e?.code == .limitExceeded && e?.scope == "bob")
+        #expect(k.encryptionLimit == 5)
+        k.encryptionLimit = 0
+        #expect(k.encryptionLimit == 1)
+        k.encryptionLimit = .max
+        #expect(k.encryptionLimit == KeyUsage.maxLimit)
+    }
+}
