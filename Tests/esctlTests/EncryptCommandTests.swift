@@ -85,6 +85,77 @@ struct EncryptCommandTests {
         await store.close()
     }
 
+    /// A plaintext store of 4,000 events (2,000 ownerless accounts), initialised: a pass long
+    /// enough to stop mid-way.
+    static func bigPlaintextStore() async throws -> Workspace {
+        let ws = try Workspace()
+        let store = try SQLiteStore(path: ws.storePath)
+        let app = Application(recorder: store, snapshots: store)
+        do {
+            for batch in 0..<4 {
+                var roots = try (0..<500).map { i in
+                    var a = try AggregateRoot<Account>(.opened(owner: "", name: "account \(batch * 500 + i)"))
+                    try a.record(.renamed(name: "renamed \(batch * 500 + i)"))
+                    return a
+                }
+                try await app.save(&roots)
+            }
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+        try await ws.initStore()
+        return ws
+    }
+
+    /// Starts `args` and sends `signal` once the first page is sealed (seen by another connection).
+    static func signalledMidway(_ ws: Workspace, _ args: [String], signal: Int32) async throws -> (CLI.Result, Bool) {
+        let running = try ws.start(args)
+        let watcher = try SQLiteStore(path: ws.storePath)
+        var midway = false
+        for _ in 0..<5_000 {
+            if try await watcher.countPlaintextEvents() < 4_000 {
+                if signal == SIGKILL { running.kill9() } else { _ = kill(running.pid, signal) }
+                midway = true
+                break
+            }
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        await watcher.close()
+        return (await ws.finish(running, args: args), midway)
+    }
+
+    @Test("Ctrl-C (SIGINT) mid-way exits 130 and says how to resume; a kill (SIGKILL) leaves whole records; the rerun finishes",
+          arguments: [SIGINT, SIGKILL])
+    func interruptedThenRerun(_ signal: Int32) async throws {
+        let ws = try await Self.bigPlaintextStore()
+        let args = ws.with() + ["encrypt", "--page-size", "5"]
+        let (r, midway) = try await Self.signalledMidway(ws, args, signal: signal)
+        try #require(midway, "not stopped mid-way: \(r.summary)")
+        if signal == SIGINT {
+            #expect(r.status == 130 && !r.signalled, "\(r.summary)")
+            let last = r.stderrLines.last ?? ""
+            #expect(last.contains("interrupted: the pages done so far are encrypted") && last.contains("Run the same command again"),
+                    "\(r.summary)")
+        } else {
+            #expect(r.signalled, "\(r.summary)")
+        }
+        let watcher = try SQLiteStore(path: ws.storePath)
+        let left = try await watcher.countPlaintextEvents()
+        #expect(try await watcher.refusesPlaintextWrites() == false)
+        await watcher.close()
+        #expect(left > 0 && left < 4_000, "\(left) of 4000 events left plaintext")
+        let rerun = try await ws.esctl(args + ["--json"])
+        #expect(rerun.status == 0, "\(rerun.summary)")
+        let json = try #require(try JSONSerialization.jsonObject(with: rerun.stdoutData) as? [String: Any])
+        let events = try #require(json["events"] as? [String: Any])
+        #expect(events["encrypted"] as? Int == left && events["already_encrypted"] as? Int == 4_000 - left)
+        #expect(json["plaintext_refused"] as? Bool == true)
+        let verify = try await ws.esctl(ws.with() + ["verify"])
+        #expect(verify.status == 0, "\(verify.summary)")
+    }
+
     @Test("A bad --subjects file is refused (64) naming the line, before the store changes")
     func badSubjects() async throws {
         let ws = try Workspace()
