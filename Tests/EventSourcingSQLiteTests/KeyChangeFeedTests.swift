@@ -1,7 +1,7 @@
 import ESTestSupport
 import ESTestTags
 import EventSourcing
-import EventSourcingSQLite
+@testable import EventSourcingSQLite
 import Foundation
 import KeyManagement
 import Testing
@@ -72,4 +72,33 @@ func readLine(_ child: ChildProcess, within timeout: Duration) async -> String? 
     }
     defer { killer.cancel() }
     return await child.readLine()
+}
+
+@Suite("SQLite key-change feed: rows written outside the library")
+struct KeyChangeFeedHostileRowTests {
+    @Test("A key_changes row whose scope is not text fails the look-up with storeFailure naming the row (no key used unchecked); an unknown kind evicts the scope")
+    func hostileRows() async throws {
+        let dir = try TempDir("keyfeed-hostile")
+        let path = dir.path("e.sqlite")
+        let s = try await EncryptedStore.open(path, masterKey: MasterKey.generate())
+        s.keyring.keyChangeRefreshInterval = .zero
+        var r = try ledgerSave(nil, save: 1, count: 1)
+        try await s.app.save(&r)
+        _ = try await s.keyring.readKey(scope: r.keyScope, version: 1)   // cached, feed position read
+
+        // An unknown kind (a newer library's): the scope's keys are evicted, nothing fails.
+        try tamper(path, "INSERT INTO key_changes (scope, kind, at) VALUES ('\(r.keyScope)', 'compacted', 0)")
+        let generation = s.keyring.shredGeneration
+        #expect(try await s.keyring.readKey(scope: r.keyScope, version: 1).version == 1)
+        #expect(s.keyring.shredGeneration > generation)
+
+        // A scope that is a BLOB: refused, typed, naming the row.
+        try tamper(path, "INSERT INTO key_changes (scope, kind, at) VALUES (X'00ff', 'shred', 0)")
+        let e = await #expect(throws: KeyManagementError.self) { try await s.keyring.readKey(scope: r.keyScope, version: 1) }
+        #expect(e?.code == .storeFailure && e?.message.contains("key_changes row") == true, "\(String(describing: e))")
+        // Through the application: a typed EventSourcingError.
+        let a = await #expect(throws: EventSourcingError.self) { try await s.app.repository.get(Ledger.self, id: r.id) }
+        #expect(a != nil)
+        await s.store.close()
+    }
 }
