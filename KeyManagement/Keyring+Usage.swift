@@ -110,6 +110,42 @@ extension Keyring {
         }
     }
 
+    /// Counts `n` encryptions already made under `version` of `scope` by a pass that seals
+    /// records under a key it chose itself (re-encryption, encrypting a plaintext store), so the
+    /// stored count stays at least the number made. The pass is not stopped: a version it takes
+    /// past ``encryptionLimit`` (by at most one page) is full, and the next write rotates the
+    /// scope. Never past ``KeyUsage/maxLimit`` (2^32): that is refused with
+    /// ``KeyManagementError/Code/limitExceeded``.
+    package func countEncryptions(_ n: Int, scope: String, version: UInt32) async throws {
+        guard n > 0 else { return }
+        let count = UInt64(n)
+        let ck = CacheKey(scope: ExactScope(scope), version: version)
+        let covered = state.withLock { s -> Bool in
+            guard let b = s.budget[ck], b >= count else { return false }
+            s.budget[ck] = b - count
+            return true
+        }
+        if covered { return }
+        let granted: Bool
+        if let counter = usageCounter {
+            granted = try await counter.reserveEncryptions(scope: scope, version: version, count: count,
+                                                           limit: KeyUsage.maxLimit) != nil
+        } else {
+            granted = state.withLock { s in
+                let total = s.processTotals[ck] ?? KeyUsage.firstBlock(limit: s.encryptionLimit)
+                guard total <= KeyUsage.maxLimit, count <= KeyUsage.maxLimit - total else { return false }
+                if s.processTotals.count > max(64, s.capacity * 4) { s.processTotals.removeAll() }
+                s.processTotals[ck] = total + count
+                return true
+            }
+        }
+        guard granted else {
+            throw KeyManagementError(.limitExceeded,
+                "data key v\(version) has sealed 2^32 records, the bound for random 96-bit nonces: rotate the scope and run the pass again",
+                scope: scope, keyVersion: version)
+        }
+    }
+
     /// Moves `scope` past its full `version`: rotates, unless another key ring already did.
     private func rotateFull(scope: String, version: UInt32, limit: UInt64) async throws {
         let exact = ExactScope(scope)

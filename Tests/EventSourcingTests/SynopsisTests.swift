@@ -104,7 +104,7 @@ struct SynopsisTests {
         let file = dir.path("Kennel.swift")
         try Self.readmeBlock().write(toFile: file, atomically: true, encoding: .utf8)
         var args = ["swiftc", "-typecheck", "-swift-version", "6", "-parse-as-library", "-I", modules.path]
-        for lib in ["CZlib", "COpenSSL", "CSQLite"] {
+        for lib in ["CZlib", "COpenSSL", "CSQLite", "CPKCS11"] {
             args += ["-Xcc", "-fmodule-map-file=" + root.appendingPathComponent("Sources/\(lib)/module.modulemap").path]
         }
         let swiftc = try ChildProcess("/usr/bin/env", args + [file], stderrPath: dir.path("swiftc.stderr"))

@@ -384,6 +384,8 @@ struct PlaintextPass {
         var minted: [SealingKey] = []
         var rewrites: [RecordRewrite] = []
         var sealedScopes: [String] = []
+        struct SealedVersion: Hashable { var scope: ExactScope; var version: UInt32 }
+        var sealedUnder: [SealedVersion: Int] = [:]
         for c in candidates {
             let scope: String
             switch await self.scope(of: c.stored.originatorID) {
@@ -420,6 +422,7 @@ struct PlaintextPass {
                 rewrites.append(RecordRewrite(originatorID: c.stored.originatorID, originatorVersion: c.stored.originatorVersion,
                                               expected: c.stored.state, state: sealed.state, keyScope: sealed.keyScope))
                 sealedScopes.append(scope)
+                sealedUnder[SealedVersion(scope: exact, version: key.key.version), default: 0] += 1
             } catch {
                 report.fail(error)
             }
@@ -444,6 +447,15 @@ struct PlaintextPass {
                 throw Mapper.translate(error, stored: nil, scope: minted[0].key.scope)
             }
             report.keysCreated += minted.count
+        }
+        // Every seal is an encryption under its key (SECURITY.md §10), counted once the keys
+        // are stored (a rewrite that loses its race was still an encryption).
+        if let keyring = app.mapper.keyring {
+            for (v, n) in sealedUnder {
+                do { try await keyring.countEncryptions(n, scope: v.scope.scope, version: v.version) } catch {
+                    throw Mapper.translate(error, stored: nil, scope: v.scope.scope)
+                }
+            }
         }
         let done = try await rewrite(rewrites)
         if done == rewrites.count {

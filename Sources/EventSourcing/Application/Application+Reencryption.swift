@@ -445,6 +445,12 @@ struct ReencryptionPass {
             state = r.state
             changed = true
             if counting { report.personalFieldsRewritten += r.fieldsResealed }
+            // Every seal is an encryption under the key (SECURITY.md §10), a retried one too.
+            do {
+                try await keyring.countEncryptions((r.recordResealed ? 1 : 0) + r.fieldsResealed, scope: key.scope, version: key.version)
+            } catch {
+                throw Mapper.translate(error, stored: stored, scope: key.scope)
+            }
         }
         guard changed else { return nil }
         return RecordRewrite(originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,

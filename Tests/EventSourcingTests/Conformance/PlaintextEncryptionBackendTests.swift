@@ -76,4 +76,36 @@ struct PlaintextEncryptionBackendTests {
         }
         try await store.close()
     }
+
+    @Test("The pass counts its seals under each key (SECURITY.md §10): a version it fills past the limit is rotated by the next write",
+          arguments: RecorderFactory.all)
+    func encryptionCountsSeals(_ factory: RecorderFactory) async throws {
+        let store = try await factory.make()
+        do {
+            let history = try await PlaintextHistory.write(recorder: store.recorder, snapshots: store.snapshots)
+            let keyring = try await Keyring.open(store: store.keyStore ?? InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
+            keyring.encryptionLimit = 2
+            let app = Application(recorder: store.recorder, snapshots: store.snapshots,
+                                  mapper: Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed)))
+            let report = try await app.encryptPlaintextRecords(aggregateTypes: [EncPatient.self, EncNote.self])
+            #expect(report.failed == 0, "\(report.failures)")
+            // subject-a holds two patients' records: more than the limit of 2.
+            let log = try await store.recorder.selectNotifications(start: 1, limit: 10_000, stop: nil, topics: [])
+            let sealedA = log.filter { StateHeader.peekKeyScope($0.state) == "subject-a" }.count
+            #expect(sealedA > 2)
+            let counts = try await keyring.encryptionCounts(scope: "subject-a")
+            #expect((counts[1] ?? 0) >= UInt64(sealedA), "counted \(counts), sealed \(sealedA) events")
+            // The next write finds v1 full and rotates.
+            var p = try await app.repository.get(EncPatient.self, id: history.patients[0])
+            try p.record(.noted("after the pass"))
+            try await app.save(&p)
+            let last = try #require(try await store.recorder.selectEvents(originatorID: p.id, after: p.version - 1, upTo: p.version).first)
+            guard case .success(let (header, _)) = StateHeader.parse(last.state) else { Issue.record("no header"); return }
+            #expect(header.keyVersion == 2)
+        } catch {
+            try await store.close()
+            throw error
+        }
+        try await store.close()
+    }
 }

@@ -46,6 +46,27 @@ struct ReencryptionTests {
         return Application(recorder: t.store.recorder, snapshots: t.store.snapshots, mapper: Mapper(keyring: keyring))
     }
 
+    @Test("A re-encryption counts its seals under the new version (SECURITY.md §10): one it fills past the limit is rotated by the next write",
+          arguments: encrypted)
+    func reencryptionCountsSeals(_ factory: AppFactory) async throws {
+        let master = try MasterKey.generate()
+        try await factory.withFreshApp(masterKey: master) { t in
+            let keyring = try #require(t.keyring)
+            let ids = try await Self.customers(t.app, person: "p-1", count: 3)   // 6 events and a snapshot
+            keyring.encryptionLimit = 5
+            #expect(try await keyring.rotate(scope: "p-1") == 2)
+            let report = try await t.app.reencrypt(keyScope: "p-1", pageSize: 2)
+            #expect(report.eventsRewritten + report.snapshotsRewritten == 7)
+            let counts = try await keyring.encryptionCounts(scope: "p-1")
+            #expect((counts[2] ?? 0) >= 7, "counted \(counts)")
+            var c = try await t.app.repository.get(Customer.self, id: ids[0])
+            try c.record(.changedEmail("later@x"))
+            try await t.app.save(&c)
+            let last = try #require(try await t.store.recorder.selectEvents(originatorID: ids[0], after: c.version - 1, upTo: c.version).first)
+            #expect(try Self.header(last.state).keyVersion == 3)
+        }
+    }
+
     @Test("rotate, re-encrypt, retire: every record of the scope names the new version, reads back equal; old key rows are gone",
           arguments: encrypted)
     func rotateReencryptRetire(_ factory: AppFactory) async throws {
