@@ -19,7 +19,7 @@ extension SQLiteStore: RecordRewriting {
     private func rewrite(_ rewrites: [RecordRewrite], table: String) async throws -> Int {
         try RecordRewrite.checkBatch(rewrites, what: table)
         guard !rewrites.isEmpty else { return 0 }
-        let refusePlaintext = !configuration.allowsPlaintextWrites
+        let migrating = configuration.allowsPlaintextWrites
         let sql = "UPDATE \(table) SET state = ?, key_scope = ? WHERE originator_id = ? AND originator_version = ? AND state = ?"
         return try await write { conn in
             var checked = Set<ExactScope>()
@@ -30,10 +30,12 @@ extension SQLiteStore: RecordRewriting {
                         throw KeyManagementError(.shredded, "the scope was shredded; nothing of the batch was rewritten",
                                                  scope: scope, shreddedAt: t.shreddedAt)
                     }
-                } else if refusePlaintext {
+                } else {
+                    // Also with allowsPlaintextWrites: a store that refuses unencrypted records
+                    // for good gets none back through a rewrite either.
                     try SQLiteStore.refusePlaintext(
                         StoredEvent(originatorID: r.originatorID, originatorVersion: r.originatorVersion, topic: "", state: []),
-                        snapshot: table == "snapshots", conn)
+                        snapshot: table == "snapshots", migrating: migrating, conn)
                 }
             }
             var replaced = 0

@@ -204,4 +204,40 @@ struct PlaintextEncryptionSQLiteTests {
         }
         await store.close()
     }
+
+    @Test("A store that refuses plaintext refuses a rewrite back to plaintext, also when opened with allowsPlaintextWrites; nothing changes")
+    func rewriteToPlaintextRefused() async throws {
+        let dir = try TempDir("encrypt-rewrite-refused")
+        let db = dir.path("events.sqlite")
+        _ = try await Self.writePlaintext(db, aggregates: 6)
+        let store = try SQLiteStore(path: db, configuration: .init(allowsPlaintextWrites: true))
+        let keyring = try await Keyring.open(store: store, masterKeys: [MasterKey.generate()])
+        let app = Application(recorder: store, snapshots: store, mapper: Mapper(keyring: keyring))
+        let report = try await app.encryptPlaintextRecords(aggregateTypes: [Ward.self, Memo.self])
+        #expect(report.plaintextRefused && report.failed == 0)
+        let all = try await store.selectNotifications(start: 1, limit: 100, stop: nil, topics: [])
+        let event = try #require(all.first)
+        var found: StoredEvent?
+        for n in all where found == nil { found = try await store.selectSnapshot(originatorID: n.originatorID, lte: nil) }
+        let snapshot = try #require(found)
+        let before = try await store.selectEvents(originatorID: event.originatorID)
+
+        let plain = [UInt8]("plaintext again".utf8)
+        await #expect { _ = try await store.rewriteEvents([RecordRewrite(
+            originatorID: event.originatorID, originatorVersion: event.originatorVersion,
+            expected: event.state, state: plain, keyScope: nil)]) } throws: {
+            let e = $0 as? EventSourcingError
+            return e?.code == .plaintextRejected && e?.originatorID == event.originatorID
+                && e?.originatorVersion == event.originatorVersion
+        }
+        await #expect { _ = try await store.rewriteSnapshots([RecordRewrite(
+            originatorID: snapshot.originatorID, originatorVersion: snapshot.originatorVersion,
+            expected: snapshot.state, state: plain, keyScope: nil)]) } throws: {
+            ($0 as? EventSourcingError)?.code == .plaintextRejected
+        }
+        #expect(try await store.selectEvents(originatorID: event.originatorID) == before)
+        #expect(try await store.selectSnapshot(originatorID: snapshot.originatorID, lte: nil) == snapshot)
+        #expect(try await store.countPlaintextEvents() == 0)
+        await store.close()
+    }
 }
