@@ -39,6 +39,10 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
     public let arguments: [String]
     /// How long one answer may take.
     public let timeout: Duration
+    /// The helper's environment (`NAME=value` strings); `nil`: this process's own.
+    public let environment: [String]?
+    /// The longest ``timeout`` accepted: one hour.
+    public static let maxTimeout = Duration.seconds(3600)
     public var kind: String { "command" }
 
     /// The longest answer line accepted, in bytes (newline excluded).
@@ -57,24 +61,29 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
     ///   - executable: the helper's path (run directly, never through a shell; no PATH search
     ///     unless it holds no `/`, then it is refused).
     ///   - arguments: its arguments (do not put secrets here: other users can read them).
-    ///   - timeout: how long each answer may take (default 10 seconds).
+    ///   - timeout: how long each answer may take (default 10 seconds, at most one hour).
+    ///   - environment: the helper's environment as `NAME=value` strings; `nil` (the default)
+    ///     passes this process's own. Leave out what the helper must not see (passwords, PINs,
+    ///     other master keys).
     /// - Throws: ``KeyManagementError/Code/keySourceUnavailable`` if `executable` cannot be run;
     ///   ``KeyManagementError/Code/keySourceFailed`` if it cannot be started or
     ///   does not answer `id` properly; ``KeyManagementError/Code/invalidArgument`` for an
-    ///   executable path without `/` or a timeout that is not positive.
-    public init(executable: String, arguments: [String] = [], timeout: Duration = .seconds(10)) throws(KeyManagementError) {
+    ///   executable path without `/`, or a timeout that is not positive or above one hour.
+    public init(executable: String, arguments: [String] = [], timeout: Duration = .seconds(10),
+                environment: [String]? = nil) throws(KeyManagementError) {
         guard executable.contains("/") else {
             throw KeyManagementError(.invalidArgument,
                 "the master key command must be a path (with a '/', e.g. ./helper or /usr/local/bin/helper); no PATH search and no shell")
         }
-        guard timeout > .zero else {
-            throw KeyManagementError(.invalidArgument, "the master key command's timeout must be positive")
+        guard timeout > .zero, timeout <= Self.maxTimeout else {
+            throw KeyManagementError(.invalidArgument, "the master key command's timeout must be positive and at most one hour")
         }
         self.executable = executable
         self.arguments = arguments
         self.timeout = timeout
+        self.environment = environment
         let label = "master key command \(executable)"
-        var helper = try Helper.start(executable, arguments, label: label)
+        var helper = try Helper.start(executable, arguments, environment: environment, label: label)
         let answer: [String: [UInt8]]
         do {
             answer = try helper.request(Array(#"{"v":1,"op":"id"}"#.utf8) + [0x0A], timeout: timeout, label: label)
@@ -136,7 +145,7 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
         let label = "master key command \(executable)"
         return try process.withLock { (p) throws(KeyManagementError) -> [String: [UInt8]] in
             var helper: Helper
-            if let running = p { helper = running } else { helper = try Helper.start(executable, arguments, label: label) }
+            if let running = p { helper = running } else { helper = try Helper.start(executable, arguments, environment: environment, label: label) }
             var answer: [String: [UInt8]]
             do throws(KeyManagementError) {
                 answer = try helper.request(request, timeout: timeout, label: label)
@@ -157,7 +166,10 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
 
     /// `{"v":1,"op":OP,"aad":B64,FIELD:B64}` and a newline, built in one buffer the caller cleanses.
     static func request(op: String, aad: [UInt8], field: String, value: [UInt8]) -> [UInt8] {
-        var out = Array(#"{"v":1,"op":""#.utf8) + Array(op.utf8) + Array(#"","aad":""#.utf8)
+        // Sized once: growing would leave copies of the key's base64 in freed memory.
+        var out: [UInt8] = []
+        out.reserveCapacity(64 + op.utf8.count + field.utf8.count + (aad.count + 2) / 3 * 4 + (value.count + 2) / 3 * 4)
+        out += Array(#"{"v":1,"op":""#.utf8) + Array(op.utf8) + Array(#"","aad":""#.utf8)
         out += aad.withUnsafeBytes { Base64.encode($0) }
         out += Array("\",\"\(field)\":\"".utf8)
         var encoded = value.withUnsafeBytes { Base64.encode($0) }
@@ -178,8 +190,19 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
     }
 
     static func cleanse(_ answer: inout [String: [UInt8]]) {
-        for k in Array(answer.keys) { answer[k].map { var v = $0; LibCrypto.cleanse(&v) } }
+        wipeValues(&answer)
         answer = [:]
+    }
+
+    /// Zeroes every value of `answer` in place (its own buffers, not copies).
+    static func wipeValues(_ answer: inout [String: [UInt8]]) {
+        // By index, holding no second reference to the storage (`values.indices` would, and
+        // the mutation would then wipe copies).
+        var i = answer.startIndex
+        while i != answer.endIndex {
+            answer.values[i].withUnsafeMutableBytes { LibCrypto.cleanse($0) }
+            answer.formIndex(after: &i)
+        }
     }
 
     // MARK: The helper process
@@ -188,12 +211,14 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
         let pid: pid_t
         /// Our end of the socket that is the helper's stdin and stdout.
         let socket: Int32
-        /// The read end of its stderr pipe.
-        let stderr: Int32
+        /// The read end of its stderr pipe; -1 once the helper closed its end.
+        var stderr: Int32
         var stderrBytes = 0
+        /// Whether it was reaped.
         var stopped = false
 
-        static func start(_ executable: String, _ arguments: [String], label: String) throws(KeyManagementError) -> Helper {
+        static func start(_ executable: String, _ arguments: [String], environment: [String]?,
+                          label: String) throws(KeyManagementError) -> Helper {
             guard access(executable, X_OK) == 0 else {
                 throw KeyManagementError(.keySourceUnavailable, "cannot run \(label): \(String(cString: strerror(errno)))")
             }
@@ -218,15 +243,27 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
             if let closeFrom = Self.addCloseFrom { _ = closeFrom(&actions, 3) }
             let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
             defer { for p in argv { free(p) } }
+            let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup($0) } + [nil] }
+            defer { if let envp { for p in envp { free(p) } } }
             // Its own process group, so that stopping it also stops what it started (a shell
             // script's `curl`, say): a hung helper leaves nothing behind.
             var attributes = posix_spawnattr_t()
             posix_spawnattr_init(&attributes)
             defer { posix_spawnattr_destroy(&attributes) }
-            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+            // No signal blocked and the usual ones at their defaults, whatever the spawning thread
+            // (a pool thread, a process that ignores SIGINT) had: a helper must be stoppable.
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
             posix_spawnattr_setpgroup(&attributes, 0)
+            var none = sigset_t()
+            sigemptyset(&none)
+            posix_spawnattr_setsigmask(&attributes, &none)
+            var defaults = sigset_t()
+            sigemptyset(&defaults)
+            for signal in [SIGINT, SIGTERM, SIGPIPE, SIGALRM, SIGHUP, SIGCHLD] { sigaddset(&defaults, signal) }
+            posix_spawnattr_setsigdefault(&attributes, &defaults)
             var pid: pid_t = 0
-            let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+            let rc = envp.map { e in e.withUnsafeBufferPointer { posix_spawn(&pid, executable, &actions, &attributes, argv, UnsafeMutablePointer(mutating: $0.baseAddress)) } }
+                ?? posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
             close(pair[1])
             close(err[1])
             guard rc == 0 else {
@@ -248,7 +285,7 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
 
         /// Writes `line`, reads one answer line within `timeout`, and parses it.
         mutating func request(_ line: [UInt8], timeout: Duration, label: String) throws(KeyManagementError) -> [String: [UInt8]] {
-            let deadline = ContinuousClock.now + timeout
+            let deadline = ContinuousClock.now + min(timeout, CommandMasterKey.maxTimeout)
             var sent = 0
             while sent < line.count {
                 let n = line.withUnsafeBytes { b -> Int in
@@ -263,8 +300,11 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
                 }
                 throw died(label, "while the request was written")
             }
+            // Sized once for the longest answer and one more chunk: growing it would leave copies
+            // of key bytes in freed memory.
             var answer: [UInt8] = []
-            defer { LibCrypto.cleanse(&answer) }
+            answer.reserveCapacity(CommandMasterKey.maxResponseLength + 16_384 + 2)
+            defer { answer.withUnsafeMutableBytes { LibCrypto.cleanse($0) } }
             var chunk = [UInt8](repeating: 0, count: 16_384)
             defer { LibCrypto.cleanse(&chunk) }
             while true {
@@ -281,7 +321,7 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
                 }
                 let n = chunk.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
                 if n > 0 {
-                    answer += chunk[0..<n]
+                    answer.append(contentsOf: chunk[0..<n])
                     guard answer.count <= CommandMasterKey.maxResponseLength + 1 else {
                         throw KeyManagementError(.keySourceFailed,
                             "\(label) answered more than \(CommandMasterKey.maxResponseLength) bytes in one line; it was stopped")
@@ -304,23 +344,57 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
                     throw KeyManagementError(.keySourceFailed,
                         "\(label) took longer than its timeout \(phase); it was stopped")
                 }
-                let ms = Int32(clamping: max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
+                let seconds = min(left.components.seconds, 3600)
+                let ms = Int32(clamping: max(1, seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
                 var fds = [pollfd(fd: socket, events: events, revents: 0), pollfd(fd: stderr, events: Int16(POLLIN), revents: 0)]
                 let r = poll(&fds, stderr >= 0 ? 2 : 1, ms)
                 if r < 0, errno != EINTR { throw died(label, "while waiting") }
-                if fds[1].revents != 0 { drainStderr() }
+                if stderr >= 0, fds[1].revents != 0 {
+                    if fds[1].revents & Int16(POLLIN) != 0 {
+                        drainStderr()
+                    } else {
+                        // Its stderr closed (a helper that logs elsewhere): poll the socket alone.
+                        closeStderr()
+                    }
+                }
                 if fds[0].revents & (events | Int16(POLLHUP) | Int16(POLLERR)) != 0 { return }
             }
         }
 
-        /// Reads what the helper wrote to stderr, keeping none of it (only the count).
+        /// The most bytes of stderr read per drain, so that a helper writing it without end
+        /// cannot hold a call past its deadline.
+        static let maxStderrPerDrain = 65_536
+
+        /// Reads what the helper wrote to stderr (up to ``maxStderrPerDrain``), keeping none of
+        /// it (only the count); at its end, closes it.
         private mutating func drainStderr() {
+            guard stderr >= 0 else { return }
             var buffer = [UInt8](repeating: 0, count: 4096)
             defer { LibCrypto.cleanse(&buffer) }
-            while true {
-                let n = buffer.withUnsafeMutableBytes { read(stderr, $0.baseAddress, $0.count) }
-                if n > 0 { stderrBytes &+= n; continue }
+            var read = 0
+            while read < Self.maxStderrPerDrain {
+                let n = buffer.withUnsafeMutableBytes { Glibc.read(stderr, $0.baseAddress, $0.count) }
+                if n > 0 { stderrBytes &+= n; read += n; continue }
+                if n < 0, errno == EINTR { continue }
+                if n == 0 { closeStderr() }
                 break
+            }
+        }
+
+        private mutating func closeStderr() {
+            if stderr >= 0 { close(stderr) }
+            stderr = -1
+        }
+
+        /// Whether the helper exited, without reaping it: while it is unreaped its pid, and so
+        /// its process group id, cannot be reused, and the group can still be killed.
+        private func exitStatus() -> siginfo_t? {
+            var info = siginfo_t()
+            while true {
+                if waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 {
+                    return info._sifields._sigchld.si_pid == pid ? info : nil
+                }
+                if errno != EINTR { return nil }
             }
         }
 
@@ -331,10 +405,9 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
             var how = "closed its output"
             // It closed its output: it is exiting. Up to a second for its status.
             for _ in 0..<250 {
-                let r = waitpid(pid, &status, WNOHANG)
-                if r == pid {
-                    stopped = true
-                    if status & 0x7f == 0 { how = "exited with status \((status >> 8) & 0xff)" } else { how = "was killed by signal \(status & 0x7f)" }
+                if let info = exitStatus() {
+                    status = info._sifields._sigchld.si_status
+                    how = info.si_code == CLD_EXITED ? "exited with status \(status)" : "was killed by signal \(status)"
                     break
                 }
                 usleep(4_000)
@@ -343,19 +416,21 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
             return KeyManagementError(.keySourceFailed, "\(label) \(how) \(when)\(err)")
         }
 
-        /// Closes its input (a helper ends at end of file), then kills it if it lingers, and reaps it.
+        /// Closes its input (a helper ends at end of file), waits briefly for it to exit, then
+        /// kills its whole process group (what it started, even if it exited itself) and reaps it.
         mutating func stop() {
             close(socket)
-            close(stderr)
+            closeStderr()
             guard !stopped else { return }
             stopped = true
-            var status: Int32 = 0
             for _ in 0..<25 {
-                if waitpid(pid, &status, WNOHANG) == pid { return }
+                if exitStatus() != nil { break }
                 usleep(2_000)
             }
+            // Not reaped yet, so the group id is still this helper's.
             kill(-pid, SIGKILL)
             kill(pid, SIGKILL)
+            var status: Int32 = 0
             while waitpid(pid, &status, 0) == -1, errno == EINTR {}
         }
     }
@@ -371,7 +446,9 @@ enum FlatJSON {
         func string() -> [UInt8]? {
             guard i < text.count, text[i] == 0x22 else { return nil }
             i += 1
+            // Sized once: growing would leave copies of key bytes in freed memory.
             var out: [UInt8] = []
+            out.reserveCapacity(text.count - i)
             while i < text.count {
                 let c = text[i]
                 i += 1

@@ -4,8 +4,10 @@
 Holds an AES-256 key in a file and wraps with AES-256-GCM (nonce | ciphertext | tag).
   kek-helper.py --key PATH [--id NAME] [--mode MODE] [--log PATH]
 MODE makes it misbehave on wrap/unwrap requests (the id request is always answered unless
-MODE begins with "id-"): ok, exit1, garbage, huge, hang, hang-child, refuse, twolines,
-id-exit, id-none.
+MODE begins with "id-"): ok, exit1, garbage, huge, hang, hang-child, exit-child, refuse,
+twolines, stderr-flood, id-exit, id-none; or behave but: report (logs its blocked and ignored
+signals and which ESCTL_*, PGPASSWORD and TEST_SECRET* variables it sees), close-stderr (points
+its stderr elsewhere at start, answers each request after a second).
 --log appends each request's op to PATH (to count requests and processes).
 """
 import base64, json, os, sys, time
@@ -23,6 +25,20 @@ if log:
 def answer(obj):
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+if mode == "report" and log:
+    with open(log, "a") as f:
+        for line in open("/proc/self/status"):
+            if line.startswith("SigBlk:") or line.startswith("SigIgn:"):
+                f.write(line.split(":")[0].lower() + " " + line.split(":")[1].strip() + "\n")
+        for name in sorted(os.environ):
+            if name.startswith("ESCTL_") or name == "PGPASSWORD" or name.startswith("TEST_SECRET"):
+                f.write("env " + name + "\n")
+
+if mode == "close-stderr":
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 if mode == "id-exit":
     sys.stderr.write("helper: cannot reach the vault (token s.SECRET)\n")
@@ -64,6 +80,31 @@ for line in sys.stdin:
             with open(log, "a") as f:
                 f.write("child %d\n" % child.pid)
         time.sleep(3600)
+    if mode == "exit-child":
+        # Exits, leaving a child that hangs (holding none of its pipes): stopping the helper
+        # must stop the child too.
+        import subprocess
+        child = subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if log:
+            with open(log, "a") as f:
+                f.write("child %d\n" % child.pid)
+        sys.exit(1)
+    if mode == "stderr-flood":
+        # Writes its stderr without end (for 20 s at most), from three processes, and never answers.
+        end = time.time() + 20
+        for _ in range(2):
+            if os.fork() == 0:
+                break
+        block = b"x" * 65536
+        while time.time() < end:
+            try:
+                os.write(2, block)
+            except BlockingIOError:
+                pass
+        os._exit(0)
+    if mode == "close-stderr":
+        time.sleep(1)
     if mode == "refuse":
         answer({"error": "permission denied for s.SECRET"}); continue
     aad = base64.b64decode(req["aad"])

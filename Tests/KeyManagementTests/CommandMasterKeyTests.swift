@@ -1,5 +1,5 @@
 import Foundation
-import KeyManagement
+@testable import KeyManagement
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -26,10 +26,10 @@ struct CommandMasterKeyTests {
             .deletingLastPathComponent().appendingPathComponent("Helpers/kek-helper.py").path
 
         func start(mode: String = "ok", id: String = "test-helper-key", key: String? = nil,
-                   timeout: Duration = .seconds(10)) throws -> CommandMasterKey {
+                   timeout: Duration = .seconds(10), environment: [String]? = nil) throws -> CommandMasterKey {
             try CommandMasterKey(executable: "/usr/bin/python3",
                                  arguments: [Self.script, "--key", key ?? keyPath, "--id", id, "--mode", mode, "--log", log],
-                                 timeout: timeout)
+                                 timeout: timeout, environment: environment)
         }
 
         func requests() -> [String] {
@@ -199,5 +199,112 @@ struct CommandMasterKeyTests {
         let kek = try h.start()
         #expect(try kek.unwrap([], aad: []) == nil)
         #expect(try kek.unwrap(Array(repeating: 0, count: CommandMasterKey.maxWrappedLength + 1), aad: []) == nil)
+    }
+
+    /// Waits up to two seconds for `pid` to be gone (or a zombie awaiting init).
+    static func gone(_ pid: Int32) -> Bool {
+        for _ in 0..<100 {
+            if kill(pid, 0) != 0 || (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?.contains(") Z ") == true { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    @Test("A helper that exits leaving a hung child is stopped with its child (the group is killed even after the helper exited)")
+    func exitedHelperLeavesNothingBehind() throws {
+        let h = try Helper()
+        defer { h.remove() }
+        let kek = try h.start(mode: "exit-child", timeout: .seconds(5))
+        let e = #expect(throws: KeyManagementError.self) { try kek.wrap(Array(repeating: 1, count: 32), aad: [1]) }
+        #expect(e?.code == .keySourceFailed)
+        #expect(e?.message.contains("exited with status 1") == true, "\(e?.message ?? "")")
+        let child = try #require(h.requests().first { $0.hasPrefix("child ") }.flatMap { Int32($0.dropFirst(6)) })
+        let gone = Self.gone(child)
+        #expect(gone, "the exited helper's child \(child) still runs")
+        if !gone { kill(child, SIGKILL) }
+    }
+
+    @Test("A helper whose stderr is closed (it logs elsewhere) is waited for without spinning a core")
+    func closedStderrDoesNotSpin() throws {
+        let h = try Helper()
+        defer { h.remove() }
+        let kek = try h.start(mode: "close-stderr")
+        func threadCPU() -> Double {
+            var t = timespec()
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t)
+            return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+        }
+        // Each answer takes the helper a second; waiting for it must cost (almost) no CPU.
+        let before = threadCPU()
+        let sealed = try kek.wrap(Array(repeating: 5, count: 32), aad: [1])
+        let opened = try kek.unwrap(sealed, aad: [1])
+        let used = threadCPU() - before
+        #expect(opened == Array(repeating: 5, count: 32))
+        #expect(used < 0.3, "waiting 2 s for the helper used \(used) s of CPU")
+    }
+
+    @Test("A helper writing its stderr without end is stopped at its timeout")
+    func stderrFloodTimesOut() throws {
+        let h = try Helper()
+        defer { h.remove() }
+        let kek = try h.start(mode: "stderr-flood", timeout: .milliseconds(500))
+        let clock = ContinuousClock()
+        let started = clock.now
+        let e = #expect(throws: KeyManagementError.self) { try kek.wrap(Array(repeating: 1, count: 32), aad: [1]) }
+        let took = clock.now - started
+        #expect(e?.code == .keySourceFailed)
+        #expect(e?.message.contains("took longer than its timeout") == true, "\(e?.message ?? "")")
+        #expect(took < .seconds(3), "took \(took)")
+    }
+
+    @Test("The helper gets the environment it is given, no blocked signal and SIGHUP at its default, whatever the caller's thread had")
+    func helperEnvironmentAndSignals() throws {
+        let h = try Helper()
+        defer { h.remove() }
+        // This thread blocks SIGINT and SIGTERM (as a pool thread may), and the process ignores SIGHUP.
+        var block = sigset_t(), previous = sigset_t()
+        sigemptyset(&block)
+        sigaddset(&block, SIGINT)
+        sigaddset(&block, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &block, &previous)
+        var ignore = sigaction(), oldHUP = sigaction()
+        ignore.__sigaction_handler.sa_handler = SIG_IGN
+        sigaction(SIGHUP, &ignore, &oldHUP)
+        let started = Result { try h.start(mode: "report", environment: ["TEST_SECRET_GIVEN=1", "LANG=C"]) }
+        sigaction(SIGHUP, &oldHUP, nil)
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
+        let kek = try started.get()
+        #expect(kek.environment == ["TEST_SECRET_GIVEN=1", "LANG=C"])
+        let log = h.requests()
+        #expect(log.contains("env TEST_SECRET_GIVEN"), "\(log)")
+        let blocked = try #require(log.first { $0.hasPrefix("sigblk ") }.flatMap { UInt64($0.dropFirst(7), radix: 16) })
+        let ignored = try #require(log.first { $0.hasPrefix("sigign ") }.flatMap { UInt64($0.dropFirst(7), radix: 16) })
+        #expect(blocked == 0, "the helper starts with signals blocked: \(String(blocked, radix: 16))")
+        // (Not SIGPIPE: python ignores it itself.)
+        for signal in [SIGINT, SIGTERM, SIGHUP, SIGALRM, SIGCHLD] {
+            #expect(ignored & (1 << UInt64(signal - 1)) == 0, "the helper starts ignoring signal \(signal)")
+        }
+    }
+
+    @Test("A timeout above one hour is refused (never an overflow); the longest one is accepted")
+    func timeoutBounds() throws {
+        let h = try Helper()
+        defer { h.remove() }
+        for timeout in [Duration.seconds(Int64.max), .seconds(3601)] {
+            let e = #expect(throws: KeyManagementError.self) { try h.start(timeout: timeout) }
+            #expect(e?.code == .invalidArgument)
+        }
+        let kek = try h.start(timeout: CommandMasterKey.maxTimeout)
+        #expect(try kek.unwrap(try kek.wrap([1, 2, 3], aad: []), aad: []) == [1, 2, 3])
+    }
+
+    @Test("An answer is zeroed in place: the dictionary's own value buffers, not copies")
+    func answersAreWipedInPlace() {
+        var answer: [String: [UInt8]] = ["plaintext": Array(repeating: 0xAB, count: 32), "id": Array("x".utf8)]
+        let address = answer["plaintext"]?.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) }
+        CommandMasterKey.wipeValues(&answer)
+        #expect(answer["plaintext"] == Array(repeating: 0, count: 32))
+        #expect(answer["id"] == [0])
+        #expect(answer["plaintext"]?.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } == address)
     }
 }
