@@ -252,7 +252,9 @@ enum SubjectsFile {
                 pairs.append(("entry \(pairs.count + 1)", k, scope))
             }
         } else {
-            for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            // "\r\n" is one Character: split on it too, or a CRLF file is one line.
+            let lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+            for (i, raw) in lines.enumerated() {
                 let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
                 if line.trimmingCharacters(in: .whitespaces).isEmpty || line.hasPrefix("#") { continue }
                 let fields = line.split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false)
@@ -273,6 +275,11 @@ enum SubjectsFile {
             guard !p.scope.isEmpty, p.scope.utf8.count <= 255, !p.scope.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
                 throw CLIError(exitCode: Exit.usage,
                                message: "--subjects: \(name) \(p.where): the scope is empty, longer than 255 bytes or holds control characters")
+            }
+            // `id, alice` would seal under " alice", which a shred of "alice" never reaches.
+            guard p.scope.first?.isWhitespace != true, p.scope.last?.isWhitespace != true else {
+                throw CLIError(exitCode: Exit.usage,
+                               message: "--subjects: \(name) \(p.where): the scope begins or ends with white space (write AGGREGATE-ID,SCOPE without spaces)")
             }
             guard map.updateValue(p.scope, forKey: id) == nil else {
                 throw CLIError(exitCode: Exit.usage, message: "--subjects: \(name) \(p.where): aggregate \(id.uuidString.lowercased()) is listed twice")

@@ -169,6 +169,9 @@ struct EncryptCommandTests {
             ("\(id),\n", "line 1: the scope is empty"),
             ("{\"\(id)\": 3}", "is not a string"),
             ("{\"\(id)\": \"\(String(repeating: "s", count: 256))\"}", "longer than 255 bytes"),
+            ("# a comment\n\(id), owner\n", "line 2: the scope begins or ends with white space"),
+            ("# CRLF\r\n\(id),owner\u{A0}\r\n", "line 2: the scope begins or ends with white space"),
+            ("{\"\(id)\": \" owner\"}", "entry 1: the scope begins or ends with white space"),
         ]
         let before = ws.bytes(ws.storePath)
         for (i, (content, message)) in cases.enumerated() {
