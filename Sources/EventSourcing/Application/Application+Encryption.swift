@@ -384,6 +384,7 @@ struct PlaintextPass {
         var minted: [SealingKey] = []
         var rewrites: [RecordRewrite] = []
         var sealedScopes: [String] = []
+        var sealedFrom: [Candidate] = []
         struct SealedVersion: Hashable { var scope: ExactScope; var version: UInt32 }
         var sealedUnder: [SealedVersion: Int] = [:]
         for c in candidates {
@@ -422,6 +423,7 @@ struct PlaintextPass {
                 rewrites.append(RecordRewrite(originatorID: c.stored.originatorID, originatorVersion: c.stored.originatorVersion,
                                               expected: c.stored.state, state: sealed.state, keyScope: sealed.keyScope))
                 sealedScopes.append(scope)
+                sealedFrom.append(c)
                 sealedUnder[SealedVersion(scope: exact, version: key.key.version), default: 0] += 1
             } catch {
                 report.fail(error)
@@ -457,7 +459,33 @@ struct PlaintextPass {
                 }
             }
         }
-        let done = try await rewrite(rewrites)
+        let done: Int
+        while true {
+            do {
+                done = try await rewrite(rewrites)
+                break
+            } catch let e as KeyManagementError where e.code == .shredded && e.scope != nil {
+                // A scope of the page was shredded since its key was taken (the recorder refused
+                // the whole batch, changing nothing): its records are reported and left, the rest
+                // go again.
+                let shredded = e.scope ?? ""
+                cipher.invalidate(scope: shredded)
+                let failure = Mapper.translate(e, stored: nil, scope: shredded)
+                var kept: [Int] = []
+                for i in rewrites.indices {
+                    if ExactScope.same(sealedScopes[i], shredded) {
+                        report.fail(Self.naming(failure, sealedFrom[i]))
+                    } else {
+                        kept.append(i)
+                    }
+                }
+                guard kept.count < rewrites.count else { throw failure }
+                rewrites = kept.map { rewrites[$0] }
+                sealedScopes = kept.map { sealedScopes[$0] }
+                sealedFrom = kept.map { sealedFrom[$0] }
+                if rewrites.isEmpty { return (0, true) }
+            }
+        }
         if done == rewrites.count {
             var counts: [ExactScope: Int] = [:]
             for s in sealedScopes { counts[ExactScope(s), default: 0] += 1 }

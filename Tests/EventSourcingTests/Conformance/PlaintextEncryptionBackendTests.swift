@@ -108,4 +108,37 @@ struct PlaintextEncryptionBackendTests {
         }
         try await store.close()
     }
+
+    @Test("A scope shredded between a page's sealing and its rewrite: its records are reported and left, the rest of the page is sealed, the pass goes on",
+          arguments: RecorderFactory.all.filter(\.commitsKeys))
+    func shredDuringPass(_ factory: RecorderFactory) async throws {
+        let store = try await factory.make()
+        do {
+            let history = try await PlaintextHistory.write(recorder: store.recorder, snapshots: store.snapshots)
+            let keyring = try await Keyring.open(store: try #require(store.keyStore), masterKeys: [MasterKey.generate()])
+            let inner = try #require(store.recorder as? any ApplicationRecorder & SnapshotRecorder & RecordRewriting)
+            let recorder = ShredsBeforeFirstRewrite(inner) { _ = try await keyring.shred(scope: "subject-a") }
+            let app = Application(recorder: recorder, snapshots: recorder,
+                                  mapper: Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed)))
+            let report = try await app.encryptPlaintextRecords(aggregateTypes: [EncPatient.self, EncNote.self],
+                                                               options: .init(pageSize: 100))
+            #expect(recorder.shredded)
+            // Patients 0 and 1 (subject-a): 2 events each, left; everything else sealed.
+            let subjectA = Set(history.patients.prefix(2))
+            #expect(report.eventsEncrypted == history.events - 4)
+            #expect(report.failures.count == report.failed && report.failed >= 4)
+            for f in report.failures {
+                #expect(f.code == .shredded && f.originatorID.map(subjectA.contains) == true && f.originatorVersion != nil, "\(f)")
+            }
+            #expect(!report.plaintextRefused)
+            let log = try await store.recorder.selectNotifications(start: 1, limit: 10_000, stop: nil, topics: [])
+            for n in log where !ErasureRecord.isErasure(topic: n.topic) {
+                #expect((StateHeader.peekKeyScope(n.state) == nil) == subjectA.contains(n.originatorID), "notification \(n.id)")
+            }
+        } catch {
+            try await store.close()
+            throw error
+        }
+        try await store.close()
+    }
 }
