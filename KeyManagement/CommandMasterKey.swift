@@ -367,7 +367,7 @@ public final class CommandMasterKey: KeyEncryptionKey, @unchecked Sendable {
 
         /// Reads what the helper wrote to stderr (up to ``maxStderrPerDrain``), keeping none of
         /// it (only the count); at its end, closes it.
-        private mutating func drainStderr() {
+        mutating func drainStderr() {
             guard stderr >= 0 else { return }
             var buffer = [UInt8](repeating: 0, count: 4096)
             defer { LibCrypto.cleanse(&buffer) }

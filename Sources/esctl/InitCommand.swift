@@ -127,7 +127,7 @@ struct Init: AsyncParsableCommand {
         } else if let uri = newMasterKeyURI {
             var pin: [UInt8]? = access.environment[MasterKeySources.pinVariable].map { Array($0.utf8) }
             let parsed = try PKCS11URI(parsing: uri)
-            if parsed.pinSource != nil { pin = nil }
+            if parsed.pinSource != nil { pin?.withUnsafeMutableBufferPointer { b in b.update(repeating: 0) }; pin = nil }
             key = try PKCS11MasterKey.generate(uri: parsed, pin: &pin)
             Terminal.info("created AES-256 key '\((key as? PKCS11MasterKey)?.label ?? "")' in the PKCS#11 token (not extractable)")
             source = "pkcs11"

@@ -41,9 +41,20 @@ enum MasterKeySources {
             guard let seconds = Double(text), seconds > 0, seconds <= 3600 else {
                 throw CLIError(exitCode: Exit.usage, message: "\(timeoutVariable) must be a number of seconds between 0 and 3600, got \(text)")
             }
-            timeout = .milliseconds(Int64(seconds * 1000))
+            // At least a millisecond: 0.0001 is accepted above, so it must not round to nothing.
+            timeout = .milliseconds(max(1, Int64(seconds * 1000)))
         }
-        return try CommandMasterKey(executable: path, timeout: timeout)
+        return try CommandMasterKey(executable: path, timeout: timeout, environment: helperEnvironment(environment))
+    }
+
+    /// The helper's environment: esctl's own without its secrets - master keys
+    /// (ESCTL_MASTER_KEY*), PINs (ESCTL_*PIN), PGPASSWORD and ESCTL_STORE (a URL may hold a
+    /// database password). SECURITY.md §5.17.
+    static func helperEnvironment(_ environment: [String: String]) -> [String] {
+        environment.filter { name, _ in
+            !(name.hasPrefix("ESCTL_MASTER_KEY") || (name.hasPrefix("ESCTL_") && name.hasSuffix("PIN"))
+              || name == "PGPASSWORD" || name == "ESCTL_STORE")
+        }.map { "\($0.key)=\($0.value)" }.sorted()
     }
 
     /// How the user names a key source in a message (for "run the same command again").

@@ -307,4 +307,28 @@ struct CommandMasterKeyTests {
         #expect(answer["id"] == [0])
         #expect(answer["plaintext"]?.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } == address)
     }
+
+    @Test("One drain of the helper's stderr reads at most 64 KiB, so a flood cannot hold a call past its deadline")
+    func stderrDrainIsBounded() throws {
+        var pair: [Int32] = [-1, -1]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        defer { close(pair[0]); close(pair[1]) }
+        var size: Int32 = 1 << 20
+        setsockopt(pair[1], SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(pair[0], SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        for fd in pair { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        let block = [UInt8](repeating: 0x78, count: 4096)
+        var written = 0
+        while written < 1 << 20 {
+            let n = block.withUnsafeBytes { write(pair[1], $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            written += n
+        }
+        try #require(written > 2 * CommandMasterKey.Helper.maxStderrPerDrain)
+        // Never stopped (its pid is not a process): only its stderr is used.
+        var helper = CommandMasterKey.Helper(pid: -1, socket: -1, stderr: pair[0])
+        helper.drainStderr()
+        #expect(helper.stderrBytes > 0 && helper.stderrBytes <= CommandMasterKey.Helper.maxStderrPerDrain, "read \(helper.stderrBytes) of \(written)")
+        #expect(helper.stderr == pair[0])
+    }
 }

@@ -128,6 +128,42 @@ struct ExternalMasterKeyTests {
     }
 }
 
+extension ExternalMasterKeyTests {
+    @Test("The helper command never sees esctl's secrets (ESCTL_MASTER_KEY*, ESCTL_*PIN, PGPASSWORD, ESCTL_STORE); other variables reach it")
+    func helperEnvironmentHasNoSecrets() async throws {
+        let (ws, _, _) = try await CommandTests.seeded()
+        _ = try ExternalKeys.helperScript(ws, name: "unused.sh")  // writes the helper's key file
+        let log = ws.path("helper.log")
+        let script = CLI.packageRoot.appendingPathComponent("Tests/Helpers/kek-helper.py").path
+        let helper = ws.path("report.sh")
+        try Data("#!/bin/sh\nexec python3 '\(script)' --key '\(ws.path("helper-kek.b64"))' --id env-key --mode report --log '\(log)'\n".utf8)
+            .write(to: URL(fileURLWithPath: helper))
+        chmod(helper, 0o755)
+        let secrets = ["ESCTL_PKCS11_PIN": "1111-pin", "ESCTL_NEW_PKCS11_PIN": "2222-pin", "PGPASSWORD": "pg-secret",
+                       "ESCTL_MASTER_KEY_URI_EXTRA": "x", "TEST_SECRET_OK": "1"]
+        let rotated = try await ws.esctl(ws.with() + ["keys", "rotate-master", "--new-master-key-command", helper], env: secrets)
+        #expect(rotated.status == 0, "\(rotated.summary)")
+        var env = secrets
+        env["ESCTL_STORE"] = ws.storeURL
+        env["ESCTL_MASTER_KEY_COMMAND"] = helper
+        env[MasterKeyEnv.timeout] = "5"
+        let listed = try await ws.esctl(["keys", "list"], env: env)
+        #expect(listed.status == 0, "\(listed.summary)")
+        let seen = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.hasPrefix("env ") }
+        #expect(seen.count >= 2 && seen.allSatisfy { $0 == "env TEST_SECRET_OK" }, "the helper saw \(seen)")
+    }
+
+    @Test("ESCTL_MASTER_KEY_COMMAND_TIMEOUT below a millisecond is accepted as one millisecond, not refused as zero")
+    func tinyHelperTimeout() async throws {
+        let (ws, _, _) = try await CommandTests.seeded()
+        let helper = try ExternalKeys.helperScript(ws, name: "slow.sh", mode: "hang")
+        let r = try await ws.esctl(["--store", ws.storeURL, "--master-key-command", helper, "keys", "list"],
+                                   env: [MasterKeyEnv.timeout: "0.0001"])
+        #expect(r.status == 71, "\(r.summary)")
+        #expect(r.stderr.contains("took longer than its timeout") && !r.stderr.contains("positive"), "\(r.summary)")
+    }
+}
+
 enum MasterKeyEnv {
     static let timeout = "ESCTL_MASTER_KEY_COMMAND_TIMEOUT"
 }
