@@ -123,8 +123,11 @@ public final class PKCS11MasterKey: KeyEncryptionKey, @unchecked Sendable {
         let (slot, tokenLabel) = try module.findToken(uri)
         let s = try module.openSession(slot: slot, pin: pinKey, token: tokenLabel, readWrite: true)
         defer { module.closeSession(s) }
-        if (try? module.findKey(s, uri: PKCS11URI(object: label), token: tokenLabel)) != nil
-            || (uri.id != nil && (try? module.findKey(s, uri: PKCS11URI(id: uri.id), token: tokenLabel)) != nil) {
+        // Only a search that finds nothing lets it go on: a failed search is thrown, and several
+        // keys of that label are keys of that label.
+        let byLabel = try module.searchKeys(s, uri: PKCS11URI(object: label), token: tokenLabel).found
+        let byID = uri.id == nil ? 0 : try module.searchKeys(s, uri: PKCS11URI(id: uri.id), token: tokenLabel).found
+        if byLabel > 0 || byID > 0 {
             throw KeyManagementError(.keyExists, "token '\(tokenLabel)' already has a key labelled '\(label)' (or with its id); nothing was created")
         }
         let keyID: [UInt8]
@@ -356,6 +359,29 @@ final class Module: @unchecked Sendable {
 
     /// The one AES secret key the URI names: its handle, label and CKA_ID.
     func findKey(_ session: UInt, uri: PKCS11URI, token: String) throws(KeyManagementError) -> (UInt, String, [UInt8]) {
+        let (found, key) = try searchKeys(session, uri: uri, token: token)
+        guard found >= 1 else {
+            throw KeyManagementError(.keySourceFailed,
+                "PKCS#11 token '\(token)' has no AES key \(uri.keyName) visible to this login (is the key's label right, and was a PIN given?)")
+        }
+        guard found == 1 else {
+            throw KeyManagementError(.keySourceFailed, "PKCS#11 token '\(token)' has several AES keys \(uri.keyName): add id= to the URI to choose one")
+        }
+        let keyLabel = try attribute(session, key, ES_CKA_LABEL, token: token)
+        let keyID = try attribute(session, key, ES_CKA_ID, token: token)
+        let lengthBytes = try attribute(session, key, ES_CKA_VALUE_LEN, token: token)
+        if lengthBytes.count == MemoryLayout<UInt>.size {
+            let length = lengthBytes.withUnsafeBytes { $0.loadUnaligned(as: UInt.self) }
+            guard length == 32 else {
+                throw KeyManagementError(.keySourceFailed, "key \(uri.keyName) on PKCS#11 token '\(token)' is AES-\(length * 8), not AES-256")
+            }
+        }
+        return (key, String(decoding: keyLabel, as: UTF8.self), keyID)
+    }
+
+    /// How many AES secret keys the URI matches (0, 1, or 2 for "several") and the first one's
+    /// handle; throws only if the search itself fails.
+    func searchKeys(_ session: UInt, uri: PKCS11URI, token: String) throws(KeyManagementError) -> (found: UInt, first: UInt) {
         guard let findInit = list.pointee.C_FindObjectsInit, let find = list.pointee.C_FindObjects,
               let findFinal = list.pointee.C_FindObjectsFinal else {
             throw KeyManagementError(.keySourceUnavailable, "the PKCS#11 module \(path) lacks C_FindObjects")
@@ -383,24 +409,7 @@ final class Module: @unchecked Sendable {
             }
         }
         guard rv == ES_CKR_OK else { throw failure("search token '\(token)' for key \(uri.keyName)", rv) }
-        guard found >= 1 else {
-            throw KeyManagementError(.keySourceFailed,
-                "PKCS#11 token '\(token)' has no AES key \(uri.keyName) visible to this login (is the key's label right, and was a PIN given?)")
-        }
-        guard found == 1 else {
-            throw KeyManagementError(.keySourceFailed, "PKCS#11 token '\(token)' has several AES keys \(uri.keyName): add id= to the URI to choose one")
-        }
-        let key = objects[0]
-        let keyLabel = try attribute(session, key, ES_CKA_LABEL, token: token)
-        let keyID = try attribute(session, key, ES_CKA_ID, token: token)
-        let lengthBytes = try attribute(session, key, ES_CKA_VALUE_LEN, token: token)
-        if lengthBytes.count == MemoryLayout<UInt>.size {
-            let length = lengthBytes.withUnsafeBytes { $0.loadUnaligned(as: UInt.self) }
-            guard length == 32 else {
-                throw KeyManagementError(.keySourceFailed, "key \(uri.keyName) on PKCS#11 token '\(token)' is AES-\(length * 8), not AES-256")
-            }
-        }
-        return (key, String(decoding: keyLabel, as: UTF8.self), keyID)
+        return (min(found, 2), objects[0])
     }
 
     /// An attribute's bytes (at most 1 KiB; empty if the token does not have it).

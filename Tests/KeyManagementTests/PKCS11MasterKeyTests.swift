@@ -1,5 +1,5 @@
 import Foundation
-import KeyManagement
+@testable import KeyManagement
 import Testing
 
 /// PKCS#11 master keys against SoftHSM2, for real (see ``SoftHSMFixture``).
@@ -56,6 +56,25 @@ struct PKCS11MasterKeyTests {
         // Creating a key whose label exists is refused.
         let e = #expect(throws: KeyManagementError.self) { try SoftHSMFixture.newKey("same-label-a") }
         #expect(e?.code == .keyExists)
+    }
+
+    @Test("Creating a key whose label several token keys already have is refused (a failed look-up is not 'no such key'); nothing is created")
+    func generateRefusesWhenSeveralKeysHaveTheLabel() throws {
+        let t = try SoftHSMFixture.require()
+        let module = try Module.load(SoftHSMFixture.modulePath)
+        let uri = try PKCS11URI(parsing: SoftHSMFixture.uri(token: t.main, object: "twin").replacingOccurrences(of: "object=twin", with: "object=twin;id=%7A%03"))
+        let (slot, token) = try module.findToken(uri)
+        var pinBytes = Array(t.pin.utf8)
+        let s = try module.openSession(slot: slot, pin: KeyMaterial(consuming: &pinBytes), token: token, readWrite: true)
+        defer { module.closeSession(s) }
+        // Two keys labelled "twin" (made behind generate's back, as another tool could).
+        try module.generateAES256(s, label: "twin", id: [0x7A, 1], token: token)
+        try module.generateAES256(s, label: "twin", id: [0x7A, 2], token: token)
+        #expect(try module.searchKeys(s, uri: PKCS11URI(object: "twin"), token: token).found == 2)
+        var pin: [UInt8]? = nil
+        let e = #expect(throws: KeyManagementError.self) { try PKCS11MasterKey.generate(uri: uri, pin: &pin) }
+        #expect(e?.code == .keyExists)
+        #expect(try module.searchKeys(s, uri: PKCS11URI(id: [0x7A, 3]), token: token).found == 0, "a third 'twin' key was created")
     }
 
     @Test("Rotation between kinds: local → PKCS#11 → helper command → local; every data key opens at each step, and only with the new key")
