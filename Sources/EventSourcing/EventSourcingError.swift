@@ -87,6 +87,11 @@ public struct EventSourcingError: Error, Sendable, Hashable, CustomStringConvert
         /// does not offer (a recorder that cannot rewrite records, a cipher that is not a
         /// `Keyring`): nothing was changed.
         public static let unsupported = Code("unsupported")
+        /// The master key's source (a PKCS#11 token, a helper command) failed or could not be
+        /// reached while a data key was wrapped or unwrapped: nothing of the operation was
+        /// written. The message names the token or the helper, never a PIN, a key or what the
+        /// helper wrote to its standard error. (esctl exits 71.)
+        public static let keySourceFailed = Code("keySourceFailed")
 
         public var description: String { raw }
     }

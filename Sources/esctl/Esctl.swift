@@ -130,6 +130,7 @@ struct Esctl: AsyncParsableCommand {
             case .integrityFailure, .keyUnavailable, .keyRetired:
                 return (Exit.verificationFailed, e.description + " (run 'esctl verify' for the full list)")
             case .keyVersionInUse: return (Exit.keyVersionInUse, e.message)
+            case .keySourceFailed: return (Exit.keySourceFailed, "master key source failed: \(e.message)")
             default: return (Exit.failure, e.description)
             }
         default:

@@ -185,4 +185,43 @@ struct EncryptCommandTests {
         let missing = try await ws.esctl(ws.with() + ["encrypt", "--page-size", "0"])
         #expect(missing.status == 64, "\(missing.summary)")
     }
+
+    @Test("A helper that fails once the store is open (it cannot wrap a new scope's key): encrypt exits 71 at once, naming the helper, not a FAIL per record; nothing is sealed; a rerun with a working helper finishes")
+    func helperFailsMidway() async throws {
+        let ws = try Workspace()
+        _ = try await Self.writePlaintext(ws)
+        try await ws.initStore()
+        let helper = try ExternalKeys.helperScript(ws, name: "helper.sh")
+        let moved = try await ws.esctl(ws.with() + ["keys", "rotate-master", "--new-master-key-command", helper])
+        #expect(moved.status == 0, "\(moved.summary)")
+        // The same key and id, but it exits on the first wrap: opening the store (id, unwrap) works.
+        let inner = CLI.packageRoot.appendingPathComponent("Tests/Helpers/kek-helper.py").path
+        let proxy = ws.path("wrap-fails.py")
+        try Data("""
+            import json, subprocess, sys
+            inner = subprocess.Popen([sys.executable, \(String(reflecting: inner)), "--key", \(String(reflecting: ws.path("helper-kek.b64"))),
+                                      "--id", "cli-helper-key"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for line in sys.stdin:
+                if json.loads(line)["op"] == "wrap":
+                    sys.stderr.write("proxy: wrap refused, token s.SECRET\\n")
+                    sys.exit(1)
+                inner.stdin.write(line); inner.stdin.flush()
+                sys.stdout.write(inner.stdout.readline()); sys.stdout.flush()
+            """.utf8).write(to: URL(fileURLWithPath: proxy))
+        let failing = ws.path("wrap-fails.sh")
+        try Data("#!/bin/sh\nexec python3 '\(proxy)'\n".utf8).write(to: URL(fileURLWithPath: failing))
+        chmod(failing, 0o755)
+
+        let r = try await ws.esctl(["--store", ws.storeURL, "--master-key-command", failing, "encrypt"])
+        #expect(r.status == 71, "\(r.summary)")
+        #expect(r.stderr.contains("master key source failed") && r.stderr.contains("wrap-fails.sh"), "\(r.summary)")
+        #expect(!r.stderr.contains("FAIL") && !r.stdout.contains("FAIL") && !r.stderr.contains("SECRET"), "\(r.summary)")
+        let left = try await ws.esctl(["--store", ws.storeURL, "--master-key-command", helper, "verify"])
+        #expect(left.status == 67 && left.stdout.contains("plaintext: 27 records are not encrypted\n"), "\(left.summary)")
+
+        let rerun = try await ws.esctl(["--store", ws.storeURL, "--master-key-command", helper, "encrypt"])
+        #expect(rerun.status == 0, "\(rerun.summary)")
+        let verify = try await ws.esctl(["--store", ws.storeURL, "--master-key-command", helper, "verify"])
+        #expect(verify.status == 0, "\(verify.summary)")
+    }
 }

@@ -176,8 +176,9 @@ extension Application {
     ///   - progress: called after each page.
     /// - Throws: ``EventSourcingError`` `.invalidArgument` without a cipher, when the recorder
     ///   (or the snapshot recorder) is not ``RecordRewriting``, or for a page size out of range,
-    ///   before anything is changed; `CancellationError` between pages; the store's errors (the
-    ///   pages before are done, a rerun finishes).
+    ///   before anything is changed; `CancellationError` between pages; the store's errors and
+    ///   `.keySourceFailed` when the master key's token or helper fails (the pages before are
+    ///   done, nothing of the failing page is written, a rerun finishes).
     public func encryptPlaintextRecords(options: PlaintextEncryption.Options = .init(),
                                         progress: (@Sendable (PlaintextEncryption.Progress) -> Void)? = nil)
         async throws -> PlaintextEncryption.Report {
@@ -410,6 +411,10 @@ struct PlaintextPass {
                     key = try await cipher.sealingKey(for: scope, likelyNew: false)
                 } catch {
                     let e = Mapper.translate(error, stored: c.stored, scope: scope)
+                    // The master key's token or helper failed: every other scope's key would fail
+                    // the same way (each after its timeout), so the pass stops, nothing of the
+                    // page written.
+                    if e.code == .keySourceFailed { throw Self.naming(e, c) }
                     keyFailures[exact] = e
                     report.fail(Self.naming(e, c))
                     continue

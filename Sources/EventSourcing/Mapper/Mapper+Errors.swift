@@ -48,6 +48,8 @@ extension Mapper {
         case .invalidScope: code = .invalidArgument
         // More records in one save than one data key may seal (Keyring.encryptionLimit).
         case .limitExceeded: code = .invalidArgument
+        // The token or helper holding the master key failed: not the store's fault.
+        case .keySourceFailed, .keySourceUnavailable: code = .keySourceFailed
         default: code = .recorderFailure
         }
         return EventSourcingError(code, message, originatorID: stored?.originatorID,
