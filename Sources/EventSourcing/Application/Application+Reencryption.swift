@@ -451,6 +451,15 @@ struct ReencryptionPass {
             } catch {
                 throw Mapper.translate(error, stored: stored, scope: key.scope)
             }
+            // Only fields moved: the record itself was sealed again under its own key (its
+            // scope, the version its header names), which is an encryption under that key too.
+            if !r.recordResealed, r.fieldsResealed > 0, case .success(let (sealedHeader, _)) = StateHeader.parse(r.state) {
+                do {
+                    try await keyring.countEncryptions(1, scope: recordScope, version: sealedHeader.keyVersion)
+                } catch {
+                    throw Mapper.translate(error, stored: stored, scope: recordScope)
+                }
+            }
         }
         guard changed else { return nil }
         return RecordRewrite(originatorID: stored.originatorID, originatorVersion: stored.originatorVersion,

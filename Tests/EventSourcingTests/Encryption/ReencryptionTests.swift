@@ -290,6 +290,29 @@ struct ReencryptionTests {
         }
     }
 
+    @Test("a record whose personal fields move but whose own key does not is sealed again under its own key: counted there too (SECURITY.md §10)",
+          arguments: encrypted)
+    func fieldOnlyResealCounted(_ factory: AppFactory) async throws {
+        let master = try MasterKey.generate()
+        try await factory.withFreshApp(masterKey: master) { t in
+            let order = try await PersonalFieldTests.placeOrder(t.app)
+            try await t.app.takeSnapshot(PDOrder.self, id: order.id)
+            _ = try await t.keyring!.rotate(scope: "subject-A")
+            // Another process, nothing reserved yet: what it counts goes to the store as it is.
+            let keyring = try await Keyring.open(store: t.keyring!.store, masterKeys: [master])
+            let app = Application(recorder: t.store.recorder, snapshots: t.store.snapshots, mapper: Mapper(keyring: keyring))
+            let own = order.id.uuidString.lowercased()
+            let before = try await keyring.encryptionCounts(scope: own)
+            let report = try await app.reencrypt(keyScope: "subject-A")
+            #expect(report.personalFieldsRewritten == 4 && report.eventsRewritten == 1 && report.snapshotsRewritten == 1)
+            let after = try await keyring.encryptionCounts(scope: own)
+            // The placed event and the snapshot: sealed again under the order's own v1 (a
+            // version with no stored count holds its creator's first block implicitly).
+            let was = before[1] ?? KeyUsage.firstBlock(limit: keyring.encryptionLimit)
+            #expect(after[1] == was + 2, "before \(before), after \(after)")
+        }
+    }
+
     @Test("a process still sealing under its cached old version: retire refuses until a rerun re-encrypts its records",
           arguments: encrypted)
     func staleWriter(_ factory: AppFactory) async throws {
