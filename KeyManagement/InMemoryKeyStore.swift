@@ -133,6 +133,11 @@ public final class InMemoryKeyStore: KeyStore {
             let retired = try Self.versionsToRetire((s.keys[exact] ?? []).map(\.version), scope: scope, below: version)
             guard !retired.isEmpty else { return [] }
             s.keys[exact]?.removeAll { $0.version < version }
+            // The retired versions seal nothing more: their encryption counts go with them.
+            if var counts = s.reserved[exact] {
+                counts = counts.filter { $0.key >= version }
+                s.reserved[exact] = counts.isEmpty ? nil : counts
+            }
             s.record(scope, .retire, at: Date())   // the key-change feed
             return retired
         }

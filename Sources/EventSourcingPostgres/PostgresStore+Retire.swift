@@ -38,6 +38,10 @@ extension PostgresStore {
                 try await conn.query(
                     "DELETE FROM \(unescaped: s).data_keys WHERE scope = \(scope) AND version < \(Int64(version))",
                     logger: self.logger)
+                // The retired versions seal nothing more: their encryption counts go with them.
+                try await conn.query(
+                    "DELETE FROM \(unescaped: s).key_usage WHERE scope = \(scope) AND version < \(Int64(version))",
+                    logger: self.logger)
                 // Other processes drop their cached copies (the key-change feed, SECURITY.md §5.18).
                 try await conn.query(PostgresStore.recordKeyChange(scope: scope, kind: .retire, at: Date(), schema: s),
                                      logger: self.logger)

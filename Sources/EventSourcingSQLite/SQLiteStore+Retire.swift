@@ -37,6 +37,11 @@ extension SQLiteStore {
             erase.bind(1, scope)
             erase.bind(2, Int64(version))
             try erase.run()
+            // The retired versions seal nothing more: their encryption counts go with them.
+            let usage = try conn.statement("DELETE FROM key_usage WHERE scope = ? AND version < ?")
+            usage.bind(1, scope)
+            usage.bind(2, Int64(version))
+            try usage.run()
             // Other processes drop their cached copies (the key-change feed, SECURITY.md §5.18).
             try SQLiteStore.recordKeyChange(scope: scope, kind: .retire, at: Date(), conn)
             return retired

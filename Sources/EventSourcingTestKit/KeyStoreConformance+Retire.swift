@@ -11,6 +11,11 @@ extension KeyStoreConformance {
         try await store.insertDataKey(wrapped(composed, 1))
         try await store.insertDataKey(wrapped(composed, 2))
         let all = try await store.dataKeys(scope: "subject-1")
+        // Encryption counts (a KeyUsageCounter): the retired versions' go with them, the rest stay.
+        let counter = store as? any KeyUsageCounter
+        let first = KeyUsage.firstBlock(limit: 10_000)
+        for v: UInt32 in [1, 2, 3] { _ = try await counter?.reserveEncryptions(scope: "subject-1", version: v, count: UInt64(v), limit: 10_000) }
+        _ = try await counter?.reserveEncryptions(scope: composed, version: 1, count: 7, limit: 10_000)
         let retired: [UInt32]
         do {
             retired = try await store.retireDataKeys(scope: "subject-1", below: 3)
@@ -26,6 +31,12 @@ extension KeyStoreConformance {
         try c.equal(try await store.dataKeys(scope: "subject-1").first, all.last, "the newest version, intact", describe: { describe($0.map { [$0] } ?? []) })
         try c.equal(try await store.dataKeys(scope: "subject-2").map(\.version), [1], "another scope's versions", describe: { "\($0)" })
         try c.equal(try await store.dataKeys(scope: composed).map(\.version), [1, 2], "another scope's versions", describe: { "\($0)" })
+        if let counter {
+            try c.equal(try await counter.reservedEncryptions(scope: "subject-1"), [3: first + 3],
+                        "subject-1's encryption counts after the retire (the retired versions' deleted)", describe: { "\($0)" })
+            try c.equal(try await counter.reservedEncryptions(scope: composed), [1: first + 7], "another scope's encryption counts",
+                        describe: { "\($0)" })
+        }
         // Nothing below: nothing retired. Above the newest: refused.
         try c.equal(try await store.retireDataKeys(scope: "subject-1", below: 3), [], "retiring below v3 again", describe: { "\($0)" })
         try c.equal(try await store.retireDataKeys(scope: "subject-1", below: 1), [], "retiring below v1", describe: { "\($0)" })

@@ -79,7 +79,7 @@ public struct KeyStoreConformance: Sendable {
             case .wrappedKeysOfAnyLength: "wrapped keys and check records of any length from 1 to 8,192 bytes (a helper command's) and master-key ids such as cmd-… or p11-… come back byte for byte, also after a rewrap to another length"
             case .keyChangeFeed: "a KeyChangeFeed records a rotation, a shred and a retirement (not a first key, not a refused change) at consecutive positions, by exact scope; a store without the feed passes"
             case .encryptionCounts: "a KeyUsageCounter adds reservations atomically from the implicit first block, refuses one past the limit changing nothing, keeps spellings apart and forgets a shredded scope; a store without counts passes"
-            case .retireOldVersions: "retireDataKeys destroys only the scope's versions below the one given, never the newest, refuses a shredded or unknown scope; or throws unsupported and changes nothing"
+            case .retireOldVersions: "retireDataKeys destroys only the scope's versions below the one given (and their encryption counts), never the newest, refuses a shredded or unknown scope; or throws unsupported and changes nothing"
             }
         }
 
