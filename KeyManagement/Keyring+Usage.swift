@@ -111,7 +111,7 @@ extension Keyring {
     }
 
     /// Counts `n` encryptions already made under `version` of `scope` by a pass that seals
-    /// records under a key it chose itself (re-encryption, encrypting a plaintext store), so the
+    /// records under a key it chose itself (re-encryption), so the
     /// stored count stays at least the number made. The pass is not stopped: a version it takes
     /// past ``encryptionLimit`` (by at most one page) is full, and the next write rotates the
     /// scope. Never past ``KeyUsage/maxLimit`` (2^32): that is refused with

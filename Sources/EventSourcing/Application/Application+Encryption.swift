@@ -320,26 +320,49 @@ struct PlaintextPass {
         var notificationID: Int64?
     }
 
+    /// A record of the current page that failed (reported once): left out when the page is read again.
+    private struct RecordID: Hashable {
+        var id: UUID
+        var version: Int
+    }
+    private var failedInPage: Set<RecordID> = []
+
+    private mutating func fail(_ e: EventSourcingError, _ c: Candidate) {
+        report.fail(e)
+        failedInPage.insert(RecordID(id: c.stored.originatorID, version: c.stored.originatorVersion))
+    }
+
+    private func failedBefore(_ r: StoredEvent) -> Bool {
+        failedInPage.contains(RecordID(id: r.originatorID, version: r.originatorVersion))
+    }
+
     mutating func events(_ page: [StoredNotification], _ rewriter: any RecordRewriting) async throws {
         var current = page
-        for attempt in 0..<Self.maxAttempts {
+        var attempt = 0, reads = 0
+        failedInPage.removeAll()
+        while attempt < Self.maxAttempts {
             var candidates: [Candidate] = []
             for n in current {
-                if attempt == 0 { report.eventsExamined += 1 }
+                if reads == 0 { report.eventsExamined += 1 }
                 if ErasureRecord.isErasure(topic: n.topic) {
-                    if attempt == 0 { report.erasureRecords += 1 }
+                    if reads == 0 { report.erasureRecords += 1 }
                 } else if StateHeader.isEncrypted(n.state) {
-                    if attempt == 0 { report.eventsAlreadyEncrypted += 1 }
-                } else {
+                    if reads == 0 { report.eventsAlreadyEncrypted += 1 }
+                } else if !failedBefore(n.storedEvent) {
                     candidates.append(Candidate(stored: n.storedEvent, notificationID: n.id))
                 }
             }
+            reads += 1
             guard !candidates.isEmpty else { return }
-            let (done, complete) = try await seal(candidates, snapshot: false) { try await rewriter.rewriteEvents($0) }
+            let (done, complete, deferred) = try await seal(candidates, snapshot: false) { try await rewriter.rewriteEvents($0) }
             report.eventsEncrypted += done
-            if complete { return }
-            report.pagesRetried += 1
-            // Read the page again: what changed under it is encrypted now, or is sealed on the next attempt.
+            if complete && !deferred { return }
+            if !complete {
+                attempt += 1
+                report.pagesRetried += 1
+            }
+            // Read the page again: what changed under it is encrypted now, or is sealed on the next
+            // attempt; records left for a scope's next key (deferred) are sealed now.
             guard let first = page.first, let last = page.last else { return }
             current = try await app.recorder.selectNotifications(start: first.id, limit: page.count, stop: last.id, topics: [])
         }
@@ -350,21 +373,27 @@ struct PlaintextPass {
 
     mutating func snapshots(_ page: [StoredEvent], after cursor: SnapshotCursor?, _ rewriter: any RecordRewriting) async throws {
         var current = page
-        for attempt in 0..<Self.maxAttempts {
+        var attempt = 0, reads = 0
+        failedInPage.removeAll()
+        while attempt < Self.maxAttempts {
             var candidates: [Candidate] = []
             for s in current {
-                if attempt == 0 { report.snapshotsExamined += 1 }
+                if reads == 0 { report.snapshotsExamined += 1 }
                 if StateHeader.isEncrypted(s.state) {
-                    if attempt == 0 { report.snapshotsAlreadyEncrypted += 1 }
-                } else {
+                    if reads == 0 { report.snapshotsAlreadyEncrypted += 1 }
+                } else if !failedBefore(s) {
                     candidates.append(Candidate(stored: s, notificationID: nil))
                 }
             }
+            reads += 1
             guard !candidates.isEmpty else { return }
-            let (done, complete) = try await seal(candidates, snapshot: true) { try await rewriter.rewriteSnapshots($0) }
+            let (done, complete, deferred) = try await seal(candidates, snapshot: true) { try await rewriter.rewriteSnapshots($0) }
             report.snapshotsEncrypted += done
-            if complete { return }
-            report.pagesRetried += 1
+            if complete && !deferred { return }
+            if !complete {
+                attempt += 1
+                report.pagesRetried += 1
+            }
             // The same range again (a snapshot deleted meanwhile lets one of the next page in: it is
             // sealed here, and the next page finds it encrypted).
             current = try await rewriter.selectSnapshots(after: cursor, limit: page.count)
@@ -374,11 +403,15 @@ struct PlaintextPass {
             originatorID: page.first?.originatorID, originatorVersion: page.first?.originatorVersion)
     }
 
-    /// Seals `candidates` and rewrites them in one call of `rewrite`.
-    /// - Returns: how many were rewritten, and whether every one that was sealed was (false: read
-    ///   the page again).
+    /// Seals `candidates` and rewrites them in one call of `rewrite`. Each scope's key is taken
+    /// once, with its records' encryptions reserved (SECURITY.md §10): a key ring rotates a
+    /// full version first. A scope with more records than one version may seal (its
+    /// `encryptionLimit`) seals that many; the rest wait for the page's next reading, once the
+    /// new key is stored.
+    /// - Returns: how many were rewritten, whether every one that was sealed was (false: read
+    ///   the page again), and whether records were left for a scope's next key (read it again too).
     private mutating func seal(_ candidates: [Candidate], snapshot: Bool,
-                               rewrite: ([RecordRewrite]) async throws -> Int) async throws -> (Int, Bool) {
+                               rewrite: ([RecordRewrite]) async throws -> Int) async throws -> (Int, Bool, Bool) {
         // By exact scope bytes: canonically equivalent spellings are different scopes, with different keys.
         var keys: [ExactScope: SealingKey] = [:]
         var keyFailures: [ExactScope: EventSourcingError] = [:]
@@ -386,21 +419,30 @@ struct PlaintextPass {
         var rewrites: [RecordRewrite] = []
         var sealedScopes: [String] = []
         var sealedFrom: [Candidate] = []
-        struct SealedVersion: Hashable { var scope: ExactScope; var version: UInt32 }
-        var sealedUnder: [SealedVersion: Int] = [:]
+        // Scopes first: a scope's key is taken with all of its records here reserved.
+        var resolved: [(Candidate, String)] = []
+        var perScope: [ExactScope: Int] = [:]
         for c in candidates {
-            let scope: String
             switch await self.scope(of: c.stored.originatorID) {
-            case .success(let s): scope = s
-            case .failure(var e):
-                (e.originatorID, e.originatorVersion, e.topic, e.notificationID) =
-                    (c.stored.originatorID, c.stored.originatorVersion, c.stored.topic, c.notificationID)
-                report.fail(e)
-                continue
+            case .success(let s):
+                resolved.append((c, s))
+                perScope[ExactScope(s), default: 0] += 1
+            case .failure(let e):
+                fail(Self.naming(e, c), c)
             }
+        }
+        let limit = app.mapper.keyring.map { Int(clamping: $0.encryptionLimit) } ?? Int.max
+        var taken: [ExactScope: Int] = [:]
+        var deferred = false
+        for (c, scope) in resolved {
             let exact = ExactScope(scope)
             if let e = keyFailures[exact] {
-                report.fail(Self.naming(e, c))
+                fail(Self.naming(e, c), c)
+                continue
+            }
+            if taken[exact, default: 0] >= limit {
+                // The key has no room for more: sealed on the page's next reading, under the next version.
+                deferred = true
                 continue
             }
             let key: SealingKey
@@ -408,7 +450,8 @@ struct PlaintextPass {
                 key = k
             } else {
                 do {
-                    key = try await cipher.sealingKey(for: scope, likelyNew: false)
+                    key = try await cipher.sealingKey(for: scope, likelyNew: false,
+                                                      encryptions: min(perScope[exact] ?? 1, limit))
                 } catch {
                     let e = Mapper.translate(error, stored: c.stored, scope: scope)
                     // The master key's token or helper failed: every other scope's key would fail
@@ -416,12 +459,13 @@ struct PlaintextPass {
                     // page written.
                     if e.code == .keySourceFailed { throw Self.naming(e, c) }
                     keyFailures[exact] = e
-                    report.fail(Self.naming(e, c))
+                    fail(Self.naming(e, c), c)
                     continue
                 }
                 keys[exact] = key
                 if key.minted != nil { minted.append(key) }
             }
+            taken[exact, default: 0] += 1
             do {
                 guard let sealed = try app.mapper.sealPlaintext(c.stored, snapshot: snapshot, key: key.key,
                                                                 notificationID: c.notificationID) else { continue }
@@ -429,12 +473,11 @@ struct PlaintextPass {
                                               expected: c.stored.state, state: sealed.state, keyScope: sealed.keyScope))
                 sealedScopes.append(scope)
                 sealedFrom.append(c)
-                sealedUnder[SealedVersion(scope: exact, version: key.key.version), default: 0] += 1
             } catch {
-                report.fail(error)
+                fail(error, c)
             }
         }
-        guard !rewrites.isEmpty else { return (0, true) }
+        guard !rewrites.isEmpty else { return (0, true, deferred) }
         if !minted.isEmpty {
             // A scope's first key is stored before any record sealed under it.
             do {
@@ -449,20 +492,11 @@ struct PlaintextPass {
             } catch let e as KeyManagementError where e.code == .keyExists {
                 // Another writer created one of these scopes' first key: seal under its key.
                 for k in minted { cipher.invalidate(scope: k.key.scope) }
-                return (0, false)
+                return (0, false, deferred)
             } catch {
                 throw Mapper.translate(error, stored: nil, scope: minted[0].key.scope)
             }
             report.keysCreated += minted.count
-        }
-        // Every seal is an encryption under its key (SECURITY.md §10), counted once the keys
-        // are stored (a rewrite that loses its race was still an encryption).
-        if let keyring = app.mapper.keyring {
-            for (v, n) in sealedUnder {
-                do { try await keyring.countEncryptions(n, scope: v.scope.scope, version: v.version) } catch {
-                    throw Mapper.translate(error, stored: nil, scope: v.scope.scope)
-                }
-            }
         }
         let done: Int
         while true {
@@ -479,7 +513,7 @@ struct PlaintextPass {
                 var kept: [Int] = []
                 for i in rewrites.indices {
                     if ExactScope.same(sealedScopes[i], shredded) {
-                        report.fail(Self.naming(failure, sealedFrom[i]))
+                        fail(Self.naming(failure, sealedFrom[i]), sealedFrom[i])
                     } else {
                         kept.append(i)
                     }
@@ -488,7 +522,7 @@ struct PlaintextPass {
                 rewrites = kept.map { rewrites[$0] }
                 sealedScopes = kept.map { sealedScopes[$0] }
                 sealedFrom = kept.map { sealedFrom[$0] }
-                if rewrites.isEmpty { return (0, true) }
+                if rewrites.isEmpty { return (0, true, deferred) }
             }
         }
         if done == rewrites.count {
@@ -499,7 +533,7 @@ struct PlaintextPass {
             // Which ones were rewritten is not known: counted under no scope.
             report.recordsInUnlistedScopes += done
         }
-        return (done, done == rewrites.count)
+        return (done, done == rewrites.count, deferred)
     }
 
     private static func naming(_ e: EventSourcingError, _ c: Candidate) -> EventSourcingError {

@@ -77,7 +77,7 @@ struct PlaintextEncryptionBackendTests {
         try await store.close()
     }
 
-    @Test("The pass counts its seals under each key (SECURITY.md §10): a version it fills past the limit is rotated by the next write",
+    @Test("The pass reserves its seals under each key before sealing (SECURITY.md §10): no version seals more than the limit, a full one is rotated first",
           arguments: RecorderFactory.all)
     func encryptionCountsSeals(_ factory: RecorderFactory) async throws {
         let store = try await factory.make()
@@ -89,19 +89,34 @@ struct PlaintextEncryptionBackendTests {
                                   mapper: Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed)))
             let report = try await app.encryptPlaintextRecords(aggregateTypes: [EncPatient.self, EncNote.self])
             #expect(report.failed == 0, "\(report.failures)")
-            // subject-a holds two patients' records: more than the limit of 2.
+            #expect(report.eventsEncrypted == history.events && report.snapshotsEncrypted == history.snapshots)
+            // subject-a holds two patients' records (4 events, 2 snapshots): more than the limit of 2.
             let log = try await store.recorder.selectNotifications(start: 1, limit: 10_000, stop: nil, topics: [])
-            let sealedA = log.filter { StateHeader.peekKeyScope($0.state) == "subject-a" }.count
-            #expect(sealedA > 2)
+            var states = log.filter { StateHeader.peekKeyScope($0.state) == "subject-a" }.map(\.state)
+            for id in history.patients.prefix(2) {
+                states.append(try #require(try await store.snapshots.selectSnapshot(originatorID: id, lte: nil)).state)
+            }
+            #expect(states.count == 6)
+            var perVersion: [UInt32: Int] = [:]
+            for state in states {
+                guard case .success(let (header, _)) = StateHeader.parse(state) else { Issue.record("no header"); return }
+                #expect(header.keyScope == "subject-a")
+                perVersion[header.keyVersion, default: 0] += 1
+            }
             let counts = try await keyring.encryptionCounts(scope: "subject-a")
-            #expect((counts[1] ?? 0) >= UInt64(sealedA), "counted \(counts), sealed \(sealedA) events")
-            // The next write finds v1 full and rotates.
+            for (v, n) in perVersion {
+                #expect(n <= 2, "v\(v) sealed \(n) records under a limit of 2: \(perVersion)")
+                // A version with no stored count holds its creator's first block (here the limit).
+                #expect((counts[v] ?? KeyUsage.firstBlock(limit: 2)) >= UInt64(n), "v\(v): counted \(counts), sealed \(perVersion)")
+            }
+            #expect(perVersion.count >= 3, "\(perVersion)")
+            // The next write finds the newest version full and rotates.
             var p = try await app.repository.get(EncPatient.self, id: history.patients[0])
             try p.record(.noted("after the pass"))
             try await app.save(&p)
             let last = try #require(try await store.recorder.selectEvents(originatorID: p.id, after: p.version - 1, upTo: p.version).first)
             guard case .success(let (header, _)) = StateHeader.parse(last.state) else { Issue.record("no header"); return }
-            #expect(header.keyVersion == 2)
+            #expect(header.keyVersion > perVersion.keys.max() ?? 0)
         } catch {
             try await store.close()
             throw error
