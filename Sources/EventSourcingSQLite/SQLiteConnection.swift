@@ -26,8 +26,21 @@ final class SQLiteConnection {
                       busyTimeoutMillis: busyTimeoutMillis)
     }
 
+    /// The oldest SQLite library the store's SQL runs on: 3.24.0 (`INSERT … ON CONFLICT … DO`).
+    static let minimumLibraryVersion: Int32 = 3_024_000
+
+    /// Refuses a SQLite library older than ``minimumLibraryVersion`` (`number` as
+    /// `sqlite3_libversion_number()` gives it), naming both versions.
+    static func checkLibraryVersion(_ number: Int32 = sqlite3_libversion_number(), path: String) throws(EventSourcingError) {
+        guard number < minimumLibraryVersion else { return }
+        func dotted(_ n: Int32) -> String { "\(n / 1_000_000).\(n / 1_000 % 1_000).\(n % 1_000)" }
+        throw EventSourcingError(.databaseUnavailable,
+            "cannot open \(path): the SQLite library is \(dotted(number)); this store needs \(dotted(minimumLibraryVersion)) or newer")
+    }
+
     private init(name: String, flags: Int32, path: String, busyTimeoutMillis: Int32) throws(EventSourcingError) {
         self.path = path
+        try SQLiteConnection.checkLibraryVersion(path: path)
         var handle: OpaquePointer?
         let rc = sqlite3_open_v2(name, &handle, flags, nil)
         db = handle

@@ -132,24 +132,34 @@ extension SQLiteStore: KeyUsageCounter {
         // A version without a row has its first block reserved implicitly (KeyUsage.firstBlock).
         guard let initial = KeyUsage.initialTotal(count: count, limit: limit), let i = Int64(exactly: initial),
               let c = Int64(exactly: count), let l = Int64(exactly: limit) else { return nil }
+        // UPDATE, else INSERT, in the write's transaction (no RETURNING: SQLite before 3.35 has none).
         return try await write { conn -> UInt64? in
-            let s = try conn.statement("""
-                INSERT INTO key_usage (scope, version, reserved) VALUES (?1, ?2, ?3)
-                ON CONFLICT (scope, version) DO UPDATE SET reserved = reserved + ?4 WHERE reserved <= ?5 - ?4
-                RETURNING reserved
-                """)
+            let update = try conn.statement(
+                "UPDATE key_usage SET reserved = reserved + ?1 WHERE scope = ?2 AND version = ?3 AND reserved <= ?4 - ?1")
+            update.bind(1, c)
+            update.bind(2, scope)
+            update.bind(3, Int64(version))
+            update.bind(4, l)
+            try update.run()
+            let added = conn.changes > 0
+            let s = try conn.statement("SELECT reserved FROM key_usage WHERE scope = ? AND version = ?")
             defer { s.reset() }
             s.bind(1, scope)
             s.bind(2, Int64(version))
-            s.bind(3, i)
-            s.bind(4, c)
-            s.bind(5, l)
-            guard try s.step() else { return nil }
+            guard try s.step() else {
+                // No row yet: the first block (implicit) and this reservation.
+                let insert = try conn.statement("INSERT INTO key_usage (scope, version, reserved) VALUES (?, ?, ?)")
+                insert.bind(1, scope)
+                insert.bind(2, Int64(version))
+                insert.bind(3, i)
+                try insert.run()
+                return initial
+            }
             guard let total = s.integer(0), let t = UInt64(exactly: total) else {
                 throw KeyManagementError(.storeFailure,
                     "the key_usage row of data key v\(version) holds \(s.describeColumn(0)), not a count", scope: scope, keyVersion: version)
             }
-            return t
+            return added ? t : nil   // not added: the version is full
         }
     }
 
