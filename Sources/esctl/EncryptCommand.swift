@@ -56,11 +56,11 @@ struct Encrypt: AsyncParsableCommand {
             try await StoreAccess(options: global).withSession(.readWrite) { session in
                 let total = Int(try await session.store.maxNotificationID() ?? 0)
                 let progress = Progress("encrypting events", total: total)
-                let interrupt = await EncryptInterrupt.install(progress: progress, message: """
+                let interrupt = await Interrupt.install(progress: progress, message: """
                     interrupted: the pages done so far are encrypted, every record is whole (plaintext or encrypted). \
                     Run the same command again to finish: esctl encrypt\(subjects.map { " --subjects \($0)" } ?? "")
                     """)
-                defer { interrupt.stop() }
+                defer { interrupt.remove() }
                 Terminal.info("encrypting the plaintext records of \(session.store.location); Ctrl-C is safe: run the same command again to finish")
                 let report: PlaintextEncryption.Report
                 do {
@@ -286,32 +286,5 @@ enum SubjectsFile {
             }
         }
         return map
-    }
-}
-
-/// Ctrl-C while a long pass runs: end the progress bar's line, say how to resume, exit 130.
-/// Each page is its own transaction, so stopping at any point leaves every record whole.
-struct EncryptInterrupt {
-    private let source: any DispatchSourceSignal
-
-    /// Returns once the handler is registered: a Ctrl-C from then on is caught, not lost.
-    static func install(progress: Progress, message: String) async -> EncryptInterrupt {
-        signal(SIGINT, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: DispatchQueue(label: "esctl.encrypt.sigint"))
-        source.setEventHandler {
-            progress.abandon()
-            Terminal.error(message)
-            _exit(Exit.interrupted)
-        }
-        await withCheckedContinuation { (registered: CheckedContinuation<Void, Never>) in
-            source.setRegistrationHandler { registered.resume() }
-            source.resume()
-        }
-        return EncryptInterrupt(source: source)
-    }
-
-    func stop() {
-        source.cancel()
-        signal(SIGINT, SIG_DFL)
     }
 }

@@ -314,15 +314,12 @@ struct KeysRotateMaster: AsyncParsableCommand {
             let total = try await countKeys(session.store)
             let progress = Progress("rewrapping", total: total)
             // Ctrl-C is caught before the line below says it is safe.
-            let interrupt = await Self.onInterrupt(progress: progress, message: """
+            let interrupt = await Interrupt.install(progress: progress, message: """
                 interrupted: the rotation from master key \(old) to \(newKey.id) is unfinished; every data key still opens \
                 with one of the two keys. Run the same command again to finish it \
                 (esctl keys rotate-master \(newKeyArgument) with the old key)
                 """)
-            defer {
-                interrupt.cancel()
-                signal(SIGINT, SIG_DFL)
-            }
+            defer { interrupt.remove() }
             Terminal.info("rewrapping \(total) data keys from master key \(old) to \(newKey.id); Ctrl-C is safe: run the same command again to finish")
             let result: Keyring.RotationProgress
             do {
@@ -381,25 +378,6 @@ struct KeysRotateMaster: AsyncParsableCommand {
             Terminal.info("new master key \(key.id) written to \(newMasterKeyFile) (mode 0600)")
         }
         return key
-    }
-
-    /// While the rotation runs, Ctrl-C (SIGINT) ends the bar's line, says how to resume and
-    /// exits 130. Each data key is rewrapped in its own transaction, so stopping at any point
-    /// leaves every key under the old or the new master key.
-    /// Returns once the handler is registered: a Ctrl-C from then on is caught, not lost.
-    private static func onInterrupt(progress: Progress, message: String) async -> any DispatchSourceSignal {
-        signal(SIGINT, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: DispatchQueue(label: "esctl.sigint"))
-        source.setEventHandler {
-            progress.abandon()
-            Terminal.error(message)
-            _exit(Exit.interrupted)
-        }
-        await withCheckedContinuation { (registered: CheckedContinuation<Void, Never>) in
-            source.setRegistrationHandler { registered.resume() }
-            source.resume()
-        }
-        return source
     }
 
     /// Whether `newKey` is the store's only master key and wraps every data key.

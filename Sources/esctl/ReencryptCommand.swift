@@ -192,7 +192,9 @@ struct KeysRetire: AsyncParsableCommand {
     }
 }
 
-/// Ctrl-C (SIGINT) while a long pass runs: ends the progress line, says how to resume, exits 130.
+/// Ctrl-C (SIGINT) while a long pass runs (`keys rotate-master`, `keys reencrypt`, `encrypt`):
+/// ends the progress line, says how to resume, exits 130. Each of those passes commits page by
+/// page (or key by key), so stopping at any point leaves every record and key whole.
 struct Interrupt {
     private let source: any DispatchSourceSignal
 
