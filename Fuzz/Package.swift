@@ -35,6 +35,7 @@ let package = Package(
         fuzzTarget("fuzz-store-file", [.product(name: "EventSourcing", package: parent),
                                        .product(name: "EventSourcingSQLite", package: parent),
                                        .product(name: "KeyManagement", package: parent)]),
+        fuzzTarget("fuzz-pkcs11-uri", [.product(name: "KeyManagement", package: parent)]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -6,14 +6,14 @@
 #   FUZZ_JOBS=2 Fuzz/run.sh               # libFuzzer workers per target
 #   Fuzz/run.sh --seeds                   # rewrite the seed corpora with the real encoder
 #
-# Targets: state-header, mapper, compact, key-file, store-file. New inputs that reach new code
-# go to Fuzz/corpus/<target>/new/ (not committed); crashes to Fuzz/artifacts/<target>/, with
-# the command that reproduces them printed at the end. The build goes to .build-fuzz at the
-# package root, away from the library's own .build.
+# Targets: state-header, mapper, compact, key-file, store-file, pkcs11-uri. New inputs that
+# reach new code go to Fuzz/corpus/<target>/new/ (not committed); crashes to
+# Fuzz/artifacts/<target>/, with the command that reproduces them printed at the end. The build
+# goes to .build-fuzz at the package root, away from the library's own .build.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-targets=(state-header mapper compact key-file store-file)
+targets=(state-header mapper compact key-file store-file pkcs11-uri)
 seeds=false
 if [ "${1:-}" = "--seeds" ]; then seeds=true; shift; fi
 if [ $# -gt 0 ] && [[ " ${targets[*]} " == *" $1 "* ]]; then targets=("$1"); shift; fi
