@@ -43,7 +43,9 @@ public struct PKCS11URI: Sendable, Hashable, CustomStringConvertible {
             query = rest[rest.index(after: q)...]
             rest = rest[..<q]
         }
-        if text.contains("pin-value") {
+        // Byte by byte: `String.contains` compares characters, and "pin-value" followed by a
+        // combining mark (e + U+0301) is another character sequence that still holds the bytes.
+        if Array(text.utf8).contains(subsequence: Array("pin-value".utf8)) {
             throw KeyManagementError(.invalidArgument,
                 "the PKCS#11 URI holds a pin-value, which is refused (the URI is not shown): a PIN in an argument is visible to other users and kept in shell history; use pin-source=file:PATH or the PIN environment variable")
         }
@@ -153,5 +155,16 @@ public struct PKCS11URI: Sendable, Hashable, CustomStringConvertible {
         if let serial { return "with serial \(serial)" }
         if let slotID { return "in slot \(slotID)" }
         return "(any)"
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Whether `needle` occurs in these bytes.
+    fileprivate func contains(subsequence needle: [UInt8]) -> Bool {
+        guard !needle.isEmpty, needle.count <= count else { return needle.isEmpty }
+        for start in 0...(count - needle.count) where self[start] == needle[0] {
+            if self[start..<(start + needle.count)].elementsEqual(needle) { return true }
+        }
+        return false
     }
 }
