@@ -14,6 +14,9 @@ private final class DelayingRecorder: ApplicationRecorder {
     let after: @Sendable (Int) -> Duration
     let fail: @Sendable (Int) -> Bool
     private let calls = Mutex(0)
+    private let commits = Mutex(0)
+    /// How many inserts have committed (counted before the delay after the commit).
+    var committed: Int { commits.withLock { $0 } }
 
     init(_ inner: any ApplicationRecorder, before: @escaping @Sendable (Int) -> Duration = { _ in .zero },
          after: @escaping @Sendable (Int) -> Duration = { _ in .zero }, fail: @escaping @Sendable (Int) -> Bool = { _ in false }) {
@@ -28,6 +31,7 @@ private final class DelayingRecorder: ApplicationRecorder {
         if before(n) > .zero { try await Task.sleep(for: before(n)) }
         if fail(n) { throw EventSourcingError(.databaseUnavailable, "injected failure") }
         let ids = try await inner.insertEvents(events)
+        commits.withLock { $0 += 1 }
         if after(n) > .zero { try await Task.sleep(for: after(n)) }
         return ids
     }
@@ -124,14 +128,19 @@ struct PublishingTests {
     func order(_ factory: RecorderFactory) async throws {
         try await factory.withFreshStore { store in
             // The first commit returns 300 ms after it committed: the second commits and returns first.
-            let app = try await Self.encryptedApp(DelayingRecorder(store.recorder, after: { $0 == 0 ? .milliseconds(300) : .zero }))
+            let delaying = DelayingRecorder(store.recorder, after: { $0 == 0 ? .milliseconds(300) : .zero })
+            let app = try await Self.encryptedApp(delaying)
             let sub = app.subscribe(topics: [])
             let consumer = Task { try await Self.take(2, from: sub) }
             let first = Task {
                 var d = try AggregateRoot<Dog>(.registered(name: "first"))
                 return try await app.save(&d)
             }
-            try await Task.sleep(for: .milliseconds(100))
+            // The second save starts once the first has committed (it then waits 300 ms before
+            // returning). A fixed sleep here raced a slow start of the first save on a busy machine.
+            let deadline = ContinuousClock.now + .seconds(30)
+            while delaying.committed == 0, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(1)) }
+            try #require(delaying.committed == 1, "the first save did not commit within 30 s")
             var second = try AggregateRoot<Dog>(.registered(name: "second"))
             let secondIDs = try await app.save(&second)
             let firstIDs = try await first.value
