@@ -20,42 +20,44 @@ import PostgresNIO
 
 struct SQLiteDirectoryView: Projection {
     typealias Context = SQLiteViewTransaction
-    var name: String { "bench-directory" }
+    var name = "bench-directory"
+    var table = "bench_directory"   // the growth phase gives each catch-up a table of its own
 
     func setUp(in tx: SQLiteViewTransaction) async throws {
         try tx.execute("""
-            CREATE TABLE IF NOT EXISTS bench_directory (
+            CREATE TABLE IF NOT EXISTS \(table) (
                 customer_id TEXT PRIMARY KEY, key_scope TEXT NOT NULL, name TEXT NOT NULL, email TEXT NOT NULL, address TEXT NOT NULL)
             """)
-        try tx.execute("CREATE INDEX IF NOT EXISTS bench_directory_scope ON bench_directory (key_scope)")
+        try tx.execute("CREATE INDEX IF NOT EXISTS \(table)_scope ON \(table) (key_scope)")
     }
 
     func process(_ item: LogItem, in tx: SQLiteViewTransaction) async throws {
         let e = try item.event(as: Customer.self)
         switch e.event {
         case .registered(let n, let m, let a), .contactUpdated(let n, let m, let a):
-            try tx.execute("INSERT OR REPLACE INTO bench_directory VALUES (?, ?, ?, ?, ?)",
+            try tx.execute("INSERT OR REPLACE INTO \(table) VALUES (?, ?, ?, ?, ?)",
                            .text(e.originatorID.uuidString), .text(item.keyScope ?? ""), .text(n), .text(m), .text(a))
         }
     }
 
     func erase(keyScope: String, in tx: SQLiteViewTransaction) async throws {
-        try tx.execute("DELETE FROM bench_directory WHERE key_scope = ?", .text(keyScope))
+        try tx.execute("DELETE FROM \(table) WHERE key_scope = ?", .text(keyScope))
     }
 
-    func drop(in tx: SQLiteViewTransaction) async throws { try tx.execute("DROP TABLE IF EXISTS bench_directory") }
+    func drop(in tx: SQLiteViewTransaction) async throws { try tx.execute("DROP TABLE IF EXISTS \(table)") }
 }
 
 struct PostgresDirectoryView: Projection {
     typealias Context = PostgresViewTransaction
-    var name: String { "bench-directory" }
+    var name = "bench-directory"
+    var table = "bench_directory"
 
     func setUp(in tx: PostgresViewTransaction) async throws {
         try await tx.execute("""
-            CREATE TABLE IF NOT EXISTS \(unescaped: tx.schema).bench_directory (
+            CREATE TABLE IF NOT EXISTS \(unescaped: tx.schema).\(unescaped: table) (
                 customer_id uuid PRIMARY KEY, key_scope text NOT NULL, name text NOT NULL, email text NOT NULL, address text NOT NULL)
             """)
-        try await tx.execute("CREATE INDEX IF NOT EXISTS bench_directory_scope ON \(unescaped: tx.schema).bench_directory (key_scope)")
+        try await tx.execute("CREATE INDEX IF NOT EXISTS \(unescaped: table)_scope ON \(unescaped: tx.schema).\(unescaped: table) (key_scope)")
     }
 
     func process(_ item: LogItem, in tx: PostgresViewTransaction) async throws {
@@ -64,18 +66,18 @@ struct PostgresDirectoryView: Projection {
         switch e.event {
         case .registered(let n, let m, let a), .contactUpdated(let n, let m, let a):
             try await tx.execute("""
-                INSERT INTO \(unescaped: tx.schema).bench_directory VALUES (\(e.originatorID), \(scope), \(n), \(m), \(a))
+                INSERT INTO \(unescaped: tx.schema).\(unescaped: table) VALUES (\(e.originatorID), \(scope), \(n), \(m), \(a))
                 ON CONFLICT (customer_id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email, address = EXCLUDED.address
                 """)
         }
     }
 
     func erase(keyScope: String, in tx: PostgresViewTransaction) async throws {
-        try await tx.execute("DELETE FROM \(unescaped: tx.schema).bench_directory WHERE key_scope = \(keyScope)")
+        try await tx.execute("DELETE FROM \(unescaped: tx.schema).\(unescaped: table) WHERE key_scope = \(keyScope)")
     }
 
     func drop(in tx: PostgresViewTransaction) async throws {
-        try await tx.execute("DROP TABLE IF EXISTS \(unescaped: tx.schema).bench_directory")
+        try await tx.execute("DROP TABLE IF EXISTS \(unescaped: tx.schema).\(unescaped: table)")
     }
 }
 
@@ -83,7 +85,7 @@ struct PostgresDirectoryView: Projection {
 /// directory's, tells the runner's own cost (reading, decrypting, one transaction per batch,
 /// the tracking record) from the view's SQL.
 struct DecodeOnlyView<Context: Sendable>: Projection {
-    var name: String { "bench-decode-only" }
+    var name = "bench-decode-only"
     func process(_ item: LogItem, in context: Context) async throws { _ = try item.event(as: Customer.self) }
     func erase(keyScope: String, in context: Context) async throws {}
     func drop(in context: Context) async throws {}

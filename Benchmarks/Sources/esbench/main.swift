@@ -13,6 +13,9 @@
 // every aggregate, cache off and on in alternating trials.
 // --personal-fields runs only the personal-fields phase (PersonalFieldsPhase.swift): per-record
 // encode and decode with 0, 1 and 5 personal fields beside the whole-record pipeline.
+// --growth STEP --growth-dir DIR runs one step of the growth phase (GrowthPhase.swift, driven by
+// run-growth.sh): seed a store of --aggs aggregates, or measure W2, W3d or a projection's
+// catch-up on it, per event, as the store grows.
 import BenchDomain
 import EventSourcing
 import EventSourcingPostgres
@@ -47,6 +50,13 @@ struct Options {
     var personalFields = false    // the personal-fields phase alone (PersonalFieldsPhase.swift)
     var pfRecords = 1_000
     var pfRounds = 7
+    var growth = ""               // the growth phase's step (GrowthPhase.swift); "" : not run
+    var growthDir = ""
+    var sample = 1_000
+    var rounds = 3
+    var window = 100_000
+    var seedBatch = 500
+    var serverPID: Int32?
 }
 
 func parseOptions() -> Options {
@@ -78,8 +88,15 @@ func parseOptions() -> Options {
         case "--personal-fields": o.personalFields = true
         case "--pf-records": o.pfRecords = Int(it.next() ?? "") ?? o.pfRecords
         case "--pf-rounds": o.pfRounds = Int(it.next() ?? "") ?? o.pfRounds
+        case "--growth": o.growth = it.next() ?? ""
+        case "--growth-dir": o.growthDir = it.next() ?? ""
+        case "--sample": o.sample = max(1, Int(it.next() ?? "") ?? o.sample)
+        case "--rounds": o.rounds = max(1, Int(it.next() ?? "") ?? o.rounds)
+        case "--window": o.window = max(1, Int(it.next() ?? "") ?? o.window)
+        case "--seed-batch": o.seedBatch = max(1, Int(it.next() ?? "") ?? o.seedBatch)
+        case "--server-pid": o.serverPID = Int32(it.next() ?? "")
         case "--help", "-h":
-            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system] [--cache-rounds N [--cache-trials N]] [--personal-fields [--pf-records N] [--pf-rounds N]]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system] [--cache-rounds N [--cache-trials N]] [--personal-fields [--pf-records N] [--pf-rounds N]] [--growth seed|w2-sample|w2-full|w3d|w3d-full|catchup --growth-dir DIR [--sample N] [--rounds N] [--window N] [--seed-batch N] [--server-pid PID]]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
@@ -254,6 +271,7 @@ func writeAggregates(_ app: Application, _ payloads: ArraySlice<[Payload]>) asyn
 func run() async throws {
     let o = parseOptions()
     if o.personalFields { return try await personalFieldsPhase(o) }
+    if !o.growth.isEmpty { return try await growthPhase(o) }
     try FileManager.default.createDirectory(atPath: URL(fileURLWithPath: o.db).deletingLastPathComponent().path,
                                             withIntermediateDirectories: true)
     removeDB(o.db)
