@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let strict: [SwiftSetting] = [
@@ -18,6 +18,15 @@ let package = Package(
         .library(name: "EventSourcingTestKit", targets: ["EventSourcingTestKit"]),
         .library(name: "EventSourcingStores", targets: ["EventSourcingStores"]),
         .executable(name: "esctl", targets: ["esctl"]),
+    ],
+    // PostgreSQL through the store URL (`EventSourcingStores`) and in `esctl` is a trait, on by
+    // default. `swift run --disable-default-traits esctl demo` leaves postgres-nio, SwiftNIO and
+    // BoringSSL out of the build (the demo runs on SQLite); the `EventSourcingPostgres` product
+    // itself always has PostgreSQL, whatever the traits.
+    traits: [
+        .trait(name: "PostgreSQL",
+               description: "PostgreSQL store URLs in EventSourcingStores, and esctl --store postgres://"),
+        .default(enabledTraits: ["PostgreSQL"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -76,7 +85,8 @@ let package = Package(
         // The one way to open an encrypted store: a store URL (or the environment, or
         // swift-configuration) and a master key in, an Application and a handle to close out.
         .target(name: "EventSourcingStores",
-                dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "KeyManagement",
+                dependencies: ["EventSourcing", "EventSourcingSQLite", "KeyManagement",
+                               .target(name: "EventSourcingPostgres", condition: .when(traits: ["PostgreSQL"])),
                                .product(name: "Configuration", package: "swift-configuration"),
                                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                .product(name: "Logging", package: "swift-log")],
@@ -85,7 +95,8 @@ let package = Package(
         .target(name: "EventSourcingTestKit", dependencies: ["EventSourcing", "KeyManagement"],
                 swiftSettings: strict),
         .executableTarget(name: "esctl",
-                          dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingPostgres", "EventSourcingStores", "KeyManagement",
+                          dependencies: ["EventSourcing", "EventSourcingSQLite", "EventSourcingStores", "KeyManagement",
+                                         .target(name: "EventSourcingPostgres", condition: .when(traits: ["PostgreSQL"])),
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: strict),

@@ -124,5 +124,10 @@ else
     status=0
     swift test --skip-build --skip 'esctlTests\.' || status=$?
     swift test --skip-build --filter 'esctlTests\.' || status=$?
+    # The quick start's demo builds esctl without the default trait PostgreSQL (no postgres-nio,
+    # SwiftNIO or BoringSSL): that build must compile, run the demo, and refuse a PostgreSQL
+    # store with a message saying how to build with it (exit 64), never crash or try to connect.
+    # Last, because it replaces .build/debug/esctl with the build without PostgreSQL.
+    scripts/check-sqlite-only-build.sh || status=$?
     exit $status
 fi

@@ -1,6 +1,8 @@
 import Configuration
 import EventSourcing
+#if PostgreSQL
 import EventSourcingPostgres
+#endif
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
@@ -138,6 +140,7 @@ extension EncryptedStore.Configuration {
                 location = .sqlite(path: db)
                 if let busy = try seconds(Environment.sqliteLockTimeout) { options.sqlite.busyTimeout = busy }
             case "eventsourcing.postgres":
+                #if PostgreSQL
                 guard let (_, db) = lookup(Environment.postgresDatabase) else {
                     throw refuse(Environment.postgresDatabase, "not set (\(n)=\(module) needs the database name)")
                 }
@@ -159,6 +162,9 @@ extension EncryptedStore.Configuration {
                 if let t = try seconds(Environment.postgresLockTimeout) { configuration.lockTimeout = t }
                 if let p = try positive(Environment.postgresPoolSize, max: 1000) { configuration.poolSize = p }
                 location = .postgres(configuration)
+                #else
+                throw refuse(n, StoreURL.noPostgreSQL)
+                #endif
             default:
                 throw refuse(n, "'\(module)' is not supported (eventsourcing.sqlite or eventsourcing.postgres; "
                              + "or set \(Environment.storeURL) to sqlite:PATH or postgres://…)")
@@ -169,6 +175,7 @@ extension EncryptedStore.Configuration {
                 + "or \(Environment.persistenceModule)")
         }
 
+        #if PostgreSQL
         if case .postgres(var configuration) = location, configuration.password == nil {
             configuration.password = lookup(Environment.postgresPassword)?.value ?? lookup(Environment.postgresPythonPassword)?.value
                 ?? environment["PGPASSWORD"]
@@ -176,6 +183,9 @@ extension EncryptedStore.Configuration {
         } else {
             self.init(location: location, masterKeys: [], options: options)
         }
+        #else
+        self.init(location: location, masterKeys: [], options: options)
+        #endif
 
         let file = lookup(Environment.masterKeyFile)
         let inline = lookup(Environment.cipherKey)
@@ -246,7 +256,11 @@ extension EncryptedStore.Configuration {
         guard let url = config.string(forKey: ConfigKey(stringLiteral: Keys.storeURL)), !url.isEmpty else {
             throw refuse(Keys.storeURL, "not set (sqlite:PATH or postgres://USER@HOST:PORT/DB)")
         }
+        #if PostgreSQL
         var location = try StoreURL(parsing: url, setting: Keys.storeURL)
+        #else
+        let location = try StoreURL(parsing: url, setting: Keys.storeURL)
+        #endif
         var options = EncryptedStore.Options()
         if let text = config.string(forKey: ConfigKey(stringLiteral: Keys.allowsPlaintext)) {
             guard let b = Self.bool(text) else { throw refuse(Keys.allowsPlaintext, "'\(text)' is not true or false") }
@@ -254,11 +268,13 @@ extension EncryptedStore.Configuration {
         } else if let b = config.bool(forKey: ConfigKey(stringLiteral: Keys.allowsPlaintext)) {
             options.allowsPlaintext = b
         }
+        #if PostgreSQL
         if case .postgres(var configuration) = location, configuration.password == nil,
            let password = config.string(forKey: ConfigKey(stringLiteral: Keys.postgresPassword), isSecret: true) {
             configuration.password = password
             location = .postgres(configuration)
         }
+        #endif
         guard let path = config.string(forKey: ConfigKey(stringLiteral: Keys.masterKeyFile)), !path.isEmpty else {
             throw refuse(Keys.masterKeyFile, "not set (the path of the master key file)")
         }

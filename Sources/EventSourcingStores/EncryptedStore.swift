@@ -1,5 +1,7 @@
 import EventSourcing
+#if PostgreSQL
 import EventSourcingPostgres
+#endif
 import EventSourcingSQLite
 import Foundation
 import KeyManagement
@@ -33,8 +35,10 @@ public final class EncryptedStore: Sendable {
     public enum Backend: Sendable {
         /// A SQLite file.
         case sqlite(SQLiteStore)
-        /// A PostgreSQL schema.
+        #if PostgreSQL
+        /// A PostgreSQL schema (with the package trait `PostgreSQL`, on by default).
         case postgres(PostgresStore)
+        #endif
 
         /// The store as the protocols it implements: event recorder and process recorder
         /// (tracking records, and events with a tracking record and new data keys in one
@@ -42,7 +46,9 @@ public final class EncryptedStore: Sendable {
         public var store: any KeyCommittingProcessRecorder & SnapshotRecorder & KeyStore & KeyScopeCounting {
             switch self {
             case .sqlite(let s): s
+            #if PostgreSQL
             case .postgres(let s): s
+            #endif
             }
         }
 
@@ -59,10 +65,12 @@ public final class EncryptedStore: Sendable {
                 configuration.allowsPlaintextWrites = options.allowsPlaintext
                 return .sqlite(try SQLiteStore(path: path, configuration: configuration,
                                                logger: Logger(label: options.loggerLabel + ".sqlite")))
+            #if PostgreSQL
             case .postgres(var configuration):
                 configuration.allowsPlaintextWrites = options.allowsPlaintext
                 return .postgres(try await PostgresStore(configuration: configuration,
                                                          logger: Logger(label: options.loggerLabel + ".postgres")))
+            #endif
             }
         }
 
@@ -70,7 +78,9 @@ public final class EncryptedStore: Sendable {
         public var location: StoreURL {
             switch self {
             case .sqlite(let s): .sqlite(path: s.path)
+            #if PostgreSQL
             case .postgres(let s): .postgres(s.configuration)
+            #endif
             }
         }
 
@@ -79,7 +89,9 @@ public final class EncryptedStore: Sendable {
         public func close() async {
             switch self {
             case .sqlite(let s): await s.close()
+            #if PostgreSQL
             case .postgres(let s): await s.close()
+            #endif
             }
         }
     }

@@ -1,5 +1,7 @@
 import EventSourcing
+#if PostgreSQL
 import EventSourcingPostgres
+#endif
 import Foundation
 
 /// Where a store is: a SQLite file or a PostgreSQL database, parsed from a store URL.
@@ -9,11 +11,31 @@ import Foundation
 /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE?…` or `postgresql://…` with the
 /// parameters `PostgresStore.Configuration.init(url:)` reads. The same
 /// strings `esctl --store` takes.
+///
+/// PostgreSQL URLs need the package trait `PostgreSQL` (on by default). A build without it
+/// (`--disable-default-traits`) has no `postgres` case and refuses such URLs with a message
+/// that says how to build with it.
 public enum StoreURL: Sendable, CustomStringConvertible {
     /// A SQLite database file.
     case sqlite(path: String)
+    #if PostgreSQL
     /// A PostgreSQL database (its password, if any, is never shown in `description`).
     case postgres(PostgresStore.Configuration)
+    #endif
+
+    /// Why a build without the package trait `PostgreSQL` refuses a PostgreSQL store.
+    static let noPostgreSQL = "this build has no PostgreSQL support: it was built without the package trait "
+        + "PostgreSQL (on by default; --disable-default-traits leaves it out). Build with the default traits, "
+        + "or with --traits PostgreSQL"
+
+    /// Whether this build opens PostgreSQL stores (the package trait `PostgreSQL`).
+    public static var supportsPostgreSQL: Bool {
+        #if PostgreSQL
+        true
+        #else
+        false
+        #endif
+    }
 
     /// How the accepted forms are described in errors.
     public static let usage = "a store URL is sqlite:PATH or postgres://USER@HOST:PORT/DB"
@@ -39,6 +61,7 @@ public enum StoreURL: Sendable, CustomStringConvertible {
             return
         }
         if url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") {
+            #if PostgreSQL
             do {
                 self = .postgres(try PostgresStore.Configuration(url: url))
             } catch let error as EventSourcingError {
@@ -46,6 +69,10 @@ public enum StoreURL: Sendable, CustomStringConvertible {
                 throw refuse(error.message)
             }
             return
+            #else
+            // The URL itself (it may hold a password) is not repeated.
+            throw refuse(Self.noPostgreSQL)
+            #endif
         }
         // A scheme that is not ours ("mysql:", "sqlite3:"), or a bare path (the likely intent is a
         // SQLite file).
@@ -69,7 +96,9 @@ public enum StoreURL: Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .sqlite(let path): "sqlite:" + path
+        #if PostgreSQL
         case .postgres(let configuration): configuration.description
+        #endif
         }
     }
 }

@@ -1,6 +1,8 @@
 import ArgumentParser
 import EventSourcing
+#if PostgreSQL
 import EventSourcingPostgres
+#endif
 import EventSourcingSQLite
 import EventSourcingStores
 import Foundation
@@ -46,6 +48,7 @@ extension SQLiteStore: AdminStore {
     var location: String { "sqlite:" + path }
 }
 
+#if PostgreSQL
 extension PostgresStore: AdminStore {
     func statisticsJSON() async throws -> StatsReport {
         StatsReport(try await statistics(), store: location)
@@ -53,6 +56,7 @@ extension PostgresStore: AdminStore {
 
     var location: String { configuration.description }
 }
+#endif
 
 /// An opened store with its keyring and application.
 struct Session {
@@ -89,6 +93,7 @@ struct StoreAccess {
     /// `-shm` changes, also when a WAL left by a crash holds commits (PostgreSQL: no difference).
     func openStore(create: Bool = false, readOnly: Bool = false) async throws -> any AdminStore {
         switch try location() {
+        #if PostgreSQL
         case .postgres(var config):
             // Keep the password out of argv: PGPASSWORD fills it in when the URL has none.
             if config.password == nil { config.password = environment["PGPASSWORD"] }
@@ -99,6 +104,7 @@ struct StoreAccess {
                 throw EventSourcingError(.databaseUnavailable,
                     "PostgreSQL at \(config.host):\(config.port): cannot connect (connection refused, or nothing reachable there); nothing was changed")
             }
+        #endif
         case .sqlite(let path):
             if !create, !FileManager.default.fileExists(atPath: path) {
                 throw CLIError(exitCode: Exit.storeUnavailable, message: "no store at \(path) (create one with 'esctl init')")
@@ -116,7 +122,9 @@ struct StoreAccess {
     private static func adminStore(_ backend: EncryptedStore.Backend) -> any AdminStore {
         switch backend {
         case .sqlite(let store): store
+        #if PostgreSQL
         case .postgres(let store): store
+        #endif
         }
     }
 
@@ -268,7 +276,9 @@ struct StoreAccess {
         let backend: EncryptedStore.Backend
         switch store {
         case let s as SQLiteStore: backend = .sqlite(s)
+        #if PostgreSQL
         case let s as PostgresStore: backend = .postgres(s)
+        #endif
         default: throw EventSourcingError(.invalidArgument, "esctl opened a store of an unknown kind")
         }
         let opened = try await EncryptedStore.open(backend: backend, masterKeys: keys, options: options)
