@@ -9,6 +9,9 @@ import PackageDescription
 
 // The parent package's identity is its directory name, whatever the clone is called.
 let parent = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().lastPathComponent
+// Its package name as SwiftPM passes it to the compiler (-package-name: the identity, lowercased,
+// other characters than letters, digits and '_' as '_').
+let parentPackageName = String(parent.lowercased().map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "_" })
 
 let package = Package(
     name: "Benchmarks",
@@ -35,6 +38,10 @@ let package = Package(
                 .product(name: "KeyManagement", package: parent),
             ],
             path: "Benchmarks/PipelineBenchmarks",
+            packageAccess: false,
+            // The stages call the mapper's encode and the keyring's writeKey/persist, which are
+            // `package` API of the library: this target compiles as a member of the parent package.
+            swiftSettings: [.unsafeFlags(["-package-name", parentPackageName])],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         .executableTarget(
