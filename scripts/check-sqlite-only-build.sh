@@ -22,6 +22,8 @@ work=$(mktemp -d /tmp/es-sqlite-only.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && "$OLDPWD/$esctl" demo > "$work/demo.out" 2>&1) || { cat "$work/demo.out" >&2; fail "esctl demo exited non-zero"; }
 grep -q 'shredded' "$work/demo.out" || { cat "$work/demo.out" >&2; fail "the demo did not reach its shred"; }
+# Its closing hint runs the same build (no rebuild with PostgreSQL when followed).
+grep -q 'try:  swift run --disable-default-traits esctl ' "$work/demo.out" || { cat "$work/demo.out" >&2; fail "the demo's hint is not for the build without PostgreSQL"; }
 
 status=0
 "$esctl" verify --store 'postgres://user:hunter2secret@127.0.0.1:1/db' > "$work/pg.out" 2>&1 || status=$?

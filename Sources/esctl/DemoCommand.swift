@@ -1,6 +1,7 @@
 import ArgumentParser
 import EventSourcing
 import EventSourcingSQLite
+import EventSourcingStores
 import Foundation
 import KeyManagement
 import Logging
@@ -133,7 +134,9 @@ struct Demo: AsyncParsableCommand {
         print("store:              \(dbPath)")
         print("master key (now):   \(newKeyPath)")
         print("retired master key: \(keyPath) (destroy it)")
-        print("try:  swift run esctl --store sqlite:\(dbPath) --master-key-file \(newKeyPath) keys list")
+        // The same build as the demo's, so following the hint does not rebuild with PostgreSQL.
+        let run = StoreURL.supportsPostgreSQL ? "swift run esctl" : "swift run --disable-default-traits esctl"
+        print("try:  \(run) --store sqlite:\(dbPath) --master-key-file \(newKeyPath) keys list")
         if report.failures.isEmpty == false { throw ExitCode(Exit.verificationFailed) }
     }
 
