@@ -1,6 +1,7 @@
 // swift-tools-version:6.0
 // The store generator for Benchmarks/esctl-scale.sh, in a package of its own: it needs only the
-// library (no benchmark framework), so the script builds it quickly and offline.
+// library (no benchmark framework), so the script builds it offline. It opens SQLite and
+// PostgreSQL stores through EventSourcingStores (so it builds postgres-nio, as esctl does).
 //
 //   swift build -c release --package-path Benchmarks/EsctlScale --product esctl-scale-seed
 import Foundation
@@ -20,6 +21,7 @@ let package = Package(
             dependencies: [
                 .product(name: "EventSourcing", package: parent),
                 .product(name: "EventSourcingSQLite", package: parent),
+                .product(name: "EventSourcingStores", package: parent),
                 .product(name: "KeyManagement", package: parent),
             ],
             path: "Sources"
