@@ -24,6 +24,7 @@
 # (--cache-rounds 5: every aggregate got 5 rounds in a row, cache off and on in alternating
 # trials) beside the peer's same part.
 #   --systems-only: only the systems part (SQLite, then PostgreSQL)
+#   --no-systems: everything but the systems part (the workload table and its targets)
 # Needs gcc, python3, and
 # PostgreSQL's server binaries for the PostgreSQL part (skipped with a loud line if missing).
 set -euo pipefail
@@ -40,12 +41,13 @@ if [ ! -f "$workload" ]; then
 fi
 have_peer=false; [ -f "$shared/peer/bench_pyes.py" ] && have_peer=true
 aggs=10000; pg_aggs=2000; pg_only=false
-sys_aggs=2000; sys_live=2000; sys_rounds=3; systems_only=false
+sys_aggs=2000; sys_live=2000; sys_rounds=3; systems_only=false; no_systems=false
 for a in "$@"; do
     case "$a" in
         --quick) aggs=2000; pg_aggs=500; sys_aggs=1000; sys_live=1000 ;;
         --pg-only) pg_only=true ;;
         --systems-only) systems_only=true ;;
+        --no-systems) no_systems=true ;;
         *) echo "unknown argument $a" >&2; exit 64 ;;
     esac
 done
@@ -77,7 +79,7 @@ peer_system() {
     else log "!!! peer SKIPPED (no ../shared/bench/peer): system_peer.py $*"; echo '{"skipped":"peer"}'; fi
 }
 
-if [ "$pg_only" = false ]; then
+if [ "$pg_only" = false ] && [ "$no_systems" = false ]; then
 log "systems: esbench --system and the peer's system_peer.py, alternating ($sys_rounds rounds, $sys_aggs aggregates, $sys_live live saves)"
 for round in $(seq 1 "$sys_rounds"); do
     emit "$("$esbench" --workload "$workload" --db "$work/sys-enc.sqlite" --variant encrypted --sync full --aggs $sys_aggs --w2-rounds 1 --system --live-saves $sys_live --cache-rounds 5 --tag sqlite-encrypted-full-system 2>/dev/null)"
@@ -131,8 +133,10 @@ else
     as_pg "$pg_bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w -o "-p $port -k $pgdir -c listen_addresses=127.0.0.1" start >/dev/null
     trap 'as_pg "$pg_bin/pg_ctl" -D "$pgdir/data" -m fast stop >/dev/null 2>&1 || true' EXIT
     url="postgres://bench:bench@127.0.0.1:$port/postgres?sslmode=disable"
+    if [ "$no_systems" = false ]; then
     log "systems on PostgreSQL: esbench --system (the follower in a second schema; no peer run)"
     run --backend postgres --pg-url "$url" --variant encrypted --aggs $pg_aggs --system --live-saves $sys_live --tag pg-encrypted-system
+    fi
     if [ "$systems_only" = false ]; then
     log "raw PostgreSQL single-row commits (pgbench, same server)"
     printf '%s\n' "CREATE TABLE IF NOT EXISTS raw_probe (id bigserial PRIMARY KEY, oid uuid, v bigint, topic text, state bytea);" |
