@@ -3,7 +3,8 @@
 # catch-up grow as an encrypted store fills, on SQLite and PostgreSQL. For each size it seeds a
 # new store with esbench --growth seed (SIZE events, ten per aggregate, one data subject per
 # aggregate, the workload's payloads reused cyclically), then runs each measuring step in a
-# process of its own, RUNS times (GrowthPhase.swift says what each step does):
+# process of its own, RUNS times, each step on every size in turn (GrowthPhase.swift says what
+# each step does):
 #
 #   w2-sample  W2 of a fixed random sample of 1,000 aggregates (10,000 events; the 10^4 store
 #              holds only 1,000), 3 rounds, each with a cold key cache: events/s, µs/event
@@ -61,6 +62,7 @@ out=${OUT:-/dev/null}
 log "building esbench (release)"
 swift build -c release --product esbench >&2
 esbench=.build/release/esbench
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 # PostgreSQL: a throwaway cluster of our own, so the server's CPU is ours alone.
 pg_url=""; pg_pid=""
@@ -94,26 +96,32 @@ step() {  # step BACKEND SIZE DIR STEP RUN
     line=$("$esbench" --backend "$backend" "${extra[@]}" --workload "$workload" --growth "$what" --growth-dir "$dir" \
         --aggs $((size / 10)) --per-agg 10 --tag "r$run")
     while IFS= read -r l; do
-        l="{\"run\":$run,${l#\{}"
+        l="{\"run\":$run,\"commit\":\"$commit\",${l#\{}"
         printf '%s\n' "$l"; printf '%s\n' "$l" >> "$out"
     done <<< "$line"
 }
 
+# Every size is seeded first; then each step runs on each size in turn, so the sizes of one run
+# are measured minutes apart under the same load (the machine is shared: compare within a run).
 for backend in $backends; do
     for size in $sizes; do
-        dir="$work/$backend-$size"
-        rm -rf "$dir"; mkdir -p "$dir"
+        mkdir -p "$work/$backend-$size"
         log "$backend, $size events: seeding"
-        step "$backend" "$size" "$dir" seed 0
-        for run in $(seq 1 "$runs"); do
-            for what in w2-sample w2-full w3d w3d-full catchup; do
-                log "$backend, $size events, run $run: $what"
-                step "$backend" "$size" "$dir" "$what" "$run"
+        step "$backend" "$size" "$work/$backend-$size" seed 0
+    done
+    for run in $(seq 1 "$runs"); do
+        for what in w2-sample w2-full w3d w3d-full catchup; do
+            for size in $sizes; do
+                log "$backend, run $run: $what, $size events"
+                step "$backend" "$size" "$work/$backend-$size" "$what" "$run"
             done
         done
-        rm -rf "$dir"
+    done
+    for size in $sizes; do
+        rm -rf "${work:?}/$backend-$size"
         if [ "$backend" = postgres ]; then
-            as_pg "$pg_bin/psql" -q -h "$pg_dir" -p "$port" -U growth -d postgres -c "SET client_min_messages = warning" -c "DROP SCHEMA growth_$size CASCADE" >/dev/null
+            as_pg "$pg_bin/psql" -q -h "$pg_dir" -p "$port" -U growth -d postgres -c "SET client_min_messages = warning" \
+                -c "DROP SCHEMA growth_$size CASCADE" >/dev/null
         fi
     done
 done

@@ -72,21 +72,34 @@ func serverCPU(_ pid: Int32) -> Double? {
     return ticks / tick
 }
 
-/// Wall, process CPU and (with a server pid) server CPU of `body`.
+/// Read system calls of this process so far (syscr of /proc/self/io: SQLite's page reads from
+/// the OS, PostgreSQL's socket reads); 0 when unreadable.
+func readSyscalls() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/io", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("syscr:") {
+        return line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+    }
+    return 0
+}
+
+/// Wall, process CPU, read system calls and (with a server pid) server CPU of `body`.
 struct Cost {
     var wall = 0.0
     var cpu = 0.0
+    var reads = 0
     var server: Double?
 
     static func measure<T>(_ o: Options, _ body: () async throws -> T) async rethrows -> (Cost, T) {
         let s0 = o.serverPID.flatMap(serverCPU)
+        let r0 = readSyscalls()
         let c0 = cpuTime()
         let t0 = now()
         let value = try await body()
         let t1 = now()
         let c1 = cpuTime()
+        let r1 = readSyscalls()
         let s1 = o.serverPID.flatMap(serverCPU)
-        var cost = Cost(wall: t1 - t0, cpu: c1 - c0)
+        var cost = Cost(wall: t1 - t0, cpu: c1 - c0, reads: r1 - r0)
         if let s0, let s1 { cost.server = s1 - s0 }
         return (cost, value)
     }
@@ -111,7 +124,8 @@ func growthPhase(_ o: Options) async throws {
     /// The per-event figures of a measured pass over `events` events.
     func perEvent(_ c: Cost, _ events: Int) -> [String: Any] {
         var f: [String: Any] = ["events_measured": events, "s": c.wall, "ev_s": Double(events) / c.wall,
-                                "wall_us_ev": c.wall * 1e6 / Double(events), "cpu_us_ev": c.cpu * 1e6 / Double(events)]
+                                "wall_us_ev": c.wall * 1e6 / Double(events), "cpu_us_ev": c.cpu * 1e6 / Double(events),
+                                "read_syscalls_ev": Double(c.reads) / Double(events)]
         if let s = c.server { f["server_cpu_us_ev"] = s * 1e6 / Double(events) }
         return f
     }
@@ -162,12 +176,37 @@ func growthPhase(_ o: Options) async throws {
     base["aggs"] = ids.count
     base["events"] = ids.count * perAgg
 
+    /// CPU µs per event of each tenth of a pass (`mark` called after each unit of work): whether
+    /// the cost drifts as one process reads on.
+    final class Segments {
+        let total: Int
+        let unit: Int
+        var done = 0
+        var lastDone = 0
+        var last = cpuTime()
+        var values: [Double] = []
+        init(total: Int, eventsPerUnit: Int) { (self.total, self.unit) = (total, eventsPerUnit) }
+        func mark(_ n: Int = 1) {
+            let step = max(1, total / 10)
+            let before = done / step
+            done += n
+            if done / step > before || done == total, done > lastDone {
+                let t = cpuTime()
+                values.append((t - last) * 1e6 / Double((done - lastDone) * unit))
+                (last, lastDone) = (t, done)
+            }
+        }
+    }
+
     /// Gets `which` aggregates from a fresh store connection and application; checks the versions.
-    func w2(_ which: [UUID]) async throws -> Cost {
+    func w2(_ which: [UUID], segments: Segments? = nil) async throws -> Cost {
         let (store, app) = try await makeApp(o, masterKey: masterKey)
         let (cost, versions) = try await Cost.measure(o) {
             var n = 0
-            for id in which { n += try await app.repository.get(Customer.self, id: id).version }
+            for id in which {
+                n += try await app.repository.get(Customer.self, id: id).version
+                segments?.mark()
+            }
             return n
         }
         _ = await store.finish()
@@ -178,7 +217,7 @@ func growthPhase(_ o: Options) async throws {
     }
 
     /// Reads and decodes notifications `first…` (`count` of them) in pages of 500.
-    func w3d(_ app: Application, first: Int64, count: Int) async throws -> Int {
+    func w3d(_ app: Application, first: Int64, count: Int, segments: Segments? = nil) async throws -> Int {
         var start = first
         var seen = 0
         while seen < count {
@@ -186,6 +225,7 @@ func growthPhase(_ o: Options) async throws {
             guard let last = page.last else { break }
             for n in page { _ = try await app.mapper.decode(n.storedEvent, as: Customer.self, notificationID: n.id) }
             seen += page.count
+            segments?.mark(page.count)
             start = last.id + 1
         }
         return seen
@@ -220,8 +260,10 @@ func growthPhase(_ o: Options) async throws {
 
     case "w2-full":
         let before = currentRSS()
-        let cost = try await w2(ids)
+        let segments = Segments(total: ids.count, eventsPerUnit: perAgg)
+        let cost = try await w2(ids, segments: segments)
         var f = perEvent(cost, ids.count * perAgg)
+        f["cpu_us_ev_tenths"] = segments.values
         f["rss_before_mb"] = Double(before) / 1_048_576
         f["peak_rss_mb"] = Double(peakRSS()) / 1_048_576
         try emit("w2_full", f)
@@ -252,9 +294,11 @@ func growthPhase(_ o: Options) async throws {
         let (store, app) = try await makeApp(o, masterKey: masterKey)
         let last = Int(try await app.notificationLog.maxNotificationID ?? 0)
         let before = currentRSS()
-        let (cost, seen) = try await Cost.measure(o) { try await w3d(app, first: 1, count: last) }
+        let segments = Segments(total: last, eventsPerUnit: 1)
+        let (cost, seen) = try await Cost.measure(o) { try await w3d(app, first: 1, count: last, segments: segments) }
         guard seen == last else { throw EventSourcingError(.recorderFailure, "growth W3d read \(seen) of \(last) notifications") }
         var f = perEvent(cost, last)
+        f["cpu_us_ev_tenths"] = segments.values
         f["rss_before_mb"] = Double(before) / 1_048_576
         f["peak_rss_mb"] = Double(peakRSS()) / 1_048_576
         try emit("w3d_full", f)
