@@ -4,8 +4,9 @@
 # print, never how long they take (a timed test fails on a loaded machine without anything being
 # wrong).
 #
-#   Benchmarks/esctl-scale.sh [--backend sqlite|postgres|both] [--sets flat,passes,listing] [SCOPES ...]
-#        default: --backend sqlite --sets flat,passes,listing 10000 100000   (1000000 takes tens of minutes)
+#   Benchmarks/esctl-scale.sh [--backend sqlite|postgres|both] [--sets SET,…] [SCOPES ...]
+#        default: --backend sqlite --sets flat,export,passes,listing 10000 100000
+#        (1000000 takes about half an hour on SQLite; on PostgreSQL export and reencrypt take hours)
 #
 # For each backend and size it creates a store with `esctl init`, fills it with
 # Benchmarks/EsctlScale's esctl-scale-seed (one aggregate and one event per key scope, every tenth
@@ -15,12 +16,15 @@
 # same store:
 #
 #   flat     commands on ONE subject, each call on a different subject (RUNS subjects spread over
-#            the store: the first, then one in each RUNS-th of it): `keys show`, `export`,
-#            `keys rotate`, `keys shred --yes`. Time per call should not grow with the store.
+#            the store: the first, then one in each RUNS-th of it): `keys show`, `keys rotate`,
+#            `keys shred --yes`. Time per call should not grow with the store.
+#   export   `export SUBJECT`, the same way (one subject a call), in a set of its own: it also
+#            searches every other record for the subject's personal fields, so it is a full pass.
 #   passes   full passes, PASSES runs each (the store copied afresh before each run of a pass that
 #            writes): `verify` (events/s), `keys rotate-master` (data keys/s: every key version is
 #            rewrapped), `keys reencrypt --all` (events examined/s; the tenth of the events under an
 #            older key version are rewritten). Time should grow linearly, max RSS not at all.
+#            The sets verify, rotate-master and reencrypt name one pass each.
 #   listing  `keys list`, `keys list --json`, `stats --json` (RUNS runs each on the pristine store).
 #
 # Each call is timed by a small Python runner: wall time (monotonic clock), the child's user and
@@ -50,13 +54,13 @@ log() { printf '[esctl-scale %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 runs=${RUNS:-3}
 passes=${PASSES:-2}
 backend_opt=sqlite
-sets=flat,passes,listing
+sets=flat,export,passes,listing
 sizes=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --backend) backend_opt=${2:?--backend needs sqlite, postgres or both}; shift 2 ;;
         --sets) sets=${2:?--sets needs a list}; shift 2 ;;
-        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) sizes+=("$1"); shift ;;
     esac
 done
@@ -70,9 +74,14 @@ case "$backend_opt" in
     *) echo "esctl-scale: --backend is sqlite, postgres or both" >&2; exit 64 ;;
 esac
 for s in ${sets//,/ }; do
-    case "$s" in flat|passes|listing) ;; *) echo "esctl-scale: unknown set '$s' (flat, passes, listing)" >&2; exit 64 ;; esac
+    case "$s" in flat|export|passes|verify|rotate-master|reencrypt|listing) ;;
+        *) echo "esctl-scale: unknown set '$s' (flat, export, passes, verify, rotate-master, reencrypt, listing)" >&2; exit 64 ;;
+    esac
 done
-has_set() { [[ ",$sets," == *",$1,"* ]]; }
+has_set() {
+    [[ ",$sets," == *",$1,"* ]] && return 0
+    case "$1" in verify|rotate-master|reencrypt) [[ ",$sets," == *",passes,"* ]] ;; *) return 1 ;; esac
+}
 
 work=${WORK:-$(mktemp -d /tmp/esctl-scale.XXXXXX)}
 mkdir -p "$work"
@@ -243,21 +252,24 @@ PY
             emit "$(measure listing "keys list --json" "$n" scope - "${key[@]}" keys list --json)"
             emit "$(measure listing "stats --json" 1 call - stats --json)"
         fi
-        if has_set passes; then
+        if has_set verify; then
             emit "$(measure pass "verify --json" "$n" event - "${key[@]}" verify --json)"
+        fi
+        if has_set export; then
+            emit "$(measure flat "export" 1 call - "${key[@]}" export '{S}')"
         fi
         if has_set flat; then
             emit "$(measure flat "keys show" 1 call - "${key[@]}" keys show '{S}')"
-            emit "$(measure flat "export" 1 call - "${key[@]}" export '{S}')"
             restore
             export ESCTL_STORE=$work_store
             emit "$(measure flat "keys rotate" 1 call - "${key[@]}" keys rotate '{S}')"
             emit "$(measure flat "keys shred" 1 call - "${key[@]}" keys shred '{S}' --yes --json)"
         fi
-        if has_set passes; then
-            export ESCTL_STORE=$work_store
-            rm -f "$dir/new.key"
+        export ESCTL_STORE=$work_store
+        if has_set rotate-master; then
             emit "$(measure pass "keys rotate-master" "$keys" key restore "${key[@]}" keys rotate-master --new-master-key-file "$dir/new.key" --create)"
+        fi
+        if has_set reencrypt; then
             emit "$(measure pass "keys reencrypt --all --json" "$n" event restore "${key[@]}" keys reencrypt --all --json)"
         fi
         unset ESCTL_STORE
