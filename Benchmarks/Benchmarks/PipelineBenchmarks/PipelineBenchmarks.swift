@@ -216,6 +216,8 @@ let benchmarks: @Sendable () -> Void = {
     ]
     Benchmark.defaultConfiguration = .init(metrics: [.wallClock, cpuTime, .mallocCountTotal, .mallocBytesCount],
                                            timeUnits: .microseconds,
+                                           // Counts as they are (cpuTime in ns), not rounded to K or M.
+                                           units: [cpuTime: .count, .mallocCountTotal: .count, .mallocBytesCount: .count],
                                            warmupIterations: 3, scalingFactor: .kilo,
                                            maxDuration: .seconds(3), maxIterations: 200,
                                            thresholds: thresholds)
