@@ -15,6 +15,9 @@
 #   catchup    a decode-only projection and the customer directory catching up over the log
 #
 #   Benchmarks/run-growth.sh [--sizes "10000 100000 1000000"] [--backends "sqlite postgres"] [--runs 2]
+#                            [--steps "w2-sample w2-full w3d w3d-full catchup"] [--wait-timeout 1]
+#   --wait-timeout S: the catch-up is waited for in ProjectionRunner.wait calls of S seconds;
+#   a long one (7200) shows the memory each wake-up of a long wait holds (Performance.md)
 #
 # Prints one JSON line per (backend, size, step) on stdout, and appends it to $OUT if set. CPU
 # figures are user+sys of the esbench process (getrusage); on PostgreSQL the runner starts a
@@ -27,11 +30,14 @@ set -euo pipefail
 cd "$(dirname "$0")"
 log() { printf '[growth] %s\n' "$*" >&2; }
 sizes="10000 100000 1000000"; backends="sqlite postgres"; runs=2
+steps="w2-sample w2-full w3d w3d-full catchup"; wait_timeout=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --sizes) sizes=$2; shift 2 ;;
         --backends) backends=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
+        --steps) steps=$2; shift 2 ;;
+        --wait-timeout) wait_timeout=$2; shift 2 ;;
         *) echo "run-growth: unknown argument $1" >&2; exit 64 ;;
     esac
 done
@@ -94,7 +100,7 @@ step() {  # step BACKEND SIZE DIR STEP RUN
     if [ "$backend" = postgres ]; then extra=(--pg-url "$pg_url" --pg-schema "growth_$size" --server-pid "$pg_pid"); fi
     local line
     line=$("$esbench" --backend "$backend" "${extra[@]}" --workload "$workload" --growth "$what" --growth-dir "$dir" \
-        --aggs $((size / 10)) --per-agg 10 --tag "r$run")
+        --aggs $((size / 10)) --per-agg 10 --tag "r$run" --wait-timeout "$wait_timeout")
     while IFS= read -r l; do
         l="{\"run\":$run,\"commit\":\"$commit\",${l#\{}"
         printf '%s\n' "$l"; printf '%s\n' "$l" >> "$out"
@@ -110,7 +116,7 @@ for backend in $backends; do
         step "$backend" "$size" "$work/$backend-$size" seed 0
     done
     for run in $(seq 1 "$runs"); do
-        for what in w2-sample w2-full w3d w3d-full catchup; do
+        for what in $steps; do
             for size in $sizes; do
                 log "$backend, run $run: $what, $size events"
                 step "$backend" "$size" "$work/$backend-$size" "$what" "$run"

@@ -16,7 +16,8 @@
 //   w3d-full    the same over the whole log, one pass: rate and peak RSS;
 //   catchup     a decode-only projection, then the customer directory (ProjectionPhase.swift),
 //               catching up from position 0 over the whole log (names and tables suffixed with
-//               --tag, so a second run starts from 0 again).
+//               --tag, so a second run starts from 0 again), waited for in ProjectionRunner.wait
+//               calls of --wait-timeout seconds (1; the resident set after each tenth is reported).
 //
 // One JSON line per measure: {"bench":"growth","backend","events","aggs","measure",…} with
 // events/s, wall and CPU (user+sys, getrusage, all threads of this process) µs per event and,
@@ -185,6 +186,7 @@ func growthPhase(_ o: Options) async throws {
         var lastDone = 0
         var last = cpuTime()
         var values: [Double] = []
+        var rss: [Double] = []   // VmRSS (MB) at the end of each tenth
         init(total: Int, eventsPerUnit: Int) { (self.total, self.unit) = (total, eventsPerUnit) }
         func mark(_ n: Int = 1) {
             let step = max(1, total / 10)
@@ -193,6 +195,7 @@ func growthPhase(_ o: Options) async throws {
             if done / step > before || done == total, done > lastDone {
                 let t = cpuTime()
                 values.append((t - last) * 1e6 / Double((done - lastDone) * unit))
+                rss.append(Double(currentRSS()) / 1_048_576)
                 (last, lastDone) = (t, done)
             }
         }
@@ -264,6 +267,7 @@ func growthPhase(_ o: Options) async throws {
         let cost = try await w2(ids, segments: segments)
         var f = perEvent(cost, ids.count * perAgg)
         f["cpu_us_ev_tenths"] = segments.values
+        f["rss_mb_tenths"] = segments.rss
         f["rss_before_mb"] = Double(before) / 1_048_576
         f["peak_rss_mb"] = Double(peakRSS()) / 1_048_576
         try emit("w2_full", f)
@@ -299,6 +303,7 @@ func growthPhase(_ o: Options) async throws {
         guard seen == last else { throw EventSourcingError(.recorderFailure, "growth W3d read \(seen) of \(last) notifications") }
         var f = perEvent(cost, last)
         f["cpu_us_ev_tenths"] = segments.values
+        f["rss_mb_tenths"] = segments.rss
         f["rss_before_mb"] = Double(before) / 1_048_576
         f["peak_rss_mb"] = Double(peakRSS()) / 1_048_576
         try emit("w3d_full", f)
@@ -310,11 +315,30 @@ func growthPhase(_ o: Options) async throws {
             throw EventSourcingError(.recorderFailure, "the growth catch-up needs a seeded store")
         }
         let suffix = o.tag.isEmpty ? "0" : o.tag.filter { $0.isLetter || $0.isNumber }
+        /// The resident set (MB) as the catch-up passes each tenth of the log: whether memory keeps growing.
+        var rssTenths: [Double] = []
         func catchUp<P: Projection>(_ p: P, in s: some ProjectionStore<P.Context>) async throws -> Cost {
             let runner = try ProjectionRunner(application: app, projection: p, store: s, batchSize: o.projectionBatch)
+            rssTenths = []
+            let started = now()
             let (cost, _) = try await Cost.measure(o) {
                 let task = Task { try await runner.run() }
-                do { try await runner.wait(until: last, timeout: .seconds(7200)) } catch {
+                do {
+                    for tenth in 1...10 {
+                        // In waits of --wait-timeout seconds (1 by default), again until there: each
+                        // wake-up of a wait leaves its timeout's sleep pending until that timeout's
+                        // deadline, so one long wait over a catch-up holds memory per batch.
+                        while true {
+                            do {
+                                try await runner.wait(until: last * Int64(tenth) / 10, timeout: .seconds(o.waitTimeout))
+                                break
+                            } catch let e as EventSourcingError where e.code == .timedOut {
+                                guard now() - started < 7200 else { throw e }
+                            }
+                        }
+                        rssTenths.append(Double(currentRSS()) / 1_048_576)
+                    }
+                } catch {
                     task.cancel()
                     _ = try? await task.value
                     throw error
@@ -326,21 +350,28 @@ func growthPhase(_ o: Options) async throws {
         }
         let decodeOnly: Cost
         let directory: Cost
+        var decodeOnlyRSS: [Double] = []
         switch store {
         case let s as SQLiteStore:
             decodeOnly = try await catchUp(DecodeOnlyView<SQLiteViewTransaction>(name: "growth-decode-only-\(suffix)"), in: s)
+            decodeOnlyRSS = rssTenths
             directory = try await catchUp(SQLiteDirectoryView(name: "growth-directory-\(suffix)", table: "growth_directory_\(suffix)"), in: s)
         case let s as PostgresStore:
             decodeOnly = try await catchUp(DecodeOnlyView<PostgresViewTransaction>(name: "growth-decode-only-\(suffix)"), in: s)
+            decodeOnlyRSS = rssTenths
             directory = try await catchUp(PostgresDirectoryView(name: "growth-directory-\(suffix)", table: "growth_directory_\(suffix)"), in: s)
         default:
             throw EventSourcingError(.invalidArgument, "--growth catchup needs the sqlite or postgres backend")
         }
         var f = perEvent(decodeOnly, Int(last))
         f["projection_batch"] = o.projectionBatch
+        f["rss_mb_tenths"] = decodeOnlyRSS
+        f["wait_timeout_s"] = o.waitTimeout
         try emit("catchup_decode_only", f)
         f = perEvent(directory, Int(last))
         f["projection_batch"] = o.projectionBatch
+        f["rss_mb_tenths"] = rssTenths
+        f["wait_timeout_s"] = o.waitTimeout
         f["peak_rss_mb"] = Double(peakRSS()) / 1_048_576
         try emit("catchup_directory", f)
         _ = await store.finish()

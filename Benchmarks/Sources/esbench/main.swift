@@ -57,6 +57,7 @@ struct Options {
     var window = 100_000
     var seedBatch = 500
     var serverPID: Int32?
+    var waitTimeout = 1
 }
 
 func parseOptions() -> Options {
@@ -95,8 +96,9 @@ func parseOptions() -> Options {
         case "--window": o.window = max(1, Int(it.next() ?? "") ?? o.window)
         case "--seed-batch": o.seedBatch = max(1, Int(it.next() ?? "") ?? o.seedBatch)
         case "--server-pid": o.serverPID = Int32(it.next() ?? "")
+        case "--wait-timeout": o.waitTimeout = max(1, Int(it.next() ?? "") ?? o.waitTimeout)
         case "--help", "-h":
-            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system] [--cache-rounds N [--cache-trials N]] [--personal-fields [--pf-records N] [--pf-rounds N]] [--growth seed|w2-sample|w2-full|w3d|w3d-full|catchup --growth-dir DIR [--sample N] [--rounds N] [--window N] [--seed-batch N] [--server-pid PID]]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system] [--cache-rounds N [--cache-trials N]] [--personal-fields [--pf-records N] [--pf-rounds N]] [--growth seed|w2-sample|w2-full|w3d|w3d-full|catchup --growth-dir DIR [--sample N] [--rounds N] [--window N] [--seed-batch N] [--server-pid PID] [--wait-timeout S]]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
