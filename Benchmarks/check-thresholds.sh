@@ -13,7 +13,7 @@
 #
 # Exit status: 0 no stage worse than its baseline (also when some are better by more than the
 # tolerance: it says so; update the baselines then); 2 regression; 1 anything else (build
-# failure, no baselines, a benchmark that failed).
+# failure, no baselines, a benchmark that threw: the tool itself would report that as equal).
 #
 # Baselines: Benchmarks/Thresholds/<workload>/PipelineBenchmarks.<benchmark>.p90.json, where
 # <workload> is `shared` (the first 1,000 records of ../shared/bench) or `generated` (the same
@@ -80,6 +80,11 @@ fi
 swift package benchmark thresholds check --target PipelineBenchmarks --path "$path" --no-progress \
     "${args[@]}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# A benchmark that throws leaves no result, and the tool then finds nothing to compare for it.
+if grep -aq "^Benchmark .* failed" "$log"; then
+    echo "check-thresholds: ERROR: a benchmark failed (see above), so it was not checked" >&2
+    exit 1
+fi
 # The plugin's own exit status is 1 for every outcome but success; its message says which.
 if [ "$rc" -eq 0 ]; then
     echo "check-thresholds: PASS (every stage within its tolerance of the baselines)"
