@@ -3,6 +3,7 @@
 //
 //   cd Benchmarks
 //   swift package benchmark                       # per-record pipeline stages (ordo-one/benchmark)
+//   ./check-thresholds.sh                         # the same, checked against Thresholds/ (--update writes them)
 //   swift run -c release esbench --help           # the workload driver (W1/W2/W3/W3d)
 import Foundation
 import PackageDescription
