@@ -31,18 +31,22 @@ final class CompactReader {
     static let indexedMapThreshold = 8
 
     private let bytes: [UInt8]
-    /// Per container, in preorder: start offset, end offset, and the preorder number just past
-    /// its subtree. Written once by `init`, read only afterwards.
-    private var starts: [UInt32] = []
-    private var ends: [UInt32] = []
-    private var nexts: [UInt32] = []
+    /// One container of the structure index.
+    private struct Container {
+        /// Its start offset, the offset just past it, and the preorder number just past its subtree.
+        var start: UInt32
+        var end: UInt32
+        var next: UInt32
+    }
+    /// Per container, in preorder. Written once by `init`, read only afterwards.
+    private let index: [Container]
     /// The decoder's `userInfo`, handed to every value's `init(from:)`.
     var userInfo: [CodingUserInfoKey: Any] = [:]
 
     /// The payload's length in bytes.
     var count: Int { bytes.count }
     /// The number of containers in the payload (what the structure index holds).
-    var containerCount: Int { starts.count }
+    var containerCount: Int { index.count }
     /// The payload's single top-level value.
     var root: CompactCursor { CompactCursor(offset: 0, container: 0) }
 
@@ -51,8 +55,9 @@ final class CompactReader {
     init(_ bytes: [UInt8]) throws {
         self.bytes = bytes
         guard bytes.count <= Self.maxLength else { throw Self.corrupt("payload is longer than 4 GiB") }
-        let end = try indexStructure()
+        let (end, index) = try Self.indexStructure(bytes)
         guard end == bytes.count else { throw Self.corrupt("trailing bytes after the value") }
+        self.index = index
     }
 
     static func corrupt(_ what: String, _ path: [any CodingKey] = []) -> DecodingError {
@@ -169,7 +174,7 @@ final class CompactReader {
             pos = try stringRange(&pos).upperBound
         case .array, .map:
             let k = try containerIndex(c)
-            return CompactCursor(offset: Int(ends[k]), container: Int(nexts[k]))
+            return CompactCursor(offset: Int(index[k].end), container: Int(index[k].next))
         }
         return CompactCursor(offset: pos, container: c.container)
     }
@@ -185,7 +190,7 @@ final class CompactReader {
     }
 
     private func containerIndex(_ c: CompactCursor) throws -> Int {
-        guard c.container >= 0, c.container < starts.count, Int(starts[c.container]) == c.offset else {
+        guard c.container >= 0, c.container < index.count, Int(index[c.container].start) == c.offset else {
             throw Self.corrupt("position is not a known container")
         }
         return c.container
@@ -206,61 +211,93 @@ final class CompactReader {
     }
 
     /// One linear, non-recursive pass over the value at offset 0: checks every tag, varint,
-    /// length, count, key and the nesting depth, and fills the structure index.
-    /// - Returns: the offset just past the value.
-    private func indexStructure() throws -> Int {
-        var pos = 0
-        var stack: [Frame] = []
-        var started = false
-        while true {
-            if let top = stack.last {
-                if top.remaining == 0 {
-                    ends[top.container] = UInt32(pos)
-                    nexts[top.container] = UInt32(starts.count)
-                    stack.removeLast()
-                    if stack.isEmpty { return pos }
-                    continue
-                }
-                stack[stack.count - 1].remaining -= 1
-                if top.isMap {
-                    // Keys are checked here, so allKeys never drops an undecodable one.
-                    let key = try stringRange(&pos)
-                    guard try withBytes(key, { String(validating: $0, as: UTF8.self) }) != nil else {
-                        throw Self.corrupt("invalid UTF-8 in a map key")
-                    }
-                }
-            } else if started {
-                return pos
+    /// length, count, key and the nesting depth, and builds the structure index. It reads the
+    /// bytes through a bounds-checked view of its own (a static function, so the index is built
+    /// in a local array, not through the object): every read is checked against the payload.
+    /// - Returns: the offset just past the value, and the index.
+    private static func indexStructure(_ payload: [UInt8]) throws -> (Int, [Container]) {
+        try payload.withUnsafeBufferPointer { bytes in
+            var pos = 0
+            func byte() throws -> UInt8 {
+                guard pos < bytes.count else { throw corrupt("unexpected end of data") }
+                defer { pos += 1 }
+                return bytes[pos]
             }
-            started = true
-            guard stack.count < Self.maxDepth else { throw Self.corrupt("nesting too deep") }
-            let tag = try tag(at: pos)
-            pos += 1
-            switch tag {
-            case .null, .falseValue, .trueValue: break
-            case .int, .uint: _ = try varint(&pos)
-            case .double:
-                guard bytes.count - pos >= 8 else { throw Self.corrupt("truncated double") }
-                pos += 8
-            case .string: pos = try stringRange(&pos).upperBound
-            case .array, .map:
-                let start = pos - 1
-                let n = try varint(&pos)
-                let left = UInt64(bytes.count - pos)
-                // Each item takes at least one byte; each entry a key length and a value.
-                guard tag == .array ? n <= left : n <= left / 2 else {
-                    throw Self.corrupt(tag == .array ? "array claims more items than bytes remain"
-                                                     : "map claims more entries than bytes remain")
+            func varint() throws -> UInt64 {
+                var result: UInt64 = 0
+                var shift: UInt64 = 0
+                while true {
+                    let b = try byte()
+                    if shift == 63, b > 1 { throw corrupt("varint overflows 64 bits") }
+                    result |= UInt64(b & 0x7F) << shift
+                    if b < 0x80 { return result }
+                    shift += 7
                 }
-                let k = starts.count
-                starts.append(UInt32(start))
-                ends.append(0)
-                nexts.append(0)
-                if n == 0 {
-                    ends[k] = UInt32(pos)
-                    nexts[k] = UInt32(starts.count)
-                } else {
-                    stack.append(Frame(remaining: n, isMap: tag == .map, container: k))
+            }
+            /// Skips a length-prefixed string; returns its bytes.
+            func string() throws -> UnsafeBufferPointer<UInt8> {
+                let n = try varint()
+                guard n <= UInt64(bytes.count - pos) else { throw corrupt("length beyond the end of data") }
+                defer { pos += Int(n) }
+                return UnsafeBufferPointer(rebasing: bytes[pos..<(pos + Int(n))])
+            }
+            // Each container takes at least 2 bytes: the reservation is bounded by the input.
+            var index: [Container] = []
+            index.reserveCapacity(min(bytes.count / 2, 32))
+            var stack: [Frame] = []
+            stack.reserveCapacity(8)
+            var started = false
+            while true {
+                if let top = stack.last {
+                    if top.remaining == 0 {
+                        index[top.container].end = UInt32(pos)
+                        index[top.container].next = UInt32(index.count)
+                        stack.removeLast()
+                        if stack.isEmpty { return (pos, index) }
+                        continue
+                    }
+                    stack[stack.count - 1].remaining -= 1
+                    if top.isMap {
+                        // Keys are checked here, so allKeys never drops an undecodable one. ASCII
+                        // (the usual key) is valid UTF-8 without building a String.
+                        let key = try string()
+                        guard key.allSatisfy({ $0 < 0x80 }) || String(validating: key, as: UTF8.self) != nil else {
+                            throw corrupt("invalid UTF-8 in a map key")
+                        }
+                    }
+                } else if started {
+                    return (pos, index)
+                }
+                started = true
+                guard stack.count < maxDepth else { throw corrupt("nesting too deep") }
+                guard let tag = CompactTag(rawValue: try byte()) else {
+                    // The same message as tag(at:); an end of data is reported by byte().
+                    throw corrupt("unknown tag")
+                }
+                switch tag {
+                case .null, .falseValue, .trueValue: break
+                case .int, .uint: _ = try varint()
+                case .double:
+                    guard bytes.count - pos >= 8 else { throw corrupt("truncated double") }
+                    pos += 8
+                case .string: _ = try string()
+                case .array, .map:
+                    let start = pos - 1
+                    let n = try varint()
+                    let left = UInt64(bytes.count - pos)
+                    // Each item takes at least one byte; each entry a key length and a value.
+                    guard tag == .array ? n <= left : n <= left / 2 else {
+                        throw corrupt(tag == .array ? "array claims more items than bytes remain"
+                                                    : "map claims more entries than bytes remain")
+                    }
+                    let k = index.count
+                    index.append(Container(start: UInt32(start), end: 0, next: 0))
+                    if n == 0 {
+                        index[k].end = UInt32(pos)
+                        index[k].next = UInt32(index.count)
+                    } else {
+                        stack.append(Frame(remaining: n, isMap: tag == .map, container: k))
+                    }
                 }
             }
         }
