@@ -7,11 +7,6 @@
 static inline int es_deflate_init_strategy(z_streamp strm, int level, int strategy) {
     return deflateInit2(strm, level, Z_DEFLATED, MAX_WBITS, 8, strategy);
 }
-/* A stream for small inputs: a window of 2^window_bits bytes and a hash table of
-   2^(mem_level + 7) entries, which deflateReset clears on every record. */
-static inline int es_deflate_init_small(z_streamp strm, int level, int strategy, int window_bits, int mem_level) {
-    return deflateInit2(strm, level, Z_DEFLATED, window_bits, mem_level, strategy);
-}
 static inline int es_inflate_init(z_streamp strm) {
     return inflateInit(strm);
 }

@@ -70,8 +70,7 @@ enum Zlib {
     /// is safe with them (``fixedCodesAvailable``); dynamic codes otherwise.
     static func compress(_ input: [UInt8], level: Int32, fixedCodes: Bool = false) throws(Failure) -> [UInt8] {
         guard input.count <= maxInput else { throw Failure(message: "input of \(input.count) bytes exceeds 4 GiB") }
-        let pool = DeflatePool.pool(level: level, fixedCodes: fixedCodes && fixedCodesAvailable,
-                                    small: input.count <= DeflateStream.smallInput)
+        let pool = DeflatePool.pool(level: level, fixedCodes: fixedCodes && fixedCodesAvailable)
         let stream = try pool.take()
         defer { pool.give(stream) }
         return try stream.compress(input)
@@ -92,21 +91,10 @@ final class DeflateStream: @unchecked Sendable {
     // @unchecked: only the task that took it from DeflatePool touches it until it is given back.
     private let strm: UnsafeMutablePointer<z_stream>
 
-    /// Inputs up to this many bytes go to a stream with a window of the same size (2^11):
-    /// no match can reach further back than the input's start, so the output is as short as
-    /// with zlib's default 32 KiB window. Its hash table has 1,024 entries instead of 32,768,
-    /// and `deflateReset` clears that table on every record: for the workload's ~260-byte
-    /// records this halves deflate's instructions. Any inflater reads the stream (RFC 1950
-    /// records the window size in the header's CINFO; readers accept every size up to 32 KiB).
-    static let smallInput = 2048
-
-    init(level: Int32, fixedCodes: Bool, small: Bool = false) throws(Zlib.Failure) {
+    init(level: Int32, fixedCodes: Bool) throws(Zlib.Failure) {
         strm = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
         strm.initialize(to: z_stream())
-        let strategy = fixedCodes ? Z_FIXED : Z_DEFAULT_STRATEGY
-        let rc = small ? es_deflate_init_small(strm, level, strategy, 11, 3)
-                       : es_deflate_init_strategy(strm, level, strategy)
-        guard rc == Z_OK else {
+        guard es_deflate_init_strategy(strm, level, fixedCodes ? Z_FIXED : Z_DEFAULT_STRATEGY) == Z_OK else {
             strm.deallocate()
             throw Zlib.Failure(message: "deflateInit failed")
         }
@@ -160,19 +148,19 @@ final class InflateStream: @unchecked Sendable {
     }
 }
 
-/// The deflate streams, one pool per (level, fixed codes, small input) setting.
+/// The deflate streams, one pool per (level, fixed codes) setting.
 enum DeflatePool {
-    private struct Settings: Hashable { var level: Int32; var fixedCodes: Bool; var small: Bool }
+    private struct Settings: Hashable { var level: Int32; var fixedCodes: Bool }
     private static let pools = Mutex<[Settings: ResourcePool<DeflateStream, Zlib.Failure>]>([:])
 
-    static func pool(level: Int32, fixedCodes: Bool, small: Bool) -> ResourcePool<DeflateStream, Zlib.Failure> {
-        let settings = Settings(level: level, fixedCodes: fixedCodes, small: small)
+    static func pool(level: Int32, fixedCodes: Bool) -> ResourcePool<DeflateStream, Zlib.Failure> {
+        let settings = Settings(level: level, fixedCodes: fixedCodes)
         return pools.withLock { p in
             if let existing = p[settings] { return existing }
             let made = ResourcePool<DeflateStream, Zlib.Failure>(
                 capacity: 16,
                 make: { () throws(Zlib.Failure) -> DeflateStream in
-                    try DeflateStream(level: settings.level, fixedCodes: settings.fixedCodes, small: settings.small)
+                    try DeflateStream(level: settings.level, fixedCodes: settings.fixedCodes)
                 })
             p[settings] = made
             return made
