@@ -58,15 +58,27 @@ public final class Mapper: Sendable {
         public var uncompressedTopics: Set<String>
         /// Whether a mapper with a keyring reads unencrypted records.
         public var plaintextReads: PlaintextReads
+        /// The least fraction of a record's length compression must save for the record to be
+        /// stored compressed: 0.1 by default (10%); 0 keeps every compressed form that is
+        /// shorter at all. Clamped to 0…0.5 (NaN: the default). When an attempt on a small record
+        /// (up to 1 KiB) does not pay, the mapper stores that topic's next small records without
+        /// trying, backing off to one attempt in 64 until an attempt pays again (SECURITY.md §5.4).
+        public var minimumCompressionSaving: Double {
+            get { saving }
+            set { saving = newValue.isNaN ? 0.1 : min(max(newValue, 0), 0.5) }
+        }
+        private var saving = 0.1
 
-        /// Creates options; by default the compact encoding, zlib, every topic compressed, and
-        /// (with a keyring) unencrypted records refused.
+        /// Creates options; by default the compact encoding, zlib where it saves at least 10%,
+        /// every topic compressed, and (with a keyring) unencrypted records refused.
         public init(encoding: PayloadEncoding = .compact, compressor: (any Compressor)? = ZlibCompressor(),
-                    uncompressedTopics: Set<String> = [], plaintextReads: PlaintextReads = .rejected) {
+                    uncompressedTopics: Set<String> = [], plaintextReads: PlaintextReads = .rejected,
+                    minimumCompressionSaving: Double = 0.1) {
             self.encoding = encoding
             self.compressor = compressor
             self.uncompressedTopics = uncompressedTopics
             self.plaintextReads = plaintextReads
+            self.minimumCompressionSaving = minimumCompressionSaving
         }
     }
 
@@ -91,6 +103,8 @@ public final class Mapper: Sendable {
     public let keyring: Keyring?
     /// The pipeline settings.
     public let configuration: Configuration
+    /// Which small records are worth trying to compress, per topic.
+    let compressionAdvisor = CompressionAdvisor()
 
     /// The pipeline settings, by their former name.
     @available(*, deprecated, renamed: "configuration")
@@ -210,9 +224,14 @@ public final class Mapper: Sendable {
         var payload = json
         var flags: StateHeader.Flags = snapshot ? [.snapshot] : []
         if configuration.encoding == .compact { flags.insert(.compact) }
-        if let compressor = configuration.compressor, !configuration.uncompressedTopics.contains(topic) {
+        if let compressor = configuration.compressor, !configuration.uncompressedTopics.contains(topic),
+           compressionAdvisor.shouldTry(topic: topic, size: json.count) {
             let z = try compressor.compress(json)
-            if z.count < json.count {
+            // Kept only when it saves at least the minimum (and is shorter at all).
+            let saved = json.count - z.count
+            let paid = saved > 0 && Double(saved) >= configuration.minimumCompressionSaving * Double(json.count)
+            compressionAdvisor.tried(topic: topic, size: json.count, paid: paid)
+            if paid {
                 payload = z
                 flags.insert(.compressed)
             }
