@@ -112,6 +112,45 @@ func writer(_ args: [String]) async throws {
     emit("DONE")
 }
 
+// MARK: - signal-waits SECONDS
+//
+// Waits on a CommitSignal with a one-hour timeout, ended each time at once by a signal, for
+// SECONDS, then as long again; prints `RSS <kB after the first phase> <kB after the second>
+// <waits in the second phase>`. What a wait leaves behind after it returns must not pile up:
+// the resident set after the second phase is about that after the first.
+
+func residentKB() -> Int {
+    let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+    for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+    return 0
+}
+
+func signalWaits(_ args: [String]) async {
+    guard args.count == 1, let seconds = Double(args[0]), seconds > 0 else { fail("usage: signal-waits SECONDS") }
+    let signal = CommitSignal()
+    let clock = ContinuousClock()
+    func phase() async -> Int {
+        var waits = 0
+        let end = clock.now.advanced(by: .seconds(seconds))
+        while clock.now < end {
+            for _ in 0..<100 {
+                let seen = signal.generation
+                async let waited: Void = signal.wait(since: seen, timeout: .seconds(3600))
+                signal.signal()
+                await waited
+                waits += 1
+            }
+        }
+        return waits
+    }
+    _ = await phase()
+    let first = residentKB()
+    let waits = await phase()
+    emit("RSS \(first) \(residentKB()) \(waits)")
+}
+
 let arguments = Array(CommandLine.arguments.dropFirst())
 do {
     switch arguments.first {
@@ -120,6 +159,7 @@ do {
     case "pg-writer": try await pgWriter(Array(arguments.dropFirst()))
     case "sys-follower": try await systemFollower(Array(arguments.dropFirst()))
     case "shred-watch": try await shredWatch(Array(arguments.dropFirst()))
+    case "signal-waits": await signalWaits(Array(arguments.dropFirst()))
     default: fail("unknown command; use save-loop or writer")
     }
 } catch {
