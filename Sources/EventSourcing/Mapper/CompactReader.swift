@@ -243,9 +243,9 @@ final class CompactReader {
             }
             // Each container takes at least 2 bytes: the reservation is bounded by the input.
             var index: [Container] = []
-            index.reserveCapacity(min(bytes.count / 2, 32))
+            index.reserveCapacity(min(bytes.count / 2, 8))
             var stack: [Frame] = []
-            stack.reserveCapacity(8)
+            stack.reserveCapacity(4)
             var started = false
             while true {
                 if let top = stack.last {
