@@ -37,6 +37,7 @@ extension Keyring {
             s.put(key)
             s.current[ExactScope(scope)] = key.version
             // Created here: its first block of encryptions is this key ring's (KeyUsage.firstBlock).
+            s.trimBudget()
             s.budget[CacheKey(scope: ExactScope(scope), version: key.version)] = KeyUsage.firstBlock(limit: s.encryptionLimit)
         }
         logger.debug("rotated data key", metadata: ["scope": "\(scope)", "version": "\(key.version)"])

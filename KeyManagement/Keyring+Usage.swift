@@ -71,6 +71,7 @@ extension Keyring {
         let (taken, limit, block) = state.withLock { s -> (Bool, UInt64, UInt64) in
             if s.budget[ck] == nil, w.pending != nil {
                 // Minted here: its first block is ours (KeyUsage.firstBlock).
+                s.trimBudget()
                 s.budget[ck] = KeyUsage.firstBlock(limit: s.encryptionLimit)
             }
             if let b = s.budget[ck], b >= n {
@@ -101,7 +102,7 @@ extension Keyring {
             guard granted else { return false }
             let done = state.withLock { s -> Bool in
                 let b = (s.budget[ck] ?? 0) + amount
-                if s.budget.count > max(64, s.capacity * 2) { s.budget.removeAll() }   // bounded; dropped blocks stay counted
+                if s.budget[ck] == nil { s.trimBudget() }   // bounded; dropped blocks stay counted
                 guard b >= n else { s.budget[ck] = b; return false }
                 s.budget[ck] = b - n
                 return true
