@@ -208,6 +208,36 @@ extension PostgresTests {
             }
         }
 
+        @Test("a page's keys are read in one query (prefetchDataKeys): each scope's versions, unknown and empty scopes left out, none kept across a shred")
+        func prefetchDataKeysForAPage() async throws {
+            let masterKey = try MasterKey.generate()
+            try await withStore(try freshConfiguration()) { store in
+                let t = try await EncryptedApp.open(store, masterKey: masterKey)
+                var roots: [AggregateRoot<Ledger>] = []
+                for save in 1...3 {
+                    var root = try ledgerSave(nil, save: save, count: 1)
+                    try await t.app.save(&root)
+                    roots.append(root)
+                }
+                _ = try await t.keyring.rotate(scope: roots[0].keyScope)
+                let scopes = roots.map(\.keyScope)
+                try await store.prefetchDataKeys(scopes: scopes + ["no-such-scope", ""])
+                #expect(store.prefetchedKeys.peek(scope: scopes[0])?.map(\.version) == [1, 2])
+                #expect(store.prefetchedKeys.peek(scope: scopes[1])?.map(\.version) == [1])
+                #expect(store.prefetchedKeys.peek(scope: scopes[2])?.map(\.scope) == [scopes[2]])
+                #expect(store.prefetchedKeys.peek(scope: "no-such-scope") == nil)
+                // A shred through this store forgets what was kept: the next miss reads the table.
+                _ = try await t.keyring.shred(scope: scopes[1])
+                #expect(store.prefetchedKeys.peek(scope: scopes[1]) == nil)
+                #expect(try await store.dataKeys(scope: scopes[1], reading: 1).isEmpty)
+                // A cold key ring reads the whole log through one prefetch per page.
+                let fresh = try await EncryptedApp.open(store, masterKey: masterKey)
+                let items = try await fresh.app.notificationLog.read(start: 1, limit: 100)
+                #expect(items.filter { if case .decoded = $0.outcome { true } else { false } }.count == 2)
+                #expect(items.filter(\.isShredded).count == 1)
+            }
+        }
+
         @Test("keys read with events are not used once older than their lifetime (a shred by another process)")
         func prefetchedKeysExpire() async throws {
             let masterKey = try MasterKey.generate()
