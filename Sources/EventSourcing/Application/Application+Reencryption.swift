@@ -304,6 +304,9 @@ struct ReencryptionPass {
             try Task.checkCancellation()
             let page = try await recorder.selectNotifications(start: start, limit: pageSize, stop: nil, topics: [])
             guard let lastOfPage = page.last else { break }
+            // The page's data keys in one read of the store (PostgreSQL: one query, not one
+            // round trip per subject), for the opening of its records that follows.
+            await mapper.prefetchKeys(for: page.lazy.map(\.storedEvent))
             var batch: [(RecordRewrite, StoredEvent, Int64?)] = []
             for n in page {
                 report.eventsExamined += 1
@@ -322,6 +325,7 @@ struct ReencryptionPass {
             try Task.checkCancellation()
             let page = try await rewriter.selectSnapshots(after: cursor, limit: pageSize)
             guard let lastOfPage = page.last else { break }
+            await mapper.prefetchKeys(for: page)
             var batch: [(RecordRewrite, StoredEvent, Int64?)] = []
             for s in page {
                 report.snapshotsExamined += 1
