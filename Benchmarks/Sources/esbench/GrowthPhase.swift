@@ -325,9 +325,10 @@ func growthPhase(_ o: Options) async throws {
                 let task = Task { try await runner.run() }
                 do {
                     for tenth in 1...10 {
-                        // In waits of --wait-timeout seconds (1 by default), again until there: each
-                        // wake-up of a wait leaves its timeout's sleep pending until that timeout's
-                        // deadline, so one long wait over a catch-up holds memory per batch.
+                        // In waits of --wait-timeout seconds (1 by default), again until there. Before
+                        // bc5768d each wake-up of a wait left its timeout's sleep pending until that
+                        // timeout's deadline, so one long wait held memory per batch; the library now
+                        // sleeps in 1 s slices, and these waits keep the runs comparable with earlier ones.
                         while true {
                             do {
                                 try await runner.wait(until: last * Int64(tenth) / 10, timeout: .seconds(o.waitTimeout))

@@ -71,12 +71,6 @@ final class CompactReader {
         offset >= 0 && offset < bytes.count ? bytes[offset] : nil
     }
 
-    func byte(_ pos: inout Int) throws -> UInt8 {
-        guard let b = peek(pos) else { throw Self.corrupt("unexpected end of data") }
-        pos += 1
-        return b
-    }
-
     /// The tag of the value at `offset`.
     func tag(at offset: Int) throws -> CompactTag {
         guard let b = peek(offset) else { throw Self.corrupt("unexpected end of data") }
@@ -86,21 +80,34 @@ final class CompactReader {
 
     /// A LEB128 varint of at most 64 bits; longer or overflowing encodings are refused.
     func varint(_ pos: inout Int) throws -> UInt64 {
+        try bytes.withUnsafeBufferPointer { try Self.varint(in: $0, &pos) }
+    }
+
+    /// A byte count that must fit in the rest of the payload.
+    func length(_ pos: inout Int) throws -> Int {
+        try bytes.withUnsafeBufferPointer { try Self.length(in: $0, &pos) }
+    }
+
+    /// The varint at `pos` in `bytes` (the one reading of varints: the structure pass's and the
+    /// decoder's); `pos` moves past it. Every byte read is checked against `bytes.count`.
+    private static func varint(in bytes: UnsafeBufferPointer<UInt8>, _ pos: inout Int) throws -> UInt64 {
         var result: UInt64 = 0
         var shift: UInt64 = 0
         while true {
-            let b = try byte(&pos)
-            if shift == 63, b > 1 { throw Self.corrupt("varint overflows 64 bits") }
+            guard pos >= 0, pos < bytes.count else { throw corrupt("unexpected end of data") }
+            let b = bytes[pos]
+            pos += 1
+            if shift == 63, b > 1 { throw corrupt("varint overflows 64 bits") }
             result |= UInt64(b & 0x7F) << shift
             if b < 0x80 { return result }
             shift += 7
         }
     }
 
-    /// A byte count that must fit in the rest of the payload.
-    func length(_ pos: inout Int) throws -> Int {
-        let n = try varint(&pos)
-        guard n <= UInt64(bytes.count - pos) else { throw Self.corrupt("length beyond the end of data") }
+    /// A byte count at `pos` in `bytes` that must fit in the rest of them; `pos` moves past the count.
+    private static func length(in bytes: UnsafeBufferPointer<UInt8>, _ pos: inout Int) throws -> Int {
+        let n = try varint(in: bytes, &pos)
+        guard n <= UInt64(bytes.count - pos) else { throw corrupt("length beyond the end of data") }
         return Int(n)
     }
 
@@ -223,23 +230,12 @@ final class CompactReader {
                 defer { pos += 1 }
                 return bytes[pos]
             }
-            func varint() throws -> UInt64 {
-                var result: UInt64 = 0
-                var shift: UInt64 = 0
-                while true {
-                    let b = try byte()
-                    if shift == 63, b > 1 { throw corrupt("varint overflows 64 bits") }
-                    result |= UInt64(b & 0x7F) << shift
-                    if b < 0x80 { return result }
-                    shift += 7
-                }
-            }
+            func varint() throws -> UInt64 { try Self.varint(in: bytes, &pos) }
             /// Skips a length-prefixed string; returns its bytes.
             func string() throws -> UnsafeBufferPointer<UInt8> {
-                let n = try varint()
-                guard n <= UInt64(bytes.count - pos) else { throw corrupt("length beyond the end of data") }
-                defer { pos += Int(n) }
-                return UnsafeBufferPointer(rebasing: bytes[pos..<(pos + Int(n))])
+                let n = try Self.length(in: bytes, &pos)
+                defer { pos += n }
+                return UnsafeBufferPointer(rebasing: bytes[pos..<(pos + n)])
             }
             // Each container takes at least 2 bytes: the reservation is bounded by the input.
             var index: [Container] = []
