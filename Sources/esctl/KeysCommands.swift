@@ -104,11 +104,9 @@ struct KeysList: AsyncParsableCommand {
     @OptionGroup(title: "Global options") var global: GlobalOptions
     @Flag(help: "Print JSON (stable: see Docs/Operations.md).") var json = false
 
-    struct JSON: Encodable {
-        var masterKeyID: String
-        var scopes: [ScopeSummary.JSON]
-        enum CodingKeys: String, CodingKey { case masterKeyID = "master_key_id", scopes }
-    }
+    /// The members of the JSON document (Docs/Operations.md §12.1): `master_key_id`, then
+    /// `scopes`, an array of ``ScopeSummary/JSON`` in scope order, written one by one.
+    enum JSONMember: String { case masterKeyID = "master_key_id", scopes }
 
     func run() async throws {
         try await Esctl.guarded {
@@ -142,8 +140,8 @@ struct KeysList: AsyncParsableCommand {
                 summaries.sort { $0.scope < $1.scope }
                 if json {
                     // Written scope by scope: a million scopes as one JSONEncoder document took 3.1 GB.
-                    try JSONOut.printStreaming(head: [(JSON.CodingKeys.masterKeyID.rawValue, session.keyring.primaryMasterKeyID)],
-                                               arrayKey: JSON.CodingKeys.scopes.rawValue, elements: summaries.lazy.map(\.json))
+                    try JSONOut.printStreaming(head: [(JSONMember.masterKeyID.rawValue, session.keyring.primaryMasterKeyID)],
+                                               arrayKey: JSONMember.scopes.rawValue, elements: summaries.lazy.map(\.json))
                 } else {
                     var out = ""
                     out.reserveCapacity(summaries.count * 120)
