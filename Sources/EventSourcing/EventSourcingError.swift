@@ -92,6 +92,10 @@ public struct EventSourcingError: Error, Sendable, Hashable, CustomStringConvert
         /// written. The message names the token or the helper, never a PIN, a key or what the
         /// helper wrote to its standard error. (esctl exits 71.)
         public static let keySourceFailed = Code("keySourceFailed")
+        /// The record was compressed with a preset dictionary (``CompressionDictionary``) that
+        /// the mapper does not have: the message names the dictionary's id. Not a corrupt record:
+        /// give the mapper that dictionary again (``Mapper/Configuration/retiredCompressionDictionaries``).
+        public static let compressionDictionaryMissing = Code("compressionDictionaryMissing")
 
         public var description: String { raw }
     }

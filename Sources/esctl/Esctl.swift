@@ -131,6 +131,8 @@ struct Esctl: AsyncParsableCommand {
                 return (Exit.verificationFailed, e.description + " (run 'esctl verify' for the full list)")
             case .keyVersionInUse: return (Exit.keyVersionInUse, e.message)
             case .keySourceFailed: return (Exit.keySourceFailed, "master key source failed: \(e.message)")
+            case .compressionDictionaryMissing:
+                return (Exit.verificationFailed, e.description + " (give esctl the dictionary with --compression-dictionary)")
             default: return (Exit.failure, e.description)
             }
         default:

@@ -26,4 +26,10 @@ struct GlobalOptions: ParsableArguments {
         A program that wraps and unwraps data keys over stdin/stdout (SECURITY.md §5.17: Vault transit, a KMS).         A path, run without a shell.
         """, valueName: "path"))
     var masterKeyCommand: String?
+
+    @Option(name: .long, help: ArgumentHelp(
+        "A preset compression dictionary the application writes with (a file of its bytes, as given to "
+            + "CompressionDictionary); repeat for each. Records compressed with one read only with it.",
+        valueName: "path"))
+    var compressionDictionary: [String] = []
 }

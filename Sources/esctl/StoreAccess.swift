@@ -240,6 +240,7 @@ struct StoreAccess {
                      beforeWriting: ((Session, any KeyEncryptionKey, [MasterKeyCheck]) async throws -> Void)? = nil,
                      _ body: (Session) async throws -> Void) async throws {
         let postgres = try sqlitePath() == nil
+        let dictionaries = try compressionDictionaries()
         let reading = try await openStore(readOnly: true)
         var writing: (any AdminStore)?
         do {
@@ -247,7 +248,7 @@ struct StoreAccess {
             let key = try masterKey(kdf: checks.last(where: { $0.kdf != nil })?.kdf)
             let keys = [key] + extraKeys
             try await Self.verify(keys, against: checks)
-            let session = try await Self.session(on: reading, keys: keys)
+            let session = try await Self.session(on: reading, keys: keys, dictionaries: dictionaries)
             switch access {
             case .readOnly:
                 try await body(session)
@@ -259,7 +260,7 @@ struct StoreAccess {
                     await reading.close()
                     let store = try await openStore()
                     writing = store
-                    try await body(try await Self.session(on: store, keys: keys))
+                    try await body(try await Self.session(on: store, keys: keys, dictionaries: dictionaries))
                 }
             }
         } catch {
@@ -271,8 +272,26 @@ struct StoreAccess {
         await writing?.close()
     }
 
+    /// The dictionaries of `--compression-dictionary`, read from their files.
+    /// - Throws: ``CLIError`` (exit 64) naming the file that cannot be read or is not a dictionary.
+    func compressionDictionaries() throws -> [CompressionDictionary] {
+        try options.compressionDictionary.map { path in
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? Int
+            guard let size else { throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): cannot be read") }
+            // Checked before reading: a dictionary is at most 32 KiB, and the path could name anything.
+            guard size <= CompressionDictionary.maxSize, let data = FileManager.default.contents(atPath: path) else {
+                throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): a dictionary holds 1 to "
+                               + "\(CompressionDictionary.maxSize) bytes; the file has \(size)")
+            }
+            do { return try CompressionDictionary([UInt8](data)) } catch {
+                throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): \((error as? EventSourcingError)?.message ?? "not a dictionary")")
+            }
+        }
+    }
+
     /// A session over `store`, opened with `keys` (already verified against its checks).
-    private static func session(on store: any AdminStore, keys: [any KeyEncryptionKey]) async throws -> Session {
+    private static func session(on store: any AdminStore, keys: [any KeyEncryptionKey],
+                                dictionaries: [CompressionDictionary]) async throws -> Session {
         let backend: EncryptedStore.Backend
         switch store {
         case let s as SQLiteStore: backend = .sqlite(s)
@@ -281,6 +300,8 @@ struct StoreAccess {
         #endif
         default: throw EventSourcingError(.invalidArgument, "esctl opened a store of an unknown kind")
         }
+        var options = options
+        options.mapper.retiredCompressionDictionaries = dictionaries
         let opened = try await EncryptedStore.open(backend: backend, masterKeys: keys, options: options)
         return Session(store: store, keyring: opened.keyring, app: opened.application)
     }

@@ -5,9 +5,24 @@ public protocol Compressor: Sendable {
     /// Decompresses what ``compress(_:)`` produced.
     /// - Throws: when `bytes` is not valid compressed data.
     func decompress(_ bytes: [UInt8]) throws -> [UInt8]
+    /// Compresses `bytes` primed with a preset `dictionary`, so that what the record shares with
+    /// it costs almost nothing. By default a compressor has no dictionaries and compresses as
+    /// ``compress(_:)`` does.
+    func compress(_ bytes: [UInt8], dictionary: CompressionDictionary) throws -> [UInt8]
+    /// Decompresses what either `compress` produced, taking a preset dictionary the data names
+    /// from `dictionaries`. By default, as ``decompress(_:)``.
+    /// - Throws: ``EventSourcingError`` with `.compressionDictionaryMissing` when the data names a
+    ///   dictionary not in `dictionaries`; any error when it is not valid compressed data.
+    func decompress(_ bytes: [UInt8], dictionaries: [CompressionDictionary]) throws -> [UInt8]
 }
 
-/// zlib (RFC 1950) through the system libz, with reused streams.
+extension Compressor {
+    public func compress(_ bytes: [UInt8], dictionary: CompressionDictionary) throws -> [UInt8] { try compress(bytes) }
+    public func decompress(_ bytes: [UInt8], dictionaries: [CompressionDictionary]) throws -> [UInt8] { try decompress(bytes) }
+}
+
+/// zlib (RFC 1950) through the system libz, with reused streams, and preset dictionaries
+/// (``CompressionDictionary``) named by their id in the stream's header.
 public struct ZlibCompressor: Compressor {
     /// How deflate codes what it compresses. Whatever the strategy, the output is an ordinary
     /// zlib stream: records written with one are read the same way as records written with another.
@@ -48,18 +63,35 @@ public struct ZlibCompressor: Compressor {
     }
 
     public func compress(_ bytes: [UInt8]) throws -> [UInt8] {
+        try compress(bytes, with: nil)
+    }
+
+    public func compress(_ bytes: [UInt8], dictionary: CompressionDictionary) throws -> [UInt8] {
+        try compress(bytes, with: dictionary)
+    }
+
+    private func compress(_ bytes: [UInt8], with dictionary: CompressionDictionary?) throws(EventSourcingError) -> [UInt8] {
         let fixedCodes = switch strategy {
         case .dynamic: false
         case .fixed: true
         case .fixedUpTo(let limit): bytes.count <= limit
         }
-        do { return try Zlib.compress(bytes, level: level, fixedCodes: fixedCodes) } catch {
+        do { return try Zlib.compress(bytes, level: level, fixedCodes: fixedCodes, dictionary: dictionary) } catch {
             throw EventSourcingError(.recorderFailure, "zlib: \(error.message)")
         }
     }
 
     public func decompress(_ bytes: [UInt8]) throws -> [UInt8] {
-        do { return try Zlib.decompress(bytes, limit: maxDecompressedSize) } catch {
+        try decompress(bytes, dictionaries: [])
+    }
+
+    public func decompress(_ bytes: [UInt8], dictionaries: [CompressionDictionary]) throws -> [UInt8] {
+        do { return try Zlib.decompress(bytes, limit: maxDecompressedSize, dictionaries: dictionaries) } catch {
+            if let id = error.missingDictionary {
+                throw EventSourcingError(.compressionDictionaryMissing,
+                    "the payload was compressed with preset dictionary \(CompressionDictionary.hex(id)), which this mapper "
+                    + "does not have (Mapper.Configuration.compressionDictionaries or retiredCompressionDictionaries)")
+            }
             throw EventSourcingError(.integrityFailure, "zlib: \(error.message)")
         }
     }

@@ -38,10 +38,7 @@ extension Mapper {
         let body = Array(state[bodyOffset...])
         var payload = body
         if header.flags.contains(.compressed) {
-            let compressor = configuration.compressor ?? ZlibCompressor()
-            do { payload = try compressor.decompress(body) } catch {
-                throw record(.integrityFailure, "compressed payload is corrupt; the record was left as it is", stored, notificationID)
-            }
+            payload = try decompressed(body, stored, notificationID, corrupt: "compressed payload is corrupt; the record was left as it is")
         }
         let encoding: PayloadEncoding = header.flags.contains(.compact) ? .compact : .json
         switch encoding {

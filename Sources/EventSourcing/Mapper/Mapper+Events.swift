@@ -147,12 +147,7 @@ extension Mapper {
             }
             body = Array(state[bodyOffset...])
         }
-        if header.flags.contains(.compressed) {
-            let compressor = configuration.compressor ?? ZlibCompressor()
-            do { body = try compressor.decompress(body) } catch {
-                throw record(.integrityFailure, "compressed payload is corrupt", stored, notificationID)
-            }
-        }
+        if header.flags.contains(.compressed) { body = try decompressed(body, stored, notificationID) }
         var payload = Payload(bytes: body, encoding: header.flags.contains(.compact) ? .compact : .json)
         if PersonalFieldFormat.mayContainFields(body) {
             // Its personal fields' subject keys, fetched now so that decoding (sync) opens them.

@@ -69,12 +69,7 @@ extension Mapper {
         var body = inner
         var fieldsResealed = 0
         var payload = inner
-        if header.flags.contains(.compressed) {
-            let compressor = configuration.compressor ?? ZlibCompressor()
-            do { payload = try compressor.decompress(inner) } catch {
-                throw record(.integrityFailure, "compressed payload is corrupt", stored, notificationID)
-            }
-        }
+        if header.flags.contains(.compressed) { payload = try decompressed(inner, stored, notificationID) }
         var flags = header.flags
         if PersonalFieldFormat.mayContainFields(payload) {
             let encoding: PayloadEncoding = header.flags.contains(.compact) ? .compact : .json
@@ -126,13 +121,9 @@ extension Mapper {
                 let spliced = PersonalFieldSplice.apply(edits, to: payload)
                 body = spliced
                 flags.remove(.compressed)
-                if header.flags.contains(.compressed) {
-                    let compressor = configuration.compressor ?? ZlibCompressor()
-                    let z = try compressor.compress(spliced)
-                    if z.count < spliced.count {
-                        body = z
-                        flags.insert(.compressed)
-                    }
+                if let z = try compressed(spliced, topic: stored.topic) {
+                    body = z
+                    flags.insert(.compressed)
                 }
             }
         }

@@ -68,17 +68,37 @@ public final class Mapper: Sendable {
             set { saving = newValue.isNaN ? 0.1 : min(max(newValue, 0), 0.5) }
         }
         private var saving = 0.1
+        /// Preset dictionaries, by topic (a snapshot's topic is its aggregate's
+        /// `snapshotTopic`): a record of a topic listed here is compressed with its dictionary
+        /// (``CompressionDictionary``; still only where that saves ``minimumCompressionSaving``).
+        /// None by default. Reading a record needs the dictionary it was written with, here or
+        /// in ``retiredCompressionDictionaries``.
+        public var compressionDictionaries: [String: CompressionDictionary]
+        /// Dictionaries no longer written with, kept so that records written with them still read.
+        public var retiredCompressionDictionaries: [CompressionDictionary]
 
         /// Creates options; by default the compact encoding, zlib where it saves at least 10%,
-        /// every topic compressed, and (with a keyring) unencrypted records refused.
+        /// every topic compressed, no preset dictionaries, and (with a keyring) unencrypted
+        /// records refused.
         public init(encoding: PayloadEncoding = .compact, compressor: (any Compressor)? = ZlibCompressor(),
                     uncompressedTopics: Set<String> = [], plaintextReads: PlaintextReads = .rejected,
-                    minimumCompressionSaving: Double = 0.1) {
+                    minimumCompressionSaving: Double = 0.1,
+                    compressionDictionaries: [String: CompressionDictionary] = [:],
+                    retiredCompressionDictionaries: [CompressionDictionary] = []) {
             self.encoding = encoding
             self.compressor = compressor
             self.uncompressedTopics = uncompressedTopics
             self.plaintextReads = plaintextReads
+            self.compressionDictionaries = compressionDictionaries
+            self.retiredCompressionDictionaries = retiredCompressionDictionaries
             self.minimumCompressionSaving = minimumCompressionSaving
+        }
+
+        /// Every dictionary a record may name, each once.
+        var readingDictionaries: [CompressionDictionary] {
+            var seen = Set<CompressionDictionary>()
+            return (compressionDictionaries.sorted { $0.key < $1.key }.map(\.value) + retiredCompressionDictionaries)
+                .filter { seen.insert($0).inserted }
         }
     }
 
@@ -105,6 +125,8 @@ public final class Mapper: Sendable {
     public let configuration: Configuration
     /// Which small records are worth trying to compress, per topic.
     let compressionAdvisor = CompressionAdvisor()
+    /// The configuration's dictionaries, current and retired, for reading.
+    let readingDictionaries: [CompressionDictionary]
 
     /// The pipeline settings, by their former name.
     @available(*, deprecated, renamed: "configuration")
@@ -120,6 +142,7 @@ public final class Mapper: Sendable {
         self.cipher = cipher
         self.keyring = cipher as? Keyring
         self.configuration = configuration
+        self.readingDictionaries = configuration.readingDictionaries
     }
 
     /// Creates a mapper whose cipher is `keyring`, with settings under their former label.
@@ -219,22 +242,45 @@ public final class Mapper: Sendable {
         }
     }
 
+    /// `payload` compressed (with the topic's preset dictionary, if any), or nil when the
+    /// topic is not compressed or compressing it does not save the configured minimum.
+    func compressed(_ payload: [UInt8], topic: String) throws -> [UInt8]? {
+        guard let compressor = configuration.compressor, !configuration.uncompressedTopics.contains(topic),
+              compressionAdvisor.shouldTry(topic: topic, size: payload.count) else { return nil }
+        let z = if let dictionary = configuration.compressionDictionaries[topic] {
+            try compressor.compress(payload, dictionary: dictionary)
+        } else {
+            try compressor.compress(payload)
+        }
+        // Kept only when it saves at least the minimum (and is shorter at all).
+        let saved = payload.count - z.count
+        let paid = saved > 0 && Double(saved) >= configuration.minimumCompressionSaving * Double(payload.count)
+        compressionAdvisor.tried(topic: topic, size: payload.count, paid: paid)
+        return paid ? z : nil
+    }
+
+    /// A stored record's compressed `body`, decompressed (with the preset dictionary it names).
+    /// - Throws: ``EventSourcingError`` naming the record: `.compressionDictionaryMissing` when
+    ///   the mapper lacks the dictionary, else `.integrityFailure`.
+    func decompressed(_ body: [UInt8], _ stored: StoredEvent, _ notificationID: Int64?,
+                      corrupt: String = "compressed payload is corrupt") throws(EventSourcingError) -> [UInt8] {
+        let compressor = configuration.compressor ?? ZlibCompressor()
+        do { return try compressor.decompress(body, dictionaries: readingDictionaries) } catch {
+            if let e = error as? EventSourcingError, e.code == .compressionDictionaryMissing {
+                throw record(.compressionDictionaryMissing, e.message, stored, notificationID)
+            }
+            throw record(.integrityFailure, corrupt, stored, notificationID)
+        }
+    }
+
     func seal(_ json: [UInt8], key: DataKey?, snapshot: Bool, originatorID: UUID,
               originatorVersion: Int, topic: String) throws -> [UInt8] {
         var payload = json
         var flags: StateHeader.Flags = snapshot ? [.snapshot] : []
         if configuration.encoding == .compact { flags.insert(.compact) }
-        if let compressor = configuration.compressor, !configuration.uncompressedTopics.contains(topic),
-           compressionAdvisor.shouldTry(topic: topic, size: json.count) {
-            let z = try compressor.compress(json)
-            // Kept only when it saves at least the minimum (and is shorter at all).
-            let saved = json.count - z.count
-            let paid = saved > 0 && Double(saved) >= configuration.minimumCompressionSaving * Double(json.count)
-            compressionAdvisor.tried(topic: topic, size: json.count, paid: paid)
-            if paid {
-                payload = z
-                flags.insert(.compressed)
-            }
+        if let z = try compressed(json, topic: topic) {
+            payload = z
+            flags.insert(.compressed)
         }
         guard let key else { return RecordFormat.plain(payload, flags: flags) }
         do {

@@ -9,7 +9,11 @@ import Synchronization
 /// without sharing a stream. A stream is borrowed for one synchronous call, so taking one never
 /// waits; the extra streams of a burst are freed when given back.
 enum Zlib {
-    struct Failure: Error { var message: String }
+    struct Failure: Error {
+        var message: String
+        /// The id of the preset dictionary the stream needs and the caller did not have.
+        var missingDictionary: UInt32? = nil
+    }
 
     /// Whether the system zlib may be asked for fixed codes: versions before 1.2.12 can corrupt
     /// memory when deflating with them (CVE-2018-25032).
@@ -68,21 +72,42 @@ enum Zlib {
 
     /// Compresses `input` in the zlib format (RFC 1950). Fixed codes only where the system zlib
     /// is safe with them (``fixedCodesAvailable``); dynamic codes otherwise.
-    static func compress(_ input: [UInt8], level: Int32, fixedCodes: Bool = false) throws(Failure) -> [UInt8] {
+    /// With a `dictionary`, the stream is primed with it and names it in its header (FDICT, RFC 1950).
+    static func compress(_ input: [UInt8], level: Int32, fixedCodes: Bool = false,
+                         dictionary: CompressionDictionary? = nil) throws(Failure) -> [UInt8] {
         guard input.count <= maxInput else { throw Failure(message: "input of \(input.count) bytes exceeds 4 GiB") }
         let pool = DeflatePool.pool(level: level, fixedCodes: fixedCodes && fixedCodesAvailable)
         let stream = try pool.take()
         defer { pool.give(stream) }
-        return try stream.compress(input)
+        return try stream.compress(input, dictionary: dictionary)
     }
 
     /// Decompresses a complete zlib stream, refusing output larger than `limit` bytes and any
-    /// trailing bytes after the stream's end.
-    static func decompress(_ input: [UInt8], limit: Int) throws(Failure) -> [UInt8] {
+    /// trailing bytes after the stream's end. A stream that names a preset dictionary is read
+    /// with the one of `dictionaries` with that id (each in turn, should two share it: the
+    /// stream's checksum tells the right one); none: a ``Failure`` with ``Failure/missingDictionary``.
+    static func decompress(_ input: [UInt8], limit: Int, dictionaries: [CompressionDictionary] = []) throws(Failure) -> [UInt8] {
         guard input.count <= maxInput else { throw Failure(message: "input of \(input.count) bytes exceeds 4 GiB") }
         let stream = try InflatePool.shared.take()
         defer { InflatePool.shared.give(stream) }
-        return try stream.decompress(input, limit: limit)
+        guard let id = presetDictionaryID(input) else { return try stream.decompress(input, limit: limit, dictionary: nil) }
+        let candidates = dictionaries.filter { $0.id == id }
+        guard !candidates.isEmpty else {
+            throw Failure(message: "the stream needs preset dictionary \(CompressionDictionary.hex(id))", missingDictionary: id)
+        }
+        var failure = Failure(message: "not a valid zlib stream")
+        for dictionary in candidates {
+            do { return try stream.decompress(input, limit: limit, dictionary: dictionary) } catch { failure = error }
+        }
+        throw failure
+    }
+
+    /// The DICTID of a zlib stream whose header says it was compressed with a preset dictionary;
+    /// nil for any other input (inflate judges it).
+    static func presetDictionaryID(_ input: [UInt8]) -> UInt32? {
+        // CMF, FLG (FDICT is bit 5), then the 4-byte DICTID, big-endian.
+        guard input.count >= 6, input[1] & 0x20 != 0 else { return nil }
+        return UInt32(input[2]) << 24 | UInt32(input[3]) << 16 | UInt32(input[4]) << 8 | UInt32(input[5])
     }
 }
 
@@ -106,8 +131,12 @@ final class DeflateStream: @unchecked Sendable {
     }
 
     /// - Parameter initialCapacity: the output buffer's first size; deflateBound's unless given (tests).
-    func compress(_ input: [UInt8], initialCapacity: Int? = nil) throws(Zlib.Failure) -> [UInt8] {
+    func compress(_ input: [UInt8], dictionary: CompressionDictionary? = nil, initialCapacity: Int? = nil) throws(Zlib.Failure) -> [UInt8] {
         guard deflateReset(strm) == Z_OK else { throw Zlib.Failure(message: "deflateReset failed") }
+        if let dictionary {
+            let rc = dictionary.bytes.withUnsafeBufferPointer { deflateSetDictionary(strm, $0.baseAddress, uInt($0.count)) }
+            guard rc == Z_OK else { throw Zlib.Failure(message: "deflateSetDictionary failed (\(rc))") }
+        }
         // deflateBound assumes deflate falls back to a stored block when coding would grow the
         // data; zlib before 1.2.13 could write a larger fixed-code block instead, so the
         // buffer grows when it runs out.
@@ -137,9 +166,17 @@ final class InflateStream: @unchecked Sendable {
         strm.deallocate()
     }
 
-    func decompress(_ input: [UInt8], limit: Int) throws(Zlib.Failure) -> [UInt8] {
+    /// - Parameter dictionary: given to inflate when the stream asks for its preset dictionary
+    ///   (a stream that asks and has none is not valid; inflate refuses one whose checksum differs).
+    func decompress(_ input: [UInt8], limit: Int, dictionary: CompressionDictionary?) throws(Zlib.Failure) -> [UInt8] {
         guard inflateReset(strm) == Z_OK else { throw Zlib.Failure(message: "inflateReset failed") }
-        let r = Zlib.finish(strm, input, capacity: min(limit, max(64, input.count * 4)), limit: limit, inflate)
+        let r = Zlib.finish(strm, input, capacity: min(limit, max(64, input.count * 4)), limit: limit) { s, flush in
+            let rc = inflate(s, flush)
+            guard rc == Z_NEED_DICT, let dictionary else { return rc }
+            let set = dictionary.bytes.withUnsafeBufferPointer { inflateSetDictionary(s, $0.baseAddress, uInt($0.count)) }
+            guard set == Z_OK else { return set }
+            return inflate(s, flush)
+        }
         guard r.rc == Z_STREAM_END else {
             throw Zlib.Failure(message: r.out.count >= limit ? "decompressed size exceeds \(limit) bytes" : "not a valid zlib stream")
         }
