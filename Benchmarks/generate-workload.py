@@ -3,13 +3,17 @@
 ../shared: gzip'd JSON lines {"aggregate", "event", "name", "email", "address"}, ten events per
 aggregate, names, e-mail addresses and long postal addresses (about 280 bytes a line).
 
-    generate-workload.py OUT.jsonl.gz [AGGREGATES=10000]
+    generate-workload.py OUT.jsonl.gz [AGGREGATES=10000] [SEED=20261129]
+
+Another seed gives other events of the same shape: Benchmarks/dictionary-samples.jsonl.gz (seed 7,
+5 aggregates) holds the synthetic sample events esbench --dictionary builds a preset compression
+dictionary from.
 """
 import gzip, json, random, sys
 
 out = sys.argv[1]
 aggregates = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
-rng = random.Random(20261129)
+rng = random.Random(int(sys.argv[3]) if len(sys.argv) > 3 else 20261129)
 first = ["Aoife", "Harper", "Noah", "Liam", "Mia", "Zoe", "Mateo", "Yusuf", "Ingrid", "Kenji", "Amara", "Lucas",
          "Sofia", "Oskar", "Priya", "Tomás", "Elif", "Chen", "Nadia", "Rafael", "Olivia", "Ethan", "Ava", "Leo"]
 last = ["Brown", "Fitzgerald-Hughes", "Williams", "Okafor", "Nakamura", "García", "Novak", "Lindqvist", "Haddad",

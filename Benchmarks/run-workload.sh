@@ -112,6 +112,10 @@ run --db "$work/encn.sqlite" --variant encrypted --sync normal --aggs $aggs --ta
 run --db "$work/encx.sqlite" --variant encrypted --sync normal --store-executor --aggs $aggs --tag sqlite-encrypted-normal-store-executor
 run --db "$work/encr.sqlite" --variant encrypted --sync normal --readers 4 --aggs $aggs --tag sqlite-encrypted-normal-4readers
 run --db "$work/encc.sqlite" --variant encrypted --sync full --writers 8 --aggs $aggs --tag sqlite-encrypted-full-8writers
+# With a preset compression dictionary built from synthetic sample events (dictionary-samples.jsonl.gz,
+# generate-workload.py with another seed; never the events measured), encrypted and plaintext.
+run --db "$work/encd.sqlite" --variant encrypted --sync full --dictionary dictionary-samples.jsonl.gz --aggs $aggs --tag sqlite-encrypted-full-dictionary
+run --db "$work/plaind.sqlite" --variant plain --sync full --dictionary dictionary-samples.jsonl.gz --aggs $aggs --tag sqlite-plain-full-dictionary
 run --backend memory --variant encrypted --aggs $aggs --tag memory-encrypted
 run --backend memory --variant plain --aggs $aggs --tag memory-plain
 

@@ -67,6 +67,7 @@ def ratio(a, b):
 
 
 e, p, n, c = by.get("sqlite-encrypted-full", {}), by.get("sqlite-plain-full", {}), by.get("sqlite-encrypted-normal", {}), by.get("sqlite-encrypted-full-8writers", {})
+ed, pd = by.get("sqlite-encrypted-full-dictionary", {}), by.get("sqlite-plain-full-dictionary", {})
 peer = by.get("peer-sqlite-aes-openssl", {})
 pge, pgc, pgpeer = by.get("pg-encrypted", {}), by.get("pg-encrypted-8writers", {}), by.get("peer-pg-aes-openssl", {})
 pg8, pg32 = by.get("pg-encrypted-8readers", {}), by.get("pg-encrypted-32readers", {})
@@ -79,6 +80,11 @@ targets = [
     ("SQLite W3d encrypted / peer", ratio(e.get("w3d_ev_s"), peer.get("w3d_ev_s")), "≥ 5×"),
     ("SQLite W2 encrypted / our plaintext W2", ratio(e.get("w2_ev_s"), p.get("w2_ev_s")), "≥ 0.75×"),
     ("SQLite file size encrypted / plaintext", ratio(e.get("size_bytes"), p.get("size_bytes")), "≤ 0.9×"),
+    ("SQLite file size encrypted with a preset dictionary / plaintext", ratio(ed.get("size_bytes"), p.get("size_bytes")), "≤ 0.9×"),
+    ("SQLite file size encrypted with a preset dictionary / plaintext with it", ratio(ed.get("size_bytes"), pd.get("size_bytes")), "—"),
+    ("SQLite W1 durable encrypted with a preset dictionary / without", ratio(ed.get("w1_ev_s"), e.get("w1_ev_s")), "—"),
+    ("SQLite W2 encrypted with a preset dictionary / without", ratio(ed.get("w2_ev_s"), e.get("w2_ev_s")), "—"),
+    ("SQLite W3d encrypted with a preset dictionary / without", ratio(ed.get("w3d_ev_s"), e.get("w3d_ev_s")), "—"),
     ("SQLite peak RSS W2/W3d", mb(e.get("peak_rss_bytes")), "≤ 64 MiB"),
     ("PostgreSQL W1 / peer", ratio(pge.get("w1_ev_s"), pgpeer.get("w1_ev_s")), "≥ 3×"),
     ("PostgreSQL W1 / raw single-row commits, libpq (pgbench)", ratio(pge.get("w1_ev_s"), pgprobe.get("single_row_commits_s")), "—"),

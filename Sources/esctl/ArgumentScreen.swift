@@ -72,7 +72,8 @@ enum ArgumentScreen {
     static let keyValueOptions: Set<String> = ["--master-key", "--new-master-key", "--key", "--master-key-base64", "--master-key-value"]
     /// Options that take a value (so that value is not taken for a command name).
     static let valueOptions: Set<String> = ["--store", "--master-key-file", "--new-master-key-file", "--format", "--output", "--dir",
-                                            "--master-key-uri", "--new-master-key-uri", "--master-key-command", "--new-master-key-command"]
+                                            "--master-key-uri", "--new-master-key-uri", "--master-key-command", "--new-master-key-command",
+                                            "--compression-dictionary"]
     /// Options whose value is the path of a key file (or of a master key command: a key typed
     /// there is refused and never shown, the same way).
     static let keyFileOptions: Set<String> = ["--master-key-file", "--new-master-key-file", "--master-key-command", "--new-master-key-command"]

@@ -276,15 +276,24 @@ struct StoreAccess {
     /// - Throws: ``CLIError`` (exit 64) naming the file that cannot be read or is not a dictionary.
     func compressionDictionaries() throws -> [CompressionDictionary] {
         try options.compressionDictionary.map { path in
-            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? Int
-            guard let size else { throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): cannot be read") }
-            // Checked before reading: a dictionary is at most 32 KiB, and the path could name anything.
-            guard size <= CompressionDictionary.maxSize, let data = FileManager.default.contents(atPath: path) else {
+            // A regular file (after symlinks), read no further than one byte past the largest
+            // dictionary: the path could name a device, a FIFO or a huge file.
+            let url = URL(fileURLWithPath: path)
+            guard (try? url.resourceValues(forKeys: [.isRegularFileKey]))?.isRegularFile == true,
+                  let handle = try? FileHandle(forReadingFrom: url) else {
+                throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): cannot be read (not a readable regular file)")
+            }
+            defer { try? handle.close() }
+            guard let data = try? handle.read(upToCount: CompressionDictionary.maxSize + 1) ?? Data() else {
+                throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): cannot be read")
+            }
+            guard !data.isEmpty, data.count <= CompressionDictionary.maxSize else {
                 throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): a dictionary holds 1 to "
-                               + "\(CompressionDictionary.maxSize) bytes; the file has \(size)")
+                               + "\(CompressionDictionary.maxSize) bytes; the file has "
+                               + (data.isEmpty ? "none" : "more"))
             }
             do { return try CompressionDictionary([UInt8](data)) } catch {
-                throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): \((error as? EventSourcingError)?.message ?? "not a dictionary")")
+                throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): not a dictionary")
             }
         }
     }

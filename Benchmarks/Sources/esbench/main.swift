@@ -58,6 +58,7 @@ struct Options {
     var seedBatch = 500
     var serverPID: Int32?
     var waitTimeout = 1
+    var dictionary = ""           // sample events (workload format) for a preset compression dictionary; "": none
 }
 
 func parseOptions() -> Options {
@@ -97,8 +98,9 @@ func parseOptions() -> Options {
         case "--seed-batch": o.seedBatch = max(1, Int(it.next() ?? "") ?? o.seedBatch)
         case "--server-pid": o.serverPID = Int32(it.next() ?? "")
         case "--wait-timeout": o.waitTimeout = max(1, Int(it.next() ?? "") ?? o.waitTimeout)
+        case "--dictionary": o.dictionary = it.next() ?? ""
         case "--help", "-h":
-            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system] [--cache-rounds N [--cache-trials N]] [--personal-fields [--pf-records N] [--pf-rounds N]] [--growth seed|w2-sample|w2-full|w3d|w3d-full|catchup --growth-dir DIR [--sample N] [--rounds N] [--window N] [--seed-batch N] [--server-pid PID] [--wait-timeout S]]")
+            print("usage: esbench [--backend sqlite|postgres|memory] [--pg-url URL] [--db PATH] [--variant encrypted|plain] [--sync full|normal] [--pg-schema NAME] [--writers N] [--readers N] [--w2-rounds N] [--store-executor] [--zlib default|dynamic|fixed] [--dictionary SAMPLES.jsonl.gz] [--aggs N] [--workload FILE.jsonl.gz] [--tag T] [--projection [--projection-batch N] [--live-saves N]] [--system] [--cache-rounds N [--cache-trials N]] [--personal-fields [--pf-records N] [--pf-rounds N]] [--growth seed|w2-sample|w2-full|w3d|w3d-full|catchup --growth-dir DIR [--sample N] [--rounds N] [--window N] [--seed-batch N] [--server-pid PID] [--wait-timeout S]]")
             exit(0)
         default:
             FileHandle.standardError.write(Data("esbench: unknown argument \(a)\n".utf8))
@@ -247,11 +249,31 @@ func makeApp(_ o: Options, masterKey: MasterKey?) async throws -> (any BenchStor
         case "dynamic": .dynamic
         default: ZlibCompressor.defaultStrategy
         }
-        mapper = Mapper(keyring: keyring, configuration: .init(compressor: ZlibCompressor(strategy: strategy)))
+        mapper = Mapper(keyring: keyring, configuration: .init(compressor: ZlibCompressor(strategy: strategy),
+                                                               compressionDictionaries: try dictionaries(o)))
+    } else if !o.dictionary.isEmpty {
+        // Plaintext with the dictionary: what the dictionary alone saves.
+        mapper = Mapper(configuration: .init(compressionDictionaries: try dictionaries(o)))
     } else {
         mapper = Mapper(configuration: .init(compressor: nil))
     }
     return (store, Application(recorder: store, mapper: mapper))
+}
+
+/// The workload's topics, each with a dictionary built from the sample events in `--dictionary`
+/// (a file in the workload's format, made by generate-workload.py with another seed: synthetic
+/// events, never the ones measured). Empty without the option.
+func dictionaries(_ o: Options) throws -> [String: CompressionDictionary] {
+    guard !o.dictionary.isEmpty else { return [:] }
+    let samples = try loadWorkload(o.dictionary, aggs: .max, perAgg: o.perAgg)
+    let events: [Customer.Event] = samples.flatMap { per in
+        per.enumerated().map { i, p in
+            i == 0 ? .registered(name: p.name, email: p.email, address: p.address)
+                : .contactUpdated(name: p.name, email: p.email, address: p.address)
+        }
+    }
+    let dictionary = try CompressionDictionary.events(events, of: Customer.self)
+    return ["Customer.registered": dictionary, "Customer.contactUpdated": dictionary]
 }
 
 func writeAggregates(_ app: Application, _ payloads: ArraySlice<[Payload]>) async throws -> [UUID] {

@@ -20,6 +20,7 @@ struct ApplicationInstruments: Sendable {
     /// an erasure, not a failure; a missing aggregate is not a read of a record).
     static let readFailureCodes: Set<EventSourcingError.Code> = [
         .integrityFailure, .keyUnavailable, .wrongMasterKey, .decodingFailed, .plaintextRejected,
+        .compressionDictionaryMissing,
     ]
 
     init() {

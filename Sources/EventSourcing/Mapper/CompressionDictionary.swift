@@ -68,15 +68,20 @@ public struct CompressionDictionary: Sendable, Hashable {
     /// sample with a ``Personal`` field cannot be encoded here (its field would be sealed under a
     /// subject's key; sealed fields are random bytes that no dictionary predicts): leave such
     /// fields out of the samples' types, or build the bytes yourself with ``init(samples:)``.
+    ///
+    /// The same samples always give the same dictionary (the envelopes' timestamps are
+    /// `timestamp`, not the time of the call), so a dictionary can be built at every start of
+    /// the application rather than stored; change the samples and it is another dictionary,
+    /// and the old one must be kept for reading.
     /// - Throws: ``EventSourcingError`` with `.invalidArgument` when a sample does not encode or
     ///   the samples are empty.
     public static func events<A: Aggregate>(_ samples: [A.Event], of type: A.Type,
-                                            encoding: Mapper.PayloadEncoding = .compact) throws(EventSourcingError) -> CompressionDictionary {
-        let now = Date().timeIntervalSince1970
+                                            encoding: Mapper.PayloadEncoding = .compact,
+                                            timestamp: Date = Date(timeIntervalSince1970: 1_800_000_000)) throws(EventSourcingError) -> CompressionDictionary {
         var encoded: [[UInt8]] = []
         encoded.reserveCapacity(samples.count)
         for (i, sample) in samples.enumerated() {
-            let envelope = EventEnvelope<A>(v: A.eventSchemaVersion, t: now, e: sample)
+            let envelope = EventEnvelope<A>(v: A.eventSchemaVersion, t: timestamp.timeIntervalSince1970, e: sample)
             do {
                 switch encoding {
                 case .compact: encoded.append(try CompactEncoder().encode(envelope))

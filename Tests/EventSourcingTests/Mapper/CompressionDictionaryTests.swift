@@ -82,6 +82,16 @@ struct CompressionDictionaryTests {
         }
     }
 
+    @Test("the same sample events give the same dictionary, call after call; other samples another")
+    func deterministic() async throws {
+        let first = try Self.dictionary()
+        try await Task.sleep(for: .milliseconds(5))
+        let again = try Self.dictionary()
+        #expect(first == again && first.id == again.id)
+        let other = try CompressionDictionary.events(Self.samples(39), of: DictionaryPerson.self)
+        #expect(other.id != first.id)
+    }
+
     @Test("the zlib stream names the dictionary by its id (FDICT, the Adler-32 of its bytes)")
     func streamNamesDictionary() throws {
         let dictionary = try CompressionDictionary(Array("the words the records repeat".utf8))
