@@ -23,6 +23,8 @@
 # on PostgreSQL our encrypted run alone. The SQLite runs add the aggregate-cache phase
 # (--cache-rounds 5: every aggregate got 5 rounds in a row, cache off and on in alternating
 # trials) beside the peer's same part.
+# Two SQLite FULL runs give the mapper a preset compression dictionary (esbench --dictionary, built
+# from the synthetic sample events of dictionary-samples.jsonl.gz), encrypted and plaintext.
 #   --systems-only: only the systems part (SQLite, then PostgreSQL)
 #   --no-systems: everything but the systems part (the workload table and its targets)
 # Needs gcc, python3, and

@@ -13,6 +13,9 @@
 // every aggregate, cache off and on in alternating trials.
 // --personal-fields runs only the personal-fields phase (PersonalFieldsPhase.swift): per-record
 // encode and decode with 0, 1 and 5 personal fields beside the whole-record pipeline.
+// --dictionary SAMPLES.jsonl.gz gives the mapper a preset compression dictionary for the workload's
+// two topics, built from the sample events in that file (synthetic: dictionary-samples.jsonl.gz);
+// with --variant plain it compresses plaintext records with it (by default plain has no compressor).
 // --growth STEP --growth-dir DIR runs one step of the growth phase (GrowthPhase.swift, driven by
 // run-growth.sh): seed a store of --aggs aggregates, or measure W2, W3d or a projection's
 // catch-up on it, per event, as the store grows.
