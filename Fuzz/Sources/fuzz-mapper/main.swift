@@ -11,6 +11,9 @@
 //   originator version (personal fields are bound to it), then as above (even: a state, odd:
 //   flags and a body to seal). Bit 2 also set (6, 7): under the discard topic, read as a
 //   discard marker (`Repository.contains` and `get`) instead of decoded.
+// The mapper has two preset compression dictionaries with the same id (an Adler-32 collision),
+// so a compressed body naming that id is inflated with each in turn; seeds include bodies
+// compressed with one of them. Any other id fails as a missing dictionary.
 // Invariants: nothing traps; every failure is an EventSourcingError naming the record (also a
 // personal field's failure that `Mapper.personalFields` reports), whose description holds
 // nothing of a personal field's plaintext (`PersonalAggregate.secretMarker`).
@@ -19,6 +22,14 @@ import Foundation
 import FuzzSupport
 import KeyManagement
 
+/// Two dictionaries with one id: "baab…" and "abba…" have the same Adler-32.
+let dictionaries: [CompressionDictionary] = {
+    let tail = Array(#"{"e":{"registered":{"name":"Ada Lovelace","email":"ada@example.org"}},"t":1800000000,"v":1}"#.utf8)
+    do {
+        return [try CompressionDictionary(Array("baab".utf8) + tail), try CompressionDictionary(Array("abba".utf8) + tail)]
+    } catch { Fuzz.fail("setup: dictionaries: \(error)") }
+}()
+
 /// The seed corpus, written by the library's own encoder (see Fuzz.main).
 @Sendable func seeds() async throws -> [[UInt8]] {
     var seeds: [[UInt8]] = []
@@ -26,6 +37,10 @@ import KeyManagement
         guard case .success(let (h, o)) = StateHeader.parse(r.state) else { continue }
         seeds.append([0] + r.state)
         seeds.append([1, h.flags.rawValue] + Array(r.state[o...]))
+        // The same payload compressed with a preset dictionary.
+        var payload = Array(r.state[o...])
+        if h.flags.contains(.compressed) { payload = try ZlibCompressor().decompress(payload) }
+        seeds.append([1, h.flags.union(.compressed).rawValue] + (try ZlibCompressor().compress(payload, dictionary: dictionaries[1])))
     }
     for b in try await PersonalRecords.bodies() {
         let discard = DiscardMarker.isDiscard(topic: b.topic)
@@ -48,7 +63,8 @@ let setup: Setup = {
         guard write.key.version == 1, write.minted == nil else {
             Fuzz.fail("setup: no fixed key for \(Records.scope)")
         }
-        let mapper = Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed))
+        let mapper = Mapper(keyring: keyring, configuration: .init(plaintextReads: .allowed,
+                                                                   retiredCompressionDictionaries: dictionaries))
         // Self-check: a record sealed by the specification's rules opens through the library.
         let body = try CompactEncoder().encode(["v": 1])
         let sealed = try Records.seal(body, flags: [.compact], key: write.key, topic: "FuzzAggregate.cleared", originatorVersion: 1)
