@@ -109,6 +109,10 @@ final class Fixture: Sendable {
     /// zlib with dynamic Huffman codes (the default before `.fixedUpTo(2048)`), for comparison.
     let zlibDynamic = ZlibCompressor(strategy: .dynamic)
     let compressedDynamic: [[UInt8]]
+    /// A mapper with a preset compression dictionary for both topics (from the synthetic sample
+    /// events of dictionary-samples.jsonl.gz, as `esbench --dictionary`), and its records.
+    let dictionaryMapper: Mapper
+    let dictionaryStored: [StoredEvent]
 
     private init(events: [DomainEvent<Customer.Event>], keyring: Keyring) async throws {
         self.events = events
@@ -121,6 +125,9 @@ final class Fixture: Sendable {
             return DomainEvent(originatorID: e.originatorID, originatorVersion: e.originatorVersion, timestamp: e.timestamp, event: ev)
         }
         fullMapper = Mapper(keyring: keyring)
+        let dictionary = try CompressionDictionary.events(try Self.dictionarySamples(), of: Customer.self)
+        dictionaryMapper = Mapper(keyring: keyring, configuration: .init(
+            compressionDictionaries: ["Customer.registered": dictionary, "Customer.contactUpdated": dictionary]))
         // The scope's data key, minted and stored once, then cached: every stage below finds it
         // in the keyring's cache, as a busy subject's writes and reads do.
         let w = try await keyring.writeKey(for: scope)
@@ -128,10 +135,13 @@ final class Fixture: Sendable {
         var plain: [StoredEvent] = []
         var full: [StoredEvent] = []
         var personal: [StoredEvent] = []
+        var withDictionary: [StoredEvent] = []
         for e in events {
             plain += try await plainMapper.encode([e], of: Customer.self, keyScope: scope).events
             full += try await fullMapper.encode([e], of: Customer.self, keyScope: scope).events
+            withDictionary += try await dictionaryMapper.encode([e], of: Customer.self, keyScope: scope).events
         }
+        dictionaryStored = withDictionary
         for e in personalEvents {
             personal += try await fullMapper.encode([e], of: PersonalCustomer.self, keyScope: scope).events
         }
@@ -147,6 +157,25 @@ final class Fixture: Sendable {
         nonce = try AES256GCM.randomNonce()
         let k = key, n = nonce
         sealed = try compressed.map { try AES256GCM.seal($0, key: k, nonce: n) }
+    }
+
+    /// The sample events of Benchmarks/dictionary-samples.jsonl.gz (in the repository).
+    static func dictionarySamples() throws -> [Customer.Event] {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", "gzip -dc \"$0/dictionary-samples.jsonl.gz\"", Workload.benchmarksDirectory.path]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        struct Row: Decodable { var event: Int; var name: String; var email: String; var address: String }
+        let rows = try Array(data).split(separator: UInt8(ascii: "\n")).map { try JSONDecoder().decode(Row.self, from: Data($0)) }
+        guard !rows.isEmpty else { throw FixtureError(description: "no sample events in dictionary-samples.jsonl.gz") }
+        return rows.map { r in
+            r.event == 0 ? .registered(name: r.name, email: r.email, address: r.address)
+                : .contactUpdated(name: r.name, email: r.email, address: r.address)
+        }
     }
 
     nonisolated(unsafe) private static var cached: Fixture?
@@ -300,6 +329,24 @@ let benchmarks: @Sendable () -> Void = {
         try await measure(benchmark) {
             for i in benchmark.scaledIterations {
                 blackHole(try await f.fullMapper.decode(f.fullStored[record(i, f.fullStored.count)], as: Customer.self))
+            }
+        }
+    }
+    // The whole pipeline with a preset compression dictionary for the workload's topics: every
+    // record is compressed (with the dictionary loaded into the stream) and inflated on reading.
+    Benchmark("Dictionary.encode") { benchmark in
+        let f = try await Fixture.get()
+        try await measure(benchmark) {
+            for i in benchmark.scaledIterations {
+                blackHole(try await f.dictionaryMapper.encode([f.events[record(i, f.events.count)]], of: Customer.self, keyScope: f.scope))
+            }
+        }
+    }
+    Benchmark("Dictionary.decode") { benchmark in
+        let f = try await Fixture.get()
+        try await measure(benchmark) {
+            for i in benchmark.scaledIterations {
+                blackHole(try await f.dictionaryMapper.decode(f.dictionaryStored[record(i, f.dictionaryStored.count)], as: Customer.self))
             }
         }
     }
