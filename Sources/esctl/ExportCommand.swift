@@ -216,6 +216,13 @@ struct Export: AsyncParsableCommand {
     }
 
     /// One event decrypted into its export record; a failure names the record (exit 67).
+    /// What to do about a record that does not read: a missing preset dictionary is given with
+    /// an option; anything else is listed by verify.
+    static func hint(_ error: any Error) -> String {
+        (error as? EventSourcingError)?.code == .compressionDictionaryMissing
+            ? "give esctl the dictionary with --compression-dictionary PATH" : "run 'esctl verify' for the full list"
+    }
+
     private static func record(_ n: StoredNotification, session: Session, scope: String) async throws -> Record {
         let envelope: JSONValue
         do {
@@ -237,7 +244,7 @@ struct Export: AsyncParsableCommand {
             let message = (error as? EventSourcingError)?.message ?? "\(error)"
             throw CLIError(exitCode: Exit.verificationFailed, message: """
                 export of key scope \(scope) is incomplete: notification \(n.id) (aggregate \(n.originatorID.uuidString.lowercased()) \
-                version \(n.originatorVersion)) fails: \(code): \(message) (run 'esctl verify' for the full list)
+                version \(n.originatorVersion)) fails: \(code): \(message) (\(Self.hint(error)))
                 """)
         }
         var recordedAt: String?

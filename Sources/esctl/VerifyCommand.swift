@@ -369,6 +369,11 @@ struct Verify: AsyncParsableCommand {
                     Terminal.error("unencrypted (plaintext) records, which no shred can erase: \(report.plaintext) "
                                    + "(esctl encrypt seals them: Docs/Operations.md §16)")
                 }
+                let needDictionary = report.failures.filter { $0.code == EventSourcingError.Code.compressionDictionaryMissing.description }.count
+                if needDictionary > 0 {
+                    Terminal.error("records compressed with a preset dictionary esctl was not given: \(needDictionary) "
+                                   + "(pass each dictionary the application writes or wrote with: --compression-dictionary PATH)")
+                }
                 failed = !report.failures.isEmpty || report.plaintext > 0
             }
             if failed { throw ExitCode(Exit.verificationFailed) }

@@ -49,6 +49,8 @@ struct CompressionDictionaryCommandTests {
         #expect(fails.count == 3 && fails.allSatisfy { $0.contains("compressionDictionaryMissing") && $0.contains(String(format: "0x%08x", dictionary.id)) },
                 "\(without.stdout)")
         #expect(!without.stdout.contains("Dora the account"), "the report shows a payload")
+        #expect(without.stderr.contains("records compressed with a preset dictionary esctl was not given: 3")
+                && without.stderr.contains("--compression-dictionary PATH"), "\(without.summary)")
 
         let with = try await ws.esctl(ws.with() + ["--compression-dictionary", path, "verify"])
         #expect(with.status == 0, "\(with.summary)")
@@ -58,7 +60,8 @@ struct CompressionDictionaryCommandTests {
         #expect(export.status == 0 && export.stdout.contains("Dora the account of Dora 2"), "\(export.summary)")
         let exportWithout = try await ws.esctl(ws.with() + ["export", "subject-dora"])
         #expect(exportWithout.status == CLI.Code.verificationFailed, "\(exportWithout.summary)")
-        #expect(exportWithout.stderr.contains("compressionDictionaryMissing") && !exportWithout.stderr.contains("Dora the"), "\(exportWithout.summary)")
+        #expect(exportWithout.stderr.contains("compressionDictionaryMissing") && exportWithout.stderr.contains("--compression-dictionary PATH")
+                && !exportWithout.stderr.contains("Dora the"), "\(exportWithout.summary)")
     }
 
     @Test("a dictionary file that is missing, empty or over 32 KiB is refused with 64 before the store is opened; a wrong one fails like none")
