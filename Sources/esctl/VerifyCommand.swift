@@ -279,7 +279,10 @@ struct VerificationReport {
 
         init(_ session: Session) {
             mapper = session.app.mapper
-            plaintextMapper = Mapper(keyring: session.keyring, configuration: Mapper.Configuration(plaintextReads: .allowed))
+            // The session's settings (its preset compression dictionaries too), reading plaintext.
+            var configuration = session.app.mapper.configuration
+            configuration.plaintextReads = .allowed
+            plaintextMapper = Mapper(keyring: session.keyring, configuration: configuration)
         }
 
         /// A readable record, and its personal fields each opened (or redacted, or failing).

@@ -64,6 +64,25 @@ struct CompressionDictionaryCommandTests {
                 && !exportWithout.stderr.contains("Dora the"), "\(exportWithout.summary)")
     }
 
+    @Test("verify reads an unencrypted record compressed with a dictionary with the dictionary given (plaintext), and fails it without")
+    func plaintextWithDictionary() async throws {
+        let (ws, dictionary, path) = try await Self.seeded()
+        let store = try SQLiteStore(path: ws.storePath, configuration: .init(allowsPlaintextWrites: true), logger: Stores.quiet)
+        do {
+            let mapper = Mapper(configuration: .init(compressionDictionaries: ["Account.opened": dictionary]))
+            var account = try AggregateRoot<Account>(.opened(owner: "", name: "Dora the account of Dora, in the clear"))
+            try await Application(recorder: store, mapper: mapper, logger: Stores.quiet).save(&account)
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+        let with = try await ws.esctl(ws.with() + ["--compression-dictionary", path, "verify"])
+        #expect(with.stdout.contains("events:    6 ok, 0 shredded, 1 plaintext, 0 failing"), "\(with.summary)")
+        let without = try await ws.esctl(ws.with() + ["verify"])
+        #expect(without.stdout.contains("events:    3 ok, 0 shredded, 0 plaintext, 4 failing"), "\(without.summary)")
+    }
+
     @Test("a dictionary file that is missing, empty or over 32 KiB is refused with 64 before the store is opened; a wrong one fails like none")
     func badFiles() async throws {
         let (ws, _, _) = try await Self.seeded()
