@@ -289,8 +289,7 @@ struct StoreAccess {
             }
             guard !data.isEmpty, data.count <= CompressionDictionary.maxSize else {
                 throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): a dictionary holds 1 to "
-                               + "\(CompressionDictionary.maxSize) bytes; the file has "
-                               + (data.isEmpty ? "none" : "more"))
+                               + "\(CompressionDictionary.maxSize) bytes; the file is " + (data.isEmpty ? "empty" : "larger"))
             }
             do { return try CompressionDictionary([UInt8](data)) } catch {
                 throw CLIError(exitCode: Exit.usage, message: "compression dictionary \(path): not a dictionary")

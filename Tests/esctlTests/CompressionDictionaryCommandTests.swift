@@ -93,7 +93,7 @@ struct CompressionDictionaryCommandTests {
         try Data(count: CompressionDictionary.maxSize + 1).write(to: URL(fileURLWithPath: big))
         try Data("another dictionary altogether".utf8).write(to: URL(fileURLWithPath: other))
         let before = ws.bytes(ws.storePath)
-        for (file, says) in [(ws.path("absent.bin"), "cannot be read"), (empty, "the file has none"), (big, "the file has more"),
+        for (file, says) in [(ws.path("absent.bin"), "cannot be read"), (empty, "the file is empty"), (big, "the file is larger"),
                             (ws.dir.path, "not a readable regular file"), ("/dev/zero", "not a readable regular file")] {
             let r = try await ws.esctl(ws.with() + ["--compression-dictionary", file, "verify"])
             #expect(r.status == CLI.Code.usage, "\(file): \(r.summary)")
