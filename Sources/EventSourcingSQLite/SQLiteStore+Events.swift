@@ -88,14 +88,19 @@ extension SQLiteStore {
             defer { s.reset() }
             var out: [StoredEvent] = []
             var scopes: [String] = []
+            var keys: [ExactScope: [WrappedDataKey]] = [:]
             while try s.step() {
                 if prefetch, let scope = s.textValue(4), !scope.isEmpty, scopes.count < 4,
                    !scopes.contains(where: { ExactScope($0) == ExactScope(scope) }) {
                     scopes.append(scope)
+                    // Read at once, while this statement holds the read transaction open: after
+                    // its last row SQLite ends the transaction, and a key query then would begin
+                    // another (its WAL read lock, its file locks). The same snapshot, too.
+                    keys.merge(SQLiteStore.prefetchKeys([scope], conn)) { kept, _ in kept }
                 }
                 out.append(try s.storedRecord(table: "events", knownID: originatorID, version: 0, topic: 1, state: 2, rowID: 3).event)
             }
-            return (out, SQLiteStore.prefetchKeys(scopes, conn))
+            return (out, keys)
         }
         if let started { prefetchedKeys.keep(keys, startedAt: started) }
         return events
