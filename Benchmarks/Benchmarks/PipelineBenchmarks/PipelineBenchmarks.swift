@@ -73,19 +73,33 @@ enum Workload: String {
             script = "d=$(mktemp -d) && python3 \"$0/generate-workload.py\" \"$d/w.jsonl.gz\" $(( ($2 + 9) / 10 )) "
                 + "&& gzip -dc \"$d/w.jsonl.gz\" | head -n \"$2\"; s=$?; rm -rf \"$d\"; exit $s"
         }
+        let lines = try Self.shellLines(script, [Self.benchmarksDirectory.path, Self.sharedFile, String(count)])
+        guard lines.count == count else {
+            throw FixtureError(description: "the \(rawValue) workload gave \(lines.count) records, not \(count)")
+        }
+        return lines
+    }
+
+    /// The lines `/bin/sh -c script` writes, with `arguments` as `$0`, `$1`, ….
+    static func shellLines(_ script: String, _ arguments: [String]) throws -> [ArraySlice<UInt8>] {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", script, Self.benchmarksDirectory.path, Self.sharedFile, String(count)]
+        p.arguments = ["-c", script] + arguments
         let pipe = Pipe()
         p.standardOutput = pipe
         try p.run()
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        let lines = Array(data).split(separator: UInt8(ascii: "\n"))
-        guard lines.count == count else {
-            throw FixtureError(description: "the \(rawValue) workload gave \(lines.count) records, not \(count)")
-        }
-        return lines
+        return Array(data).split(separator: UInt8(ascii: "\n"))
+    }
+
+    /// A JSON line of the workload's format as the customer's event: its first (`event` 0)
+    /// registers it, the others update its contact data.
+    static func event(_ line: ArraySlice<UInt8>) throws -> Customer.Event {
+        struct Row: Decodable { var event: Int; var name: String; var email: String; var address: String }
+        let r = try JSONDecoder().decode(Row.self, from: Data(line))
+        return r.event == 0 ? .registered(name: r.name, email: r.email, address: r.address)
+            : .contactUpdated(name: r.name, email: r.email, address: r.address)
     }
 }
 
@@ -161,21 +175,9 @@ final class Fixture: Sendable {
 
     /// The sample events of Benchmarks/dictionary-samples.jsonl.gz (in the repository).
     static func dictionarySamples() throws -> [Customer.Event] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", "gzip -dc \"$0/dictionary-samples.jsonl.gz\"", Workload.benchmarksDirectory.path]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        struct Row: Decodable { var event: Int; var name: String; var email: String; var address: String }
-        let rows = try Array(data).split(separator: UInt8(ascii: "\n")).map { try JSONDecoder().decode(Row.self, from: Data($0)) }
-        guard !rows.isEmpty else { throw FixtureError(description: "no sample events in dictionary-samples.jsonl.gz") }
-        return rows.map { r in
-            r.event == 0 ? .registered(name: r.name, email: r.email, address: r.address)
-                : .contactUpdated(name: r.name, email: r.email, address: r.address)
-        }
+        let lines = try Workload.shellLines("gzip -dc \"$0/dictionary-samples.jsonl.gz\"", [Workload.benchmarksDirectory.path])
+        guard !lines.isEmpty else { throw FixtureError(description: "no sample events in dictionary-samples.jsonl.gz") }
+        return try lines.map(Workload.event)
     }
 
     nonisolated(unsafe) private static var cached: Fixture?
@@ -186,15 +188,11 @@ final class Fixture: Sendable {
         if workload == .generated {
             FileHandle.standardError.write(Data("[PipelineBenchmarks] generated workload (generate-workload.py), not ../shared\n".utf8))
         }
-        struct Row: Decodable { var event: Int; var name: String; var email: String; var address: String }
         var events: [DomainEvent<Customer.Event>] = []
         let id = UUID()
         let timestamp = Date(timeIntervalSince1970: 1_764_460_800)  // fixed: the same bytes every run
         for (i, line) in try workload.lines(records).enumerated() {
-            let r = try JSONDecoder().decode(Row.self, from: Data(line))
-            let ev: Customer.Event = r.event == 0 ? .registered(name: r.name, email: r.email, address: r.address)
-                                                   : .contactUpdated(name: r.name, email: r.email, address: r.address)
-            events.append(DomainEvent(originatorID: id, originatorVersion: i + 1, timestamp: timestamp, event: ev))
+            events.append(DomainEvent(originatorID: id, originatorVersion: i + 1, timestamp: timestamp, event: try Workload.event(line)))
         }
         let keyring = try await Keyring.open(store: InMemoryKeyStore(), masterKeys: [MasterKey.generate()])
         let f = try await Fixture(events: events, keyring: keyring)
