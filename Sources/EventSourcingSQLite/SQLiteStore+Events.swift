@@ -96,7 +96,7 @@ extension SQLiteStore {
                     // Read at once, while this statement holds the read transaction open: after
                     // its last row SQLite ends the transaction, and a key query then would begin
                     // another (its WAL read lock, its file locks). The same snapshot, too.
-                    keys.merge(SQLiteStore.prefetchKeys([scope], conn)) { kept, _ in kept }
+                    keys[ExactScope(scope)] = SQLiteStore.prefetchKeys(scope, conn)
                 }
                 out.append(try s.storedRecord(table: "events", knownID: originatorID, version: 0, topic: 1, state: 2, rowID: 3).event)
             }
@@ -110,11 +110,14 @@ extension SQLiteStore {
     /// left out (the key ring's own look-up then reports it).
     static func prefetchKeys(_ scopes: [String], _ conn: SQLiteConnection) -> [ExactScope: [WrappedDataKey]] {
         var keys: [ExactScope: [WrappedDataKey]] = [:]
-        for scope in scopes {
-            guard let found = try? dataKeys(scope, conn), !found.isEmpty else { continue }
-            keys[ExactScope(scope)] = found
-        }
+        for scope in scopes { keys[ExactScope(scope)] = prefetchKeys(scope, conn) }
         return keys
+    }
+
+    /// The data keys of one scope, read ahead; nil for none, or for rows that cannot be read.
+    static func prefetchKeys(_ scope: String, _ conn: SQLiteConnection) -> [WrappedDataKey]? {
+        guard let found = try? dataKeys(scope, conn), !found.isEmpty else { return nil }
+        return found
     }
 
     public func selectNotifications(start: Int64, limit: Int, stop: Int64?, topics: [String]) async throws -> [StoredNotification] {

@@ -215,7 +215,6 @@ struct Export: AsyncParsableCommand {
         return (done, scan, plaintext)
     }
 
-    /// One event decrypted into its export record; a failure names the record (exit 67).
     /// What to do about a record that does not read: a missing preset dictionary is given with
     /// an option; anything else is listed by verify.
     static func hint(_ error: any Error) -> String {
@@ -223,6 +222,7 @@ struct Export: AsyncParsableCommand {
             ? "give esctl the dictionary with --compression-dictionary PATH" : "run 'esctl verify' for the full list"
     }
 
+    /// One event decrypted into its export record; a failure names the record (exit 67).
     private static func record(_ n: StoredNotification, session: Session, scope: String) async throws -> Record {
         let envelope: JSONValue
         do {
